@@ -1,0 +1,32 @@
+# `make demo` and `make test` work on a fresh clone: each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test lint unit demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy wal
+
+unit: $(STAMP)
+	$(PY) -m pytest -q
+
+# The whole suite: lint, type check, then every test (slow ones included).
+test: lint unit
+
+demo: $(STAMP)
+	$(PY) -m wal demo
+
+bench: $(STAMP)
+	$(PY) -m pytest benches -q --benchmark-only
+
+clean:
+	rm -rf $(VENV) wal-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,202 @@
+"""The exposed interfaces: what a program using the WAL sees. No logic lives here.
+
+Lifetimes nest: an :class:`OpenerBuilder` lives for the program; an :class:`Opener` as long as its backend
+resources; a :class:`WAL` (or read-only :class:`ROWAL`) as long as its writer, inside its opener; a
+:class:`Scanner` as long as its reader, inside its WAL. Closing an outer object closes what it contains and waits
+for calls in flight; a closed object raises :class:`~wal.errors.ShutdownError` on use.
+Every object is also a context manager that closes on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Self
+
+from ._types import AppendResult, OpenOption, PChannelInfo, ReadOption
+from .errors import ShutdownError
+from .message import ImmutableMessage, MessageID, MutableMessage
+
+__all__ = ["ROWAL", "WAL", "Opener", "OpenerBuilder", "Scanner", "Txn"]
+
+
+class _Closeable(ABC):
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Scanner(_Closeable):
+    """A reader of one channel, delivering messages in order from its deliver policy on, following the tail.
+
+    ``recv`` blocks; iteration (``for m in s``) blocks too and ends when the scanner or its WAL closes; ``async
+    for m in s`` waits without blocking the event loop.
+    """
+
+    @property
+    @abstractmethod
+    def name(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def channel(self) -> PChannelInfo: ...
+
+    @abstractmethod
+    def recv(self, timeout: float | None = None) -> ImmutableMessage:
+        """The next message.
+
+        Raises :class:`~wal.errors.WALTimeoutError` (a ``TimeoutError``) when none arrives within ``timeout``
+        seconds, :class:`~wal.errors.ShutdownError` once the scanner or its WAL is closed, or the error that ended
+        the scanner (e.g. :class:`~wal.errors.CorruptedError`).
+        """
+
+    @abstractmethod
+    def done(self) -> threading.Event:
+        """An event set when the scanner has finished (closed or failed)."""
+
+    @abstractmethod
+    def error(self) -> BaseException | None:
+        """The exception that ended the scanner, or None (a close is not an error)."""
+
+    def __iter__(self) -> Iterator[ImmutableMessage]:
+        while True:
+            try:
+                yield self.recv(None)
+            except ShutdownError:
+                err = self.error()
+                if err is not None:
+                    raise err from None
+                return
+
+    def __aiter__(self) -> AsyncIterator[ImmutableMessage]:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[ImmutableMessage]:
+        # recv runs in a worker thread with a short timeout so that a cancelled task never strands a thread for long.
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                yield await loop.run_in_executor(None, self.recv, 0.2)
+            except TimeoutError:
+                continue
+            except ShutdownError:
+                err = self.error()
+                if err is not None:
+                    raise err from None
+                return
+
+
+class Txn(_Closeable):
+    """A transaction handle from :meth:`WAL.begin_txn`: as a context manager it commits on a clean exit and rolls
+    back on an exception. A transaction that is neither committed nor rolled back within its keepalive expires and
+    is never delivered.
+    """
+
+    @property
+    @abstractmethod
+    def txn_ctx(self) -> Any: ...
+
+    @abstractmethod
+    def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult: ...
+
+    @abstractmethod
+    def commit(self, timeout: float | None = None) -> AppendResult: ...
+
+    @abstractmethod
+    def rollback(self, timeout: float | None = None) -> AppendResult: ...
+
+    def close(self) -> None:
+        """Roll back if still open (a no-op after commit or rollback)."""
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if et is None:
+            self.commit()
+        else:
+            self.close()
+
+
+class ROWAL(_Closeable):
+    """A read-only view of a channel."""
+
+    @property
+    @abstractmethod
+    def wal_name(self) -> str:
+        """The backend's name (the builder's name)."""
+
+    @property
+    @abstractmethod
+    def channel(self) -> PChannelInfo: ...
+
+    @abstractmethod
+    def read(self, opt: ReadOption | None = None) -> Scanner:
+        """Open a scanner; it lives inside this WAL and closes with it."""
+
+    @abstractmethod
+    def is_available(self) -> bool:
+        """True until the WAL is closed (or fenced)."""
+
+    @abstractmethod
+    def available(self) -> threading.Event:
+        """Milvus's misnamed ``Available()``: an event set when the WAL becomes *unavailable* (closed or fenced)."""
+
+
+class WAL(ROWAL):
+    """The writer of a channel (a WAL opened with ``AccessMode.RO`` refuses every write)."""
+
+    @abstractmethod
+    def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult:
+        """Append one message and wait until it is stored (durably, under ``sync="always"``)."""
+
+    @abstractmethod
+    def append_async(self, msg: MutableMessage) -> Future[AppendResult]:
+        """Start an append; calls made one after another by one thread are persisted in that order."""
+
+    @abstractmethod
+    def append_messages(
+        self, msgs: Sequence[MutableMessage], timeout: float | None = None
+    ) -> list[AppendResult]:
+        """Append several messages in order as one group commit; results are in the same order."""
+
+    @abstractmethod
+    def get_latest_mvcc_timestamp(self, vchannel: str) -> int:
+        """A time tick such that every message of ``vchannel`` at or below it is already visible to readers."""
+
+    @abstractmethod
+    def truncate(self, message_id: MessageID) -> None:
+        """Allow the backend to delete what lies wholly before ``message_id`` (localfs: whole segments)."""
+
+    @abstractmethod
+    def begin_txn(self, vchannel: str, keepalive: float | None = None) -> Txn:
+        """Start a transaction on ``vchannel`` (default keepalive: the ``txn_keepalive`` build option)."""
+
+
+class Opener(_Closeable):
+    """Opens WALs on one backend; closing it closes every WAL it opened."""
+
+    @abstractmethod
+    def open(self, opt: OpenOption) -> WAL: ...
+
+
+class OpenerBuilder(ABC):
+    """Builds openers of one backend; lives for the program."""
+
+    @property
+    @abstractmethod
+    def name(self) -> str: ...
+
+    @abstractmethod
+    def build(self, **options: Any) -> Opener:
+        """An opener; options are keyword arguments (adaptor options plus the backend's own)."""

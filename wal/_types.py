@@ -1,0 +1,100 @@
+"""Value types of the public API: channels, open and read options, append results."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidArgumentError
+from .message import MessageID, TxnContext
+from .options import DeliverFilter, DeliverPolicy
+
+__all__ = ["AccessMode", "AppendResult", "OpenOption", "PChannelInfo", "ReadOption", "validate_channel_name"]
+
+MAX_CHANNEL_NAME_BYTES = 200
+
+
+class AccessMode(enum.IntEnum):
+    """RW: the single writer of a channel. RO: a follower that reads while a writer (maybe elsewhere) appends."""
+
+    RW = 0
+    RO = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PChannelInfo:
+    """A physical channel: one log. ``term`` grows each time a new writer takes the channel over."""
+
+    name: str
+    term: int = 1
+    access_mode: AccessMode = AccessMode.RW
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.term}"
+
+
+def validate_channel_name(name: object) -> str:
+    """Refuse names that could escape a directory or confuse tools: separators, ``.``/``..``, NUL, > 200 bytes."""
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"channel name must be str, got {type(name).__name__}")
+    if not name:
+        raise InvalidArgumentError("channel name is empty")
+    if name in (".", ".."):
+        raise InvalidArgumentError(f"channel name {name!r} is not allowed")
+    for bad in ("/", "\\", "\0"):
+        if bad in name:
+            raise InvalidArgumentError(f"channel name {name!r} contains a forbidden character {bad!r}")
+    if not name.isprintable():
+        raise InvalidArgumentError(f"channel name {name!r} contains control characters")
+    if len(name.encode("utf-8")) > MAX_CHANNEL_NAME_BYTES:
+        raise InvalidArgumentError(f"channel name is longer than {MAX_CHANNEL_NAME_BYTES} bytes")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOption:
+    """What to open: one channel, at one term, in one access mode."""
+
+    channel: PChannelInfo
+
+    def validate(self) -> None:
+        """Raise :class:`~wal.errors.InvalidArgumentError` for an unusable channel (nothing is created)."""
+        if not isinstance(self.channel, PChannelInfo):
+            raise InvalidArgumentError(f"OpenOption.channel must be a PChannelInfo, got {type(self.channel).__name__}")
+        validate_channel_name(self.channel.name)
+        if not isinstance(self.channel.term, int) or self.channel.term < 0:
+            raise InvalidArgumentError(f"term must be a non-negative int, got {self.channel.term!r}")
+        if not isinstance(self.channel.access_mode, AccessMode):
+            raise InvalidArgumentError(f"unknown access mode {self.channel.access_mode!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOption:
+    """How to read: where to start, what to keep, which vchannel.
+
+    ``vchannel`` keeps that vchannel's messages and those addressed to every vchannel; None keeps everything.
+    ``name`` names the scanner (generated when None).
+    """
+
+    deliver_policy: DeliverPolicy = field(default_factory=DeliverPolicy.all)
+    deliver_filters: Sequence[DeliverFilter] = ()
+    vchannel: str | None = None
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class AppendResult:
+    """What an append returns.
+
+    ``time_tick`` is the message's hybrid timestamp; ``last_confirmed_message_id`` is a point from which reading
+    (with ``time_tick_gt(time_tick)``) sees every later message; ``txn_ctx`` is set inside a transaction;
+    ``extra`` is whatever interceptors attached.
+    """
+
+    message_id: MessageID
+    time_tick: int = 0
+    last_confirmed_message_id: MessageID | None = None
+    txn_ctx: TxnContext | None = None
+    extra: Any = None

@@ -1,0 +1,99 @@
+"""The error tree of the library.
+
+Every error the library raises derives from :class:`WALError`, so a caller can catch one type. Where Python has a
+natural built-in category (bad argument types, unknown keys, timeouts), the library error also derives from that
+built-in, so ``except TypeError`` and ``except KeyError`` keep working as users expect.
+
+Each error says *what* went wrong and *where* (channel, file, offset) in its message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessModeError",
+    "CorruptedError",
+    "FencedError",
+    "InvalidArgumentError",
+    "InvalidMessageError",
+    "InvalidMessageIDError",
+    "InvalidTxnStateError",
+    "ShutdownError",
+    "TxnExpiredError",
+    "UnknownBackendError",
+    "WALError",
+    "WALIOError",
+    "WALLockedError",
+    "WALTimeoutError",
+]
+
+
+class WALError(Exception):
+    """Base of every error the library raises."""
+
+
+class ShutdownError(WALError):
+    """The object (opener, WAL, scanner) is closed or closing; open a new one to continue."""
+
+
+class FencedError(WALError):
+    """A newer term owns the channel: this writer must stop. Writing is fenced forever for this WAL."""
+
+
+class WALLockedError(WALError):
+    """Another writer (thread or process) holds the channel's write lock."""
+
+
+class CorruptedError(WALError):
+    """Bytes on disk fail their checksum or structure check, in a place that cannot be a torn tail.
+
+    The message names the file and the byte offset. The library never returns the damaged data and never cuts
+    acknowledged records to "repair" it: inspect with ``wal verify`` and restore from a replica or backup.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+
+
+class WALIOError(WALError):
+    """An operating-system I/O error (ENOSPC, EIO, a failed fdatasync) hit the log.
+
+    After a failed fdatasync the WAL closes itself: the kernel may have dropped the dirty pages, so retrying the
+    sync could report success for data that is gone (the "fsyncgate" lesson). Reopen to recover.
+    """
+
+
+class InvalidMessageIDError(WALError, ValueError):
+    """A marshalled message ID could not be parsed, or belongs to another backend."""
+
+
+class InvalidMessageError(WALError, TypeError):
+    """A message was built with a wrong type: a payload that is not bytes-like, a non-str property."""
+
+
+class InvalidArgumentError(WALError, ValueError):
+    """An argument has the right type but a wrong value: a reserved property key, a bad channel name, an option."""
+
+
+class UnknownBackendError(WALError, KeyError):
+    """No backend is registered under that name."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the sentence readable.
+        return str(self.args[0]) if self.args else "unknown backend"
+
+
+class AccessModeError(WALError):
+    """A write (append, truncate, MVCC query) was made on a read-only WAL."""
+
+
+class WALTimeoutError(WALError, TimeoutError):
+    """An operation did not finish within its timeout (``recv``, ``append`` with a timeout)."""
+
+
+class TxnExpiredError(WALError):
+    """The transaction passed its keepalive, was already committed or rolled back, or is unknown."""
+
+
+class InvalidTxnStateError(WALError):
+    """The transaction is in a state that does not allow this operation (e.g. append after commit began)."""

@@ -1,0 +1,25 @@
+"""Hybrid timestamps: ``physical_ms << 18 | logical``, the time-tick format of Milvus's TSO."""
+
+from __future__ import annotations
+
+__all__ = ["LOGICAL_BITS", "add_physical_ms", "compose_ts", "logical", "physical_ms"]
+
+LOGICAL_BITS = 18
+_LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
+
+
+def compose_ts(physical_ms: int, logical: int = 0) -> int:
+    return (physical_ms << LOGICAL_BITS) | (logical & _LOGICAL_MASK)
+
+
+def physical_ms(ts: int) -> int:
+    return ts >> LOGICAL_BITS
+
+
+def logical(ts: int) -> int:
+    return ts & _LOGICAL_MASK
+
+
+def add_physical_ms(ts: int, ms: float) -> int:
+    """Add ``ms`` milliseconds to the physical part, keeping the logical part."""
+    return ts + (round(ms) << LOGICAL_BITS)

@@ -1,0 +1,126 @@
+"""Where a scanner starts (:class:`DeliverPolicy`) and what it keeps (:class:`DeliverFilter`)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .errors import InvalidArgumentError
+from .message import ImmutableMessage, MessageID, MessageType
+
+__all__ = ["DeliverFilter", "DeliverFilterKind", "DeliverPolicy", "DeliverPolicyKind", "filter_func"]
+
+
+class DeliverPolicyKind(enum.IntEnum):
+    ALL = 1
+    LATEST = 2
+    START_FROM = 3
+    START_AFTER = 4
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverPolicy:
+    """The first message a scanner delivers.
+
+    - ``all()``: from the oldest message still kept.
+    - ``latest()``: only messages appended after the scanner opened (its start is fixed when ``read`` returns).
+    - ``start_from(id)``: from ``id`` inclusive; ``start_after(id)``: from the message after ``id``.
+    """
+
+    kind: DeliverPolicyKind
+    message_id: MessageID | None = None
+
+    @classmethod
+    def all(cls) -> DeliverPolicy:
+        return cls(DeliverPolicyKind.ALL)
+
+    @classmethod
+    def latest(cls) -> DeliverPolicy:
+        return cls(DeliverPolicyKind.LATEST)
+
+    @classmethod
+    def start_from(cls, message_id: MessageID) -> DeliverPolicy:
+        if not isinstance(message_id, MessageID):
+            raise InvalidArgumentError(f"start_from needs a MessageID, got {type(message_id).__name__}")
+        return cls(DeliverPolicyKind.START_FROM, message_id)
+
+    @classmethod
+    def start_after(cls, message_id: MessageID) -> DeliverPolicy:
+        if not isinstance(message_id, MessageID):
+            raise InvalidArgumentError(f"start_after needs a MessageID, got {type(message_id).__name__}")
+        return cls(DeliverPolicyKind.START_AFTER, message_id)
+
+
+class DeliverFilterKind(enum.IntEnum):
+    TIME_TICK_GT = 1
+    TIME_TICK_GTE = 2
+    MESSAGE_TYPE = 3
+
+
+# A transaction's time tick is its commit's: body messages are never cut by time, so that a reader resuming from
+# a last-confirmed ID with a time-tick filter gets whole transactions.
+_TIME_FILTERED_IN_TXN = frozenset({MessageType.COMMIT_TXN, MessageType.TXN})
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverFilter:
+    """A predicate on delivered messages; a scanner keeps the messages that pass all its filters.
+
+    - ``time_tick_gt(t)`` / ``time_tick_gte(t)``: apply to messages outside a transaction and to commits (and
+      to whole ``TXN`` messages); other transaction members always pass.
+    - ``message_type(*types)``: keeps those types; system types always pass, and naming one raises.
+    """
+
+    kind: DeliverFilterKind
+    time_tick: int = 0
+    message_types: frozenset[MessageType] = frozenset()
+
+    @classmethod
+    def time_tick_gt(cls, time_tick: int) -> DeliverFilter:
+        return cls(DeliverFilterKind.TIME_TICK_GT, time_tick=_check_tt(time_tick))
+
+    @classmethod
+    def time_tick_gte(cls, time_tick: int) -> DeliverFilter:
+        return cls(DeliverFilterKind.TIME_TICK_GTE, time_tick=_check_tt(time_tick))
+
+    @classmethod
+    def message_type(cls, *types: MessageType) -> DeliverFilter:
+        if not types:
+            raise InvalidArgumentError("message_type filter needs at least one type")
+        out = set()
+        for t in types:
+            mt = MessageType(t)
+            if mt.is_system:
+                raise InvalidArgumentError(f"cannot filter on system message type {mt.name}: it is always delivered")
+            out.add(mt)
+        return cls(DeliverFilterKind.MESSAGE_TYPE, message_types=frozenset(out))
+
+    @property
+    def is_time_tick_filter(self) -> bool:
+        return self.kind is not DeliverFilterKind.MESSAGE_TYPE
+
+    def matches(self, msg: ImmutableMessage) -> bool:
+        if self.kind is DeliverFilterKind.MESSAGE_TYPE:
+            return msg.message_type.is_system or msg.message_type in self.message_types
+        if msg.txn_ctx is not None and msg.message_type not in _TIME_FILTERED_IN_TXN:
+            return True
+        if self.kind is DeliverFilterKind.TIME_TICK_GT:
+            return msg.time_tick > self.time_tick
+        return msg.time_tick >= self.time_tick
+
+
+def _check_tt(tt: int) -> int:
+    if not isinstance(tt, int) or tt < 0:
+        raise InvalidArgumentError(f"a time tick is a non-negative int, got {tt!r}")
+    return tt
+
+
+def filter_func(filters: Iterable[DeliverFilter]) -> Callable[[ImmutableMessage], bool]:
+    """One predicate that ANDs ``filters`` (always true when there are none)."""
+    fs = tuple(filters)
+    if not fs:
+        return lambda _m: True
+    if len(fs) == 1:
+        return fs[0].matches
+    return lambda m: all(f.matches(m) for f in fs)

@@ -1,0 +1,168 @@
+"""The interfaces a backend implements. The adaptor (``wal.adaptor``) turns them into a full :class:`wal.WAL`.
+
+A backend only has to give each channel a total order of message IDs, store each message's payload, properties
+and metadata exactly, and deliver in ID order. It does not assign time ticks, handle transactions, reorder, or
+filter: the adaptor does. Messages must survive closing and reopening a WAL on the same opener.
+
+Thread safety: ``append``/``append_batch`` are called from many threads at once (backends batch concurrent
+calls into one write and one sync: group commit); each scanner is used by one thread at a time, but ``close``
+may come from another thread and must wake a blocked ``recv``.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from .._types import OpenOption, PChannelInfo
+from ..message import ImmutableMessage, MessageID, MutableMessage
+from ..options import DeliverPolicy
+
+__all__ = [
+    "OpenerBuilderImpls",
+    "OpenerImpls",
+    "ROWALImpls",
+    "ReadOption",
+    "ScannerImpls",
+    "WALImpls",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOption:
+    """A backend read: a scanner name (for logs and metrics), where to start, and a read-ahead hint (0 = default)."""
+
+    name: str
+    deliver_policy: DeliverPolicy = field(default_factory=DeliverPolicy.all)
+    read_ahead_buffer_size: int = 0
+
+
+class ScannerImpls(ABC):
+    """A backend reader: delivers messages in ID order from its policy on and follows new appends."""
+
+    @property
+    @abstractmethod
+    def name(self) -> str: ...
+
+    @abstractmethod
+    def recv(self, timeout: float | None = None) -> ImmutableMessage:
+        """The next message in ID order.
+
+        Raises :class:`~wal.errors.WALTimeoutError` when nothing arrives within ``timeout`` seconds (None waits
+        for ever), :class:`~wal.errors.ShutdownError` once closed, or the error that ended the scanner (a
+        :class:`~wal.errors.CorruptedError` where the bytes fail their checksum).
+        """
+
+    def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
+        """Up to ``max_messages`` messages, waiting as ``recv`` does for the first one only.
+
+        Backends that can hand out many messages cheaply (a mapped segment) override it; scans use it.
+        """
+        return [self.recv(timeout)]
+
+    @abstractmethod
+    def done(self) -> threading.Event:
+        """Set when the scanner has finished (closed, or failed with an error)."""
+
+    @abstractmethod
+    def error(self) -> BaseException | None:
+        """The error that ended the scanner, or None."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop; wakes a blocked ``recv`` (which then raises ``ShutdownError``). Idempotent."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class ROWALImpls(ABC):
+    """A backend channel opened for reading."""
+
+    @property
+    @abstractmethod
+    def wal_name(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def channel(self) -> PChannelInfo: ...
+
+    @abstractmethod
+    def read(self, opt: ReadOption) -> ScannerImpls: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the channel; scanners opened from it are closed. Idempotent."""
+
+
+class WALImpls(ROWALImpls):
+    """A backend channel. Opened in ``AccessMode.RO``, ``append``/``append_batch``/``truncate`` raise
+    :class:`~wal.errors.AccessModeError`.
+    """
+
+    @abstractmethod
+    def append(self, msg: MutableMessage) -> MessageID:
+        """Store one message (its payload, user properties and the metadata fields the adaptor stamped) and
+        return its ID. Returns only once the message is as durable as the backend's sync policy promises.
+
+        Raises :class:`~wal.errors.FencedError` when a newer term owns the channel (fenced for ever),
+        :class:`~wal.errors.WALIOError` on an I/O failure, :class:`~wal.errors.ShutdownError` once closed.
+        """
+
+    def append_batch(self, msgs: Sequence[MutableMessage]) -> list[MessageID]:
+        """Store several messages in order, as one group commit where the backend can; IDs in the same order.
+
+        All or nothing is not promised: on an error, a prefix may be stored (and will be delivered).
+        """
+        return [self.append(m) for m in msgs]
+
+    @abstractmethod
+    def truncate(self, message_id: MessageID) -> None:
+        """The caller no longer needs messages before ``message_id``; the backend may delete them (lazily, in
+        whole units such as segments). Messages at or after ``message_id`` stay readable.
+        """
+
+
+class OpenerImpls(ABC):
+    """Opens backend channels; owns the backend's shared resources."""
+
+    @abstractmethod
+    def open(self, opt: OpenOption) -> WALImpls:
+        """Open a channel (``opt.validate()`` first). RW takes the channel's write lock and checks the term:
+        :class:`~wal.errors.WALLockedError` if another writer holds it, :class:`~wal.errors.FencedError` if a
+        newer term has opened it.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every channel opened here and release resources. Idempotent."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class OpenerBuilderImpls(ABC):
+    """Registered in :mod:`wal.registry` under :attr:`name`."""
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """Lowercase backend name; also the ``wal_name`` of its message IDs."""
+
+    @abstractmethod
+    def build(self, **options: Any) -> OpenerImpls:
+        """An opener. Unknown options raise :class:`~wal.errors.InvalidArgumentError` naming them."""
