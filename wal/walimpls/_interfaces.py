@@ -125,6 +125,14 @@ class WALImpls(ROWALImpls):
         """
         return [self.append(m) for m in msgs]
 
+    def last_time_tick(self) -> int:
+        """The largest time tick of any message stored in this channel (0 when empty or unknown).
+
+        The adaptor starts its clock above it, so time ticks keep growing across restarts even if the wall
+        clock stepped back. Backends that recover their tail on open know it for free.
+        """
+        return 0
+
     @abstractmethod
     def truncate(self, message_id: MessageID) -> None:
         """The caller no longer needs messages before ``message_id``; the backend may delete them (lazily, in
