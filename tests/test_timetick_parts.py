@@ -1,0 +1,288 @@
+"""Hybrid clock, ack manager, ack details and MVCC manager (milvus-tests §I.2-I.4)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+from _utility_msgs import UID, data, tick
+
+from wal.errors import InvalidArgumentError
+from wal.interceptors.timetick import AckDetail, AckDetails, Acker, AckManager, HybridClock, MVCCManager
+from wal.interceptors.txn import TxnManager
+from wal.message import MessageType, TxnContext, compose_ts, physical_ms
+
+
+def counter_clock() -> HybridClock:
+    """Milvus's fake TSO: 1, 2, 3..."""
+    return HybridClock(0, now_ms=lambda: 0)
+
+
+# -- clock -----------------------------------------------------------------------------------------------------
+
+
+def test_clock_follows_wall_time_and_never_goes_back() -> None:
+    now = [1_000]
+    c = HybridClock(0, now_ms=lambda: now[0])
+    a = c.allocate()
+    assert a == compose_ts(1_000)
+    b = c.allocate()
+    assert b == a + 1  # same millisecond: logical part
+    now[0] = 1_005
+    d = c.allocate()
+    assert d == compose_ts(1_005)
+    now[0] = 900  # wall clock goes back
+    e, f = c.allocate(), c.allocate()
+    assert d < e < f
+    assert physical_ms(f) == 1_005
+    now[0] = 2_000
+    assert c.allocate() == compose_ts(2_000)
+
+
+def test_clock_starts_above_last_time_tick() -> None:
+    last = compose_ts(5_000, 7)
+    c = HybridClock(last, now_ms=lambda: 1_000)
+    assert c.allocate() == last + 1
+    assert c.last_time_tick == last + 1
+
+
+def test_clock_barrier_and_observe() -> None:
+    c = HybridClock(0, now_ms=lambda: 10)
+    barrier = compose_ts(50)
+    assert c.allocate_with_barrier(barrier) > barrier
+    assert c.allocate_with_barrier(5) > barrier  # an old barrier changes nothing
+    c.observe(compose_ts(90))
+    assert c.allocate() == compose_ts(90) + 1
+
+
+def test_clock_threads_get_unique_increasing_values() -> None:
+    c = HybridClock()
+    out: list[list[int]] = [[] for _ in range(8)]
+
+    def run(i: int) -> None:
+        for _ in range(2000):
+            out[i].append(c.allocate())
+
+    ths = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    for seq in out:
+        assert seq == sorted(seq)
+    allv = [v for seq in out for v in seq]
+    assert len(set(allv)) == len(allv)
+
+
+# -- ack manager (I.2) -----------------------------------------------------------------------------------------
+
+
+def ts_of(details: list[AckDetail]) -> list[int]:
+    return [d.begin_timestamp for d in details]
+
+
+def test_ack_manager_all_acknowledged_prefix() -> None:
+    am = AckManager(counter_clock(), UID(0))
+    ackers = [am.allocate() for _ in range(10)]
+    assert [a.timestamp for a in ackers] == list(range(1, 11))
+    assert am.sync_and_get_acknowledged() == []
+    ackers[1].ack()
+    assert am.sync_and_get_acknowledged() == []
+    ackers[3].ack()
+    assert am.sync_and_get_acknowledged() == []
+    ackers[0].ack()
+    assert ts_of(am.sync_and_get_acknowledged()) == [1, 2]
+    assert am.sync_and_get_acknowledged() == []
+    for a in ackers[4:]:
+        a.ack()
+    assert am.sync_and_get_acknowledged() == []
+    x, y = am.allocate(), am.allocate()
+    assert am.sync_and_get_acknowledged() == []
+    ackers[2].ack()
+    got = am.sync_and_get_acknowledged()
+    assert len(got) > 8
+    assert ts_of(got) == sorted(ts_of(got))
+    assert ts_of(got)[:8] == list(range(3, 11))
+    assert am.sync_and_get_acknowledged() == []
+    x.ack()
+    y.ack()
+    got = am.sync_and_get_acknowledged()
+    assert len(got) > 2
+    assert ts_of(got)[:2] == [x.timestamp, y.timestamp]
+    assert am.not_acked_count == 0
+    with pytest.raises(InvalidArgumentError):
+        x.ack()
+
+
+def test_ack_manager_last_confirmed_waits_for_unacked_and_open_txn() -> None:
+    clock = counter_clock()
+    am = AckManager(clock, UID(0))
+    txns = TxnManager(clock)
+
+    def ack_msg(a: Acker, mid: int, **kw: object) -> None:
+        a.ack(message=data(a.timestamp, mid=mid), **kw)  # type: ignore[arg-type]
+
+    a1, a2 = am.allocate(), am.allocate()
+    assert a1.last_confirmed_message_id == UID(0)
+    ack_msg(a2, 2)
+    am.sync_and_get_acknowledged()
+    assert am.last_confirmed_message_id == UID(0)  # a1 is still open: 2 cannot be confirmed
+    ack_msg(a1, 1)
+    am.sync_and_get_acknowledged()
+    assert am.last_confirmed_message_id == UID(2)
+
+    # An open txn holds the last-confirmed ID at its begin.
+    begin = am.allocate()
+    session = txns.begin_new_txn(begin.timestamp, keepalive=1000.0)
+    session.begin_done()
+    ack_msg(begin, 3, txn_session=session)
+    after = am.allocate()
+    ack_msg(after, 4)
+    am.sync_and_get_acknowledged()
+    am.sync_and_get_acknowledged()
+    assert am.last_confirmed_message_id == UID(2)
+    assert am.allocate().last_confirmed_message_id == UID(2)
+    session.request_commit_and_wait(clock.last_time_tick)
+    session.commit_done()
+    am.sync_and_get_acknowledged()
+    assert am.last_confirmed_message_id == UID(4)
+
+    # Failed appends and syncs never move it.
+    am.allocate().ack(error=RuntimeError("boom"))
+    am.sync_and_get_acknowledged()
+    am.sync_and_get_acknowledged()
+    assert am.last_confirmed_message_id == UID(4)
+
+
+def test_ack_manager_concurrency() -> None:
+    clock = counter_clock()
+    am = AckManager(clock, UID(0))
+    n_plain, n_barrier = 200, 20
+    id_clock = HybridClock(0, now_ms=lambda: 0)
+    errors: list[BaseException] = []
+
+    def plain(seed: int) -> None:
+        try:
+            a = am.allocate()
+            time.sleep(random.Random(seed).uniform(0, 0.004))
+            a.ack(message=data(a.timestamp, mid=id_clock.allocate()))
+        except BaseException as e:
+            errors.append(e)
+
+    def barrier(i: int) -> None:
+        try:
+            a = am.allocate_with_barrier(i * 10)
+            assert a.timestamp > i * 10
+            a.ack(message=data(a.timestamp, mid=id_clock.allocate()))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=plain, args=(i,)) for i in range(n_plain)]
+    threads += [threading.Thread(target=barrier, args=(i,)) for i in range(n_barrier)]
+    seen: list[AckDetail] = []
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    last_ts = 0
+    while sum(1 for d in seen if not d.is_sync) < n_plain + n_barrier and time.monotonic() < deadline:
+        got = am.sync_and_get_acknowledged()
+        for d in got:
+            assert d.begin_timestamp > last_ts
+            last_ts = d.begin_timestamp
+        seen.extend(got)
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    seen.extend(am.sync_and_get_acknowledged())
+    assert not errors, errors
+    assert sum(1 for d in seen if not d.is_sync) == n_plain + n_barrier
+    assert am.not_acked_count == 0
+    assert am.last_confirmed_message_id is not None
+
+
+# -- ack details (I.3) -----------------------------------------------------------------------------------------
+
+
+def test_ack_details() -> None:
+    ad = AckDetails()
+    assert ad.empty()
+    assert len(ad) == 0
+    ad.add_details([AckDetail(1, is_sync=True, last_confirmed_message_id=UID(1))])
+    assert ad.is_no_persisted_message()
+    assert ad.last_all_acknowledged_timestamp() == 1
+    ad.add_details(
+        [
+            AckDetail(2, last_confirmed_message_id=UID(2), message=data(2)),
+            AckDetail(3, last_confirmed_message_id=UID(1), message=data(3)),
+        ]
+    )
+    assert not ad.is_no_persisted_message()
+    assert ad.last_all_acknowledged_timestamp() == 3
+    assert ad.earliest_last_confirmed_message_id() == UID(1)
+    assert [m.time_tick for m in ad.messages()] == [2, 3]
+    with pytest.raises(InvalidArgumentError):
+        ad.add_details([AckDetail(1)])
+    assert len(ad) == 3
+    ad.clear()
+    assert ad.empty()
+    with pytest.raises(InvalidArgumentError):
+        AckDetail(0)
+
+
+def test_ack_options_apply() -> None:
+    am = AckManager(counter_clock(), UID(0))
+    clock = counter_clock()
+    session = TxnManager(clock).begin_new_txn(1, keepalive=1.0)
+    a, b, c, d = am.allocate(), am.allocate(), am.allocate(), am.allocate()
+    err = RuntimeError("x")
+    msg = data(1, mid=1)
+    a.ack(message=msg, txn_session=session)
+    b.ack(error=err)
+    c.ack(sync=True)
+    d.ack()
+    got = am.sync_and_get_acknowledged()
+    assert got[0].message is msg and got[0].txn_session is session
+    assert got[1].error is err and got[1].message is None
+    assert got[2].is_sync
+    assert not got[3].is_sync and got[3].message is None and got[3].error is None
+    assert got[3].end_timestamp == 4
+    ad = AckDetails()
+    ad.add_details(got[1:])
+    assert ad.is_no_persisted_message()  # an error, a sync and an empty ack wrote nothing
+
+
+# -- MVCC (I.4) ------------------------------------------------------------------------------------------------
+
+
+def test_mvcc_manager() -> None:
+    m = MVCCManager(100)
+    assert m.get_mvcc_of_vchannel("vc1") == (100, True)
+    m.update_mvcc(data(101, vchannel="vc1"))
+    assert m.get_mvcc_of_vchannel("vc1") == (101, False)
+    assert m.get_mvcc_of_vchannel("vc2") == (100, True)
+    m.update_mvcc(tick(102))
+    assert m.get_mvcc_of_vchannel("vc1") == (102, True)
+    assert m.get_mvcc_of_vchannel("vc2") == (102, True)
+    ctx = TxnContext(1, 1.0)
+    m.update_mvcc(data(103, vchannel="vc1", txn=ctx))
+    assert m.get_mvcc_of_vchannel("vc1") == (102, True)
+    m.update_mvcc(data(104, vchannel="vc1", txn=ctx, mtype=MessageType.COMMIT_TXN))
+    assert m.get_mvcc_of_vchannel("vc1") == (104, False)
+    assert m.get_mvcc_of_vchannel("vc2") == (102, True)
+    m.update_mvcc(tick(104))
+    assert m.get_mvcc_of_vchannel("vc1") == (104, True)
+    assert m.get_mvcc_of_vchannel("vc2") == (104, True)
+    m.update_mvcc(tick(101))
+    assert m.get_mvcc_of_vchannel("vc1") == (104, True)
+    assert m.pchannel_time_tick == 104
+
+
+def test_mvcc_all_vchannel_message_counts_for_every_vchannel() -> None:
+    m = MVCCManager(10)
+    m.update_mvcc(data(11, vchannel=""))
+    assert m.get_mvcc_of_vchannel("a") == (11, False)
+    assert m.get_mvcc_of_vchannel("b") == (11, False)
+    m.update_mvcc(tick(12))
+    assert m.get_mvcc_of_vchannel("a") == (12, True)

@@ -1,0 +1,215 @@
+"""Reorder buffer, message heap, pending queue and txn buffer (milvus-tests §G)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from _utility_msgs import UID, data
+
+from wal.errors import InvalidArgumentError
+from wal.message import ImmutableTxnMessage, MessageType, TxnContext, add_physical_ms, compose_ts
+from wal.utility import (
+    DuplicateMessageError,
+    MessageHeap,
+    PendingQueue,
+    ReorderBuffer,
+    TimeTickViolationError,
+    TxnBuffer,
+)
+
+
+def test_reorder_buffer_pops_in_time_tick_order() -> None:
+    rb = ReorderBuffer()
+    tts = list(range(1, 26))
+    random.Random(7).shuffle(tts)
+    for i, tt in enumerate(tts):
+        rb.push(data(tt, size=i, mid=i))
+        assert len(rb) == i + 1
+    assert rb.bytes == sum(range(25))
+    assert rb.pop_until(0) == []
+    expected_counts = [(1, 1), (10, 9), (25, 15)]
+    lo = 0
+    for until, count in expected_counts:
+        got = rb.pop_until(until)
+        assert len(got) == count
+        assert [m.time_tick for m in got] == list(range(lo + 1, until + 1))
+        lo = until
+    assert len(rb) == 0
+    assert rb.bytes == 0
+
+
+def test_reorder_buffer_ties_by_message_id() -> None:
+    rb = ReorderBuffer()
+    for mid in (5, 3, 9, 1):
+        rb.push(data(7, mid=mid))
+    assert [m.message_id for m in rb.pop_until(7)] == [UID(1), UID(3), UID(5), UID(9)]
+
+
+def test_reorder_buffer_rejects_duplicates_and_old_ticks() -> None:
+    rb = ReorderBuffer()
+    rb.push(data(5, mid=1))
+    with pytest.raises(DuplicateMessageError):
+        rb.push(data(5, mid=1))
+    rb.push(data(6, mid=2))
+    assert len(rb.pop_until(5)) == 1
+    with pytest.raises(TimeTickViolationError):
+        rb.push(data(4, mid=3))
+    with pytest.raises(InvalidArgumentError):  # both errors are InvalidArgumentError
+        rb.push(data(4, mid=4))
+    # A message released at exactly the last popped tick is still a duplicate if it comes again.
+    with pytest.raises(DuplicateMessageError):
+        rb.push(data(5, mid=1))
+    rb.push(data(5, mid=5))  # a new message at the last popped tick is fine
+    assert [m.message_id for m in rb.pop_until(6)] == [UID(5), UID(2)]
+
+
+def test_message_heap() -> None:
+    h = MessageHeap()
+    tts = list(range(1, 26))
+    random.Random(3).shuffle(tts)
+    for tt in tts:
+        h.push(data(tt))
+    assert len(h) == 25
+    assert h.peek().time_tick == 1
+    out = [h.pop().time_tick for _ in range(25)]
+    assert out == sorted(out)
+    assert len(set(out)) == 25
+    with pytest.raises(IndexError):
+        h.pop()
+
+
+def test_pending_queue() -> None:
+    q = PendingQueue()
+    assert q.bytes == 0
+    assert len(q) == 0
+    a = data(1, size=1)
+    q.add_one(a)
+    assert q.bytes == 1
+    q.add([data(2, size=2), data(3, size=3)])
+    assert q.bytes == 6
+    assert len(q) == 3
+    assert q.next() is a
+    q.unsafe_advance()
+    assert q.bytes == 5
+    assert [q.next().time_tick for _ in range(1)] == [2]
+    q.unsafe_advance()
+    q.unsafe_advance()
+    assert q.bytes == 0
+    with pytest.raises(IndexError):
+        q.next()
+
+
+# -- txn buffer ------------------------------------------------------------------------------------------------
+
+BASE = compose_ts(1_700_000_000_000)
+
+
+def at(ms: int) -> int:
+    return add_physical_ms(BASE, ms)
+
+
+def test_txn_buffer_passes_plain_messages() -> None:
+    b = TxnBuffer()
+    out = b.handle_immutable_messages([data(BASE), data(BASE), data(BASE)], at(1))
+    assert len(out) == 3
+    assert len(b) == 0
+
+
+def test_txn_buffer_drops_txn_messages_without_begin() -> None:
+    b = TxnBuffer()
+    t1 = TxnContext(1, 0.201)
+    t2 = TxnContext(2, 0.201)
+    msgs = [
+        data(BASE),
+        data(BASE, txn=t1),
+        data(BASE),
+        data(BASE, txn=t1, mtype=MessageType.ROLLBACK_TXN),
+        data(BASE, txn=t2, mtype=MessageType.COMMIT_TXN),
+    ]
+    out = b.handle_immutable_messages(msgs, at(1))
+    assert len(out) == 2
+    assert all(m.txn_ctx is None for m in out)
+    assert len(b) == 0
+
+
+def make_uncommitted(b: TxnBuffer, txn_id: int) -> TxnContext:
+    ctx = TxnContext(txn_id, 0.201)
+    assert b.handle_immutable_messages([data(BASE, txn=ctx, mtype=MessageType.BEGIN_TXN)], at(1)) == []
+    assert b.handle_immutable_messages([data(at(100), size=4, txn=ctx)], at(200)) == []
+    out = b.handle_immutable_messages([data(at(250)), data(at(300), size=6, txn=ctx)], at(400))
+    assert len(out) == 1
+    assert out[0].txn_ctx is None
+    assert len(b) == 1
+    assert b.bytes == 10
+    return ctx
+
+
+def test_txn_buffer_commit() -> None:
+    b = TxnBuffer()
+    ctx = make_uncommitted(b, 1)
+    commit = data(at(500), txn=ctx, mtype=MessageType.COMMIT_TXN)
+    out = b.handle_immutable_messages([commit], at(600))
+    assert len(out) == 1
+    txn = out[0]
+    assert isinstance(txn, ImmutableTxnMessage)
+    assert txn.message_type is MessageType.TXN
+    assert txn.message_id == commit.message_id
+    assert txn.time_tick == at(500)
+    assert txn.size() == 2
+    assert all(m.time_tick == at(500) for m in txn.messages)
+    assert len(b) == 0
+    assert b.bytes == 0
+
+
+def test_txn_buffer_rollback() -> None:
+    b = TxnBuffer()
+    ctx = make_uncommitted(b, 2)
+    out = b.handle_immutable_messages([data(at(500), txn=ctx, mtype=MessageType.ROLLBACK_TXN)], at(600))
+    assert out == []
+    assert len(b) == 0
+
+
+def test_txn_buffer_expiry() -> None:
+    b = TxnBuffer()
+    make_uncommitted(b, 2)
+    assert b.handle_immutable_messages([], at(500)) == []
+    assert len(b) == 1  # last body at +300 plus 201 ms is 501 > 500
+    assert b.handle_immutable_messages([], at(501)) == []
+    assert len(b) == 0
+
+
+def test_txn_buffer_ignores_duplicate_begin() -> None:
+    b = TxnBuffer()
+    ctx = TxnContext(9, 1.0)
+    begin = data(BASE, txn=ctx, mtype=MessageType.BEGIN_TXN)
+    b.handle_immutable_messages([begin, data(at(1), txn=ctx)], at(2))
+    b.handle_immutable_messages([data(at(3), txn=ctx, mtype=MessageType.BEGIN_TXN)], at(4))
+    out = b.handle_immutable_messages([data(at(5), txn=ctx, mtype=MessageType.COMMIT_TXN)], at(6))
+    assert len(out) == 1
+    assert isinstance(out[0], ImmutableTxnMessage)
+    assert out[0].begin is begin
+    assert out[0].size() == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_reorder_buffer_random_interleaving(seed: int) -> None:
+    """Out-of-order pushes within a window, pops at advancing ticks: every message out once, in tt order."""
+    rng = random.Random(seed)
+    rb = ReorderBuffer()
+    pushed = 0
+    out = []
+    popped_to = 0
+    for mid in range(2000):
+        tt = popped_to + rng.randint(0, 20)
+        rb.push(data(tt, size=1, mid=mid))
+        pushed += 1
+        if rng.random() < 0.1:
+            popped_to += rng.randint(0, 15)
+            out.extend(rb.pop_until(popped_to))
+            assert rb.bytes == len(rb)
+    out.extend(rb.pop_until(popped_to + 100))
+    assert len(out) == pushed
+    assert len({m.message_id for m in out}) == pushed
+    keys = [(m.time_tick, m.message_id.value) for m in out]  # type: ignore[attr-defined]
+    assert keys == sorted(keys)

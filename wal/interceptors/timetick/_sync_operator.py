@@ -1,0 +1,83 @@
+"""The time-tick sync (Milvus ``timetick_sync_operator.go``): turns acknowledged appends into a tick.
+
+Called only from the WAL's dispatcher thread, in three modes:
+
+- ``BATCH`` after every appended batch: a not-persisted tick that hands the batch to the write-ahead buffer, so
+  tailing readers see a message as soon as its append is acknowledged;
+- ``PERIODIC`` every ``time_tick_interval``: persisted when data was written since the last persisted tick (so
+  catch-up and RO readers can release what they hold), otherwise not persisted (an idle WAL does not grow);
+- ``FORCE``: always persisted.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+from ...message import ImmutableMessage, MessageID, MutableMessage
+from ...utility import WriteAheadBuffer
+from ..txn import TxnManager
+from ._ack import AckDetails, AckManager
+from ._message import new_time_tick_message
+from ._mvcc import MVCCManager
+
+__all__ = ["SyncMode", "TimeTickSyncOperator"]
+
+
+class SyncMode(enum.Enum):
+    BATCH = 1
+    PERIODIC = 2
+    FORCE = 3
+
+
+class TimeTickSyncOperator:
+    """``append_persisted`` writes a tick through the interceptor chain to the backend and returns its ID."""
+
+    def __init__(
+        self,
+        ack: AckManager,
+        txns: TxnManager,
+        mvcc: MVCCManager,
+        wab: WriteAheadBuffer,
+        append_persisted: Callable[[MutableMessage], MessageID],
+    ) -> None:
+        self._ack = ack
+        self._txns = txns
+        self._mvcc = mvcc
+        self._wab = wab
+        self._append = append_persisted
+        self._details = AckDetails()
+        self._dirty = False  # data persisted since the last persisted tick
+        self.persisted_ticks = 0
+
+    @property
+    def write_ahead_buffer(self) -> WriteAheadBuffer:
+        return self._wab
+
+    def sync(self, mode: SyncMode) -> ImmutableMessage | None:
+        """Make (and return) the next tick; None when a stuck append keeps the tick from advancing."""
+        details = self._details
+        got = self._ack.sync_and_get_acknowledged()
+        if got:
+            details.add_details(got)
+        if details.empty():
+            return None
+        if not details.is_no_persisted_message():
+            self._dirty = True
+        ts = details.last_all_acknowledged_timestamp()
+        lc = details.earliest_last_confirmed_message_id()
+        persist = mode is SyncMode.FORCE or (mode is SyncMode.PERIODIC and self._dirty)
+        msg = new_time_tick_message(ts, lc, persist)
+        if persist:
+            mid = self._append(msg)  # on failure the details stay and the next sync retries
+            self._dirty = False
+            self.persisted_ticks += 1
+        else:
+            assert lc is not None, "the ack manager starts from the first tick's ID"
+            mid = lc
+        tick = msg.into_immutable(mid)
+        self._wab.append(details.messages(), tick)
+        details.clear()
+        self._txns.cleanup_txn_until(ts)
+        self._mvcc.update_mvcc(msg)
+        return tick

@@ -1,0 +1,84 @@
+"""The open transactions of one WAL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ...errors import InvalidArgumentError, TxnExpiredError
+from ...message import TxnContext
+from ..timetick._clock import HybridClock
+from ._session import TxnSession
+
+__all__ = ["TxnManager"]
+
+
+class TxnManager:
+    """Creates, finds and forgets :class:`TxnSession` objects; thread-safe.
+
+    Txn IDs are drawn from the WAL's hybrid clock: they are unique and, like time ticks, never reused after a
+    restart. Sessions are forgotten when a time tick finds them expired or done (:meth:`cleanup_txn_until`).
+    """
+
+    def __init__(self, clock: HybridClock, default_keepalive: float = 10.0) -> None:
+        self._clock = clock
+        self._default_keepalive = default_keepalive
+        self._cond = threading.Condition(threading.Lock())
+        self._sessions: dict[int, TxnSession] = {}
+        self._closing = False
+        self._cleaning = 0  # cleanup_txn_until calls running cleanups outside the lock
+
+    def begin_new_txn(self, time_tick: int, keepalive: float | None = None) -> TxnSession:
+        """A session for a transaction whose begin message has ``time_tick``.
+
+        ``keepalive`` None or 0 means the default; below 1 ms raises ``InvalidArgumentError``.
+        """
+        if not keepalive:
+            keepalive = self._default_keepalive
+        if keepalive < 0.001:
+            raise InvalidArgumentError(f"txn keepalive must be at least 1 ms, got {keepalive} s")
+        with self._cond:
+            if self._closing:
+                raise TxnExpiredError("txn manager is closing: no new transactions")
+            s = TxnSession(TxnContext(self._clock.allocate(), keepalive), time_tick)
+            self._sessions[s.txn_id] = s
+            return s
+
+    def get_session(self, txn_id: int) -> TxnSession:
+        with self._cond:
+            s = self._sessions.get(txn_id)
+        if s is None:
+            raise TxnExpiredError(f"txn {txn_id} is unknown: expired, finished, or never begun on this WAL")
+        return s
+
+    def cleanup_txn_until(self, time_tick: int) -> None:
+        """Forget every session expired or done at ``time_tick``, running its cleanups."""
+        with self._cond:
+            gone = [s for s in self._sessions.values() if s.is_expired_or_done(time_tick)]
+            if not gone:
+                return
+            for s in gone:
+                del self._sessions[s.txn_id]
+            self._cleaning += 1
+        try:
+            for s in gone:
+                s.cleanup()
+        finally:
+            with self._cond:
+                self._cleaning -= 1
+                self._cond.notify_all()
+
+    def graceful_close(self, timeout: float | None = None) -> bool:
+        """Refuse new transactions, then wait until the open ones are gone; False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._closing = True
+            while self._sessions or self._cleaning:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def __len__(self) -> int:
+        return len(self._sessions)

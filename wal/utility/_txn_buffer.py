@@ -1,0 +1,58 @@
+"""Assembles transactions on the read side: body messages wait until their commit, then leave as one TXN."""
+
+from __future__ import annotations
+
+from ..message import ImmutableMessage, ImmutableTxnMessageBuilder, MessageType
+
+__all__ = ["TxnBuffer"]
+
+
+class TxnBuffer:
+    """Open transactions of one scanner, keyed by txn ID. Not thread-safe.
+
+    A transaction whose begin was never seen (the scanner started in its middle) is dropped: its commit's
+    last-confirmed ID lies at or before the begin, so a reader that needs it starts earlier.
+    """
+
+    __slots__ = ("_builders",)
+
+    def __init__(self) -> None:
+        self._builders: dict[int, ImmutableTxnMessageBuilder] = {}
+
+    def handle_immutable_messages(self, msgs: list[ImmutableMessage], time_tick: int) -> list[ImmutableMessage]:
+        """Return what is deliverable from ``msgs`` (time-tick ordered), then drop txns expired at ``time_tick``."""
+        out: list[ImmutableMessage] = []
+        builders = self._builders
+        for m in msgs:
+            ctx = m.txn_ctx
+            if ctx is None:
+                out.append(m)
+                continue
+            mt = m.message_type
+            if mt is MessageType.BEGIN_TXN:
+                if ctx.txn_id not in builders:
+                    builders[ctx.txn_id] = ImmutableTxnMessageBuilder(m)
+            elif mt is MessageType.COMMIT_TXN:
+                b = builders.pop(ctx.txn_id, None)
+                if b is not None:
+                    out.append(b.build(m))
+            elif mt is MessageType.ROLLBACK_TXN:
+                builders.pop(ctx.txn_id, None)
+            elif mt is MessageType.TXN:
+                out.append(m)  # already assembled upstream
+            else:
+                b = builders.get(ctx.txn_id)
+                if b is not None:
+                    b.add(m)
+        if builders:
+            expired = [tid for tid, b in builders.items() if b.expired_time_tick() <= time_tick]
+            for tid in expired:
+                del builders[tid]
+        return out
+
+    @property
+    def bytes(self) -> int:
+        return sum(b.estimate_size() for b in self._builders.values())
+
+    def __len__(self) -> int:
+        return len(self._builders)

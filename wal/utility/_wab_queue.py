@@ -1,0 +1,190 @@
+"""The storage of the write-ahead buffer: recent messages in time-tick order, evicted by size and age."""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from collections.abc import Callable
+
+from ..errors import InvalidArgumentError
+from ..message import ImmutableMessage, MessageType
+from ._errors import EvictedError, TimeTickViolationError
+
+__all__ = ["WABQueue", "WABSnapshot"]
+
+# Evicted entries are kept in the lists until they are at least this many and half of the lists: compaction
+# copies the live tail into new lists, so its cost is amortised over the evictions that caused it.
+_COMPACT_MIN = 64
+
+
+class WABSnapshot:
+    """A fixed slice ``msgs[pos:end]`` of the queue at the time it was taken.
+
+    It refers to the queue's list without copying. The queue only appends to a list and replaces it (never edits
+    it in place) when it compacts, so what a snapshot covers stays valid however much is evicted afterwards.
+    """
+
+    __slots__ = ("end", "msgs", "next_offset", "pos")
+
+    def __init__(self, msgs: list[ImmutableMessage], pos: int, end: int, next_offset: int) -> None:
+        self.msgs = msgs
+        self.pos = pos
+        self.end = end
+        self.next_offset = next_offset  # queue offset of the entry after this snapshot
+
+    def __len__(self) -> int:
+        return self.end - self.pos
+
+    def to_list(self) -> list[ImmutableMessage]:
+        return self.msgs[self.pos : self.end]
+
+
+class WABQueue:
+    """Entries with dense offsets (the first entry is offset 0); not thread-safe, the buffer locks around it.
+
+    The last entry is never evicted: it is the newest persisted position, where a reader starts tailing.
+    """
+
+    __slots__ = (
+        "_base",
+        "_capacity",
+        "_expire",
+        "_keepalive",
+        "_msgs",
+        "_now",
+        "_size",
+        "_sizes",
+        "_start",
+        "_tts",
+    )
+
+    def __init__(
+        self,
+        capacity_bytes: int,
+        keepalive: float,
+        first: ImmutableMessage,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._capacity = capacity_bytes
+        self._keepalive = keepalive
+        self._now = now
+        self._msgs: list[ImmutableMessage] = []
+        self._tts: list[int] = []
+        self._sizes: list[int] = []
+        self._expire: list[float] = []
+        self._base = 0  # offset of list index 0
+        self._start = 0  # list index of the first live entry
+        self._size = 0
+        self._append(first)
+
+    def _append(self, msg: ImmutableMessage) -> None:
+        size = msg.estimate_size()
+        self._msgs.append(msg)
+        self._tts.append(msg.time_tick)
+        self._sizes.append(size)
+        self._expire.append(self._now() + self._keepalive)
+        self._size += size
+
+    def push(self, msgs: list[ImmutableMessage]) -> None:
+        """Append in order. A data message must be above the last time tick; a tick may repeat it.
+
+        All or nothing: a message out of order leaves the queue unchanged.
+        """
+        last = self._tts[-1]
+        tts: list[int] = []
+        for m in msgs:
+            tt = m.time_tick
+            if tt < last or (tt == last and m.message_type is not MessageType.TIME_TICK):
+                raise TimeTickViolationError(
+                    f"write-ahead buffer: {m.message_type.name} with time tick {tt} after time tick {last}"
+                )
+            tts.append(tt)
+            last = tt
+        sizes = [m.estimate_size() for m in msgs]
+        self._msgs.extend(msgs)
+        self._tts.extend(tts)
+        self._sizes.extend(sizes)
+        self._expire.extend([self._now() + self._keepalive] * len(msgs))
+        self._size += sum(sizes)
+
+    def evict(self) -> None:
+        """Drop expired entries, then the oldest while over capacity; never the last one."""
+        last = len(self._msgs) - 1
+        i = self._start
+        if i >= last:
+            return
+        now = self._now()
+        expire = self._expire
+        sizes = self._sizes
+        cap = self._capacity
+        size = self._size
+        while i < last and (expire[i] <= now or size > cap):
+            size -= sizes[i]
+            i += 1
+        self._size = size
+        self._start = i
+        if i >= _COMPACT_MIN and 2 * i >= len(self._msgs):
+            # New lists, never an in-place delete: snapshots keep referring to the old ones.
+            self._msgs = self._msgs[i:]
+            self._tts = self._tts[i:]
+            self._sizes = self._sizes[i:]
+            self._expire = self._expire[i:]
+            self._base += i
+            self._start = 0
+
+    @property
+    def current_offset(self) -> int:
+        """Offset of the newest entry."""
+        return self._base + len(self._msgs) - 1
+
+    @property
+    def head_offset(self) -> int:
+        return self._base + self._start
+
+    @property
+    def last_time_tick(self) -> int:
+        return self._tts[-1]
+
+    @property
+    def size(self) -> int:
+        """Estimated bytes of the live entries."""
+        return self._size
+
+    def __len__(self) -> int:
+        return len(self._msgs) - self._start
+
+    def _check(self) -> None:
+        """Assert every internal invariant (for tests)."""
+        n = len(self._msgs)
+        assert len(self._tts) == len(self._sizes) == len(self._expire) == n
+        assert 0 <= self._start < n
+        assert self._tts == [m.time_tick for m in self._msgs]
+        assert all(a <= b for a, b in zip(self._tts, self._tts[1:], strict=False))
+        assert self._size == sum(self._sizes[self._start :])
+
+    def snapshot_from_offset(self, offset: int) -> WABSnapshot | None:
+        """Entries from ``offset`` on; None when ``offset`` is one past the newest (nothing yet)."""
+        n = len(self._msgs)
+        end_offset = self._base + n
+        if offset == end_offset:
+            return None
+        if offset > end_offset:
+            raise InvalidArgumentError(f"write-ahead buffer offset {offset} is beyond the next offset {end_offset}")
+        i = offset - self._base
+        if i < self._start:
+            raise EvictedError(f"write-ahead buffer offset {offset} was evicted (head is {self.head_offset})")
+        return WABSnapshot(self._msgs, i, n, end_offset)
+
+    def snapshot_from_exclusive_time_tick(self, time_tick: int) -> WABSnapshot | None:
+        """Entries with ``tt > time_tick``; None when there are none yet."""
+        tts = self._tts
+        if time_tick >= tts[-1]:
+            return None
+        start = self._start
+        if time_tick < tts[start]:
+            raise EvictedError(
+                f"write-ahead buffer no longer holds time tick {time_tick} (oldest kept is {tts[start]})"
+            )
+        n = len(tts)
+        i = bisect_right(tts, time_tick, start, n)
+        return WABSnapshot(self._msgs, i, n, self._base + n)

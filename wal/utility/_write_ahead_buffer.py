@@ -1,0 +1,207 @@
+"""The write-ahead buffer: the in-memory tail of a WAL, which tailing scanners read instead of the backend."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from ..errors import InvalidArgumentError, ShutdownError, WALTimeoutError
+from ..message import ImmutableMessage, MessageType
+from ._wab_queue import WABQueue, WABSnapshot
+
+__all__ = ["WriteAheadBuffer", "WriteAheadBufferReader"]
+
+_EMPTY: list[ImmutableMessage] = []
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+class WriteAheadBuffer:
+    """Messages of one WAL in time-tick order, fed by the time-tick sync, read by any number of scanners.
+
+    Only messages confirmed by a time tick enter (``append`` is called with everything up to that tick), so a
+    reader never sees a hole. Entries are evicted by age (``keepalive`` seconds) and total size
+    (``capacity_bytes``); a reader that falls behind gets :class:`EvictedError` and reads the backend instead.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        capacity_bytes: int,
+        keepalive: float,
+        first_time_tick: ImmutableMessage,
+        *,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if first_time_tick.message_type is not MessageType.TIME_TICK:
+            raise InvalidArgumentError(f"write-ahead buffer {name!r} must start from a TIME_TICK message")
+        self.name = name
+        self._cond = threading.Condition(threading.Lock())
+        self._queue = WABQueue(capacity_bytes, keepalive, first_time_tick, now)
+        self._last_tick = first_time_tick
+        self._closed = False
+
+    @property
+    def last_time_tick(self) -> int:
+        return self._last_tick.time_tick
+
+    @property
+    def last_time_tick_message(self) -> ImmutableMessage:
+        return self._last_tick
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def append(self, msgs: list[ImmutableMessage], time_tick_msg: ImmutableMessage) -> None:
+        """Add the messages confirmed by ``time_tick_msg`` (all with tt in (last tick, its tt]), then the tick.
+
+        A not-persisted tick is not stored (a reader could not resume from its ID) but is served as the newest
+        tick to readers that have caught up.
+        """
+        tt = time_tick_msg.time_tick
+        with self._cond:
+            if self._closed:
+                raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
+            last = self._last_tick.time_tick
+            if time_tick_msg.message_type is not MessageType.TIME_TICK or tt <= last:
+                raise InvalidArgumentError(
+                    f"write-ahead buffer {self.name!r}: expected a TIME_TICK above {last}, got "
+                    f"{time_tick_msg.message_type.name} at {tt}"
+                )
+            for m in msgs:
+                if not last < m.time_tick <= tt:
+                    raise InvalidArgumentError(
+                        f"write-ahead buffer {self.name!r}: message time tick {m.time_tick} outside ({last}, {tt}]"
+                    )
+            q = self._queue
+            if msgs:
+                q.push(msgs)
+            if not time_tick_msg.not_persisted:
+                q.push([time_tick_msg])
+            q.evict()
+            self._last_tick = time_tick_msg
+            self._cond.notify_all()
+
+    def read_from_exclusive_time_tick(self, time_tick: int, timeout: float | None = None) -> WriteAheadBufferReader:
+        """A reader of every message with ``tt > time_tick``; blocks until the buffer has one.
+
+        Raises :class:`EvictedError` when ``time_tick`` is older than the buffer, ``WALTimeoutError`` after
+        ``timeout`` seconds, ``ShutdownError`` when closed.
+        """
+        deadline = _deadline(timeout)
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
+                q = self._queue
+                snap = q.snapshot_from_exclusive_time_tick(time_tick)
+                if snap is not None:
+                    return WriteAheadBufferReader(self, snap.msgs, snap.pos, snap.end, snap.next_offset, time_tick)
+                nxt = q.current_offset + 1
+                if q.last_time_tick == time_tick:
+                    return WriteAheadBufferReader(self, _EMPTY, 0, 0, nxt, time_tick)
+                if self._last_tick.time_tick > time_tick:
+                    return WriteAheadBufferReader(self, [self._last_tick], 0, 1, nxt, time_tick)
+                self._wait(deadline, f"no message after time tick {time_tick}")
+
+    def _wait(self, deadline: float | None, what: str) -> None:
+        """Wait on the condition (lock held) until notified or the deadline passes."""
+        if deadline is None:
+            self._cond.wait()
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WALTimeoutError(f"write-ahead buffer {self.name!r}: timed out waiting: {what}")
+        self._cond.wait(left)  # the caller re-checks its state, then comes back here to time out
+
+    def _refill(
+        self, reader: WriteAheadBufferReader, deadline: float | None
+    ) -> WABSnapshot | ImmutableMessage:
+        """The reader's next snapshot, or the newest (not stored) tick when nothing is stored after the reader."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
+                snap = self._queue.snapshot_from_offset(reader._next_offset)
+                if snap is not None:
+                    return snap
+                tick = self._last_tick
+                if tick.time_tick > reader._last_tt:
+                    return tick
+                self._wait(deadline, f"no message after time tick {reader._last_tt}")
+
+    def close(self) -> None:
+        """Wake and fail every blocked reader; later calls raise ``ShutdownError``."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    @property
+    def size(self) -> int:
+        with self._cond:
+            return self._queue.size
+
+
+class WriteAheadBufferReader:
+    """Reads one buffer forward from a position; owned by one scanner (not thread-safe)."""
+
+    __slots__ = ("_buf", "_end", "_last_tt", "_msgs", "_next_offset", "_pos")
+
+    def __init__(
+        self,
+        buf: WriteAheadBuffer,
+        msgs: list[ImmutableMessage],
+        pos: int,
+        end: int,
+        next_offset: int,
+        last_tt: int,
+    ) -> None:
+        self._buf = buf
+        self._msgs = msgs
+        self._pos = pos
+        self._end = end
+        self._next_offset = next_offset
+        self._last_tt = last_tt
+
+    def _ensure(self, timeout: float | None) -> None:
+        if self._buf._closed:
+            raise ShutdownError(f"write-ahead buffer {self._buf.name!r} is closed")
+        if self._pos < self._end:
+            return
+        got = self._buf._refill(self, _deadline(timeout))
+        if isinstance(got, WABSnapshot):
+            self._msgs, self._pos, self._end, self._next_offset = got.msgs, got.pos, got.end, got.next_offset
+        else:
+            self._msgs, self._pos, self._end = [got], 0, 1
+
+    def next(self, timeout: float | None = None) -> ImmutableMessage:
+        """The next message; blocks up to ``timeout`` seconds (``WALTimeoutError``), ``EvictedError`` if it fell
+        out of the buffer, ``ShutdownError`` once the buffer is closed."""
+        self._ensure(timeout)
+        m = self._msgs[self._pos]
+        self._pos += 1
+        self._last_tt = m.time_tick
+        return m
+
+    def next_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
+        """Up to ``max_messages`` messages at once: the rest of the current snapshot (refilled if empty)."""
+        self._ensure(timeout)
+        pos = self._pos
+        end = min(self._end, pos + max(1, max_messages))
+        out = self._msgs[pos:end]
+        self._pos = end
+        self._last_tt = out[-1].time_tick
+        return out
+
+    @property
+    def last_time_tick(self) -> int:
+        """Time tick of the last message returned (the exclusive start before the first)."""
+        return self._last_tt
