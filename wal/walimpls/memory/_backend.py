@@ -1,0 +1,239 @@
+"""The in-memory reference backend: the simplest correct implementation of the backend interfaces.
+
+Each opener keeps a log per channel for its whole life, so messages survive closing and reopening a WAL (any term)
+and read-only WALs on the same opener see them. IDs are dense integers from 0. It persists nothing: use it in
+tests and as the baseline the adaptor is measured against.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..._types import AccessMode, OpenOption, PChannelInfo
+from ...errors import (
+    AccessModeError,
+    FencedError,
+    InvalidArgumentError,
+    ShutdownError,
+    WALLockedError,
+    WALTimeoutError,
+)
+from ...helper import PullScanner
+from ...message import ImmutableMessage, IntMessageID, MessageID, MutableMessage
+from ...options import DeliverPolicyKind
+from .._interfaces import OpenerBuilderImpls, OpenerImpls, ReadOption, ScannerImpls, WALImpls
+
+__all__ = ["WAL_NAME", "MemoryMessageID", "MemoryOpener", "MemoryOpenerBuilder"]
+
+WAL_NAME = "memory"
+
+
+class MemoryMessageID(IntMessageID):
+    """The position of a message in its channel, from 0."""
+
+    __slots__ = ()
+    WAL_NAME = WAL_NAME
+
+
+class _Log:
+    """One channel: the messages, the highest term seen, and who writes."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.messages: list[ImmutableMessage] = []
+        self.base = 0  # ID of messages[0]; truncate drops a prefix
+        self.term = 0
+        self.writer: MemoryWAL | None = None
+        self.max_time_tick = 0
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.messages)
+
+
+class MemoryScanner(PullScanner):
+    def __init__(self, name: str, log: _Log, start: int) -> None:
+        super().__init__(name)
+        self._log = log
+        self._pos = start
+
+    def recv(self, timeout: float | None = None) -> ImmutableMessage:
+        return self.recv_batch(1, timeout)[0]
+
+    def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
+        log = self._log
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with log.cond:
+            while True:
+                if self.closed:
+                    raise self._error or ShutdownError(f"scanner {self.name!r} is closed")
+                if self._pos < log.base:
+                    self._pos = log.base  # truncated under us: continue from the oldest kept message
+                if self._pos < log.end:
+                    i = self._pos - log.base
+                    out = log.messages[i : i + max(1, max_messages)]
+                    self._pos += len(out)
+                    return out
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise WALTimeoutError(f"scanner {self.name!r}: no message within {timeout} s")
+                log.cond.wait(remaining)
+
+    def _on_close(self) -> None:
+        with self._log.cond:
+            self._log.cond.notify_all()
+
+
+class MemoryWAL(WALImpls):
+    def __init__(self, opener: MemoryOpener, channel: PChannelInfo, log: _Log) -> None:
+        self._opener = opener
+        self._channel = channel
+        self._log = log
+        self._closed = False
+        self._fenced = False
+        self._scanners: set[ScannerImpls] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def wal_name(self) -> str:
+        return WAL_NAME
+
+    @property
+    def channel(self) -> PChannelInfo:
+        return self._channel
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise ShutdownError(f"memory WAL {self._channel} is closed")
+        if self._channel.access_mode is AccessMode.RO:
+            raise AccessModeError(f"memory WAL {self._channel} is read-only")
+        if self._fenced:
+            raise FencedError(f"memory WAL {self._channel}: a newer term ({self._log.term}) owns the channel")
+
+    def append(self, msg: MutableMessage) -> MessageID:
+        return self.append_batch([msg])[0]
+
+    def append_batch(self, msgs: Sequence[MutableMessage]) -> list[MessageID]:
+        log = self._log
+        with log.cond:
+            self._check_writable()
+            ids: list[MessageID] = []
+            for m in msgs:
+                if not isinstance(m, MutableMessage):
+                    raise InvalidArgumentError(f"append takes a MutableMessage, got {type(m).__name__}")
+                mid = MemoryMessageID(log.end)
+                imm = m.into_immutable(mid)
+                imm.payload = bytes(m.payload)  # the caller may reuse its buffer
+                log.messages.append(imm)
+                if m.time_tick > log.max_time_tick:
+                    log.max_time_tick = m.time_tick
+                ids.append(mid)
+            log.cond.notify_all()
+            return ids
+
+    def last_time_tick(self) -> int:
+        return self._log.max_time_tick
+
+    def truncate(self, message_id: MessageID) -> None:
+        self._check_writable()
+        if not isinstance(message_id, MemoryMessageID):
+            raise InvalidArgumentError(f"truncate takes a memory MessageID, got {message_id!r}")
+        log = self._log
+        with log.cond:
+            cut = min(message_id.value, log.end) - log.base
+            if cut > 0:
+                del log.messages[:cut]
+                log.base += cut
+
+    def read(self, opt: ReadOption) -> ScannerImpls:
+        if self._closed:
+            raise ShutdownError(f"memory WAL {self._channel} is closed")
+        log = self._log
+        p = opt.deliver_policy
+        with log.cond:
+            if p.kind is DeliverPolicyKind.ALL:
+                start = log.base
+            elif p.kind is DeliverPolicyKind.LATEST:
+                start = log.end
+            else:
+                if not isinstance(p.message_id, MemoryMessageID):
+                    raise InvalidArgumentError(f"deliver policy needs a memory MessageID, got {p.message_id!r}")
+                start = p.message_id.value + (1 if p.kind is DeliverPolicyKind.START_AFTER else 0)
+        s = MemoryScanner(opt.name, log, start)
+        with self._lock:
+            self._scanners.add(s)
+        return s
+
+    def _fence(self) -> None:
+        self._fenced = True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            scanners = list(self._scanners)
+            self._scanners.clear()
+        for s in scanners:
+            s.close()
+        with self._log.cond:
+            if self._log.writer is self:
+                self._log.writer = None
+        self._opener._forget(self)
+
+
+class MemoryOpener(OpenerImpls):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._logs: dict[str, _Log] = {}
+        self._wals: set[MemoryWAL] = set()
+        self._closed = False
+
+    def open(self, opt: OpenOption) -> WALImpls:
+        opt.validate()
+        ch = opt.channel
+        with self._lock:
+            if self._closed:
+                raise ShutdownError("memory opener is closed")
+            log = self._logs.setdefault(ch.name, _Log())
+        with log.cond:
+            if ch.access_mode is AccessMode.RW:
+                if ch.term < log.term:
+                    raise FencedError(f"channel {ch.name!r}: term {ch.term} is older than the stored term {log.term}")
+                w = log.writer
+                if w is not None:
+                    if ch.term == w.channel.term:
+                        raise WALLockedError(f"channel {ch.name!r} already has a writer at term {ch.term}")
+                    w._fence()  # a newer term takes the channel over
+                log.term = ch.term
+            wal = MemoryWAL(self, ch, log)
+            if ch.access_mode is AccessMode.RW:
+                log.writer = wal
+        with self._lock:
+            self._wals.add(wal)
+        return wal
+
+    def _forget(self, wal: MemoryWAL) -> None:
+        with self._lock:
+            self._wals.discard(wal)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            wals = list(self._wals)
+        for w in wals:
+            w.close()
+
+
+class MemoryOpenerBuilder(OpenerBuilderImpls):
+    @property
+    def name(self) -> str:
+        return WAL_NAME
+
+    def build(self, **options: Any) -> OpenerImpls:
+        if options:
+            raise InvalidArgumentError(f"unknown memory backend options: {', '.join(sorted(options))}")
+        return MemoryOpener()
