@@ -1,0 +1,59 @@
+"""The public surface is exactly what DESIGN.md promises: no leaks, nothing missing."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+
+import wal
+import wal.errors
+
+EXPECTED = {
+    "wal": {
+        "ROWAL", "WAL", "AccessMode", "AppendResult", "DeliverFilter", "DeliverPolicy", "OpenOption", "Opener",
+        "OpenerBuilder", "PChannelInfo", "ReadOption", "Scanner", "Txn", "WALError", "__version__", "errors",
+        "message", "options", "registry",
+    },
+    "wal.message": {
+        "NON_TXN_ID", "SYSTEM_TYPES", "ImmutableMessage", "ImmutableTxnMessage", "ImmutableTxnMessageBuilder",
+        "IntMessageID", "MessageID", "MessageType", "MutableMessage", "TxnContext", "TxnState", "add_physical_ms",
+        "compose_ts", "decode_int", "encode_int", "logical", "physical_ms", "register_message_id_unmarshaler",
+        "unmarshal_message_id", "validate_properties",
+    },
+    "wal.options": {"DeliverFilter", "DeliverFilterKind", "DeliverPolicy", "DeliverPolicyKind", "filter_func"},
+    "wal.errors": {
+        "AccessModeError", "CorruptedError", "FencedError", "InvalidArgumentError", "InvalidMessageError",
+        "InvalidMessageIDError", "InvalidTxnStateError", "ShutdownError", "TxnExpiredError", "UnknownBackendError",
+        "WALError", "WALIOError", "WALLockedError", "WALTimeoutError",
+    },
+}
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED))
+def test_all_is_exact_and_resolvable(module: str) -> None:
+    mod = importlib.import_module(module)
+    assert set(mod.__all__) == EXPECTED[module]
+    assert len(mod.__all__) == len(set(mod.__all__))
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.{name} is in __all__ but missing"
+
+
+def test_every_error_derives_from_wal_error() -> None:
+    for name in wal.errors.__all__:
+        obj = getattr(wal.errors, name)
+        assert inspect.isclass(obj) and issubclass(obj, wal.errors.WALError), name
+
+
+def test_builtin_categories_are_kept() -> None:
+    e = wal.errors
+    assert issubclass(e.UnknownBackendError, KeyError)
+    assert issubclass(e.InvalidMessageIDError, ValueError)
+    assert issubclass(e.InvalidArgumentError, ValueError)
+    assert issubclass(e.InvalidMessageError, TypeError)
+    assert issubclass(e.WALTimeoutError, TimeoutError)
+
+
+def test_builtin_backends_are_registered_on_import() -> None:
+    assert {"memory", "localfs"} <= set(wal.registry.registered_names())

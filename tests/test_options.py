@@ -1,0 +1,61 @@
+"""Deliver policies and filters (milvus-tests.md §F)."""
+
+from __future__ import annotations
+
+import pytest
+
+from wal.errors import InvalidArgumentError
+from wal.message import ImmutableMessage, MessageType, TxnContext
+from wal.options import DeliverFilter, DeliverFilterKind, DeliverPolicy, DeliverPolicyKind, filter_func
+from wal.walimpls.memory import MemoryMessageID as ID
+
+
+def _m(tt: int, mtype: MessageType = MessageType.INSERT, txn: bool = False) -> ImmutableMessage:
+    return ImmutableMessage(
+        message_id=ID(1), message_type=mtype, payload=b"", time_tick=tt, txn_ctx=TxnContext(1, 1.0) if txn else None
+    )
+
+
+def test_policy_constructors() -> None:
+    assert DeliverPolicy.all().kind is DeliverPolicyKind.ALL
+    assert DeliverPolicy.latest().kind is DeliverPolicyKind.LATEST
+    assert DeliverPolicy.start_from(ID(3)) == DeliverPolicy(DeliverPolicyKind.START_FROM, ID(3))
+    assert DeliverPolicy.start_after(ID(3)).message_id == ID(3)
+    with pytest.raises(InvalidArgumentError):
+        DeliverPolicy.start_from("3")  # type: ignore[arg-type]
+
+
+def test_time_tick_gt() -> None:
+    f = DeliverFilter.time_tick_gt(1)
+    assert f.kind is DeliverFilterKind.TIME_TICK_GT and f.is_time_tick_filter
+    assert not f.matches(_m(1)) and f.matches(_m(2))
+    assert not f.matches(_m(1, MessageType.COMMIT_TXN, txn=True))
+    assert f.matches(_m(1, MessageType.INSERT, txn=True))  # only commits are time-filtered inside a txn
+
+
+def test_time_tick_gte() -> None:
+    f = DeliverFilter.time_tick_gte(1)
+    assert f.matches(_m(1)) and not f.matches(_m(0))
+    assert f.matches(_m(1, MessageType.COMMIT_TXN, txn=True))
+    assert f.matches(_m(0, MessageType.INSERT, txn=True))
+
+
+def test_message_type_filter_and_system_types() -> None:
+    f = DeliverFilter.message_type(MessageType.INSERT, MessageType.DELETE)
+    assert f.matches(_m(1, MessageType.INSERT)) and f.matches(_m(1, MessageType.DELETE))
+    assert not f.matches(_m(1, MessageType.FLUSH))
+    assert f.matches(_m(1, MessageType.TIME_TICK))  # system types always pass
+    for t in (MessageType.TIME_TICK, MessageType.BEGIN_TXN, MessageType.TXN):
+        with pytest.raises(ValueError, match="system"):
+            DeliverFilter.message_type(t)
+    with pytest.raises(InvalidArgumentError):
+        DeliverFilter.message_type()
+    with pytest.raises(InvalidArgumentError):
+        DeliverFilter.time_tick_gt(-1)
+
+
+def test_filter_func_ands_filters() -> None:
+    assert filter_func([])(_m(0))
+    f = filter_func([DeliverFilter.time_tick_gt(5), DeliverFilter.message_type(MessageType.DELETE)])
+    assert f(_m(6, MessageType.DELETE))
+    assert not f(_m(6, MessageType.INSERT)) and not f(_m(5, MessageType.DELETE))

@@ -1,0 +1,101 @@
+"""Registries (milvus-tests.md §D): backend builders and message-ID unmarshalers."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+
+from wal import registry
+from wal.errors import InvalidArgumentError, InvalidMessageIDError, UnknownBackendError, WALError
+from wal.message import IntMessageID, register_message_id_unmarshaler, unmarshal_message_id
+from wal.walimpls import OpenerBuilderImpls, OpenerImpls
+
+
+class _Builder(OpenerBuilderImpls):
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def build(self, **options: Any) -> OpenerImpls:
+        raise NotImplementedError
+
+
+def test_register_and_get() -> None:
+    name = f"mock-{uuid.uuid4().hex[:8]}"
+    registry.register_builder(_Builder(name))
+    assert registry.get_impls_builder(name).name == name
+    assert name in registry.registered_names()
+    with pytest.raises(InvalidArgumentError, match="already registered"):
+        registry.register_builder(_Builder(name))
+
+
+def test_unknown_backend_is_a_key_error_naming_known_ones() -> None:
+    with pytest.raises(KeyError) as ei:
+        registry.must_get_builder("not exist")
+    assert isinstance(ei.value, UnknownBackendError) and isinstance(ei.value, WALError)
+    assert "memory" in str(ei.value) and "localfs" in str(ei.value) and "not exist" in str(ei.value)
+
+
+def test_register_rejects_non_builders() -> None:
+    with pytest.raises(InvalidArgumentError):
+        registry.register_builder(object())  # type: ignore[arg-type]
+
+
+def test_concurrent_registration() -> None:
+    prefix = uuid.uuid4().hex[:6]
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            registry.register_builder(_Builder(f"mock_{prefix}_{i}"))
+            assert registry.get_impls_builder(f"mock_{prefix}_{i}").name == f"mock_{prefix}_{i}"
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+class _TestID(IntMessageID):
+    __slots__ = ()
+    WAL_NAME = "test-registry-ids"
+
+
+def _parse(data: str) -> _TestID:
+    if data != "123":
+        raise InvalidMessageIDError(f"bad {data}")
+    return _TestID(123)
+
+
+def test_message_id_unmarshaler_registry() -> None:
+    register_message_id_unmarshaler("test-registry-ids", _parse)
+    assert unmarshal_message_id("test-registry-ids", "123") == _TestID(123)
+    with pytest.raises(InvalidMessageIDError):
+        unmarshal_message_id("test-registry-ids", "1234")
+    with pytest.raises(UnknownBackendError):
+        unmarshal_message_id("test1-unregistered", "123")
+    with pytest.raises(InvalidArgumentError):
+        register_message_id_unmarshaler("test-registry-ids", _parse)
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+@pytest.mark.parametrize("garbage", ["", "abc", "-1", "1.5", " 1", "\x00"])
+def test_unmarshal_garbage_raises_invalid_message_id(backend: str, garbage: str) -> None:
+    with pytest.raises(InvalidMessageIDError):
+        unmarshal_message_id(backend, garbage)
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_unmarshal_non_str_raises(backend: str) -> None:
+    with pytest.raises(InvalidMessageIDError):
+        unmarshal_message_id(backend, 12)  # type: ignore[arg-type]
