@@ -11,6 +11,6 @@ __all__ = ["TimeTickInterceptorBuilder"]
 
 class TimeTickInterceptorBuilder:
     def build(self, param: InterceptorBuildParam) -> Interceptor:
-        if param.ack_manager is None or param.txn_manager is None or param.mvcc_manager is None:
-            raise InvalidArgumentError("the time-tick interceptor needs the ack, txn and MVCC managers of its WAL")
-        return TimeTickInterceptor(param.ack_manager, param.txn_manager, param.mvcc_manager)
+        if None in (param.ack_manager, param.txn_manager, param.mvcc_manager, param.clock):
+            raise InvalidArgumentError("the time-tick interceptor needs its WAL's clock, ack, txn and MVCC managers")
+        return TimeTickInterceptor(param.ack_manager, param.txn_manager, param.mvcc_manager, param.clock)

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ...errors import InvalidTxnStateError
-from ...message import MessageID, MessageType, MutableMessage
+from ...message import ImmutableMessage, MessageID, MessageType, MutableMessage
 from .._chain import batch_to_single
 from .._interfaces import AppendFunc, AppendOutcome, BatchAppendFunc
 from ..txn import TxnManager, TxnSession
 from ._ack import Acker, AckManager
+from ._clock import HybridClock
 from ._mvcc import MVCCManager
 
 __all__ = ["TimeTickInterceptor"]
@@ -25,6 +26,9 @@ _BEGIN = MessageType.BEGIN_TXN
 _COMMIT = MessageType.COMMIT_TXN
 _ROLLBACK = MessageType.ROLLBACK_TXN
 _END_TXN = frozenset({_COMMIT, _ROLLBACK})
+_SPECIAL = frozenset({_TT, _BEGIN, _COMMIT, _ROLLBACK})
+# (index in the batch, message, its acker (a run's last message carries the run's), txn session, plain?)
+_Entry = tuple[int, MutableMessage, "Acker | None", "TxnSession | None", bool]
 _COMMIT_WAIT = 5.0
 
 
@@ -32,8 +36,15 @@ class TimeTickInterceptor:
     name = "timetick"
 
     def __init__(
-        self, ack: AckManager, txns: TxnManager, mvcc: MVCCManager, graceful_close_timeout: float = 3.0
+        self,
+        ack: AckManager,
+        txns: TxnManager,
+        mvcc: MVCCManager,
+        clock: HybridClock,
+        graceful_close_timeout: float = 3.0,
     ) -> None:
+        self._clock = clock
+        self._written: list[ImmutableMessage] = []
         self._ack = ack
         self._txns = txns
         self._mvcc = mvcc
@@ -53,11 +64,18 @@ class TimeTickInterceptor:
 
     def do_append_batch(self, msgs: Sequence[MutableMessage], next: BatchAppendFunc) -> list[AppendOutcome]:
         out: list[AppendOutcome | None] = [None] * len(msgs)
-        seg: list[tuple[int, MutableMessage, Acker | None, TxnSession | None]] = []
+        seg: list[_Entry] = []
+        run: list[tuple[int, MutableMessage]] = []  # consecutive plain messages share one acker
         for i, m in enumerate(msgs):
             mt = m.message_type
+            if m.txn_ctx is None and not m.barrier_time_tick and mt not in _SPECIAL:
+                run.append((i, m))
+                continue
+            if run:
+                self._stamp_run(run, seg)
+                run = []
             if mt is _TT:  # a tick from the sync operator: its time tick is already allocated
-                seg.append((i, m, None, None))
+                seg.append((i, m, None, None, False))
                 continue
             if mt in _END_TXN:
                 self._flush(seg, next, out)
@@ -82,35 +100,78 @@ class TimeTickInterceptor:
                 acker.ack(error=e)
                 out[i] = e
                 continue
-            seg.append((i, m, acker, session))
+            seg.append((i, m, acker, session, False))
+        if run:
+            self._stamp_run(run, seg)
         self._flush(seg, next, out)
         return out  # type: ignore[return-value]  # every slot is filled
 
-    def _flush(
-        self,
-        seg: list[tuple[int, MutableMessage, Acker | None, TxnSession | None]],
-        next: BatchAppendFunc,
-        out: list[AppendOutcome | None],
-    ) -> None:
+    def _stamp_run(self, run: list[tuple[int, MutableMessage]], seg: list[_Entry]) -> None:
+        """Ticks for a run of plain messages: one acker, whose tick is the last message's.
+
+        One acker per run (not per message) keeps the ack manager's heaps small; it is exact because nothing is
+        acknowledged while a batch is being stamped (one dispatcher thread), so every message of the run sees the
+        same last-confirmed ID, and the run's largest ID is the one the last-confirmed ID may advance to.
+        """
+        clock = self._clock
+        for _, m in run[:-1]:
+            m.time_tick = clock.allocate()
+        acker = self._ack.allocate()
+        lc = acker.last_confirmed_message_id
+        last = len(run) - 1
+        for k, (i, m) in enumerate(run):
+            if k == last:
+                m.time_tick = acker.timestamp
+            m.with_last_confirmed(lc)
+            seg.append((i, m, acker if k == last else None, None, True))
+
+    def take_written(self) -> list[ImmutableMessage]:
+        """The messages written since the last call, in time-tick order (what the write-ahead buffer takes)."""
+        out, self._written = self._written, []
+        return out
+
+    def _flush(self, seg: list[_Entry], next: BatchAppendFunc, out: list[AppendOutcome | None]) -> None:
         if not seg:
             return
-        results = next([m for _, m, _, _ in seg])
+        results = next([e[1] for e in seg])
         newest: dict[str, MutableMessage] = {}  # per vchannel: the MVCC only needs each one's newest write
-        for (i, m, acker, s), r in zip(seg, results, strict=True):
+        written = self._written
+        run_ok: ImmutableMessage | None = None
+        run_err: BaseException | None = None
+        for (i, m, acker, s, plain), r in zip(seg, results, strict=True):
             out[i] = r
-            failed = isinstance(r, BaseException)
-            if s is not None:
-                if m.message_type is _BEGIN:
-                    s.begin_rollback() if failed else s.begin_done()
+            im: ImmutableMessage | None = None
+            if isinstance(r, BaseException):
+                failed = True
+            else:
+                failed = False
+                if m.message_type is not _TT:
+                    im = m.into_immutable(r)
+                    written.append(im)
+            if plain:
+                if im is not None:
+                    run_ok = im
                 elif failed:
-                    s.add_new_message_fail()
-                else:
-                    s.add_new_message_done_and_keepalive(m.time_tick)
-            if acker is not None:
-                if isinstance(r, BaseException):
-                    acker.ack(error=r)
-                else:
-                    acker.ack(message=m.into_immutable(r), txn_session=s)
+                    run_err = r  # type: ignore[assignment]
+                if acker is not None:
+                    if run_ok is not None:
+                        acker.ack(message=run_ok)
+                    else:
+                        acker.ack(error=run_err)
+                    run_ok = run_err = None
+            else:
+                if s is not None:
+                    if m.message_type is _BEGIN:
+                        s.begin_rollback() if failed else s.begin_done()
+                    elif failed:
+                        s.add_new_message_fail()
+                    else:
+                        s.add_new_message_done_and_keepalive(m.time_tick)
+                if acker is not None:
+                    if im is None:
+                        acker.ack(error=r if isinstance(r, BaseException) else None)
+                    else:
+                        acker.ack(message=im, txn_session=s)
             if not failed and (m.txn_ctx is None or m.message_type is _COMMIT or m.message_type is _TT):
                 newest[m.vchannel] = m
         for m in newest.values():
@@ -138,7 +199,9 @@ class TimeTickInterceptor:
             acker.ack(error=r)
             return r
         s.commit_done() if commit else s.rollback_done()
-        acker.ack(message=m.into_immutable(r), txn_session=s)
+        im = m.into_immutable(r)
+        self._written.append(im)
+        acker.ack(message=im, txn_session=s)
         self._mvcc.update_mvcc(m)
         return r
 

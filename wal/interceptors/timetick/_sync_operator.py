@@ -31,7 +31,10 @@ class SyncMode(enum.Enum):
 
 
 class TimeTickSyncOperator:
-    """``append_persisted`` writes a tick through the interceptor chain to the backend and returns its ID."""
+    """``append_persisted`` writes a tick through the interceptor chain to the backend and returns its ID;
+    ``take_written`` hands over the messages written since its last call (else the ack details' messages are
+    used, which needs one acker per message).
+    """
 
     def __init__(
         self,
@@ -40,7 +43,10 @@ class TimeTickSyncOperator:
         mvcc: MVCCManager,
         wab: WriteAheadBuffer,
         append_persisted: Callable[[MutableMessage], MessageID],
+        take_written: Callable[[], list[ImmutableMessage]] | None = None,
     ) -> None:
+        self._take = take_written
+        self._msgs: list[ImmutableMessage] = []
         self._ack = ack
         self._txns = txns
         self._mvcc = mvcc
@@ -57,6 +63,8 @@ class TimeTickSyncOperator:
     def sync(self, mode: SyncMode) -> ImmutableMessage | None:
         """Make (and return) the next tick; None when a stuck append keeps the tick from advancing."""
         details = self._details
+        if self._take is not None:
+            self._msgs.extend(self._take())
         got = self._ack.sync_and_get_acknowledged()
         if got:
             details.add_details(got)
@@ -76,7 +84,8 @@ class TimeTickSyncOperator:
             assert lc is not None, "the ack manager starts from the first tick's ID"
             mid = lc
         tick = msg.into_immutable(mid)
-        self._wab.append(details.messages(), tick)
+        self._wab.append(self._msgs if self._take is not None else details.messages(), tick)
+        self._msgs = []
         details.clear()
         self._txns.cleanup_txn_until(ts)
         self._mvcc.update_mvcc(msg)

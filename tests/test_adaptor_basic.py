@@ -1,0 +1,338 @@
+"""Adaptor lifetimes and the append path, on a fake backend (milvus-tests §C.1, §C.2)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from _adaptor_fakes import FakeBuilder
+
+from wal import OpenOption, PChannelInfo, ReadOption
+from wal._types import AccessMode
+from wal.adaptor import adapt_impls_to_builder
+from wal.errors import AccessModeError, InvalidArgumentError, ShutdownError, WALTimeoutError
+from wal.message import MessageType, MutableMessage
+
+
+def msg(i: int = 0, v: str = "v1") -> MutableMessage:
+    return MutableMessage(MessageType.INSERT, b"p%d" % i, {"id": str(i)}, vchannel=v)
+
+
+def data(s, n: int, timeout: float = 5.0) -> list:
+    """The next ``n`` non-tick messages, all within ``timeout`` seconds."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        m = s.recv(max(0.0, deadline - time.monotonic()))
+        if m.message_type is not MessageType.TIME_TICK:
+            out.append(m)
+    return out
+
+
+@pytest.fixture
+def fb() -> FakeBuilder:
+    return FakeBuilder()
+
+
+def test_append_read_close(fb: FakeBuilder) -> None:
+    b = adapt_impls_to_builder(fb)
+    assert b.name == "fakewal"
+    with b.build() as op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
+        assert w.wal_name == "fakewal" and w.channel.name == "p1" and w.is_available()
+        r = w.append(msg(0))
+        assert r.message_id is not None
+        f = w.append_async(msg(1))
+        assert f.result(5).message_id > r.message_id
+        rs = w.append_messages([msg(2), msg(3)])
+        assert [x.message_id for x in rs] == sorted(x.message_id for x in rs)
+        with w.read(ReadOption()) as s:
+            got = data(s, 4)
+            assert [bytes(m.payload) for m in got] == [b"p0", b"p1", b"p2", b"p3"]
+    assert not w.is_available()
+    with pytest.raises(ShutdownError):
+        w.append(msg())
+    assert w.append_async(msg()).exception(1) is not None
+    with pytest.raises(ShutdownError):
+        w.read(ReadOption())
+    with pytest.raises(ShutdownError):
+        op.open(OpenOption(PChannelInfo("p1", 2)))
+    assert fb.openers[0].closed
+
+
+def test_pipelined_order_and_batches(fb: FakeBuilder) -> None:
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    futs = [w.append_async(msg(i)) for i in range(2000)]
+    ids = [f.result(10).message_id for f in futs]
+    assert ids == sorted(ids) and len(set(ids)) == 2000
+    tts = [f.result().time_tick for f in futs]
+    assert tts == sorted(tts)
+    assert max(fb.openers[0].append_batches) > 1  # group commit happened
+    op.close()
+
+
+def test_build_options_validated(fb: FakeBuilder) -> None:
+    b = adapt_impls_to_builder(fb)
+    for bad in (
+        {"time_tick_interval": 0},
+        {"write_ahead_buffer_bytes": -1},
+        {"txn_keepalive": "x"},
+        {"interceptors": [object()]},
+        {"max_inflight_appends": 0},
+    ):
+        with pytest.raises(InvalidArgumentError):
+            b.build(**bad)
+    b.build(time_tick_interval=0.05, foo=1).close()
+    assert fb.options[-1] == {"foo": 1}
+
+
+def test_ro_wal_refuses_writes(fb: FakeBuilder) -> None:
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    for call in (
+        lambda: w.append(msg()),
+        lambda: w.append_async(msg()),
+        lambda: w.get_latest_mvcc_timestamp("v1"),
+        lambda: w.truncate(w.read().name),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(AccessModeError):
+            call()
+    w.close()
+    assert not w.is_available()
+    op.close()
+
+
+def test_open_failure_propagates(fb: FakeBuilder) -> None:
+    op = adapt_impls_to_builder(fb).build()
+    err = RuntimeError("boom")
+    fb.openers[0].open_error = err
+    with pytest.raises(RuntimeError) as ei:
+        op.open(OpenOption(PChannelInfo("p1", 1)))
+    assert ei.value is err
+    op.close()
+
+
+def test_concurrent_open_and_close(fb: FakeBuilder) -> None:
+    """C.1: 10 writers until the opener closes; all stop with ShutdownError within 3 s."""
+    op = adapt_impls_to_builder(fb).build()
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            w = op.open(OpenOption(PChannelInfo(f"test_{i}", i + 1)))
+        except BaseException as e:
+            errors.append(e)
+            return
+        while True:
+            try:
+                w.append(msg(i))
+            except BaseException as e:
+                errors.append(e)
+                return
+            time.sleep(0.01)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(10)]
+    for t in ts:
+        t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    op.close()
+    for t in ts:
+        t.join(3)
+    assert time.monotonic() - t0 < 3
+    assert len(errors) == 10 and all(isinstance(e, ShutdownError) for e in errors), errors
+    with pytest.raises(ShutdownError):
+        op.open(OpenOption(PChannelInfo("x", 1)))
+
+
+def test_close_wakes_blocked_readers(fb: FakeBuilder) -> None:
+    """C.2: 10 readers blocked in recv; closing the WAL ends them all within 3 s."""
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    ended: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            s = w.read(ReadOption(vchannel="test"))
+            while True:
+                s.recv()
+        except BaseException as e:
+            ended.append(e)
+
+    ts = [threading.Thread(target=run) for _ in range(10)]
+    for t in ts:
+        t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    w.close()
+    for t in ts:
+        t.join(3)
+    assert time.monotonic() - t0 < 3
+    assert len(ended) == 10 and all(isinstance(e, ShutdownError) for e in ended)
+    op.close()
+
+
+class _NotReady:
+    def __init__(self) -> None:
+        self.ev = threading.Event()
+        self.closed = False
+
+    def build(self, param):
+        return self
+
+    def ready(self) -> threading.Event:
+        return self.ev
+
+    def do_append(self, m, nxt):
+        return nxt(m)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_interceptor_ready_gates_appends(fb: FakeBuilder) -> None:
+    """C.2 TestWALWithInterceptor: appends time out until the interceptor is ready."""
+    ic = _NotReady()
+    op = adapt_impls_to_builder(fb, ic).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    with pytest.raises(WALTimeoutError):
+        w.append(msg(), timeout=0.3)
+    ic.ev.set()
+    assert w.append(msg(), timeout=2).message_id is not None
+    w.close()
+    assert ic.closed
+    op.close()
+
+
+def test_read_failures_retried(fb: FakeBuilder) -> None:
+    """C.2/C.3: backend read fails; read() returns at once, retries happen with backoff, close is clean."""
+    op = adapt_impls_to_builder(fb).build()
+    fails = [0]
+
+    def fail(_opt) -> None:
+        if fails[0] < 2:
+            fails[0] += 1
+            raise RuntimeError("read failed")
+
+    fb.openers[0].read_failures = fail
+    for mode in (AccessMode.RO, AccessMode.RW):
+        fails[0] = 0
+        w = op.open(OpenOption(PChannelInfo("p1", 1, mode)))
+        s = w.read(ReadOption(vchannel="test"))
+        with pytest.raises(TimeoutError):
+            data(s, 1, 0.5)  # only ticks (RW) or nothing (RO) arrive
+        assert fails[0] == 2
+        assert w.is_available()
+        w.close()
+        assert not w.is_available()
+        assert s.done().is_set() and s.error() is None
+        s.close()
+    op.close()
+
+
+class _Recorder:
+    def __init__(self, tag: str, log: list[str]) -> None:
+        self.tag, self.log = tag, log
+
+    def build(self, param):
+        assert param.channel.name == "p1" and param.initialized_time_tick > 0
+        return self
+
+    def do_append(self, m, nxt):
+        if m.message_type is not MessageType.TIME_TICK:
+            assert m.time_tick > 0  # user interceptors run inside the built-ins: the tick is stamped
+            self.log.append(self.tag)
+        return nxt(m)
+
+    def close(self) -> None:
+        pass
+
+
+def test_user_interceptors_order(fb: FakeBuilder) -> None:
+    log: list[str] = []
+    op = adapt_impls_to_builder(fb, _Recorder("a", log), _Recorder("b", log)).build(
+        interceptors=[_Recorder("c", log)]
+    )
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    w.append_messages([msg(0), msg(1)])
+    assert log == ["a", "b", "c", "a", "b", "c"]
+    op.close()
+
+
+def test_back_pressure_bounds_inflight_appends(fb: FakeBuilder) -> None:
+    op = adapt_impls_to_builder(fb).build(max_inflight_appends=8)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    gate = threading.Event()
+    fb.openers[0].append_hook = lambda ms: gate.wait(5)
+    submitted = [0]
+
+    def produce() -> None:
+        for i in range(50):
+            w.append_async(msg(i))
+            submitted[0] += 1
+
+    t = threading.Thread(target=produce)
+    t.start()
+    time.sleep(0.3)
+    assert submitted[0] <= 8  # the producer is held back, memory stays bounded
+    gate.set()
+    t.join(5)
+    assert submitted[0] == 50
+    w.close()
+    op.close()
+
+
+def test_system_messages_refused_and_bad_input(fb: FakeBuilder) -> None:
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    for t in (MessageType.TIME_TICK, MessageType.TXN):
+        with pytest.raises(InvalidArgumentError):
+            w.append(MutableMessage(t, b""))
+    with pytest.raises(TypeError):
+        w.append(b"not a message")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError):
+        w.begin_txn("v1", keepalive=0.0)
+    w.close()
+    op.close()
+
+
+def test_append_results_and_truncate(fb: FakeBuilder) -> None:
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    m = msg(0)
+    r = w.append(m)
+    assert m.time_tick == r.time_tick > 0  # stamped in place
+    assert r.last_confirmed_message_id is not None and r.last_confirmed_message_id <= r.message_id
+    assert r.txn_ctx is None
+    with w.begin_txn("v1") as t:
+        rb = t.append(msg(1))
+        assert rb.txn_ctx is not None and rb.txn_ctx == t.txn_ctx
+    w.truncate(r.message_id)
+    assert fb.openers[0].truncated == [r.message_id]
+    assert w.get_latest_mvcc_timestamp("v1") >= rb.time_tick
+    w.close()
+    op.close()
+
+
+def test_fenced_backend_makes_the_wal_unavailable(fb: FakeBuilder) -> None:
+    from wal.errors import FencedError
+
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    w.append(msg(0))
+
+    def fence(_ms):
+        raise FencedError("term 2 owns p1")
+
+    fb.openers[0].append_hook = fence
+    with pytest.raises(FencedError):
+        w.append(msg(1))
+    assert not w.is_available() and w.available().is_set()
+    fb.openers[0].append_hook = None
+    with pytest.raises(FencedError):  # fenced for ever
+        w.append(msg(2))
+    with w.read(ReadOption()) as s:  # reads still work
+        assert [bytes(m.payload) for m in data(s, 1)] == [b"p0"]
+    w.close()
+    op.close()

@@ -1,0 +1,220 @@
+"""Scanner adaptor on a fake backend: read errors (milvus-tests §C.3), source switching, failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from _adaptor_fakes import FakeBuilder, FakeScanner
+
+from wal import AccessMode, OpenOption, PChannelInfo, ReadOption
+from wal.adaptor import adapt_impls_to_builder
+from wal.errors import CorruptedError, ShutdownError, WALIOError
+from wal.message import ImmutableMessage, MessageType, MutableMessage
+from wal.options import DeliverPolicy
+
+
+def ins(i: int) -> MutableMessage:
+    return MutableMessage(MessageType.INSERT, b"p%d" % i, {"i": str(i)}, vchannel="v1")
+
+
+def data(s: Any, n: int, timeout: float = 5.0) -> list[ImmutableMessage]:
+    out: list[ImmutableMessage] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        m = s.recv(max(0.0, deadline - time.monotonic()))
+        if m.message_type is not MessageType.TIME_TICK:
+            out.append(m)
+    return out
+
+
+def test_read_error_retried_with_backoff_then_clean_close() -> None:
+    """C.3: the backend read always fails; the scanner keeps retrying; close ends it without an error."""
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build()
+    fb.openers[0].read_failures = lambda _o: (_ for _ in ()).throw(RuntimeError("read failed"))
+    w = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    s = w.read(ReadOption())
+    with pytest.raises(TimeoutError):
+        s.recv(0.5)
+    attempts = fb.openers[0].read_calls
+    assert attempts >= 2
+    assert attempts < 30  # backoff, not a busy loop
+    s.close()
+    assert s.done().is_set() and s.error() is None
+    with pytest.raises(ShutdownError):
+        s.recv(0.1)
+    w.close()
+    op.close()
+
+
+class _Failing(FakeScanner):
+    """Delivers ``ok`` messages, then raises ``err`` once per scanner."""
+
+    def __init__(self, inner: FakeScanner, ok: int, err: BaseException) -> None:
+        self.__dict__.update(inner.__dict__)
+        self._left = ok
+        self._err = err
+
+    def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
+        if self._left <= 0:
+            raise self._err
+        out = super().recv_batch(min(max_messages, self._left), timeout)
+        self._left -= len(out)
+        return out
+
+
+def _wrap_reads(fb: FakeBuilder, ok: int, err: BaseException, times: int) -> None:
+    wal = fb.openers[0].wals[-1]
+    orig = wal.read
+    n = [0]
+
+    def read(opt: Any) -> Any:
+        s = orig(opt)
+        n[0] += 1
+        return _Failing(s, ok, err) if n[0] <= times else s
+
+    wal.read = read  # type: ignore[method-assign]
+
+
+def test_transient_backend_error_resumes_without_loss_or_duplicates() -> None:
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build(time_tick_interval=0.05)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    w.append_messages([ins(i) for i in range(50)])
+    ro = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    _wrap_reads(fb, 7, WALIOError("disk hiccup"), 3)
+    s = ro.read(ReadOption())
+    got = [m.properties["i"] for m in data(s, 50)]
+    assert got == [str(i) for i in range(50)]
+    assert s.error() is None
+    ro.close()
+    w.close()
+
+
+def test_corruption_ends_the_scanner_with_its_error() -> None:
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    w.append_messages([ins(i) for i in range(5)])
+    ro = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    err = CorruptedError("bad crc", path="seg", offset=10)
+    _wrap_reads(fb, 2, err, 100)
+    s = ro.read(ReadOption())
+    with pytest.raises(CorruptedError):
+        while True:
+            s.recv(5)
+    assert s.done().is_set() and s.error() is err
+    with pytest.raises(CorruptedError):
+        list(s)
+    ro.close()
+    w.close()
+
+
+def test_catchup_switches_to_tailing_and_back_on_eviction() -> None:
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build(
+        write_ahead_buffer_bytes=2048, write_ahead_buffer_keepalive=0.05, time_tick_interval=0.02
+    )
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    w.append_messages([ins(i) for i in range(100)])
+    s = w.read(ReadOption())
+    assert [m.properties["i"] for m in data(s, 100)] == [str(i) for i in range(100)]
+    deadline = time.monotonic() + 3
+    while s.mode != "tailing" and time.monotonic() < deadline:
+        try:
+            s.recv(0.1)
+        except TimeoutError:
+            pass
+    assert s.mode == "tailing" and s.stats["to_tailing"] >= 1
+    # Stall: the buffer evicts what the reader has not consumed; it falls back to the backend, loses nothing.
+    w.append_messages([ins(i) for i in range(100, 400)])
+    time.sleep(0.3)
+    w.append_messages([ins(i) for i in range(400, 600)])
+    got = [m.properties["i"] for m in data(s, 500)]
+    assert got == [str(i) for i in range(100, 600)]
+    assert s.stats["to_catchup"] >= 1
+    w.close()
+    assert s.done().is_set()
+
+
+def test_latest_on_rw_reads_only_later_appends() -> None:
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build(time_tick_interval=0.02)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    w.append_messages([ins(i) for i in range(10)])
+    s = w.read(ReadOption(deliver_policy=DeliverPolicy.latest()))
+    ro = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    s_ro = ro.read(ReadOption(deliver_policy=DeliverPolicy.latest()))
+    w.append(ins(10))
+    assert [m.properties["i"] for m in data(s, 1)] == ["10"]
+    assert [m.properties["i"] for m in data(s_ro, 1)] == ["10"]
+    ro.close()
+    w.close()
+
+
+def test_close_from_another_thread_wakes_recv() -> None:
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    for mode in ("tailing", "catchup"):
+        s = w.read(ReadOption(deliver_policy=DeliverPolicy.latest() if mode == "tailing" else DeliverPolicy.all()))
+        errs: list[BaseException] = []
+
+        def run(s: Any = s, errs: list[BaseException] = errs) -> None:
+            try:
+                while True:
+                    s.recv()
+            except BaseException as e:
+                errs.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(0.2)
+        s.close()
+        t.join(2)
+        assert not t.is_alive() and isinstance(errs[0], ShutdownError)
+    w.close()
+    op.close()
+
+
+def test_recv_timeout_is_honoured_in_every_mode() -> None:
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build(time_tick_interval=5.0)  # no idle ticks during the test
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    ro = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    for s in (w.read(ReadOption(deliver_policy=DeliverPolicy.latest())), ro.read(ReadOption())):
+        while True:  # drain what is there (the first tick)
+            try:
+                s.recv(0.2)
+            except TimeoutError:
+                break
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            s.recv(1.5)
+        assert 1.4 <= time.monotonic() - t0 < 3
+    ro.close()
+    w.close()
+
+
+def test_recv_zero_timeout_returns_available_messages() -> None:
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build(time_tick_interval=0.02)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    ro = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    w.append_messages([ins(i) for i in range(3)])
+    time.sleep(0.2)  # a persisted tick follows the data
+    for s in (w.read(ReadOption()), ro.read(ReadOption())):
+        got = []
+        while True:
+            try:
+                m = s.recv(0)
+            except TimeoutError:
+                break
+            if m.message_type is MessageType.INSERT:
+                got.append(m.properties["i"])
+        assert got == ["0", "1", "2"]
+    ro.close()
+    w.close()

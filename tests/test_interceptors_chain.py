@@ -1,0 +1,158 @@
+"""The interceptor chain and the redo interceptor (milvus-tests §I.1)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from wal.interceptors import AppendOutcome, ChainedInterceptor
+from wal.interceptors.redo import RedoError, RedoInterceptor
+from wal.message import IntMessageID, MessageID, MessageType, MutableMessage
+
+
+class ID(IntMessageID):
+    WAL_NAME = "chaintest"
+
+
+def msg() -> MutableMessage:
+    return MutableMessage(MessageType.INSERT, b"x", vchannel="v1")
+
+
+class Plain:
+    def __init__(self, log: list[str], tag: str) -> None:
+        self.log, self.tag, self.closed = log, tag, False
+
+    def do_append(self, m: MutableMessage, nxt: Any) -> MessageID:
+        self.log.append(f"{self.tag}>")
+        try:
+            return nxt(m)
+        finally:
+            self.log.append(f"<{self.tag}")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Named(Plain):
+    @property
+    def name(self) -> str:
+        return self.tag
+
+
+class WithReady(Plain):
+    def __init__(self, log: list[str], tag: str) -> None:
+        super().__init__(log, tag)
+        self.ev = threading.Event()
+
+    def ready(self) -> threading.Event:
+        return self.ev
+
+
+@pytest.mark.parametrize("n", range(5))
+def test_nesting_single_and_batch(n: int) -> None:
+    log: list[str] = []
+    ics = [Plain(log, str(i)) for i in range(n)]
+    chain = ChainedInterceptor(ics)
+    assert chain.ready().wait(1)
+    finals: list[int] = []
+
+    def final(m: MutableMessage) -> MessageID:
+        log.append("final")
+        finals.append(1)
+        return ID(7)
+
+    assert chain.do_append(msg(), final) == ID(7)
+    want = [f"{i}>" for i in range(n)] + ["final"] + [f"<{i}" for i in reversed(range(n))]
+    assert log == want
+    log.clear()
+
+    def final_batch(ms: Sequence[MutableMessage]) -> list[AppendOutcome]:
+        log.append("final")
+        return [ID(i) for i in range(len(ms))]
+
+    # Interceptors with only do_append are called once per message; the batch still ends in order.
+    out = chain.do_append_batch([msg(), msg()], final_batch)
+    assert out == [ID(0), ID(0)] if n else out == [ID(0), ID(1)]
+    chain.close()
+    assert all(ic.closed for ic in ics)
+
+
+def test_named_interceptors_are_timed() -> None:
+    log: list[str] = []
+    ics = [Named(log, f"n{i}") for i in range(5)]
+    chain = ChainedInterceptor(ics)
+    chain.do_append(msg(), lambda m: ID(1))
+    assert set(chain.timings) == {f"n{i}" for i in range(5)}
+    assert all(calls == 1 and ns > 0 for calls, ns in chain.timings.values())
+
+
+def test_ready_waits_for_every_interceptor_in_order() -> None:
+    log: list[str] = []
+    ics = [WithReady(log, str(i)) for i in range(5)]
+    chain = ChainedInterceptor(ics)
+    for ic in ics:
+        assert not chain.ready().wait(0.1)
+        ic.ev.set()
+    assert chain.ready().wait(1)
+
+
+def test_closed_chain_never_becomes_ready() -> None:
+    ic = WithReady([], "x")
+    chain = ChainedInterceptor([ic])
+    chain.close()
+    ic.ev.set()
+    assert not chain.ready().wait(0.5)
+
+
+def test_per_message_failures_in_a_batch() -> None:
+    class Refuse:
+        def do_append(self, m: MutableMessage, nxt: Any) -> MessageID:
+            if m.properties.get("bad"):
+                raise ValueError("refused")
+            return nxt(m)
+
+        def close(self) -> None:
+            pass
+
+    chain = ChainedInterceptor([Refuse()])
+    ms = [msg(), MutableMessage(MessageType.INSERT, b"", {"bad": "1"}), msg()]
+    out = chain.do_append_batch(ms, lambda b: [ID(i) for i in range(len(b))])
+    assert out[0] == ID(0) and isinstance(out[1], ValueError) and out[2] == ID(0)
+
+
+def test_redo_retries_with_a_fresh_pass() -> None:
+    calls = [0]
+
+    def flaky(ms: Sequence[MutableMessage]) -> list[AppendOutcome]:
+        calls[0] += 1
+        return [RedoError("again") if calls[0] < 3 else ID(5) for _ in ms]
+
+    redo = RedoInterceptor()
+    assert redo.do_append_batch([msg()], flaky) == [ID(5)]
+    assert calls[0] == 3
+
+    n = [0]
+
+    def single(m: MutableMessage) -> MessageID:
+        n[0] += 1
+        if n[0] < 2:
+            raise RedoError("again")
+        return ID(1)
+
+    assert redo.do_append(msg(), single) == ID(1)
+
+
+def test_chain_timing_includes_inner_time() -> None:
+    ic = Named([], "outer")
+    chain = ChainedInterceptor([ic])
+
+    def slow(m: MutableMessage) -> MessageID:
+        time.sleep(0.01)
+        return ID(1)
+
+    chain.do_append(msg(), slow)
+    assert chain.timings["outer"][1] >= 10_000_000

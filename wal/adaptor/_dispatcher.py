@@ -1,0 +1,203 @@
+"""One thread per WAL that drains queued appends in batches (group commit) and runs periodic work.
+
+Why one thread: a FIFO queue drained by one thread keeps a producer's order (its ``append_async`` calls are
+persisted, and get time ticks, in call order), lets every batch reach the backend as one ``append_batch`` call,
+and serialises the time-tick bookkeeping so it needs no lock on the hot path.
+
+Queue entries are either one message with its own future (``append_async``) or a group with one future for the
+whole group (``append_messages``: no per-message future to build and complete).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from .._types import AppendResult
+from ..errors import ShutdownError, WALTimeoutError
+from ..message import MutableMessage
+
+__all__ = ["AppendDispatcher", "BatchProcessor"]
+
+BatchProcessor = Callable[[Sequence[MutableMessage]], list[AppendResult | BaseException]]
+"""Appends a batch and returns one outcome per message; must not raise (failures are per message)."""
+
+# (message, future of its AppendResult) or (messages, future of their list of AppendResult)
+_Entry = tuple[MutableMessage | Sequence[MutableMessage], "Future[Any]"]
+
+
+class AppendDispatcher:
+    def __init__(
+        self,
+        name: str,
+        process: BatchProcessor,
+        *,
+        max_inflight: int,
+        max_batch: int,
+        ready: threading.Event,
+        periodic: Callable[[bool], None] | None = None,
+        period: float = 0.2,
+    ) -> None:
+        self._process = process
+        self._max_inflight = max_inflight
+        self._max_batch = max_batch
+        self._ready = ready
+        self._periodic = periodic
+        self._period = period
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._has_room = threading.Condition(self._lock)
+        self._queue: deque[_Entry] = deque()
+        self._inflight = 0  # messages queued or being processed
+        self._idle = False  # the thread waits for work (producers notify only then)
+        self._room_waiters = 0
+        self._closing = False
+        self._abort = False
+        self._triggered: bool | None = None  # a sync asked for out of period; True = persisted
+        self._thread = threading.Thread(target=self._run, name=f"wal-append-{name}", daemon=True)
+        self._thread.start()
+
+    # -- producers ----------------------------------------------------------------------------------------------
+    def _admit(self, n: int, deadline: float | None) -> None:
+        """Wait (lock held) until ``n`` more messages fit; a group larger than the bound is let in alone."""
+        while not self._closing and self._inflight and self._inflight + n > self._max_inflight:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WALTimeoutError(f"append: {self._inflight} appends in flight, no room in time")
+            self._room_waiters += 1
+            try:
+                self._has_room.wait(left)
+            finally:
+                self._room_waiters -= 1
+        if self._closing:
+            raise ShutdownError("wal is closed")
+
+    def submit_group(
+        self, msgs: Sequence[MutableMessage], timeout: float | None = None
+    ) -> Future[list[AppendResult]]:
+        """Queue ``msgs`` together, in order; the future holds their results (or the first error)."""
+        fut: Future[list[AppendResult]] = Future()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._admit(len(msgs), deadline)
+            self._queue.append((msgs, fut))
+            self._inflight += len(msgs)
+            if self._idle:
+                self._has_work.notify()
+        return fut
+
+    def submit_one(self, msg: MutableMessage) -> Future[AppendResult]:
+        """Queue one message (the ``append_async`` hot path); blocks while too many appends are in flight."""
+        fut: Future[AppendResult] = Future()
+        with self._lock:
+            if self._closing or self._inflight >= self._max_inflight:
+                self._admit(1, None)
+            self._queue.append((msg, fut))
+            self._inflight += 1
+            if self._idle:
+                self._has_work.notify()
+        return fut
+
+    def trigger(self, persisted: bool) -> None:
+        """Run the periodic work now (``persisted`` is passed on; a True request wins over a False one)."""
+        with self._lock:
+            self._triggered = persisted or bool(self._triggered)
+            self._has_work.notify()
+
+    # -- the thread ---------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._ready.is_set():
+            if self._ready.wait(0.05):
+                break
+            with self._lock:
+                if self._closing:
+                    self._fail_queued()
+                    return
+        next_tick = time.monotonic() + self._period
+        queue = self._queue
+        while True:
+            with self._lock:
+                while not queue and not self._closing and self._triggered is None:
+                    left = next_tick - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._idle = True
+                    self._has_work.wait(left)
+                    self._idle = False
+                if self._abort:
+                    self._fail_queued()
+                    return
+                batch: list[_Entry] = []
+                n = 0
+                while queue and n < self._max_batch:
+                    e = queue.popleft()
+                    batch.append(e)
+                    n += 1 if isinstance(e[0], MutableMessage) else len(e[0])
+                stop = self._closing and not queue
+                trig, self._triggered = self._triggered, None
+            if batch:
+                self._run_batch(batch, n)
+            now = time.monotonic()
+            if self._periodic is not None and (trig is not None or now >= next_tick):
+                try:
+                    self._periodic(bool(trig))
+                except Exception:  # a failed tick must not kill appends; the next one retries
+                    pass
+                next_tick = now + self._period
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Entry], n: int) -> None:
+        msgs: list[MutableMessage] = []
+        for m, _ in batch:
+            if isinstance(m, MutableMessage):
+                msgs.append(m)
+            else:
+                msgs.extend(m)
+        try:
+            outcomes = self._process(msgs)
+        except BaseException as e:  # the processor promised not to raise; fail the batch rather than hang callers
+            outcomes = [e] * len(msgs)
+        i = 0
+        for m, fut in batch:
+            if isinstance(m, MutableMessage):
+                out = outcomes[i]
+                i += 1
+                if isinstance(out, BaseException):
+                    fut.set_exception(out)
+                else:
+                    fut.set_result(out)
+                continue
+            group = outcomes[i : i + len(m)]
+            i += len(m)
+            err = next((o for o in group if isinstance(o, BaseException)), None)
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(group)
+        with self._lock:
+            self._inflight -= n
+            if self._room_waiters:
+                self._has_room.notify_all()
+
+    def _fail_queued(self) -> None:
+        err = ShutdownError("wal is closed")
+        while self._queue:
+            m, fut = self._queue.popleft()
+            fut.set_exception(err)
+            self._inflight -= 1 if isinstance(m, MutableMessage) else len(m)
+        self._has_room.notify_all()
+
+    def close(self, drain: bool = True) -> None:
+        """Stop accepting; finish what is queued (``drain``) or fail it with ShutdownError; join the thread."""
+        with self._lock:
+            self._closing = True
+            self._abort = not drain
+            self._has_work.notify_all()
+            self._has_room.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()

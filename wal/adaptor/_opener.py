@@ -1,0 +1,68 @@
+"""The opener adaptor: opens backend channels and wraps each in a WAL adaptor; closing it closes them all."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from .._interfaces import WAL, Opener
+from .._types import AccessMode, OpenOption
+from ..errors import InvalidArgumentError
+from ..interceptors import InterceptorBuilder
+from ..walimpls import OpenerImpls
+from ._lifetime import Lifetime
+from ._options import AdaptorOptions
+from ._wal import ROWALAdaptor, WALAdaptor
+
+__all__ = ["OpenerAdaptor"]
+
+
+class OpenerAdaptor(Opener):
+    def __init__(
+        self, name: str, impls: OpenerImpls, opts: AdaptorOptions, builders: Sequence[InterceptorBuilder]
+    ) -> None:
+        self._name = name
+        self._impls = impls
+        self._opts = opts
+        self._builders = tuple(builders)
+        self._lifetime = Lifetime(f"wal opener {name!r}")
+        self._wals: set[ROWALAdaptor] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    def open(self, opt: OpenOption) -> WAL:
+        if not isinstance(opt, OpenOption):
+            raise InvalidArgumentError(f"open takes an OpenOption, got {type(opt).__name__}")
+        opt.validate()
+        with self._lifetime.call():
+            impls = self._impls.open(opt)
+            try:
+                w: ROWALAdaptor
+                if opt.channel.access_mode is AccessMode.RO:
+                    w = ROWALAdaptor(impls, self._opts, self._forget)
+                else:
+                    w = WALAdaptor(impls, self._opts, self._builders, self._forget)
+            except BaseException:
+                impls.close()
+                raise
+            with self._lock:
+                self._wals.add(w)
+            return w
+
+    def _forget(self, w: ROWALAdaptor) -> None:
+        with self._lock:
+            self._wals.discard(w)
+
+    def close(self) -> None:
+        if not self._lifetime.stop():
+            self._closed.wait()
+            return
+        try:
+            self._lifetime.wait()
+            with self._lock:
+                wals = list(self._wals)
+            for w in wals:
+                w.close()
+            self._impls.close()
+        finally:
+            self._closed.set()

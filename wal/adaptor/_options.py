@@ -1,0 +1,62 @@
+"""Build options the adaptor consumes (every backend accepts them); the rest go to the backend's builder."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidArgumentError
+from ..interceptors import InterceptorBuilder
+
+__all__ = ["AdaptorOptions", "split_options"]
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptorOptions:
+    write_ahead_buffer_bytes: int = 64 * 1024 * 1024
+    write_ahead_buffer_keepalive: float = 30.0
+    time_tick_interval: float = 0.2
+    txn_keepalive: float = 10.0
+    interceptors: tuple[InterceptorBuilder, ...] = ()
+    max_inflight_appends: int = 4096
+    max_append_batch: int = 1024
+
+
+def _positive_number(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+        raise InvalidArgumentError(f"build option {name} must be a positive number, got {v!r}")
+    return float(v)
+
+
+def _positive_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise InvalidArgumentError(f"build option {name} must be a positive int, got {v!r}")
+    return v
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[AdaptorOptions, dict[str, Any]]:
+    """Validate and take the adaptor's options out of ``options``; return them and the backend's remainder."""
+    rest = dict(options)
+    kw: dict[str, Any] = {}
+    if "write_ahead_buffer_bytes" in rest:
+        kw["write_ahead_buffer_bytes"] = _positive_int(
+            "write_ahead_buffer_bytes", rest.pop("write_ahead_buffer_bytes")
+        )
+    for name in ("write_ahead_buffer_keepalive", "time_tick_interval", "txn_keepalive"):
+        if name in rest:
+            kw[name] = _positive_number(name, rest.pop(name))
+    for name in ("max_inflight_appends", "max_append_batch"):
+        if name in rest:
+            kw[name] = _positive_int(name, rest.pop(name))
+    if "interceptors" in rest:
+        ics = rest.pop("interceptors")
+        if ics is None:
+            ics = ()
+        if not isinstance(ics, list | tuple):
+            raise InvalidArgumentError(f"build option interceptors must be a list of builders, got {ics!r}")
+        for b in ics:
+            if not isinstance(b, InterceptorBuilder):
+                raise InvalidArgumentError(f"interceptor builder {b!r} has no build(param) method")
+        kw["interceptors"] = tuple(ics)
+    return AdaptorOptions(**kw), rest

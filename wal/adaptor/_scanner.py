@@ -1,0 +1,281 @@
+"""Scanner adaptor: catch-up from the backend, tailing from the write-ahead buffer, in time-tick order.
+
+Everything runs in the caller's thread (``recv`` pulls a batch from the current source, runs it through the
+reorder and txn buffers and serves the result), so there is no thread hop per message and no thread per
+scanner. Sources switch as Milvus's switchable scanner does:
+
+- *catch-up* reads the backend from a deliver policy, skipping ``tt <= exclusive_start``; on a persisted
+  TIME_TICK ``T`` it asks the write-ahead buffer for a reader after ``T`` and, if the buffer still holds it,
+  switches to *tailing*.
+- *tailing* reads the write-ahead buffer; when the reader is evicted it falls back to catch-up from the last
+  consumed message's last-confirmed ID with ``exclusive_start = its tt``: nothing is lost, and what is read twice
+  is dropped by the reorder buffer (by ID) or by the ``tt`` bound.
+
+An RO WAL has no write-ahead buffer: its scanners only catch up (and follow the backend's tail).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .._interfaces import Scanner
+from .._types import PChannelInfo, ReadOption
+from ..errors import CorruptedError, ShutdownError, WALTimeoutError
+from ..message import ImmutableMessage, MessageType
+from ..options import DeliverPolicy, DeliverPolicyKind, filter_func
+from ..utility import (
+    DuplicateMessageError,
+    EvictedError,
+    ReorderBuffer,
+    TimeTickViolationError,
+    TxnBuffer,
+    WriteAheadBuffer,
+    WriteAheadBufferReader,
+)
+from ..walimpls import ReadOption as ImplsReadOption
+from ..walimpls import ROWALImpls, ScannerImpls
+
+__all__ = ["ScannerAdaptor"]
+
+BATCH = 512
+WAKE_SLICE = 0.1  # a tailing recv re-checks for close this often
+_TT = MessageType.TIME_TICK
+
+
+class ScannerAdaptor(Scanner):
+    def __init__(
+        self,
+        *,
+        name: str,
+        impls: ROWALImpls,
+        channel: PChannelInfo,
+        opt: ReadOption,
+        wab: WriteAheadBuffer | None,
+        cleanup: Callable[[], None],
+    ) -> None:
+        self._name = name
+        self._impls = impls
+        self._channel = channel
+        self._vchannel = opt.vchannel or ""
+        self._filter = filter_func(opt.deliver_filters)
+        self._cleanup = cleanup
+        self._wab = wab
+        self._pending: deque[ImmutableMessage] = deque()
+        self._reorder = ReorderBuffer()
+        self._txn = TxnBuffer()
+        self._last_delivered_tt = 0
+        self._recv_lock = threading.Lock()
+        self._done = threading.Event()
+        self._closing = threading.Event()
+        self._error: BaseException | None = None
+        # catch-up state
+        self._policy: DeliverPolicy = opt.deliver_policy
+        self._exclusive_start = 0
+        self._backend: ScannerImpls | None = None
+        self._backend_lock = threading.Lock()
+        self._last_backend: ImmutableMessage | None = None
+        self._backoff = 0.0
+        self._next_attempt = 0.0
+        self.read_attempts = 0
+        self.stats = {"to_tailing": 0, "to_catchup": 0}
+        # tailing state
+        self._tail: WriteAheadBufferReader | None = None
+        self._last_consumed: ImmutableMessage | None = None
+        self._tail_from: int | None = None  # open a tailing reader after this tt (latest() on an RW WAL)
+        if wab is not None and opt.deliver_policy.kind is DeliverPolicyKind.LATEST:
+            tick = wab.last_time_tick_message
+            self._last_consumed = tick
+            self._tail_from = tick.time_tick
+        else:
+            self._open_backend()  # fixes latest() now; a failure is retried by recv with backoff
+
+    # -- public -----------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def channel(self) -> PChannelInfo:
+        return self._channel
+
+    @property
+    def mode(self) -> str:
+        """``"tailing"`` or ``"catchup"`` (for tests and tools)."""
+        return "tailing" if (self._tail is not None or self._tail_from is not None) else "catchup"
+
+    def done(self) -> threading.Event:
+        return self._done
+
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def recv(self, timeout: float | None = None) -> ImmutableMessage:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._recv_lock:
+            pending = self._pending
+            tried = False  # recv(0) still looks once at what the source already has
+            while True:
+                if pending:
+                    return pending.popleft()
+                if self._closing.is_set():
+                    if self._error is not None:
+                        raise self._error
+                    raise ShutdownError(f"scanner {self._name} is closed")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    if tried:
+                        raise WALTimeoutError(f"scanner {self._name}: no message within {timeout}s")
+                    left = 0.0
+                tried = True
+                try:
+                    if self._tail is not None or self._tail_from is not None:
+                        self._pull_tailing(left)
+                    else:
+                        self._pull_catchup(left)
+                except WALTimeoutError:
+                    continue  # re-checks close and the deadline
+                except ShutdownError:
+                    if not self._closing.is_set():
+                        self.close()  # the WAL (or its buffer) closed under us
+                except Exception as e:  # corruption, or a bug: the scanner ends with this error
+                    self._fail(e)
+
+    def close(self) -> None:
+        if self._closing.is_set():
+            self._done.wait()
+            return
+        self._closing.set()
+        with self._backend_lock:
+            b, self._backend = self._backend, None
+        if b is not None:
+            b.close()
+        self._done.set()
+        self._cleanup()
+
+    def _fail(self, e: BaseException) -> None:
+        if self._error is None and not self._closing.is_set():
+            self._error = e
+        self.close()
+
+    # -- catch-up ---------------------------------------------------------------------------------------------
+    def _open_backend(self) -> None:
+        self.read_attempts += 1
+        try:
+            b = self._impls.read(ImplsReadOption(name=self._name, deliver_policy=self._policy))
+        except ShutdownError:
+            raise
+        except Exception:
+            self._backoff = min(max(self._backoff * 2, 0.02), 2.0)
+            self._next_attempt = time.monotonic() + self._backoff
+            return
+        self._backoff = 0.0
+        with self._backend_lock:
+            if self._closing.is_set():
+                b.close()
+                return
+            self._backend = b
+
+    def _restart_catchup(self, policy: DeliverPolicy, exclusive_start: int) -> None:
+        with self._backend_lock:
+            b, self._backend = self._backend, None
+        if b is not None:
+            b.close()
+        self._policy = policy
+        self._exclusive_start = exclusive_start
+        self._open_backend()
+
+    def _pull_catchup(self, left: float | None) -> None:
+        b = self._backend
+        if b is None:
+            wait = max(0.0, self._next_attempt - time.monotonic())
+            if left is not None and wait > left:
+                self._closing.wait(left)
+                raise WALTimeoutError("backend read not open yet")
+            if not self._closing.wait(wait):
+                self._open_backend()
+            return
+        try:
+            batch = b.recv_batch(BATCH, left)  # close() closes the backend reader, which wakes this
+        except (WALTimeoutError, ShutdownError, CorruptedError):
+            raise
+        except Exception:
+            # A transient backend failure: reopen just after what we already have, with backoff.
+            last = self._last_backend
+            policy = DeliverPolicy.start_after(last.message_id) if last is not None else self._policy
+            self._restart_catchup(policy, self._exclusive_start)
+            return
+        start = self._exclusive_start
+        wab = self._wab
+        for m in batch:
+            self._last_backend = m
+            if m.time_tick <= start:
+                continue
+            self._handle(m)
+            if wab is not None and m.message_type is _TT and not m.not_persisted and self._try_switch(m):
+                return  # the rest of the batch comes again from the buffer (duplicates are dropped there)
+
+    def _try_switch(self, tick: ImmutableMessage) -> bool:
+        assert self._wab is not None
+        try:
+            reader = self._wab.read_from_exclusive_time_tick(tick.time_tick, timeout=0)
+        except (EvictedError, WALTimeoutError):
+            return False  # the buffer no longer (or not yet) holds it: keep catching up
+        with self._backend_lock:
+            b, self._backend = self._backend, None
+        if b is not None:
+            b.close()
+        self._tail = reader
+        self._last_consumed = tick
+        self.stats["to_tailing"] += 1
+        return True
+
+    # -- tailing ----------------------------------------------------------------------------------------------
+    def _pull_tailing(self, left: float | None) -> None:
+        assert self._wab is not None
+        step = WAKE_SLICE if left is None else min(left, WAKE_SLICE)
+        try:
+            if self._tail is None:
+                assert self._tail_from is not None
+                self._tail = self._wab.read_from_exclusive_time_tick(self._tail_from, timeout=step)
+                self._tail_from = None
+            batch = self._tail.next_batch(BATCH, step)
+        except EvictedError:
+            last = self._last_consumed
+            assert last is not None
+            self._tail = None
+            self._tail_from = None
+            self.stats["to_catchup"] += 1
+            self._restart_catchup(DeliverPolicy.start_from(last.last_confirmed_message_id), last.time_tick)
+            return
+        for m in batch:
+            self._last_consumed = m
+            self._handle(m)
+
+    # -- shared: reorder, txn assembly, delivery ------------------------------------------------------------------
+    def _handle(self, m: ImmutableMessage) -> None:
+        if m.message_type is _TT:
+            tt = m.time_tick
+            out = self._reorder.pop_until(tt)
+            if out:
+                out = self._txn.handle_immutable_messages(out, tt)
+            elif len(self._txn):
+                self._txn.handle_immutable_messages(out, tt)  # expire txns
+            if out:
+                self._pending.extend(out)
+                self._last_delivered_tt = out[-1].time_tick
+            elif not self._pending and tt > self._last_delivered_tt and self._filter(m):
+                self._pending.append(m)
+                self._last_delivered_tt = tt
+            return
+        v = self._vchannel
+        if v and m.vchannel and m.vchannel != v:
+            return
+        if not self._filter(m):
+            return
+        try:
+            self._reorder.push(m)
+        except (DuplicateMessageError, TimeTickViolationError):
+            pass  # read twice across a source switch: already held or already delivered

@@ -1,0 +1,74 @@
+"""The ``with w.begin_txn(...) as txn`` handle: BEGIN_TXN / body / COMMIT_TXN / ROLLBACK_TXN messages."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from .._interfaces import Txn
+from .._types import AppendResult
+from ..errors import InvalidArgumentError, InvalidTxnStateError
+from ..message import NON_TXN_ID, MessageType, MutableMessage, TxnContext
+
+if TYPE_CHECKING:
+    from .._interfaces import WAL
+
+__all__ = ["TxnHandle"]
+
+
+class TxnHandle(Txn):
+    def __init__(self, wal: WAL, vchannel: str, keepalive: float | None, timeout: float | None = None) -> None:
+        if keepalive is not None and (isinstance(keepalive, bool) or not isinstance(keepalive, int | float)):
+            raise InvalidArgumentError(f"keepalive must be a number of seconds, got {keepalive!r}")
+        if keepalive is not None and keepalive < 0.001:
+            raise InvalidArgumentError(f"keepalive must be at least 1 ms, got {keepalive!r}")
+        self._wal = wal
+        self._vchannel = vchannel
+        self._lock = threading.Lock()
+        self._finished = False
+        begin = MutableMessage(MessageType.BEGIN_TXN, b"", vchannel=vchannel)
+        if keepalive is not None:
+            # The requested keepalive rides on the begin; the WAL replaces the context with the real one.
+            begin.with_txn_context(TxnContext(NON_TXN_ID, float(keepalive)))
+        r = wal.append(begin, timeout)
+        assert r.txn_ctx is not None, "the WAL did not open a transaction for BEGIN_TXN"
+        self._ctx: TxnContext = r.txn_ctx
+        self.begin_result = r
+
+    @property
+    def txn_ctx(self) -> TxnContext:
+        return self._ctx
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise InvalidTxnStateError(f"txn {self._ctx.txn_id} is already committed or rolled back")
+
+    def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult:
+        self._check_open()
+        if msg.message_type.is_system:
+            raise InvalidArgumentError(f"cannot append a {msg.message_type.name} inside a transaction")
+        if msg.vchannel and msg.vchannel != self._vchannel:
+            raise InvalidArgumentError(f"txn on vchannel {self._vchannel!r} got a message for {msg.vchannel!r}")
+        msg.vchannel = self._vchannel
+        msg.with_txn_context(self._ctx)
+        return self._wal.append(msg, timeout)
+
+    def _finish(self, mtype: MessageType, timeout: float | None) -> AppendResult:
+        with self._lock:
+            self._check_open()
+            self._finished = True
+        m = MutableMessage(mtype, b"", vchannel=self._vchannel, txn_ctx=self._ctx)
+        return self._wal.append(m, timeout)
+
+    def commit(self, timeout: float | None = None) -> AppendResult:
+        return self._finish(MessageType.COMMIT_TXN, timeout)
+
+    def rollback(self, timeout: float | None = None) -> AppendResult:
+        return self._finish(MessageType.ROLLBACK_TXN, timeout)
+
+    def close(self) -> None:
+        if not self._finished:
+            try:
+                self.rollback()
+            except Exception:  # expired or WAL closed: either way nothing of it is delivered
+                pass

@@ -1,0 +1,398 @@
+"""The WAL adaptor: lifetime, the append path (dispatcher → interceptor chain → backend group commit), scanners.
+
+An RO WAL is :class:`ROWALAdaptor` (writes raise :class:`~wal.errors.AccessModeError`); an RW WAL is
+:class:`WALAdaptor`, which on open appends the first persisted time tick (the fence and recovery point) before
+taking appends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from .._interfaces import WAL, Scanner, Txn
+from .._types import AccessMode, AppendResult, PChannelInfo, ReadOption
+from ..errors import (
+    AccessModeError,
+    FencedError,
+    InvalidArgumentError,
+    InvalidMessageError,
+    ShutdownError,
+    WALLockedError,
+    WALTimeoutError,
+)
+from ..interceptors import AppendOutcome, ChainedInterceptor, InterceptorBuilder, InterceptorBuildParam
+from ..interceptors.timetick import AckManager, HybridClock, MVCCManager
+from ..interceptors.timetick._interceptor import TimeTickInterceptor
+from ..interceptors.timetick._message import new_time_tick_message
+from ..interceptors.timetick._sync_operator import SyncMode, TimeTickSyncOperator
+from ..interceptors.txn import TxnManager
+from ..message import MessageID, MessageType, MutableMessage
+from ..utility import WriteAheadBuffer
+from ..walimpls import ROWALImpls, WALImpls
+from ._dispatcher import AppendDispatcher
+from ._lifetime import Lifetime
+from ._options import AdaptorOptions
+
+if TYPE_CHECKING:
+    from ._scanner import ScannerAdaptor
+
+__all__ = ["ROWALAdaptor", "WALAdaptor"]
+
+_WAL_ONLY_TYPES = frozenset({MessageType.TIME_TICK, MessageType.TXN, MessageType.UNKNOWN})
+_FIRST_TICK_RETRY_FOR = 5.0
+_NOT_RETRIED = (FencedError, ShutdownError, AccessModeError, InvalidArgumentError, WALLockedError)
+
+
+def _retry_first_tick(fn: Callable[[], MessageID]) -> MessageID:
+    """The fence tick is retried with backoff (a transient backend error must not fail the open)."""
+    deadline = time.monotonic() + _FIRST_TICK_RETRY_FOR
+    backoff = 0.02
+    while True:
+        try:
+            return fn()
+        except _NOT_RETRIED:
+            raise
+        except Exception:
+            if time.monotonic() + backoff > deadline:
+                raise
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+
+class ROWALAdaptor(WAL):
+    """A read-only WAL: scanners follow the backend only (catch-up), every write raises."""
+
+    def __init__(
+        self, impls: ROWALImpls, opts: AdaptorOptions, cleanup: Callable[[ROWALAdaptor], None] | None = None
+    ) -> None:
+        self._impls = impls
+        self._opts = opts
+        self._channel = impls.channel
+        self._lifetime = Lifetime(f"wal {self._channel}")
+        self._unavailable = threading.Event()
+        self._cleanup = cleanup
+        self._scanners: dict[int, ScannerAdaptor] = {}
+        self._scanners_lock = threading.Lock()
+        self._scanner_seq = itertools.count()
+        self._closed = threading.Event()
+
+    # -- ROWAL ------------------------------------------------------------------------------------------------
+    @property
+    def wal_name(self) -> str:
+        return self._impls.wal_name
+
+    @property
+    def channel(self) -> PChannelInfo:
+        return self._channel
+
+    def is_available(self) -> bool:
+        return not self._unavailable.is_set()
+
+    def available(self) -> threading.Event:
+        return self._unavailable
+
+    def read(self, opt: ReadOption | None = None) -> Scanner:
+        from ._scanner import ScannerAdaptor
+
+        opt = opt if opt is not None else ReadOption()
+        if not isinstance(opt, ReadOption):
+            raise InvalidMessageError(f"read takes a ReadOption, got {type(opt).__name__}")
+        with self._lifetime.call():
+            seq = next(self._scanner_seq)
+            name = opt.name or f"{self._channel.name}/{self._channel.term}/{seq}"
+            s = ScannerAdaptor(
+                name=name,
+                impls=self._impls,
+                channel=self._channel,
+                opt=opt,
+                wab=self._tailing_source(),
+                cleanup=lambda: self._forget_scanner(seq),
+            )
+            with self._scanners_lock:
+                self._scanners[seq] = s
+            return s
+
+    def _tailing_source(self) -> WriteAheadBuffer | None:
+        """The write-ahead buffer scanners may tail from (None: catch-up only)."""
+        return None
+
+    def _forget_scanner(self, seq: int) -> None:
+        with self._scanners_lock:
+            self._scanners.pop(seq, None)
+
+    # -- writes: refused --------------------------------------------------------------------------------------
+    def _refuse(self, what: str) -> AccessModeError:
+        return AccessModeError(f"{what} on read-only wal {self._channel}")
+
+    def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult:
+        raise self._refuse("append")
+
+    def append_async(self, msg: MutableMessage) -> Future[AppendResult]:
+        raise self._refuse("append_async")
+
+    def append_messages(self, msgs: Sequence[MutableMessage], timeout: float | None = None) -> list[AppendResult]:
+        raise self._refuse("append_messages")
+
+    def get_latest_mvcc_timestamp(self, vchannel: str) -> int:
+        raise self._refuse("get_latest_mvcc_timestamp")
+
+    def truncate(self, message_id: MessageID) -> None:
+        raise self._refuse("truncate")
+
+    def begin_txn(self, vchannel: str, keepalive: float | None = None) -> Txn:
+        raise self._refuse("begin_txn")
+
+    # -- close ------------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if not self._lifetime.stop():
+            self._closed.wait()
+            return
+        try:
+            self._close_inner()
+        finally:
+            self._closed.set()
+
+    def _close_inner(self) -> None:
+        self._unavailable.set()
+        self._lifetime.wait()
+        self._close_scanners()
+        self._impls.close()
+        if self._cleanup is not None:
+            self._cleanup(self)
+
+    def _close_scanners(self) -> None:
+        with self._scanners_lock:
+            scanners = list(self._scanners.values())
+        for s in scanners:
+            s.close()
+
+
+class WALAdaptor(ROWALAdaptor):
+    """A read-write WAL."""
+
+    def __init__(
+        self,
+        impls: WALImpls,
+        opts: AdaptorOptions,
+        builders: Sequence[InterceptorBuilder],
+        cleanup: Callable[[ROWALAdaptor], None] | None = None,
+    ) -> None:
+        assert impls.channel.access_mode is AccessMode.RW
+        super().__init__(impls, opts, cleanup)
+        self._wimpls = impls
+        self._term = impls.channel.term
+        self._fenced: FencedError | None = None
+        param = InterceptorBuildParam(channel=self._channel, options=opts)
+        self._init_time_tick(param)
+        interceptors = [b.build(param) for b in builders]
+        tt_ic = next((ic for ic in interceptors if isinstance(ic, TimeTickInterceptor)), None)
+        self._sync_op = TimeTickSyncOperator(
+            self._ack,
+            self._txns,
+            self._mvcc,
+            self._wab,
+            self._append_tick,
+            tt_ic.take_written if tt_ic is not None else None,
+        )
+        self._chain = ChainedInterceptor(interceptors)
+        self._dispatcher = AppendDispatcher(
+            f"{self._channel}",
+            self._process_batch,
+            max_inflight=opts.max_inflight_appends,
+            max_batch=opts.max_append_batch,
+            ready=self._chain.ready(),
+            periodic=self._periodic,
+            period=opts.time_tick_interval,
+        )
+        param.wal.set_result(self)
+
+    # -- time-tick machinery ------------------------------------------------------------------------------------
+    def _init_time_tick(self, param: InterceptorBuildParam) -> None:
+        """Append the first persisted tick (fence and recovery point) and build what the interceptors share."""
+        clock = HybridClock(self._wimpls.last_time_tick())
+        tick = new_time_tick_message(clock.allocate(), None, True)
+        tick.wal_term = self._term
+        mid = _retry_first_tick(lambda: self._wimpls.append(tick))
+        first = tick.into_immutable(mid)
+        opts = self._opts
+        self._wab = WriteAheadBuffer(
+            str(self._channel), opts.write_ahead_buffer_bytes, opts.write_ahead_buffer_keepalive, first
+        )
+        self._mvcc = MVCCManager(first.time_tick)
+        self._ack = AckManager(clock, mid)
+        self._txns = TxnManager(clock, opts.txn_keepalive)
+        param.initialized_time_tick = first.time_tick
+        param.initialized_message_id = mid
+        param.write_ahead_buffer = self._wab
+        param.mvcc_manager = self._mvcc
+        param.ack_manager = self._ack
+        param.txn_manager = self._txns
+        param.clock = clock
+
+    def _append_tick(self, tick: MutableMessage) -> MessageID:
+        tick.wal_term = self._term
+        out = self._chain.do_append_batch((tick,), self._final_batch)[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def _periodic(self, persisted: bool) -> None:
+        self._sync_op.sync(SyncMode.FORCE if persisted else SyncMode.PERIODIC)
+
+    def _after_batch(self) -> None:
+        try:
+            self._sync_op.sync(SyncMode.BATCH)
+        except ShutdownError:
+            pass  # the buffer closed under a late batch; nothing reads it any more
+
+    def _tailing_source(self) -> WriteAheadBuffer | None:
+        return self._wab
+
+    @property
+    def sync_operator(self) -> TimeTickSyncOperator:
+        return self._sync_op
+
+    @property
+    def txn_manager(self) -> TxnManager:
+        return self._txns
+
+    # -- append path ------------------------------------------------------------------------------------------
+    def _final_batch(self, msgs: Sequence[MutableMessage]) -> list[AppendOutcome]:
+        """The end of the chain: persisted messages go to the backend as one group commit; a not-persisted tick
+        takes its last-confirmed ID as its ID and is never written.
+        """
+        if self._fenced is not None:
+            return [self._fenced] * len(msgs)
+        persisted = [m for m in msgs if not m.not_persisted]
+        try:
+            ids = iter(self._wimpls.append_batch(persisted) if persisted else ())
+        except FencedError as e:
+            # A newer term owns the channel: writing is over for this WAL (readers keep working).
+            self._fenced = e
+            self._unavailable.set()
+            return [e] * len(msgs)
+        except Exception as e:
+            return [e] * len(msgs)
+        out: list[AppendOutcome] = []
+        for m in msgs:
+            if m.not_persisted:
+                lc = m.last_confirmed_message_id
+                out.append(lc if lc is not None else ValueError("not-persisted tick without last-confirmed id"))
+            else:
+                out.append(next(ids))
+        return out
+
+    def _process_batch(self, msgs: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+        term = self._term
+        for m in msgs:
+            m.wal_term = term
+        outcomes = self._chain.do_append_batch(msgs, self._final_batch)
+        self._after_batch()
+        out: list[AppendResult | BaseException] = []
+        for m, o in zip(msgs, outcomes, strict=True):
+            if isinstance(o, BaseException):
+                out.append(o)
+            else:
+                lc = o if m.last_confirmed_is_self else m.last_confirmed_message_id
+                out.append(AppendResult(o, m.time_tick, lc if lc is not None else o, m.txn_ctx, None))
+        return out
+
+    @staticmethod
+    def _check_msg(msg: object) -> MutableMessage:
+        if not isinstance(msg, MutableMessage):
+            raise InvalidMessageError(f"append takes a MutableMessage, got {type(msg).__name__}")
+        if msg.message_type in _WAL_ONLY_TYPES:
+            raise InvalidArgumentError(f"{msg.message_type.name} messages are made by the WAL, not appended")
+        return msg
+
+    def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult:
+        return self.append_messages((msg,), timeout)[0]
+
+    def append_async(self, msg: MutableMessage) -> Future[AppendResult]:
+        self._check_msg(msg)
+        try:
+            # The dispatcher refuses work once closing, and the close drains what it accepted: no lifetime needed.
+            return self._dispatcher.submit_one(msg)
+        except Exception as e:
+            f: Future[AppendResult] = Future()
+            f.set_exception(e)
+            return f
+
+    def append_messages(self, msgs: Sequence[MutableMessage], timeout: float | None = None) -> list[AppendResult]:
+        for m in msgs:
+            self._check_msg(m)
+        if not msgs:
+            return []
+        with self._lifetime.call():
+            self._wait_ready(timeout)
+            fut = self._dispatcher.submit_group(msgs, timeout)
+            try:
+                return fut.result(timeout)
+            except TimeoutError as e:
+                if isinstance(e, WALTimeoutError):
+                    raise
+                raise WALTimeoutError(f"append to wal {self._channel} did not finish within {timeout}s") from None
+
+    def _wait_ready(self, timeout: float | None) -> None:
+        ready = self._chain.ready()
+        if ready.is_set():
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not ready.wait(0.05):
+            if self._lifetime.stopped:
+                raise ShutdownError(f"wal {self._channel} is closed")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WALTimeoutError(f"wal {self._channel} not ready within {timeout}s")
+
+    def get_latest_mvcc_timestamp(self, vchannel: str) -> int:
+        with self._lifetime.call():
+            return self._mvcc_of(vchannel)
+
+    def _mvcc_of(self, vchannel: str) -> int:
+        tt, confirmed = self._mvcc.get_mvcc_of_vchannel(vchannel)
+        if not confirmed:
+            self._dispatcher.trigger(False)
+        return tt
+
+    def truncate(self, message_id: MessageID) -> None:
+        if not isinstance(message_id, MessageID):
+            raise InvalidMessageError(f"truncate takes a MessageID, got {type(message_id).__name__}")
+        with self._lifetime.call():
+            self._wimpls.truncate(message_id)
+
+    def begin_txn(self, vchannel: str, keepalive: float | None = None) -> Txn:
+        from ._txn import TxnHandle
+
+        return TxnHandle(self, vchannel, keepalive)
+
+    # -- close ------------------------------------------------------------------------------------------------
+    def _close_inner(self) -> None:
+        self._unavailable.set()
+        self._dispatcher.close(drain=True)
+        self._lifetime.wait()
+        try:
+            self._sync_op.sync(SyncMode.PERIODIC)  # persist a last tick if data came after the previous one
+        except Exception:
+            pass
+        self._close_time_tick()
+        self._close_scanners()
+        self._impls.close()
+        self._chain.close()
+        if self._cleanup is not None:
+            self._cleanup(self)
+
+    def _close_time_tick(self) -> None:
+        self._wab.close()
+
+    def close(self) -> None:
+        if not self._lifetime.stopped:
+            try:
+                self._chain.graceful_close()
+            except Exception:
+                pass
+        super().close()
