@@ -1,0 +1,188 @@
+"""Read-only followers: another process (or another opener) tails a writer and gets every message in order."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from _localfs_util import PY, build, child_env, msg, open_ro, open_rw
+
+from wal.errors import WALTimeoutError
+from wal.walimpls import ReadOption
+from wal.walimpls.localfs import _opener
+
+CHILD = str(Path(__file__).with_name("_localfs_child.py"))
+
+
+def test_follower_in_another_process_gets_everything_in_order(tmp_path: Path) -> None:
+    n = 1500
+    with build(tmp_path, segment_bytes=8192) as opener:
+        w = open_rw(opener)
+        early = [w.append(msg(f"early-{i}".encode())) for i in range(100)]  # some history before it starts
+        p = subprocess.Popen([PY, CHILD, "follow", str(tmp_path), "p1", str(n)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=child_env())
+        assert p.stdout is not None
+        assert p.stdout.readline() == b"ready\n"
+        payloads = [f"early-{i}".encode() for i in range(100)]
+        i = 0
+        while len(payloads) < n:  # bursts and pauses: the follower must both catch up and wait
+            burst = [f"live-{i + k}".encode() * (1 + (i + k) % 5) for k in range(1 + i % 37)]
+            burst = burst[: n - len(payloads)]
+            if i % 3:
+                w.append_batch([msg(b) for b in burst])
+            else:
+                for b in burst:
+                    w.append(msg(b))
+            payloads.extend(burst)
+            i += len(burst)
+            if i % 5 == 0:
+                time.sleep(0.01)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+        lines = out.decode().split()
+        assert "timeout" not in lines
+        got = [(int(lines[k]), bytes.fromhex(lines[k + 1]) if k + 1 < len(lines) else b"")
+               for k in range(0, len(lines), 2)]
+        assert [g[0] for g in got] == list(range(1, n + 1))
+        assert [g[1] for g in got] == payloads
+        assert early[0].value == 1  # type: ignore[attr-defined]
+        w.close()
+
+
+def _follow_latency(tmp_path: Path) -> float:
+    with build(tmp_path / "w", segment_bytes=4096) as wopener, build(tmp_path / "w") as ropener:
+        w = open_rw(wopener)
+        ro = open_ro(ropener)  # another opener: no in-process shortcut, only file events and polling
+        s = ro.read(ReadOption(name="f"))
+        got: list[bytes] = []
+        done = threading.Event()
+
+        def reader() -> None:
+            while len(got) < 300:
+                try:
+                    got.extend(bytes(m.payload) for m in s.recv_batch(64, 10.0))
+                except WALTimeoutError:
+                    break
+            done.set()
+
+        t = threading.Thread(target=reader)
+        t.start()
+        t0 = time.monotonic()
+        for i in range(300):
+            w.append(msg(f"{i}".encode() * 30))
+            if i % 50 == 0:
+                time.sleep(0.02)
+        assert done.wait(10.0)
+        elapsed = time.monotonic() - t0
+        t.join()
+        assert got == [f"{i}".encode() * 30 for i in range(300)]
+        # late start: a follower opened after the fact reads the whole history too
+        s2 = ro.read(ReadOption(name="g"))
+        assert len(s2.recv_batch(1000, 1.0)) > 0
+        s2.close()
+        s.close()
+        ro.close()
+        w.close()
+        return elapsed
+
+
+def test_follower_on_another_opener(tmp_path: Path) -> None:
+    assert _follow_latency(tmp_path) < 10.0
+
+
+def test_follower_without_inotify_still_gets_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(hub: object) -> object:
+        raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(_opener, "_make_wake", broken)
+    assert _follow_latency(tmp_path) < 10.0
+
+
+def test_follower_started_before_the_channel_exists(tmp_path: Path) -> None:
+    with build(tmp_path, segment_bytes=4096) as opener:
+        ro = open_ro(opener, "later")
+        s = ro.read(ReadOption(name="f"))
+        with pytest.raises(WALTimeoutError):
+            s.recv(0.05)
+        w = open_rw(opener, "later")
+        w.append(msg(b"first"))
+        assert bytes(s.recv(3.0).payload) == b"first"
+        s.close()
+        ro.close()
+        w.close()
+
+
+def test_concurrent_writers_and_readers_through_constant_rolls(tmp_path: Path) -> None:
+    n_threads, per = 8, 150
+    total = n_threads * (per + 2 * (per // 10))  # every 10th append is a batch of 3
+    with build(tmp_path, segment_bytes=4096) as opener:
+        w = open_rw(opener)
+        ro = open_ro(opener)
+        scanners = [w.read(ReadOption(name=f"rw{k}")) for k in range(3)] + [ro.read(ReadOption(name="ro"))]
+        results: list[list[tuple[int, bytes]]] = [[] for _ in scanners]
+        errors: list[BaseException] = []
+
+        def read(k: int) -> None:
+            try:
+                while len(results[k]) < total:
+                    for m in scanners[k].recv_batch(97, 10.0):
+                        results[k].append((m.message_id.value, bytes(m.payload)))  # type: ignore[attr-defined]
+            except BaseException as e:
+                errors.append(e)
+
+        def write(t: int) -> None:
+            for j in range(per):
+                if j % 10 == 0:
+                    w.append_batch([msg(f"{t}:{j}:{x}".encode() * 5) for x in range(3)])
+                else:
+                    w.append(msg(f"{t}:{j}".encode() * (1 + j % 9)))
+
+        readers = [threading.Thread(target=read, args=(k,)) for k in range(len(scanners))]
+        for r in readers:
+            r.start()
+        writers = [threading.Thread(target=write, args=(t,)) for t in range(n_threads)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+        expected_total = total
+        for r in readers:
+            r.join(20.0)
+        assert not errors, errors
+        reference = results[0]
+        assert [i for i, _ in reference] == list(range(1, expected_total + 1))
+        for res in results[1:]:
+            assert res == reference
+        for s in scanners:
+            s.close()
+        ro.close()
+        w.close()
+
+
+def test_follower_survives_retention_deleting_its_segments(tmp_path: Path) -> None:
+    with build(tmp_path, segment_bytes=4096) as wopener, build(tmp_path) as ropener:
+        w = open_rw(wopener)
+        ids = w.append_batch([msg(f"{i}".encode() * 50) for i in range(300)])
+        ro = open_ro(ropener)
+        s = ro.read(ReadOption(name="slow"))
+        first = s.recv(2.0)  # the first segment is mapped now
+        assert first.message_id == ids[0]
+        w.truncate(ids[250])  # deletes the segments under the reader's feet
+        w.append_batch([msg(b"after") for _ in range(5)])
+        got = [first]
+        while True:
+            try:
+                got.extend(s.recv_batch(64, 0.3))
+            except WALTimeoutError:
+                break
+        mids = [m.message_id.value for m in got]  # type: ignore[attr-defined]
+        assert mids == sorted(mids) and len(set(mids)) == len(mids) and mids[-1] == 305
+        for m in got[:-5]:  # whatever was delivered is exact, including from the deleted (still mapped) file
+            assert bytes(m.payload) == f"{m.message_id.value - 1}".encode() * 50  # type: ignore[attr-defined]
+        assert bytes(first.payload) == b"0" * 50  # a payload view into a deleted file stays readable
+        s.close()
+        ro.close()
+        w.close()

@@ -1,0 +1,180 @@
+"""wal.walimpls.localfs.tools: list, info, verify, repair, iterate (what the `wal` command builds on)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from _localfs_util import build, msg, open_rw
+
+from wal.errors import CorruptedError, InvalidArgumentError, WALLockedError
+from wal.walimpls.localfs import LocalFSMessageID
+from wal.walimpls.localfs.tools import (
+    ChannelInfo,
+    channel_info,
+    iter_messages,
+    list_channels,
+    repair,
+    verify,
+)
+
+
+def _fill(root: Path, name: str, n: int, keep_open: bool = False) -> object:
+    opener = build(root, segment_bytes=4096)
+    w = open_rw(opener, name, term=2)
+    for i in range(n):
+        w.append(msg(f"{name}-{i}".encode() * 4, tt=1000 + i, vchannel="v1"))
+    if keep_open:
+        return opener, w
+    w.close()
+    opener.close()
+    return None
+
+
+def test_list_and_info(tmp_path: Path) -> None:
+    _fill(tmp_path, "a", 100)
+    _fill(tmp_path, "b", 3)
+    (tmp_path / "not-a-channel").mkdir()
+    assert list_channels(str(tmp_path)) == ["a", "b"]
+    assert list_channels(str(tmp_path / "missing")) == []
+    info = channel_info(str(tmp_path), "a")
+    assert isinstance(info, ChannelInfo)
+    assert info.name == "a" and info.term == 2 and not info.writer_locked
+    segs = info.segments
+    assert len(segs) >= 3 and all(s.sealed for s in segs[:-1]) and not segs[-1].sealed
+    assert segs[0].first_id == 1 and segs[-1].last_id == 100
+    assert all(segs[k + 1].first_id == segs[k].last_id + 1 for k in range(len(segs) - 1))
+    assert segs[0].first_time_tick == 1000 and segs[-1].last_time_tick == 1099
+    assert all(s.bytes_used > 1024 for s in segs)
+
+
+def test_info_sees_a_running_writer(tmp_path: Path) -> None:
+    opener, w = _fill(tmp_path, "a", 20, keep_open=True)  # type: ignore[misc]
+    try:
+        info = channel_info(str(tmp_path), "a")
+        assert info.writer_locked and info.segments[-1].last_id == 20
+        assert verify(str(tmp_path)) == []  # safe and quiet while the writer runs
+        with pytest.raises(WALLockedError):
+            repair(str(tmp_path), "a")
+        w.append(msg(b"still writable after the probes"))
+    finally:
+        w.close()
+        opener.close()
+
+
+def test_verify_clean_and_progress(tmp_path: Path) -> None:
+    _fill(tmp_path, "a", 100)
+    calls: list[tuple[int, int]] = []
+    assert verify(str(tmp_path), "a", progress=lambda d, t: calls.append((d, t))) == []
+    assert calls and calls[-1][0] == calls[-1][1]
+
+
+def test_verify_reports_flip_missing_index_and_never_writes(tmp_path: Path) -> None:
+    _fill(tmp_path, "a", 100)
+    segs = sorted((tmp_path / "a").glob("*.seg"))
+    with open(segs[1], "r+b") as f:
+        f.seek(1024 + 50)
+        b = f.read(1)
+        f.seek(1024 + 50)
+        f.write(bytes([b[0] ^ 0xFF]))
+    segs[2].with_suffix(".idx").unlink()
+    before = {p: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    problems = verify(str(tmp_path))
+    assert {p.path for p in problems} >= {str(segs[1]), str(segs[2].with_suffix(".idx"))}
+    flip = next(p for p in problems if p.path == str(segs[1]))
+    assert flip.offset == 1024 and "corrupt" in flip.message
+    assert str(flip).startswith(f"{segs[1]}:1024")
+    after = {p: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    assert after == before
+
+
+def test_repair_cuts_torn_tail_and_rebuilds_indexes(tmp_path: Path) -> None:
+    opener, w = _fill(tmp_path, "a", 60, keep_open=True)  # type: ignore[misc]
+    image = tmp_path / "image"
+    shutil.copytree(tmp_path / "a", image / "a")  # a crash image
+    w.close()
+    opener.close()
+    last = sorted((image / "a").glob("*.seg"))[-1]
+    info = channel_info(str(image), "a")
+    end = info.segments[-1].bytes_used
+    with open(last, "r+b") as f:
+        f.seek(end)
+        f.write(b"\x13torn-garbage" * 5)
+    sorted((image / "a").glob("*.idx"))[0].unlink()
+    problems = verify(str(image))
+    assert any("torn" in p.message for p in problems)
+    report = repair(str(image), "a")
+    assert report.changed and len(report.cut) == 1 and str(end) in report.cut[0]
+    assert any(p.endswith(".idx") for p in report.rebuilt_indexes)
+    assert verify(str(image)) == []
+    assert not repair(str(image), "a").changed  # idempotent
+    got = list(iter_messages(str(image), "a"))
+    assert [bytes(m.payload) for m in got] == [f"a-{i}".encode() * 4 for i in range(60)]
+
+
+def test_repair_refuses_damage(tmp_path: Path) -> None:
+    _fill(tmp_path, "a", 60)
+    seg = sorted((tmp_path / "a").glob("*.seg"))[0]
+    with open(seg, "r+b") as f:
+        f.seek(1024 + 40)
+        f.write(b"\x00\x01")
+    with pytest.raises(CorruptedError):
+        repair(str(tmp_path), "a")
+
+
+def test_iter_messages_from_start(tmp_path: Path) -> None:
+    _fill(tmp_path, "a", 80)
+    got = list(iter_messages(str(tmp_path), "a", LocalFSMessageID(33)))
+    assert [m.message_id.value for m in got] == list(range(33, 81))  # type: ignore[attr-defined]
+    assert got[0].vchannel == "v1" and got[0].time_tick == 1032
+    with pytest.raises(InvalidArgumentError):
+        list(iter_messages(str(tmp_path), "nope"))
+    with pytest.raises(InvalidArgumentError):
+        channel_info(str(tmp_path), "../etc")
+
+
+def test_read_only_tools_race_a_busy_writer(tmp_path: Path) -> None:
+    import threading
+
+    opener, w = _fill(tmp_path, "a", 10, keep_open=True)  # type: ignore[misc]
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            w.append_batch([msg(f"busy-{i}-{k}".encode() * (1 + k % 7), vchannel="v1") for k in range(20)])
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(15):
+            assert verify(str(tmp_path)) == []
+            info = channel_info(str(tmp_path), "a")
+            assert info.writer_locked and info.segments[-1].last_id >= 10
+            n = sum(1 for _ in iter_messages(str(tmp_path), "a"))
+            assert n >= 10
+    finally:
+        stop.set()
+        t.join()
+        w.close()
+        opener.close()
+
+
+def test_find_time_tick(tmp_path: Path) -> None:
+    from wal.walimpls.localfs.tools import find_time_tick
+
+    opener = build(tmp_path, segment_bytes=4096)
+    w = open_rw(opener, "a")
+    ticks = [10 * i for i in range(1, 301)]
+    ticks[150], ticks[151] = ticks[151], ticks[150]  # stored slightly out of tick order
+    w.append_batch([msg(f"{t}".encode() * 10, tt=t) for t in ticks])
+    w.close()
+    opener.close()
+    assert find_time_tick(str(tmp_path), "a", 0) == LocalFSMessageID(1)
+    assert find_time_tick(str(tmp_path), "a", 10) == LocalFSMessageID(1)
+    assert find_time_tick(str(tmp_path), "a", 11) == LocalFSMessageID(2)
+    assert find_time_tick(str(tmp_path), "a", 1515) == LocalFSMessageID(151)  # tick 1520 is stored at ID 151
+    assert find_time_tick(str(tmp_path), "a", 2995) == LocalFSMessageID(300)
+    assert find_time_tick(str(tmp_path), "a", 3001) is None

@@ -1,0 +1,152 @@
+"""Every operating-system file call the backend makes, in one replaceable object.
+
+Fault-injection tests pass a subclass through the private build option ``_file_ops`` and make any call fail
+(ENOSPC from ``fallocate``, EIO from ``fdatasync``...). Nothing in the backend (opener, writer, recovery,
+scanners) calls ``os`` file functions directly, so an injected fault always takes the same path as a real one.
+Only the read-only inspection in ``tools.py`` (verify, info) reads files directly.
+
+How failures surface: any ``OSError`` while appending, rolling or syncing becomes
+:class:`~wal.errors.WALIOError` for every append not yet acknowledged, and the WAL closes itself (a failed
+``fdatasync`` is never retried: the kernel may have dropped the dirty pages). Reopening recovers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+
+__all__ = ["DEFAULT_FILE_OPS", "FileOps"]
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_IOV_MAX = 1024
+
+
+class FileOps:
+    """Thin wrappers over ``os``/``fcntl``/``mmap``; one method per operation."""
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        return os.open(path, flags | _CLOEXEC, mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
+
+    def pwritev(self, fd: int, buffers: list[bytes | bytearray | memoryview], offset: int) -> int:
+        return os.pwritev(fd, buffers, offset)
+
+    def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
+        return os.write(fd, data)
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        return os.pread(fd, length, offset)
+
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        os.posix_fallocate(fd, offset, length)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def fstat_size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def stat_size(self, path: str) -> int:
+        return os.stat(path).st_size
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: str, mode: int = 0o700) -> None:
+        os.mkdir(path, mode)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def flock(self, fd: int, operation: int) -> None:
+        fcntl.flock(fd, operation)
+
+    def mmap(self, fd: int, length: int) -> mmap.mmap:
+        """A read-only map; the backend never writes through a map (inotify would not see it)."""
+        return mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+
+    def fsync_dir(self, path: str) -> None:
+        """Make a created, renamed or deleted directory entry durable."""
+        fd = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self.fsync(fd)
+        finally:
+            self.close(fd)
+
+    # -- compound helpers built only from the methods above (so an override of one op covers them) -------------------
+    def pwrite_all(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = self.pwrite(fd, view, offset)
+            if n <= 0:
+                raise OSError(f"pwrite wrote {n} bytes")
+            view = view[n:]
+            offset += n
+
+    def pwritev_all(self, fd: int, buffers: list[bytearray], offset: int) -> None:
+        """Write ``buffers`` back to back at ``offset`` in as few system calls as the kernel allows."""
+        i = 0
+        while i < len(buffers):
+            chunk: list[bytes | bytearray | memoryview] = list(buffers[i : i + _IOV_MAX])
+            want = sum(len(b) for b in chunk)
+            n = self.pwritev(fd, chunk, offset)
+            if n != want:  # short write: finish this chunk byte-wise
+                self.pwrite_all(fd, b"".join(chunk)[n:], offset + n)
+            offset += want
+            i += _IOV_MAX
+
+    def write_all(self, fd: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = self.write(fd, view)
+            if n <= 0:
+                raise OSError(f"write wrote {n} bytes")
+            view = view[n:]
+
+    def read_file(self, path: str) -> bytes:
+        fd = self.open(path, os.O_RDONLY)
+        try:
+            size = self.fstat_size(fd)
+            chunks = []
+            off = 0
+            while off < size:
+                b = self.pread(fd, size - off, off)
+                if not b:
+                    break
+                chunks.append(b)
+                off += len(b)
+            return b"".join(chunks)
+        finally:
+            self.close(fd)
+
+    def write_file_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
+        """Write ``path`` via a temporary file and a rename, so a reader sees the old or the new content."""
+        tmp = path + ".tmp"
+        fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            self.write_all(fd, data)
+            if durable:
+                self.fsync(fd)
+        finally:
+            self.close(fd)
+        self.rename(tmp, path)
+        if durable:
+            self.fsync_dir(os.path.dirname(path) or ".")
+
+
+DEFAULT_FILE_OPS = FileOps()

@@ -1,0 +1,252 @@
+"""The localfs builder and opener: options, channel directories, the write lock and the term."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..._types import AccessMode, OpenOption
+from ...errors import FencedError, InvalidArgumentError, ShutdownError, WALIOError, WALLockedError
+from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls
+from ._fileops import DEFAULT_FILE_OPS, FileOps
+from ._format import DATA_START, LOCK_NAME
+from ._message_id import WAL_NAME
+from ._recovery import read_term, recover, write_term
+from ._state import Hub
+from ._wal import LocalFSROWAL, LocalFSWAL, _Base
+
+__all__ = ["LocalFSBuilder", "LocalFSOpener", "Options"]
+
+_SYNC_MODES = ("always", "interval", "never")
+MIN_SEGMENT_BYTES = 4096
+MAX_SEGMENT_BYTES = (1 << 32) - 1
+DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+# Options the adaptor consumes; accepted (and ignored) here so that one dict configures the whole stack.
+_ADAPTOR_OPTIONS = frozenset({"write_ahead_buffer_bytes", "write_ahead_buffer_keepalive", "time_tick_interval",
+                              "txn_keepalive"})
+
+
+@dataclass(frozen=True)
+class Options:
+    root: str
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    sync: str = "always"
+    sync_interval: float = 0.01
+    retention_bytes: int | None = None
+    retention_seconds: float | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    file_ops: FileOps = DEFAULT_FILE_OPS
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> Options:
+        known = {"root", "segment_bytes", "sync", "sync_interval", "retention_bytes", "retention_seconds",
+                 "max_message_bytes", "_file_ops"}
+        unknown = sorted(k for k in options if k not in known and k not in _ADAPTOR_OPTIONS)
+        if unknown:
+            raise InvalidArgumentError(f"unknown localfs option(s): {', '.join(unknown)}")
+        root = options.get("root")
+        if root is None:
+            root = os.environ.get("WAL_LOCALFS_ROOT") or "./wal-data"
+        if not isinstance(root, str | os.PathLike) or not os.fspath(root):
+            raise InvalidArgumentError(f"localfs option root must be a path, got {root!r}")
+        seg = _int(options, "segment_bytes", DEFAULT_SEGMENT_BYTES)
+        if not MIN_SEGMENT_BYTES <= seg <= MAX_SEGMENT_BYTES:
+            raise InvalidArgumentError(
+                f"localfs option segment_bytes must be in [{MIN_SEGMENT_BYTES}, {MAX_SEGMENT_BYTES}], got {seg}"
+            )
+        sync = options.get("sync", "always")
+        if sync not in _SYNC_MODES:
+            raise InvalidArgumentError(f"localfs option sync must be one of {', '.join(_SYNC_MODES)}, got {sync!r}")
+        interval = options.get("sync_interval", 0.01)
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or not interval > 0:
+            raise InvalidArgumentError(f"localfs option sync_interval must be a positive number, got {interval!r}")
+        rb = options.get("retention_bytes")
+        if rb is not None and (not isinstance(rb, int) or isinstance(rb, bool) or rb < 0):
+            raise InvalidArgumentError(f"localfs option retention_bytes must be an int >= 0 or None, got {rb!r}")
+        rs = options.get("retention_seconds")
+        if rs is not None and (not isinstance(rs, int | float) or isinstance(rs, bool) or rs < 0):
+            raise InvalidArgumentError(f"localfs option retention_seconds must be >= 0 or None, got {rs!r}")
+        mmb = _int(options, "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
+        if not 1 <= mmb <= MAX_SEGMENT_BYTES - DATA_START - 64:
+            raise InvalidArgumentError(f"localfs option max_message_bytes out of range: {mmb}")
+        fops = options.get("_file_ops", DEFAULT_FILE_OPS)
+        if not isinstance(fops, FileOps):
+            raise InvalidArgumentError(f"localfs option _file_ops must be a FileOps, got {type(fops).__name__}")
+        return cls(root=os.path.abspath(os.fspath(root)), segment_bytes=seg, sync=sync, sync_interval=float(interval),
+                   retention_bytes=rb, retention_seconds=None if rs is None else float(rs), max_message_bytes=mmb,
+                   file_ops=fops)
+
+
+def _int(options: dict[str, Any], name: str, default: int) -> int:
+    v = options.get(name, default)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise InvalidArgumentError(f"localfs option {name} must be an int, got {v!r}")
+    return v
+
+
+def ensure_dir(fops: FileOps, path: str) -> None:
+    """Create ``path`` and its parents with mode 0700 (existing directories are left as they are)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        ensure_dir(fops, parent)
+    try:
+        fops.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+
+
+class LocalFSOpener(OpenerImpls):
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self._fops = opts.file_ops
+        self._lock = threading.Lock()
+        self._hubs: dict[str, Hub] = {}
+        self._open: set[_Base] = set()
+        self._closed = False
+        self._observer: Any = None
+        self._watches: dict[str, Any] = {}
+
+    @property
+    def root(self) -> str:
+        return self.opts.root
+
+    def _hub(self, name: str, chdir: str) -> Hub:
+        with self._lock:
+            hub = self._hubs.get(name)
+            if hub is None:
+                hub = self._hubs[name] = Hub(name, chdir)
+            return hub
+
+    def open(self, opt: OpenOption) -> WALImpls:
+        opt.validate()  # before anything is created
+        if self._closed:
+            raise ShutdownError("localfs opener is closed")
+        ch = opt.channel
+        fops = self._fops
+        chdir = os.path.join(self.opts.root, ch.name)
+        try:
+            ensure_dir(fops, chdir)
+        except OSError as e:
+            raise WALIOError(f"localfs: cannot create channel directory {chdir}: {e}") from e
+        hub = self._hub(ch.name, chdir)
+        w: _Base
+        if ch.access_mode is AccessMode.RO:
+            w = LocalFSROWAL(self, hub, ch, chdir, fops)
+            self._watch(hub)
+        else:
+            w = self._open_rw(opt, chdir, hub)
+        with self._lock:
+            if self._closed:
+                w.close()
+                raise ShutdownError("localfs opener is closed")
+            self._open.add(w)
+        return w
+
+    def _open_rw(self, opt: OpenOption, chdir: str, hub: Hub) -> LocalFSWAL:
+        fops = self._fops
+        ch = opt.channel
+        lock_path = os.path.join(chdir, LOCK_NAME)
+        lock_fd = fops.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fops.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise WALLockedError(
+                        f"localfs channel {ch.name!r} is locked by another writer ({lock_path})"
+                    ) from None
+                raise
+            stored = read_term(fops, chdir)
+            if ch.term < stored:
+                raise FencedError(f"localfs channel {ch.name!r}: term {ch.term} is older than the stored term {stored}")
+            if ch.term > stored:
+                write_term(fops, chdir, ch.term)
+            rec = recover(fops, chdir, write=True, segment_bytes=self.opts.segment_bytes)
+            return LocalFSWAL(self, hub, ch, chdir, fops, self.opts, lock_fd, rec)
+        except BaseException as e:
+            try:
+                fops.close(lock_fd)
+            except OSError:
+                pass
+            if isinstance(e, OSError):
+                raise WALIOError(f"localfs: opening channel {ch.name!r} failed: {e}") from e
+            raise
+
+    # -- watchdog wake-ups for read-only followers -------------------------------------------------------------------
+    def _watch(self, hub: Hub) -> None:
+        with self._lock:
+            hub.watchers += 1
+            if hub.watchers > 1 or self._closed:
+                return
+            try:
+                if self._observer is None:
+                    from watchdog.observers import Observer
+
+                    obs = Observer()
+                    obs.daemon = True
+                    obs.start()
+                    self._observer = obs
+                self._watches[hub.name] = self._observer.schedule(_make_wake(hub), hub.directory, recursive=False)
+            except Exception:  # no inotify (limits, platform): polling alone still delivers everything
+                self._watches.pop(hub.name, None)
+
+    def _unwatch(self, hub: Hub) -> None:
+        with self._lock:
+            hub.watchers -= 1
+            if hub.watchers > 0:
+                return
+            watch = self._watches.pop(hub.name, None)
+            obs = self._observer
+        if watch is not None and obs is not None:
+            try:
+                obs.unschedule(watch)
+            except Exception:
+                pass
+
+    def _release(self, w: _Base) -> None:
+        with self._lock:
+            if w not in self._open:
+                return
+            self._open.discard(w)
+        if isinstance(w, LocalFSROWAL):
+            self._unwatch(w._hub)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            ws = list(self._open)
+        for w in ws:
+            w.close()
+        obs = self._observer
+        self._observer = None
+        if obs is not None:
+            obs.stop()
+            obs.join()
+
+
+def _make_wake(hub: Hub) -> Any:
+    from watchdog.events import FileSystemEventHandler
+
+    class Wake(FileSystemEventHandler):
+        def on_any_event(self, event: Any) -> None:
+            hub.bump()
+
+    return Wake()
+
+
+class LocalFSBuilder(OpenerBuilderImpls):
+    @property
+    def name(self) -> str:
+        return WAL_NAME
+
+    def build(self, **options: Any) -> LocalFSOpener:
+        return LocalFSOpener(Options.parse(options))

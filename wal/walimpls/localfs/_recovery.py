@@ -1,0 +1,296 @@
+"""Opening a channel's files: find each segment's end, cut a torn tail, rebuild indexes, resume IDs and ticks.
+
+Only bytes written after the last fdatasync can be torn, and the writer syncs a segment before sealing it, so:
+a sealed segment must scan cleanly; in the last segment a bad record with valid records after it is damage
+(:class:`~wal.errors.CorruptedError`), while a bad record followed only by garbage or zeros is a torn write,
+which is cut by overwriting it with zeros (never ``ftruncate``: a reader may have the file mapped).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from ...errors import CorruptedError
+from ._fileops import FileOps
+from ._format import (
+    CLOSE_MAGIC,
+    CLOSE_OFF,
+    IDX_HEADER,
+    IDX_TRAILER,
+    INDEX_SUFFIX,
+    SEAL_MAGIC,
+    SEAL_OFF,
+    SEG_HEADER,
+    SUMMARY,
+    TERM_NAME,
+    TMP_SUFFIX,
+    ZERO_SUMMARY,
+    IndexFile,
+    ScanResult,
+    SegmentHeader,
+    Summary,
+    find_valid_record_after,
+    index_file_bytes,
+    index_name,
+    is_zero_header,
+    last_nonzero_end,
+    parse_index,
+    parse_segment_name,
+    parse_term,
+    scan_segment,
+    term_text,
+)
+from ._state import SegmentState
+
+__all__ = ["Recovered", "list_segments", "read_term", "recover", "write_term"]
+
+log = logging.getLogger("wal.localfs")
+
+
+@dataclass
+class Recovered:
+    segments: list[SegmentState]
+    next_id: int
+    max_tt: int
+    cut: list[str] = field(default_factory=list)  # one sentence per torn tail that was cut
+    rebuilt_indexes: list[str] = field(default_factory=list)
+    sealed_now: list[str] = field(default_factory=list)
+
+
+def list_segments(fops: FileOps, chdir: str) -> list[tuple[int, str]]:
+    out = []
+    for name in fops.listdir(chdir):
+        fid = parse_segment_name(name)
+        if fid is not None:
+            out.append((fid, os.path.join(chdir, name)))
+    out.sort()
+    return out
+
+
+def read_term(fops: FileOps, chdir: str) -> int:
+    path = os.path.join(chdir, TERM_NAME)
+    try:
+        raw = fops.read_file(path)
+    except FileNotFoundError:
+        return 0
+    term = parse_term(raw)
+    if term is None:
+        raise CorruptedError(f"{path}: unreadable term file", path=path, offset=0)
+    return term
+
+
+def write_term(fops: FileOps, chdir: str, term: int) -> None:
+    fops.write_file_atomic(os.path.join(chdir, TERM_NAME), term_text(term))
+
+
+def _read_all(fops: FileOps, fd: int, size: int) -> memoryview:
+    """The whole segment, mapped read-only (recovery reads through a map, like scanners)."""
+    return memoryview(fops.mmap(fd, size))
+
+
+def load_index(fops: FileOps, seg_path: str, first_id: int, data_end: int | None) -> IndexFile | None:
+    path = seg_path[: -len(".seg")] + INDEX_SUFFIX
+    try:
+        raw = fops.read_file(path)
+    except FileNotFoundError:
+        return None
+    return parse_index(raw, first_id, data_end)
+
+
+def write_index(fops: FileOps, seg_path: str, first_id: int, entries: list[tuple[int, int, int]], sealed: bool) -> None:
+    path = os.path.join(os.path.dirname(seg_path), index_name(first_id))
+    fops.write_file_atomic(path, index_file_bytes(first_id, entries, sealed=sealed), durable=False)
+
+
+def _zero_range(fops: FileOps, fd: int, start: int, end: int) -> None:
+    chunk = bytes(min(end - start, 1 << 20))
+    pos = start
+    while pos < end:
+        n = min(len(chunk), end - pos)
+        fops.pwrite_all(fd, chunk[:n], pos)
+        pos += n
+
+
+def _state_from(path: str, hdr: SegmentHeader, size: int, s: Summary | ScanResult, sealed: bool) -> SegmentState:
+    written = 0
+    if isinstance(s, ScanResult):
+        end, last_id, first_tt, max_tt, records = s.end, s.last_id, s.first_tt, s.max_tt, s.records
+        bloom = bytearray(s.bloom)
+        if sealed:
+            written = time.time_ns()
+    else:
+        end, last_id, first_tt, max_tt, records = s.data_end, s.last_id, s.first_tt, s.max_tt, s.records
+        bloom = bytearray(s.bloom)
+        written = s.written_ns
+    return SegmentState(
+        first_id=hdr.first_id, path=path, capacity=size, data_end=end, last_id=last_id, first_tt=first_tt,
+        max_tt=max_tt, records=records, sealed=sealed, sealed_ns=written if sealed else 0, bloom=bloom,
+    )
+
+
+def _check_summary(path: str, hdr: SegmentHeader, size: int, s: Summary) -> bool:
+    return hdr.data_start <= s.data_end <= size and s.last_id >= hdr.first_id - 1
+
+
+def scan_tail(fops: FileOps, path: str, fd: int, hdr: SegmentHeader, size: int, *, sealed: bool, write: bool,
+              cut: list[str]) -> ScanResult:
+    """Scan a segment whose end is not recorded; classify what follows the last valid record."""
+    buf = _read_all(fops, fd, size)
+    try:
+        res = scan_segment(buf, hdr.first_id, size, hdr.data_start)
+        nz = last_nonzero_end(buf, res.end, size)
+        later = find_valid_record_after(buf, res.end, size, res.last_id) if nz > res.end else None
+        for _ in range(3):  # read-only callers may race a live writer: a record completed meanwhile is no damage
+            if write or later is None:
+                break
+            time.sleep(0.01)
+            res = scan_segment(buf, hdr.first_id, size, hdr.data_start)
+            nz = last_nonzero_end(buf, res.end, size)
+            later = find_valid_record_after(buf, res.end, size, res.last_id) if nz > res.end else None
+        if nz > res.end:
+            if later is not None or sealed:
+                where = f"; a valid record follows at offset {later}" if later is not None else " in a sealed segment"
+                raise CorruptedError(
+                    f"{path}: corrupted record at offset {res.end} ({res.stop_reason}){where}",
+                    path=path, offset=res.end,
+                )
+            what = f"{path}: cut {nz - res.end} torn bytes at offset {res.end} ({res.stop_reason})"
+            if write:
+                _zero_range(fops, fd, res.end, nz)
+                fops.fdatasync(fd)
+                log.warning("localfs recovery: %s", what)
+            cut.append(what)
+        return res
+    finally:
+        buf.release()
+
+
+def recover(fops: FileOps, chdir: str, *, write: bool, segment_bytes: int = 0) -> Recovered:
+    """Read (and, with ``write``, repair) a channel directory. The caller holds the write lock when ``write``."""
+    rec = Recovered(segments=[], next_id=1, max_tt=0)
+    if write:
+        for name in fops.listdir(chdir):
+            if name.endswith(TMP_SUFFIX):
+                fops.unlink(os.path.join(chdir, name))
+    segs = list_segments(fops, chdir)
+    if write:  # an index left behind by a segment that retention deleted
+        keep = {index_name(fid) for fid, _ in segs}
+        for name in fops.listdir(chdir):
+            if name.endswith(INDEX_SUFFIX) and name not in keep:
+                fops.unlink(os.path.join(chdir, name))
+    for i, (fid, path) in enumerate(segs):
+        is_last = i == len(segs) - 1
+        fd = fops.open(path, os.O_RDWR if write else os.O_RDONLY)
+        try:
+            size = fops.fstat_size(fd)
+            hdr = SegmentHeader.unpack(fops.pread(fd, SEG_HEADER.size, 0), path)
+            if hdr.first_id != fid:
+                raise CorruptedError(f"{path}: header says first ID {hdr.first_id}", path=path, offset=0)
+            if write and size < hdr.capacity:  # someone cut the file: restore the preallocation
+                fops.fallocate(fd, 0, hdr.capacity)
+                size = fops.fstat_size(fd)
+            seal = Summary.unpack(fops.pread(fd, SUMMARY.size, SEAL_OFF), 0, SEAL_MAGIC)
+            st: SegmentState
+            if seal is not None and _check_summary(path, hdr, size, seal):
+                st = _state_from(path, hdr, size, seal, sealed=True)
+                if write:
+                    _ensure_sealed_index(fops, st, seal, rec)
+            elif not is_last:
+                res = scan_tail(fops, path, fd, hdr, size, sealed=True, write=write, cut=rec.cut)
+                st = _state_from(path, hdr, size, res, sealed=True)
+                if write:
+                    summ = res.summary(time.time_ns())
+                    fops.pwrite_all(fd, summ.pack(SEAL_MAGIC), SEAL_OFF)
+                    fops.fdatasync(fd)
+                    write_index(fops, path, fid, res.index, sealed=True)
+                    rec.sealed_now.append(path)
+                st.index = res.index
+                st.index_checked = True
+            else:
+                st = _recover_tail(fops, path, fd, hdr, size, write=write, rec=rec)
+        finally:
+            fops.close(fd)
+        if rec.segments and st.first_id != rec.segments[-1].last_id + 1:
+            prev = rec.segments[-1]
+            raise CorruptedError(
+                f"{path}: segment starts at ID {st.first_id} but {prev.path} ends at {prev.last_id}",
+                path=path, offset=0,
+            )
+        rec.segments.append(st)
+        rec.max_tt = max(rec.max_tt, st.max_tt)
+    if rec.segments:
+        rec.next_id = rec.segments[-1].last_id + 1
+    return rec
+
+
+def _ensure_sealed_index(fops: FileOps, st: SegmentState, seal: Summary, rec: Recovered) -> None:
+    """Cheap check on open (header and size only); entries are checked when a seek first uses them."""
+    path = st.path[: -len(".seg")] + INDEX_SUFFIX
+    try:
+        fd = fops.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        ok = False
+    else:
+        try:
+            size = fops.fstat_size(fd)
+            head = fops.pread(fd, IDX_HEADER.size, 0)
+        finally:
+            fops.close(fd)
+        want = IDX_HEADER.size + seal.index_entries * 24 + IDX_TRAILER.size
+        ok = size == want and parse_index(head, st.first_id).problem == ""
+    if not ok:
+        rebuild_index(fops, st, write=True)
+        rec.rebuilt_indexes.append(path)
+
+
+def rebuild_index(fops: FileOps, st: SegmentState, *, write: bool) -> list[tuple[int, int, int]]:
+    """Scan the segment's published bytes and rebuild its index (written to disk when ``write``)."""
+    mm = st.mapping(fops, st.data_end)
+    res = scan_segment(mm, st.first_id, st.data_end)
+    if res.end != st.data_end or res.last_id != st.last_id:
+        raise CorruptedError(
+            f"{st.path}: corrupted record at offset {res.end} ({res.stop_reason or 'short segment'})",
+            path=st.path, offset=res.end,
+        )
+    if write:
+        write_index(fops, st.path, st.first_id, res.index, sealed=st.sealed)
+        log.warning("localfs: rebuilt index of %s (%d entries)", st.path, len(res.index))
+    st.index = res.index
+    st.index_checked = True
+    return res.index
+
+
+def _recover_tail(
+    fops: FileOps, path: str, fd: int, hdr: SegmentHeader, size: int, *, write: bool, rec: Recovered
+) -> SegmentState:
+    close = Summary.unpack(fops.pread(fd, SUMMARY.size, CLOSE_OFF), 0, CLOSE_MAGIC)
+    if close is not None and _check_summary(path, hdr, size, close):
+        probe = fops.pread(fd, 64, close.data_end)
+        if is_zero_header(probe, 0, min(len(probe), size - close.data_end)):
+            st = _state_from(path, hdr, size, close, sealed=False)
+            idx = load_index(fops, path, hdr.first_id, close.data_end)
+            if idx is not None and not idx.problem and len(idx.entries) == close.index_entries:
+                st.index = idx.entries
+                st.index_checked = True
+            elif write:
+                rebuild_index(fops, st, write=True)
+                rec.rebuilt_indexes.append(path)
+            else:
+                rebuild_index(fops, st, write=False)
+            if write:  # from now on the summary is stale: clear it before anything is appended
+                fops.pwrite_all(fd, ZERO_SUMMARY, CLOSE_OFF)
+                fops.fdatasync(fd)
+            return st
+    res = scan_tail(fops, path, fd, hdr, size, sealed=False, write=write, cut=rec.cut)
+    st = _state_from(path, hdr, size, res, sealed=False)
+    st.index = res.index
+    st.index_checked = True
+    if write:
+        write_index(fops, path, hdr.first_id, res.index, sealed=False)
+        if close is not None:
+            fops.pwrite_all(fd, ZERO_SUMMARY, CLOSE_OFF)
+            fops.fdatasync(fd)
+    return st

@@ -1,0 +1,630 @@
+"""Pull-style scanner: reads records straight from a read-only map of each segment, in the caller's thread.
+
+Two sources tell it where the data ends:
+- :class:`WriterSource`, when its WAL is the channel's writer: the writer's published end of each segment. Every
+  byte before it was written (and, with ``sync="always"``, synced), so a record there that fails its checksum is
+  damage and raises :class:`~wal.errors.CorruptedError`.
+- :class:`DirSource`, for read-only WALs (this process or another): the channel directory. The end of a sealed
+  segment is in its seal summary; in the active one, the first record that is not valid (checksum, ID) is where
+  the writer has got to. Wake-ups come from the writer of the same opener, from watchdog (inotify) events and from
+  polling with backoff, so a lost event costs latency, never a message.
+
+Payloads are ``memoryview`` slices of the map (no copy). They stay valid while the message lives, also after the
+segment is deleted by retention: deleting a mapped file is safe on Linux, and the backend never truncates one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Protocol
+
+from ...errors import CorruptedError, ShutdownError, WALIOError, WALTimeoutError
+from ...message import ImmutableMessage, MessageType
+from ...options import DeliverPolicyKind
+from .._interfaces import ReadOption, ScannerImpls
+from ._fileops import FileOps
+from ._format import (
+    DATA_START,
+    LC_ID,
+    META_FIXED,
+    REC_HEADER,
+    REC_HEADER_SIZE,
+    REC_MAGIC,
+    SEAL_MAGIC,
+    SEAL_OFF,
+    U64,
+    Summary,
+    bloom_positions,
+    check_record,
+    crc32c,
+    decode_meta,
+    decode_properties,
+    is_zero_header,
+    scan_segment,
+)
+from ._message_id import LocalFSMessageID
+from ._recovery import list_segments, load_index, rebuild_index
+from ._state import ChannelLog, Hub, SegmentState
+
+__all__ = ["DirSource", "LocalFSScanner", "WriterSource"]
+
+
+class SegView(Protocol):
+    first_id: int
+    path: str
+
+    def view(self, need: int) -> memoryview | None: ...
+
+    def status(self) -> tuple[int, bool, bool, int]:
+        """(limit, exact, sealed, last published ID or -1): how far the data may go and whether it is known."""
+        ...
+
+    def index(self) -> list[tuple[int, int, int]]: ...
+
+    def probe(self) -> tuple[bool, bool]: ...
+
+    def sealed_bloom(self) -> bytes | None:
+        """The vchannel bloom filter of a sealed segment (None while it may still grow)."""
+        ...
+
+
+class Source(Protocol):
+    exact_wait: bool
+
+    def first(self) -> SegView | None: ...
+
+    def last(self) -> SegView | None: ...
+
+    def find(self, message_id: int) -> SegView | None: ...
+
+    def after(self, seg: SegView) -> SegView | None: ...
+
+
+# -- writer source --------------------------------------------------------------------------------------------------
+class _WSeg:
+    __slots__ = ("_mv", "first_id", "fops", "path", "seg", "write_index")
+
+    def __init__(self, seg: SegmentState, fops: FileOps, write_index: bool) -> None:
+        self.seg = seg
+        self.first_id = seg.first_id
+        self.path = seg.path
+        self.fops = fops
+        self.write_index = write_index
+        self._mv: memoryview | None = None
+
+    def view(self, need: int) -> memoryview | None:
+        mv = self._mv
+        if mv is None or len(mv) < need:
+            try:
+                mv = self._mv = memoryview(self.seg.mapping(self.fops, need))
+            except FileNotFoundError:
+                return None
+        return mv
+
+    def status(self) -> tuple[int, bool, bool, int]:
+        sealed = self.seg.sealed  # read before the tail: once sealed, the tail is final
+        end, last = self.seg.tail
+        return end, True, sealed, last
+
+    def probe(self) -> tuple[bool, bool]:
+        return False, self.seg.sealed
+
+    def sealed_bloom(self) -> bytes | None:
+        return bytes(self.seg.bloom) if self.seg.sealed else None
+
+    def index(self) -> list[tuple[int, int, int]]:
+        seg = self.seg
+        if not seg.index_checked:
+            idx = load_index(self.fops, seg.path, seg.first_id, seg.tail[0])
+            if idx is not None and not idx.problem and _index_matches(self, idx.entries):
+                seg.index = idx.entries
+                seg.index_checked = True
+            else:
+                rebuild_index(self.fops, seg, write=self.write_index)
+        return seg.index
+
+
+class WriterSource:
+    exact_wait = True
+
+    def __init__(self, log: ChannelLog, fops: FileOps) -> None:
+        self.log = log
+        self.fops = fops
+
+    def _wrap(self, seg: SegmentState | None) -> _WSeg | None:
+        return _WSeg(seg, self.fops, True) if seg is not None else None
+
+    def first(self) -> SegView | None:
+        segs = self.log.segments
+        return self._wrap(segs[0] if segs else None)
+
+    def last(self) -> SegView | None:
+        segs = self.log.segments
+        return self._wrap(segs[-1] if segs else None)
+
+    def find(self, message_id: int) -> SegView | None:
+        return self._wrap(self.log.find(message_id))
+
+    def after(self, seg: SegView) -> SegView | None:
+        assert isinstance(seg, _WSeg)
+        return self._wrap(self.log.after(seg.seg))
+
+
+# -- directory source (read-only followers) -------------------------------------------------------------------------
+class _DSeg:
+    __slots__ = ("_index", "_mv", "_summary", "first_id", "fops", "path", "source")
+
+    def __init__(self, source: DirSource, first_id: int, path: str) -> None:
+        self.source = source
+        self.fops = source.fops
+        self.first_id = first_id
+        self.path = path
+        self._mv: memoryview | None = None
+        self._summary: Summary | None = None
+        self._index: list[tuple[int, int, int]] | None = None
+
+    def view(self, need: int) -> memoryview | None:
+        mv = self._mv
+        if mv is None or len(mv) < need:
+            try:
+                fd = self.fops.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            try:
+                mv = self._mv = memoryview(self.fops.mmap(fd, self.fops.fstat_size(fd)))
+            finally:
+                self.fops.close(fd)
+        return mv
+
+    def status(self) -> tuple[int, bool, bool, int]:
+        mv = self.view(0)
+        if mv is None:
+            return 0, True, True, -1
+        if self._summary is None:
+            self._summary = Summary.unpack(mv, SEAL_OFF, SEAL_MAGIC)
+        s = self._summary
+        if s is not None:
+            return s.data_end, True, True, s.last_id
+        return len(mv), False, False, -1
+
+    def sealed_bloom(self) -> bytes | None:
+        self.status()
+        return self._summary.bloom if self._summary is not None else None
+
+    def probe(self) -> tuple[bool, bool]:
+        """(grew, has a successor): asked only when a reader has caught up with the active segment."""
+        mv = self.view(0)
+        try:
+            size = self.fops.stat_size(self.path)
+        except FileNotFoundError:
+            return False, True
+        grew = False
+        if mv is not None and size > len(mv):
+            self._mv = None
+            grew = self.view(size) is not None
+        return grew, self.source.has_after(self.first_id)
+
+    def index(self) -> list[tuple[int, int, int]]:
+        if self._index is None:
+            limit, exact, _sealed, _ = self.status()
+            idx = load_index(self.fops, self.path, self.first_id, limit if exact else None)
+            entries = idx.entries if idx is not None else []
+            if not _index_matches(self, entries):
+                mv = self.view(0)
+                entries = scan_segment(mv, self.first_id, limit).index if mv is not None else []
+            self._index = entries
+        return self._index
+
+
+class DirSource:
+    exact_wait = False
+
+    def __init__(self, chdir: str, fops: FileOps) -> None:
+        self.chdir = chdir
+        self.fops = fops
+        self._segs: list[_DSeg] = []
+
+    def _refresh(self) -> list[_DSeg]:
+        try:
+            listing = list_segments(self.fops, self.chdir)
+        except FileNotFoundError:
+            listing = []
+        old = {s.first_id: s for s in self._segs}
+        self._segs = [old.get(fid) or _DSeg(self, fid, path) for fid, path in listing]
+        return self._segs
+
+    def has_after(self, first_id: int) -> bool:
+        return any(s.first_id > first_id for s in self._refresh())
+
+    def first(self) -> SegView | None:
+        segs = self._refresh()
+        return segs[0] if segs else None
+
+    def last(self) -> SegView | None:
+        segs = self._refresh()
+        return segs[-1] if segs else None
+
+    def find(self, message_id: int) -> SegView | None:
+        segs = self._refresh()
+        i = bisect.bisect_right([s.first_id for s in segs], message_id)
+        return segs[i - 1] if i else None
+
+    def after(self, seg: SegView) -> SegView | None:
+        for s in self._refresh():
+            if s.first_id > seg.first_id:
+                return s
+        return None
+
+
+def _index_matches(seg: SegView, entries: list[tuple[int, int, int]]) -> bool:
+    """Spot-check an index against the data: its last entry must point at a valid record with that ID."""
+    if not entries:
+        return True
+    mid, _tt, pos = entries[-1]
+    mv = seg.view(0)
+    if mv is None:
+        return False
+    r = check_record(mv, pos, len(mv))
+    return r is not None and r[1] == mid
+
+
+# -- the scanner ----------------------------------------------------------------------------------------------------
+_MAX_BACKOFF = 0.05
+_MOVE, _WAIT, _RETRY = 0, 1, 2
+
+
+class LocalFSScanner(ScannerImpls):
+    def __init__(self, opt: ReadOption, source: Source, hub: Hub, on_close: Callable[[LocalFSScanner], None]) -> None:
+        self._name = opt.name
+        self._source = source
+        self._hub = hub
+        self._on_close = on_close
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._seg: SegView | None = None
+        self._mv: memoryview | None = None
+        self._pos = 0
+        self._expect = 0  # ID of the record at _pos
+        self._skip_below = 0  # records with smaller IDs are passed over (seeking inside a segment)
+        self._lock = threading.Lock()  # one reader at a time; close() does not take it
+        self._policy = opt.deliver_policy
+        self._vch_cache: dict[bytes, str] = {}
+        # A hint some callers add (not part of the generic ReadOption): segments that cannot hold this vchannel
+        # nor broadcast messages are skipped whole, by their bloom filter. Messages are not filtered one by one.
+        vch = getattr(opt, "vchannel", None)
+        self._bloom_keys = (bloom_positions(vch), bloom_positions("")) if vch else None
+        self._positioned = False
+        if self._policy.message_id is not None:
+            _id_value(self._policy.message_id)  # a foreign ID fails at read(), not at the first recv()
+        if self._policy.kind is DeliverPolicyKind.LATEST:
+            self._position()  # "latest" is fixed when read() returns
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def done(self) -> threading.Event:
+        return self._done
+
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._done.set()
+        self._hub.bump()
+        self._on_close(self)
+
+    def recv(self, timeout: float | None = None) -> ImmutableMessage:
+        return self.recv_batch(1, timeout)[0]
+
+    def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = 0.001
+        hub = self._hub
+        with self._lock:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._closed:
+                    raise ShutdownError(f"localfs scanner {self._name!r} is closed")
+                version = hub.version
+                try:
+                    out = self._fill(max(1, max_messages))
+                except CorruptedError as e:
+                    self._error = e
+                    self._done.set()
+                    raise
+                except OSError as e:  # e.g. no more maps or file descriptors: the scanner may be retried
+                    raise WALIOError(f"localfs scanner {self._name!r}: {e}") from e
+                if out:
+                    return out
+                wait = _MAX_BACKOFF * 10 if self._source.exact_wait else backoff
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise WALTimeoutError(f"localfs scanner {self._name!r}: no message within {timeout} s")
+                    wait = min(wait, left)
+                with hub.cond:
+                    if hub.version == version and not self._closed:
+                        hub.cond.wait(wait)
+                backoff = min(backoff * 2, _MAX_BACKOFF) if hub.version == version else 0.001
+
+    # -- positioning -------------------------------------------------------------------------------------------------
+    def _position(self) -> bool:
+        src = self._source
+        pol = self._policy
+        kind = pol.kind
+        if kind is DeliverPolicyKind.ALL:
+            seg = src.first()
+            if seg is None:
+                return False
+            self._enter(self._skip_unrelated(seg), DATA_START, 0)
+        elif kind is DeliverPolicyKind.LATEST:
+            seg = src.last()
+            if seg is None:
+                return False
+            limit, exact, _sealed, last = seg.status()
+            if exact and last >= 0:
+                self._enter(seg, limit, last + 1)
+            else:
+                self._seek(seg, 1 << 62)
+                self._skip_below = 0
+                self._walk_to_end()
+        else:
+            target = _id_value(pol.message_id)
+            if kind is DeliverPolicyKind.START_AFTER:
+                target += 1
+            seg = src.find(target)
+            if seg is None:
+                seg = src.first()
+                if seg is None:
+                    return False
+                self._enter(seg, DATA_START, seg.first_id)
+            else:
+                self._seek(seg, target)
+        self._positioned = True
+        return True
+
+    def _enter(self, seg: SegView, pos: int, expect: int) -> None:
+        """Start reading ``seg`` at ``pos``, where the record ``expect`` is (0: the segment's first)."""
+        self._seg = seg
+        self._mv = None
+        self._pos = pos
+        self._expect = expect or seg.first_id
+
+    def _skip_unrelated(self, seg: SegView) -> SegView:
+        keys = self._bloom_keys
+        if keys is None:
+            return seg
+        while True:
+            bloom = seg.sealed_bloom()
+            if bloom is None or any(all(bloom[p >> 3] & (1 << (p & 7)) for p in k) for k in keys):
+                return seg
+            nxt = self._source.after(seg)
+            if nxt is None:
+                return seg
+            seg = nxt
+
+    def _seek(self, seg: SegView, target: int) -> None:
+        entries = seg.index()
+        i = bisect.bisect_right(entries, target, key=lambda e: e[0])
+        self._enter(seg, DATA_START, seg.first_id)
+        if i:
+            mid, _tt, pos = entries[i - 1]
+            mv = seg.view(0)
+            r = check_record(mv, pos, len(mv)) if mv is not None else None
+            if r is not None and r[1] == mid:  # an index is a hint: trust an entry only once the data agrees
+                self._enter(seg, pos, mid)
+        self._skip_below = target
+
+    def _walk_to_end(self) -> None:
+        """Move past every record already written (``latest`` on a directory source)."""
+        seg = self._seg
+        assert seg is not None
+        mv = seg.view(0)
+        if mv is None:
+            return
+        limit = len(mv)
+        pos, expect = self._pos, self._expect
+        while True:
+            r = check_record(mv, pos, limit)
+            if r is None or r[1] != expect:
+                break
+            pos += r[0]
+            expect += 1
+        self._pos, self._expect = pos, expect
+
+    # -- reading -----------------------------------------------------------------------------------------------------
+    def _fill(self, max_n: int) -> list[ImmutableMessage]:
+        out: list[ImmutableMessage] = []
+        if not self._positioned and not self._position():
+            return out
+        while len(out) < max_n and not self._closed:
+            seg = self._seg
+            assert seg is not None
+            limit, exact, sealed, _last = seg.status()
+            mv = self._mv
+            if mv is None or len(mv) < limit:
+                mv = self._mv = seg.view(limit)
+                if mv is None:  # deleted by retention: continue with what is still kept
+                    if not self._relocate():
+                        return out
+                    continue
+            self._read(mv, limit, exact, max_n, out)
+            if len(out) >= max_n:
+                break
+            # Stopped before max_n: at the end of the published data, or at a record that is not (yet) valid.
+            step = self._at_end(mv, limit, exact, sealed)
+            if step == _WAIT:
+                break
+            if step == _RETRY:
+                continue
+            nxt = self._source.after(seg)
+            if nxt is None:
+                break
+            if nxt.first_id > self._expect and self._first_kept() >= nxt.first_id:
+                pass  # retention deleted what this (slow) reader had not reached yet: go on with what is kept
+            elif nxt.first_id != self._expect:
+                raise CorruptedError(
+                    f"{nxt.path}: segment starts at ID {nxt.first_id}, expected {self._expect} after {seg.path}",
+                    path=nxt.path, offset=0,
+                )
+            self._enter(self._skip_unrelated(nxt), DATA_START, 0)
+        return out
+
+    def _first_kept(self) -> int:
+        first = self._source.first()
+        return first.first_id if first is not None else 0
+
+    def _relocate(self) -> bool:
+        seg = self._source.find(self._expect) or self._source.first()
+        if seg is None:
+            return False
+        if seg.first_id > self._expect or (self._seg is not None and seg.first_id == self._seg.first_id):
+            if seg.view(0) is None:
+                return False
+            self._enter(seg, DATA_START, seg.first_id)
+        else:
+            self._seek(seg, max(self._expect, self._skip_below))
+        return True
+
+    def _at_end(self, mv: memoryview, limit: int, exact: bool, sealed: bool) -> int:
+        """_MOVE when the current segment is finished, _WAIT for more data, _RETRY to read again now; raises on
+        damage."""
+        pos = self._pos
+        seg = self._seg
+        assert seg is not None
+        if exact:
+            if pos < limit:
+                raise CorruptedError(
+                    f"{seg.path}: corrupted record at offset {pos} (checksum or ID mismatch)", path=seg.path, offset=pos
+                )
+            return _MOVE if sealed else _WAIT
+        # Directory source, active segment: a record that is not valid is the writer's frontier. Once the segment
+        # has a successor it is finished: its seal summary (written before the successor) says where it ends, so
+        # read again up to that exact end; without one (the writer crashed in between) zeros end it.
+        grew, later = seg.probe()
+        if grew:
+            self._mv = None
+            return _RETRY
+        if not later:
+            return _WAIT
+        if seg.status()[1]:
+            return _RETRY
+        if pos + REC_HEADER_SIZE <= limit and not is_zero_header(mv, pos, limit):
+            raise CorruptedError(
+                f"{seg.path}: corrupted record at offset {pos} (checksum or ID mismatch)", path=seg.path, offset=pos
+            )
+        return _MOVE
+
+    def _read(self, mv: memoryview, limit: int, exact: bool, max_n: int, out: list[ImmutableMessage]) -> None:
+        """Decode valid records from ``pos`` on (the hot loop of every scan: locals only, rare cases out of line)."""
+        pos = self._pos
+        expect = self._expect
+        skip_below = self._skip_below
+        unpack_header = REC_HEADER.unpack_from
+        unpack_meta = META_FIXED.unpack_from
+        unpack_u64 = U64.unpack_from
+        crc = crc32c
+        new = object.__new__
+        id_cls = LocalFSMessageID
+        message = ImmutableMessage
+        types = _TYPES
+        unknown = MessageType.UNKNOWN
+        vcache = self._vch_cache
+        lazy = functools.partial
+        direct = _DIRECT
+        if len(vcache) > 4096:
+            vcache.clear()
+        n = len(out)
+        while n < max_n and pos + REC_HEADER_SIZE <= limit:
+            c, body_len, magic, _fl, mt, meta_len, mid, tt = unpack_header(mv, pos)
+            end = pos + REC_HEADER_SIZE + body_len
+            if magic != REC_MAGIC or end > limit or mid != expect or crc(mv[pos + 4 : end]) != c:
+                break
+            if mid >= skip_below:
+                meta_off = pos + REC_HEADER_SIZE
+                wal_term, lc_kind, mflags, vch_len, props_len = unpack_meta(mv, meta_off)
+                message_id = new(id_cls)
+                message_id.value = mid
+                lc = None
+                txn = None
+                not_persisted = False
+                p = meta_off + META_FIXED_SIZE
+                if lc_kind == LC_ID:
+                    lc = new(id_cls)
+                    lc.value = unpack_u64(mv, p)[0]
+                if mflags:
+                    m = decode_meta(mv, meta_off)
+                    txn = m.txn_ctx
+                    not_persisted = m.not_persisted
+                    p = m.props_off - vch_len
+                elif lc_kind == LC_ID:
+                    p += 8
+                vch = ""
+                if vch_len:
+                    raw = mv[p : p + vch_len].tobytes()
+                    vch = vcache.get(raw) or vcache.setdefault(raw, raw.decode("utf-8"))
+                    p += vch_len
+                if direct:  # the constructor's work without its keyword-call cost (see _DIRECT)
+                    im = new(message)
+                    im.message_id = message_id
+                    im.message_type = types.get(mt, unknown)
+                    im.payload = mv[meta_off + meta_len : end]
+                    im._props = lazy(_properties_at, mv, p, props_len) if props_len else _NO_PROPS
+                    im.vchannel = vch
+                    im.time_tick = tt
+                    im.last_confirmed_message_id = lc or message_id
+                    im.txn_ctx = txn
+                    im.wal_term = wal_term
+                    im.not_persisted = not_persisted
+                    out.append(im)
+                else:
+                    out.append(
+                        message(
+                            message_id=message_id, message_type=types.get(mt, unknown),
+                            payload=mv[meta_off + meta_len : end],
+                            properties=lazy(_properties_at, mv, p, props_len) if props_len else None,
+                            vchannel=vch, time_tick=tt, last_confirmed_message_id=lc, txn_ctx=txn,
+                            wal_term=wal_term, not_persisted=not_persisted,
+                        )
+                    )
+                n += 1
+            pos += (REC_HEADER_SIZE + body_len + 7) & ~7
+            expect += 1
+        self._pos = pos
+        self._expect = expect
+
+
+def _properties_at(mv: memoryview, off: int, length: int) -> dict[str, str]:
+    return decode_properties(mv[off : off + length])
+
+
+_TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
+_NO_PROPS: Mapping[str, str] = MappingProxyType({})
+# Scans build messages by setting their slots (0.45 us instead of 1.3 us for the keyword call), but only while
+# ImmutableMessage has exactly the slots this module fills; if the message model changes, the constructor is used.
+_DIRECT = set(ImmutableMessage.__slots__) == {
+    "_props", "last_confirmed_message_id", "message_id", "message_type", "not_persisted", "payload", "time_tick",
+    "txn_ctx", "vchannel", "wal_term",
+} and type(ImmutableMessage.__dict__.get("__init__")).__name__ == "function"
+META_FIXED_SIZE = META_FIXED.size
+
+
+def _id_value(mid: object) -> int:
+    if isinstance(mid, LocalFSMessageID):
+        return mid.value
+    from ...errors import InvalidMessageIDError
+
+    raise InvalidMessageIDError(f"not a localfs message ID: {mid!r}")
+

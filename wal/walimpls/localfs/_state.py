@@ -1,0 +1,100 @@
+"""In-memory state shared by a channel's writer and the scanners of the same opener."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from dataclasses import dataclass, field
+
+from ._fileops import FileOps
+from ._format import BLOOM_BYTES, DATA_START
+
+__all__ = ["ChannelLog", "Hub", "SegmentState"]
+
+
+@dataclass(eq=False)
+class SegmentState:
+    """One segment as its writer knows it. ``data_end`` is the published end: readers never read past it."""
+
+    first_id: int
+    path: str
+    capacity: int
+    data_end: int = DATA_START
+    last_id: int = 0
+    first_tt: int = 0
+    max_tt: int = 0
+    records: int = 0
+    sealed: bool = False
+    sealed_ns: int = 0
+    bloom: bytearray = field(default_factory=lambda: bytearray(BLOOM_BYTES))
+    index: list[tuple[int, int, int]] = field(default_factory=list)  # (id, max tt so far, position)
+    index_checked: bool = False  # the index list is known to match the data
+    tail: tuple[int, int] = (DATA_START, 0)  # (published end, last published ID): one atomic read for readers
+    _mm: mmap.mmap | None = None
+    _mm_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.tail = (self.data_end, self.last_id)
+
+    def mapping(self, fops: FileOps, need: int) -> mmap.mmap:
+        """A shared read-only map covering at least ``need`` bytes (re-mapped when the file grew).
+
+        Old maps are dropped, never closed: payload views handed out may still point into them.
+        """
+        mm = self._mm
+        if mm is not None and len(mm) >= need:
+            return mm
+        with self._mm_lock:
+            mm = self._mm
+            if mm is None or len(mm) < need:
+                fd = fops.open(self.path, os.O_RDONLY)
+                try:
+                    mm = self._mm = fops.mmap(fd, fops.fstat_size(fd))
+                finally:
+                    fops.close(fd)
+            return mm
+
+    def drop_mapping(self) -> None:
+        self._mm = None
+
+
+class ChannelLog:
+    """The writer's list of segments. Replaced, never mutated in place, so readers can iterate a snapshot."""
+
+    def __init__(self, segments: list[SegmentState]) -> None:
+        self.segments: tuple[SegmentState, ...] = tuple(segments)
+
+    def find(self, message_id: int) -> SegmentState | None:
+        """The segment holding ``message_id`` (or the one it would be appended to), None if it was deleted."""
+        segs = self.segments
+        lo, hi = 0, len(segs)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if segs[mid].first_id <= message_id:
+                lo = mid + 1
+            else:
+                hi = mid
+        return segs[lo - 1] if lo else None
+
+    def after(self, seg: SegmentState) -> SegmentState | None:
+        for s in self.segments:
+            if s.first_id > seg.first_id:
+                return s
+        return None
+
+
+class Hub:
+    """Per channel and opener: wakes blocked scanners when the writer publishes or a file event arrives."""
+
+    def __init__(self, name: str, directory: str) -> None:
+        self.name = name
+        self.directory = directory
+        self.cond = threading.Condition(threading.Lock())
+        self.version = 0
+        self.watchers = 0
+
+    def bump(self) -> None:
+        with self.cond:
+            self.version += 1
+            self.cond.notify_all()

@@ -1,0 +1,577 @@
+"""A localfs channel: the writer (group commit, rolling, retention) and the read-only follower.
+
+Group commit without a dedicated thread: an appender stamps its records and queues them under the lock; the
+first appender to find no write in progress becomes the leader, takes the whole queue, writes it with one
+``pwritev`` and syncs it with one ``fdatasync``, while later appenders queue behind it and are acknowledged by
+the next leader. So N concurrent appenders cost about one sync per round, not N.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ..._types import PChannelInfo
+from ...errors import (
+    AccessModeError,
+    InvalidArgumentError,
+    InvalidMessageIDError,
+    ShutdownError,
+    WALError,
+    WALIOError,
+)
+from ...message import MessageID, MutableMessage
+from .._interfaces import ReadOption, ScannerImpls, WALImpls
+from ._fileops import FileOps
+from ._format import (
+    CLOSE_MAGIC,
+    CLOSE_OFF,
+    DATA_START,
+    INDEX_INTERVAL,
+    SEAL_MAGIC,
+    SEAL_OFF,
+    SegmentHeader,
+    Summary,
+    align,
+    bloom_add,
+    bloom_positions,
+    encode_record,
+    index_entry,
+    index_header,
+    index_name,
+    segment_name,
+    stamp_record,
+)
+from ._message_id import WAL_NAME, LocalFSMessageID, fast_id
+from ._recovery import Recovered, write_index
+from ._scanner import DirSource, LocalFSScanner, WriterSource
+from ._state import ChannelLog, Hub, SegmentState
+
+if TYPE_CHECKING:
+    from ._opener import LocalFSOpener, Options
+
+__all__ = ["LocalFSROWAL", "LocalFSWAL"]
+
+log = logging.getLogger("wal.localfs")
+
+
+class _Base(WALImpls):
+    def __init__(self, opener: LocalFSOpener, hub: Hub, channel: PChannelInfo) -> None:
+        self._opener = opener
+        self._hub = hub
+        self._channel = channel
+        self._scanners: set[LocalFSScanner] = set()
+        self._scan_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def wal_name(self) -> str:
+        return WAL_NAME
+
+    @property
+    def channel(self) -> PChannelInfo:
+        return self._channel
+
+    def _forget(self, s: LocalFSScanner) -> None:
+        with self._scan_lock:
+            self._scanners.discard(s)
+
+    def _register(self, s: LocalFSScanner) -> LocalFSScanner:
+        with self._scan_lock:
+            if self._closed:
+                s.close()
+                raise ShutdownError(f"localfs channel {self._channel} is closed")
+            self._scanners.add(s)
+        return s
+
+    def _close_scanners(self) -> None:
+        with self._scan_lock:
+            scanners = list(self._scanners)
+        for s in scanners:
+            s.close()
+
+
+class LocalFSROWAL(_Base):
+    """A read-only follower: scanners read the directory and follow whatever writer appends to it."""
+
+    def __init__(self, opener: LocalFSOpener, hub: Hub, channel: PChannelInfo, chdir: str, fops: FileOps) -> None:
+        super().__init__(opener, hub, channel)
+        self._chdir = chdir
+        self._fops = fops
+
+    def read(self, opt: ReadOption) -> ScannerImpls:
+        if self._closed:
+            raise ShutdownError(f"localfs channel {self._channel} is closed")
+        return self._register(LocalFSScanner(opt, DirSource(self._chdir, self._fops), self._hub, self._forget))
+
+    def append(self, msg: MutableMessage) -> MessageID:
+        raise AccessModeError(f"localfs channel {self._channel} is open read-only: append is not allowed")
+
+    def append_batch(self, msgs: Sequence[MutableMessage]) -> list[MessageID]:
+        raise AccessModeError(f"localfs channel {self._channel} is open read-only: append is not allowed")
+
+    def truncate(self, message_id: MessageID) -> None:
+        raise AccessModeError(f"localfs channel {self._channel} is open read-only: truncate is not allowed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._close_scanners()
+        self._opener._release(self)
+
+
+class _Batch:
+    """Records that will be written by one ``pwritev`` and made durable by one ``fdatasync``."""
+
+    __slots__ = ("cv", "done", "items")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.cv = threading.Condition(lock)
+        self.items: list[_Item] = []
+        self.done = False
+
+
+class _Item:
+    __slots__ = ("bloom", "mid", "rec", "tt")
+
+    def __init__(self, rec: bytearray, mid: int, tt: int, bloom: tuple[int, ...]) -> None:
+        self.rec = rec
+        self.mid = mid
+        self.tt = tt
+        self.bloom = bloom
+
+
+class LocalFSWAL(_Base):
+    """The single writer of a channel (holds its flock)."""
+
+    def __init__(
+        self, opener: LocalFSOpener, hub: Hub, channel: PChannelInfo, chdir: str, fops: FileOps, opts: Options,
+        lock_fd: int, recovered: Recovered,
+    ) -> None:
+        super().__init__(opener, hub, channel)
+        self._chdir = chdir
+        self._fops = fops
+        self._opts = opts
+        self._lock_fd: int | None = lock_fd
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)  # notified whenever a flush or sync ends (close waits on it)
+        self._seg_lock = threading.Lock()  # rolls and retention change the segment list
+        self._open_batch: _Batch | None = None  # records queued for the next group commit
+        self._flushing = False
+        self._closing = False
+        self._err: WALIOError | None = None
+        self._dirty = False
+        self._last_sync = time.monotonic()
+        self._bloom_cache: dict[str, tuple[int, ...]] = {}
+        self._next_id = recovered.next_id
+        self._max_tt = recovered.max_tt
+        self._fd: int | None = None
+        self._idx_fd: int | None = None
+        self._log = ChannelLog(recovered.segments)
+        try:
+            if not recovered.segments or recovered.segments[-1].sealed:
+                self._log.segments = (*self._log.segments, self._create_segment(self._next_id, opts.segment_bytes))
+            self._open_active(self._log.segments[-1])
+            self._apply_retention()
+        except BaseException:
+            self._lock_fd = None  # still the opener's to close
+            self._close_fds()
+            raise
+        self._syncer: threading.Thread | None = None
+        self._stop_syncer = threading.Event()
+        if opts.sync == "interval":
+            self._syncer = threading.Thread(target=self._sync_loop, name=f"wal-localfs-sync-{channel.name}",
+                                            daemon=True)
+            self._syncer.start()
+
+    # -- files -------------------------------------------------------------------------------------------------------
+    def _open_active(self, seg: SegmentState) -> None:
+        fops = self._fops
+        self._active = seg
+        self._fd = fops.open(seg.path, os.O_RDWR)
+        idx_path = os.path.join(self._chdir, index_name(seg.first_id))
+        self._idx_fd = fops.open(idx_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        if fops.fstat_size(self._idx_fd) == 0:
+            fops.write_all(self._idx_fd, index_header(seg.first_id))
+        self._end = seg.data_end
+        self._last_indexed = seg.index[-1][2] if seg.index else -INDEX_INTERVAL
+        self._w_last_id = seg.last_id
+        self._w_records = seg.records
+        self._w_first_tt = seg.first_tt
+        self._w_max_tt = seg.max_tt
+        self._bloom_seen: set[tuple[int, ...]] = set()  # vchannels already in this segment's bloom filter
+
+    def _create_segment(self, first_id: int, capacity: int) -> SegmentState:
+        fops = self._fops
+        path = os.path.join(self._chdir, segment_name(first_id))
+        tmp = path + ".tmp"
+        capacity = align(capacity)
+        fd = fops.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fops.fallocate(fd, 0, capacity)
+            hdr = SegmentHeader(first_id=first_id, capacity=capacity, created_ns=time.time_ns(),
+                                term=self._channel.term)
+            fops.pwrite_all(fd, hdr.pack(), 0)
+            fops.fsync(fd)
+        finally:
+            fops.close(fd)
+        fops.write_file_atomic(os.path.join(self._chdir, index_name(first_id)), index_header(first_id),
+                               durable=False)
+        fops.rename(tmp, path)
+        fops.fsync_dir(self._chdir)
+        return SegmentState(first_id=first_id, path=path, capacity=capacity, last_id=first_id - 1,
+                            index_checked=True)
+
+    def _close_fds(self) -> None:
+        for name in ("_fd", "_idx_fd", "_lock_fd"):
+            fd = getattr(self, name, None)
+            if fd is not None:
+                setattr(self, name, None)
+                try:
+                    self._fops.close(fd)
+                except OSError:
+                    pass
+
+    # -- appending ---------------------------------------------------------------------------------------------------
+    def append(self, msg: MutableMessage) -> MessageID:
+        return self.append_batch((msg,))[0]
+
+    def append_batch(self, msgs: Sequence[MutableMessage]) -> list[MessageID]:
+        max_body = self._opts.max_message_bytes
+        cache = self._bloom_cache
+        prepared = []
+        for m in msgs:
+            try:
+                rec, crc_end = encode_record(m, max_body)
+            except (struct.error, OverflowError) as e:
+                raise InvalidArgumentError(f"message cannot be encoded ({m!r}): {e}") from e
+            bp = cache.get(m.vchannel)
+            if bp is None:
+                bp = cache[m.vchannel] = bloom_positions(m.vchannel)
+            prepared.append((rec, crc_end, m.time_tick, bp))
+        if not prepared:
+            return []
+        with self._lock:
+            self._check_open()
+            first = self._next_id
+            b = self._open_batch
+            if b is None:
+                b = self._open_batch = _Batch(self._lock)
+            items = b.items
+            for rec, crc_end, tt, bp in prepared:
+                mid = self._next_id
+                self._next_id = mid + 1
+                stamp_record(rec, mid, crc_end)
+                items.append(_Item(rec, mid, tt, bp))
+            while not b.done:
+                if self._err is not None:
+                    raise WALIOError(str(self._err)) from self._err.__cause__
+                if not self._flushing and b is self._open_batch:
+                    self._lead(b)
+                else:
+                    b.cv.wait()  # only this batch's appenders wake when it is done (no thundering herd)
+        return [fast_id(i) for i in range(first, first + len(prepared))]
+
+    def _check_open(self) -> None:
+        if self._err is not None:
+            raise ShutdownError(f"localfs channel {self._channel} closed after an I/O error: {self._err}")
+        if self._closed or self._closing:
+            raise ShutdownError(f"localfs channel {self._channel} is closed")
+
+    def _lead(self, b: _Batch) -> None:
+        """Called with the lock held, no flush running and ``b`` open: write ``b`` as one group commit."""
+        self._open_batch = None
+        self._flushing = True
+        self._lock.release()
+        err: BaseException | None = None
+        try:
+            self._flush(b.items)
+        except BaseException as e:
+            err = e
+        finally:
+            self._lock.acquire()
+            self._flushing = False
+        if err is not None:
+            self._fail(err)
+        else:
+            b.done = True
+        b.cv.notify_all()
+        self._handoff()
+        if err is not None:
+            raise WALIOError(str(self._err)) from err
+
+    def _handoff(self) -> None:
+        """A flush or sync ended (lock held): wake one appender of the next batch to lead it, and close()."""
+        self._cv.notify_all()
+        nxt = self._open_batch
+        if nxt is not None:
+            if self._err is not None:
+                nxt.cv.notify_all()
+            else:
+                nxt.cv.notify()
+
+    def _fail(self, err: BaseException) -> None:
+        """An I/O error closes the WAL: after a failed fdatasync the kernel may have dropped the data."""
+        if self._err is None:
+            msg = f"localfs channel {self._channel}: {type(err).__name__}: {err}"
+            self._err = WALIOError(msg)
+            self._err.__cause__ = err
+            log.error("%s; the WAL is closed, reopen it to recover", msg)
+        self._closed = True
+        self._close_fds()
+        self._opener._release(self)
+
+    def _flush(self, batch: list[_Item]) -> None:
+        run: list[_Item] = []
+        run_bytes = 0
+        for it in batch:
+            n = len(it.rec)
+            if self._end + run_bytes + n > self._active.capacity:
+                if run or self._end > DATA_START:
+                    self._write_run(run, run_bytes)
+                    run, run_bytes = [], 0
+                    self._roll(it.mid, n)
+                else:
+                    self._grow(n)
+            run.append(it)
+            run_bytes += n
+        if run:
+            self._write_run(run, run_bytes)
+        self._sync_policy()
+        self._publish()
+
+    def _write_run(self, run: list[_Item], run_bytes: int) -> None:
+        if not run:
+            return
+        fops = self._fops
+        assert self._fd is not None
+        assert self._idx_fd is not None
+        start = self._end
+        pos = start
+        seg = self._active
+        idx: list[bytes] = []
+        entries: list[tuple[int, int, int]] = []
+        last_indexed = self._last_indexed
+        max_tt = self._w_max_tt
+        bloom = seg.bloom
+        seen = self._bloom_seen
+        if self._w_records == 0:
+            self._w_first_tt = run[0].tt
+        for it in run:
+            if it.tt > max_tt:
+                max_tt = it.tt
+            if pos - last_indexed >= INDEX_INTERVAL:
+                idx.append(index_entry(it.mid, max_tt, pos))
+                entries.append((it.mid, max_tt, pos))
+                last_indexed = pos
+            if it.bloom not in seen:
+                bloom_add(bloom, it.bloom)
+                seen.add(it.bloom)
+            pos += len(it.rec)
+        fops.pwritev_all(self._fd, [it.rec for it in run], start)
+        if idx:  # after the records they point to, for readers of the file and of the list alike
+            fops.write_all(self._idx_fd, b"".join(idx))
+            seg.index.extend(entries)
+        self._end = pos
+        self._last_indexed = last_indexed
+        self._w_max_tt = max_tt
+        self._w_last_id = run[-1].mid
+        self._w_records += len(run)
+        if max_tt > self._max_tt:
+            self._max_tt = max_tt
+
+    def _sync_policy(self) -> None:
+        assert self._fd is not None
+        sync = self._opts.sync
+        if sync == "always":
+            self._fops.fdatasync(self._fd)
+        elif sync == "interval":
+            now = time.monotonic()
+            if now - self._last_sync >= self._opts.sync_interval:
+                self._fops.fdatasync(self._fd)
+                self._last_sync = now
+                self._dirty = False
+            else:
+                self._dirty = True
+
+    def _publish(self) -> None:
+        seg = self._active
+        seg.last_id = self._w_last_id
+        seg.records = self._w_records
+        seg.first_tt = self._w_first_tt
+        seg.max_tt = self._w_max_tt
+        seg.data_end = self._end
+        seg.tail = (self._end, self._w_last_id)
+        self._hub.bump()
+
+    def _grow(self, need: int) -> None:
+        assert self._fd is not None
+        cap = align(DATA_START + need)
+        self._fops.fallocate(self._fd, 0, cap)
+        self._active.capacity = cap
+
+    def _roll(self, next_id: int, need: int) -> None:
+        fops = self._fops
+        assert self._fd is not None
+        assert self._idx_fd is not None
+        old = self._active
+        if self._opts.sync != "never":
+            fops.fdatasync(self._fd)  # the data is durable before the seal that vouches for it
+        now = time.time_ns()
+        summ = Summary(
+            last_id=self._w_last_id, first_tt=self._w_first_tt, max_tt=self._w_max_tt, data_end=self._end,
+            records=self._w_records, written_ns=now, index_entries=len(old.index), bloom=bytes(old.bloom),
+        )
+        fops.pwrite_all(self._fd, summ.pack(SEAL_MAGIC), SEAL_OFF)
+        if self._opts.sync != "never":
+            fops.fdatasync(self._fd)
+        self._dirty = False
+        write_index(fops, old.path, old.first_id, old.index, sealed=True)
+        self._publish()
+        old.sealed_ns = now
+        old.sealed = True
+        fd, idx_fd = self._fd, self._idx_fd
+        self._fd = self._idx_fd = None
+        fops.close(fd)
+        fops.close(idx_fd)
+        new = self._create_segment(next_id, max(self._opts.segment_bytes, DATA_START + need))
+        with self._seg_lock:
+            self._log.segments = (*self._log.segments, new)
+        self._open_active(new)
+        self._hub.bump()
+        self._apply_retention()
+
+    # -- interval sync -----------------------------------------------------------------------------------------------
+    def _sync_loop(self) -> None:
+        interval = self._opts.sync_interval
+        while not self._stop_syncer.wait(interval):
+            with self._lock:
+                if self._closed or self._err is not None:
+                    return
+                if not self._dirty or self._flushing:
+                    continue
+                self._flushing = True
+                fd = self._fd
+                self._lock.release()
+                err: BaseException | None = None
+                try:
+                    if fd is not None:
+                        self._fops.fdatasync(fd)
+                except BaseException as e:
+                    err = e
+                finally:
+                    self._lock.acquire()
+                    self._flushing = False
+                if err is not None:
+                    self._fail(err)
+                else:
+                    self._dirty = False
+                    self._last_sync = time.monotonic()
+                self._handoff()
+
+    # -- retention ---------------------------------------------------------------------------------------------------
+    def truncate(self, message_id: MessageID) -> None:
+        if not isinstance(message_id, LocalFSMessageID):
+            raise InvalidMessageIDError(f"not a localfs message ID: {message_id!r}")
+        self._check_open()
+        self._delete_front(lambda s: s.last_id < message_id.value)
+
+    def _apply_retention(self) -> None:
+        o = self._opts
+        if o.retention_bytes is not None:
+            with self._seg_lock:
+                segs = self._log.segments
+            total = sum(s.capacity for s in segs)
+            drop: set[int] = set()
+            for s in segs:
+                if total <= o.retention_bytes or not s.sealed:
+                    break
+                drop.add(s.first_id)
+                total -= s.capacity
+            if drop:
+                self._delete_front(lambda s: s.first_id in drop)
+        if o.retention_seconds is not None:
+            cutoff = time.time_ns() - int(o.retention_seconds * 1e9)
+            self._delete_front(lambda s: s.sealed_ns < cutoff)
+
+    def _delete_front(self, pred: object) -> None:
+        """Delete the oldest sealed segments while ``pred`` holds (whole files, never truncated)."""
+        assert callable(pred)
+        with self._seg_lock:
+            segs = self._log.segments
+            n = 0
+            while n < len(segs) and segs[n].sealed and pred(segs[n]):
+                n += 1
+            if not n:
+                return
+            gone = segs[:n]
+            self._log.segments = segs[n:]
+        for s in gone:
+            for path in (s.path, os.path.join(self._chdir, index_name(s.first_id))):
+                try:
+                    self._fops.unlink(path)
+                except FileNotFoundError:
+                    pass
+            s.drop_mapping()
+            log.info("localfs retention: deleted %s (IDs %d..%d)", s.path, s.first_id, s.last_id)
+
+    # -- reading and lifetime ----------------------------------------------------------------------------------------
+    def read(self, opt: ReadOption) -> ScannerImpls:
+        self._check_open()
+        return self._register(LocalFSScanner(opt, WriterSource(self._log, self._fops), self._hub, self._forget))
+
+    def last_time_tick(self) -> int:
+        return self._max_tt
+
+    def close(self) -> None:
+        cv = self._cv
+        with cv:
+            if self._closing:
+                return
+            self._closing = True  # also after an I/O error closed it: scanners and the syncer still stop here
+            while self._open_batch is not None or self._flushing:
+                if self._err is not None:
+                    break
+                if self._flushing:
+                    cv.wait()
+                else:
+                    try:
+                        self._lead(self._open_batch)  # type: ignore[arg-type]
+                    except WALError:
+                        break
+            self._flushing = True  # keep the syncer out for good
+        self._stop_syncer.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        self._close_scanners()
+        try:
+            if self._err is None:
+                self._write_close_summary()
+        except OSError as e:
+            log.error("localfs channel %s: clean close failed (%s); the next open recovers", self._channel, e)
+        finally:
+            with cv:
+                self._closed = True
+            self._close_fds()
+            self._opener._release(self)
+            self._hub.bump()
+
+    def _write_close_summary(self) -> None:
+        fops = self._fops
+        if self._fd is None or self._idx_fd is None:
+            return
+        fops.fsync(self._idx_fd)
+        fops.fdatasync(self._fd)
+        seg = self._active
+        summ = Summary(
+            last_id=self._w_last_id, first_tt=self._w_first_tt, max_tt=self._w_max_tt, data_end=self._end,
+            records=self._w_records, written_ns=time.time_ns(), index_entries=len(seg.index), bloom=bytes(seg.bloom),
+        )
+        fops.pwrite_all(self._fd, summ.pack(CLOSE_MAGIC), CLOSE_OFF)
+        fops.fdatasync(self._fd)

@@ -1,0 +1,385 @@
+"""Inspection and repair of localfs directories, for the ``wal`` command (info, dump, verify, repair).
+
+Everything here except :func:`repair` only reads, and is safe while a writer appends (it never takes the write
+lock for longer than a probe, never writes, never truncates). :func:`repair` takes the write lock and refuses
+while a writer holds it. A channel that does not exist (or a bad channel name) raises
+:class:`~wal.errors.InvalidArgumentError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ..._types import validate_channel_name
+from ...errors import CorruptedError, InvalidArgumentError, WALLockedError, WALTimeoutError
+from ...message import ImmutableMessage, MessageID
+from ...options import DeliverPolicy
+from .._interfaces import ReadOption
+from ._fileops import DEFAULT_FILE_OPS, FileOps
+from ._format import (
+    CLOSE_MAGIC,
+    CLOSE_OFF,
+    DATA_START,
+    SEAL_MAGIC,
+    SEAL_OFF,
+    SEG_HEADER,
+    TERM_NAME,
+    SegmentHeader,
+    Summary,
+    check_record,
+    find_valid_record_after,
+    index_name,
+    last_nonzero_end,
+    parse_index,
+    parse_segment_name,
+    parse_term,
+    scan_segment,
+)
+from ._format import LOCK_NAME as _LOCK_NAME
+from ._message_id import LocalFSMessageID
+from ._recovery import list_segments, load_index, recover, write_index
+from ._scanner import DirSource, LocalFSScanner
+from ._state import Hub
+
+__all__ = [
+    "ChannelInfo",
+    "Problem",
+    "RepairReport",
+    "SegmentInfo",
+    "channel_info",
+    "find_time_tick",
+    "iter_messages",
+    "list_channels",
+    "repair",
+    "verify",
+]
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    path: str
+    first_id: int
+    last_id: int  # first_id - 1 when the segment is empty
+    first_time_tick: int
+    last_time_tick: int  # the largest time tick in the segment
+    bytes_used: int  # offset just after the last valid record
+    sealed: bool
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    name: str
+    term: int  # 0 when no writer ever opened the channel
+    segments: list[SegmentInfo]
+    writer_locked: bool
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    offset: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.path if self.offset is None else f"{self.path}:{self.offset}"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class RepairReport:
+    channel: str
+    cut: list[str] = field(default_factory=list)  # one sentence per torn tail cut
+    rebuilt_indexes: list[str] = field(default_factory=list)
+    sealed: list[str] = field(default_factory=list)  # segments whose missing seal summary was written
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.cut or self.rebuilt_indexes or self.sealed)
+
+
+def _is_channel_dir(path: str) -> bool:
+    try:
+        names = os.listdir(path)
+    except (NotADirectoryError, FileNotFoundError, PermissionError):
+        return False
+    return any(n in (_LOCK_NAME, TERM_NAME) or parse_segment_name(n) is not None for n in names)
+
+
+def list_channels(root: str) -> list[str]:
+    """Names of the channel directories under ``root`` (sorted); ``[]`` when ``root`` does not exist."""
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if _is_channel_dir(os.path.join(root, n)))
+
+
+def _chdir(root: str, channel: str) -> str:
+    validate_channel_name(channel)
+    path = os.path.join(os.fspath(root), channel)
+    if not os.path.isdir(path):
+        raise InvalidArgumentError(f"no localfs channel {channel!r} under {root}")
+    return path
+
+
+def _writer_locked(chdir: str, fops: FileOps = DEFAULT_FILE_OPS) -> bool:
+    path = os.path.join(chdir, _LOCK_NAME)
+    try:
+        fd = fops.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fops.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        fops.close(fd)  # closing drops the probe lock
+    return False
+
+
+def _term(chdir: str) -> int:
+    try:
+        with open(os.path.join(chdir, TERM_NAME), "rb") as f:
+            return parse_term(f.read()) or 0
+    except FileNotFoundError:
+        return 0
+
+
+def channel_info(root: str, channel: str) -> ChannelInfo:
+    """What a channel holds: term, segments (IDs, time ticks, bytes), whether a writer holds it. Read-only.
+
+    Raises :class:`~wal.errors.CorruptedError` when the files cannot be understood (``verify`` says more).
+    """
+    chdir = _chdir(root, channel)
+    rec = recover(DEFAULT_FILE_OPS, chdir, write=False)
+    segs = [
+        SegmentInfo(
+            path=s.path, first_id=s.first_id, last_id=s.last_id, first_time_tick=s.first_tt, last_time_tick=s.max_tt,
+            bytes_used=s.data_end, sealed=s.sealed,
+        )
+        for s in rec.segments
+    ]
+    return ChannelInfo(name=channel, term=_term(chdir), segments=segs, writer_locked=_writer_locked(chdir))
+
+
+def verify(
+    root: str, channel: str | None = None, progress: Callable[[int, int], None] | None = None
+) -> list[Problem]:
+    """Check every record's CRC, each segment's header and summaries, each index, and the term file.
+
+    Never writes. Safe while a writer runs: the bytes after the last valid record of the segment it is
+    appending to are then not reported (they may be a write in progress) unless a valid record follows them.
+    ``progress(bytes_done, bytes_total)`` is called after each segment.
+    """
+    channels = [channel] if channel is not None else list_channels(root)
+    work: list[tuple[str, list[tuple[int, str]]]] = []
+    for ch in channels:
+        chdir = _chdir(root, ch)
+        work.append((chdir, list_segments(DEFAULT_FILE_OPS, chdir)))
+    total = sum(os.path.getsize(p) for _, segs in work for _, p in segs)
+    done = 0
+    problems: list[Problem] = []
+    for chdir, segs in work:
+        term_path = os.path.join(chdir, TERM_NAME)
+        if os.path.exists(term_path):
+            with open(term_path, "rb") as f:
+                if parse_term(f.read()) is None:
+                    problems.append(Problem(term_path, None, "unreadable term file"))
+        locked = _writer_locked(chdir)
+        prev_last: int | None = None
+        for i, (fid, path) in enumerate(segs):
+            is_last = i == len(segs) - 1
+            last = _verify_segment(path, fid, is_last, locked, prev_last, problems)
+            prev_last = last
+            done += os.path.getsize(path)
+            if progress is not None:
+                progress(done, total)
+    return problems
+
+
+def _verify_segment(
+    path: str, fid: int, is_last: bool, writer_running: bool, prev_last: int | None, problems: list[Problem]
+) -> int | None:
+    import mmap
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < SEG_HEADER.size:
+            problems.append(Problem(path, 0, f"segment is only {size} bytes"))
+            return None
+        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    try:
+        try:
+            hdr = SegmentHeader.unpack(mm[: SEG_HEADER.size], path)
+        except CorruptedError as e:
+            problems.append(Problem(path, 0, str(e)))
+            return None
+        if hdr.first_id != fid:
+            problems.append(Problem(path, 0, f"header says first ID {hdr.first_id}, the name says {fid}"))
+        if prev_last is not None and fid != prev_last + 1:
+            problems.append(Problem(path, 0, f"segment starts at ID {fid}, the previous one ends at {prev_last}"))
+        res = scan_segment(mm, fid, size, hdr.data_start)
+        nz = last_nonzero_end(mm, res.end, size)
+        later = find_valid_record_after(mm, res.end, size, res.last_id) if nz > res.end else None
+        for _ in range(3 if writer_running and is_last else 0):  # a record the live writer completed meanwhile
+            if later is None:
+                break
+            time.sleep(0.01)
+            res = scan_segment(mm, fid, size, hdr.data_start)
+            nz = last_nonzero_end(mm, res.end, size)
+            later = find_valid_record_after(mm, res.end, size, res.last_id) if nz > res.end else None
+        seal = Summary.unpack(mm, SEAL_OFF, SEAL_MAGIC)
+        sealed = seal is not None or not is_last
+        if nz > res.end:
+            if later is not None:
+                problems.append(Problem(path, res.end, f"corrupted record ({res.stop_reason}); a valid record "
+                                                       f"follows at offset {later}"))
+            elif sealed:
+                problems.append(Problem(path, res.end, f"corrupted record in a sealed segment ({res.stop_reason})"))
+            elif not writer_running:
+                problems.append(Problem(path, res.end, f"torn tail of {nz - res.end} bytes ({res.stop_reason}); "
+                                                       "opening for write or `repair` cuts it"))
+        if seal is not None:
+            want = (res.last_id, res.end, res.records, res.max_tt)
+            got = (seal.last_id, seal.data_end, seal.records, seal.max_tt)
+            if want != got:
+                problems.append(Problem(path, SEAL_OFF, f"seal summary (last id, end, records, max tick) {got} "
+                                                        f"does not match the data {want}"))
+        elif not is_last:
+            problems.append(Problem(path, SEAL_OFF, "sealed segment has no valid seal summary (recovery writes it)"))
+        close = Summary.unpack(mm, CLOSE_OFF, CLOSE_MAGIC)
+        if close is not None and (close.last_id, close.data_end) != (res.last_id, res.end):
+            problems.append(Problem(path, CLOSE_OFF, "clean-close summary does not match the data"))
+        _verify_index(path, fid, res.index, sealed, writer_running and is_last, problems)
+        return res.last_id
+    finally:
+        mm.close()
+
+
+def _verify_index(
+    seg_path: str, fid: int, want: list[tuple[int, int, int]], sealed: bool, live: bool, problems: list[Problem]
+) -> None:
+    path = os.path.join(os.path.dirname(seg_path), index_name(fid))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        problems.append(Problem(path, None, "index file is missing (rebuilt on open or by repair)"))
+        return
+    idx = parse_index(raw, fid)
+    if idx.problem:
+        problems.append(Problem(path, None, f"{idx.problem} (rebuilt on open or by repair)"))
+    elif live:
+        n = min(len(idx.entries), len(want))  # the writer may have moved on since the segment was scanned
+        if idx.entries[:n] != want[:n]:
+            problems.append(Problem(path, None, "index does not match the segment (rebuilt on open or by repair)"))
+    elif idx.entries != want:
+        problems.append(Problem(path, None, "index does not match the segment (rebuilt on open or by repair)"))
+
+
+def repair(root: str, channel: str) -> RepairReport:
+    """Cut a torn tail, write missing seal summaries, rebuild indexes that are missing or wrong.
+
+    Raises :class:`~wal.errors.WALLockedError` while a writer holds the channel and
+    :class:`~wal.errors.CorruptedError` for damage that is not a torn tail (never cut: restore from a copy).
+    Cutting overwrites the torn bytes with zeros; it never truncates a file (a reader may have it mapped).
+    """
+    fops = DEFAULT_FILE_OPS
+    chdir = _chdir(root, channel)
+    lock_fd = fops.open(os.path.join(chdir, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fops.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise WALLockedError(f"localfs channel {channel!r} is locked by a writer; stop it first") from None
+            raise
+        rec = recover(fops, chdir, write=True)
+        report = RepairReport(channel=channel, cut=list(rec.cut), rebuilt_indexes=list(rec.rebuilt_indexes),
+                              sealed=list(rec.sealed_now))
+        for st in rec.segments:
+            ipath = os.path.join(chdir, index_name(st.first_id))
+            if ipath in report.rebuilt_indexes:
+                continue
+            mm = st.mapping(fops, st.data_end)
+            res = scan_segment(mm, st.first_id, st.data_end)
+            if res.end != st.data_end or res.last_id != st.last_id:
+                raise CorruptedError(
+                    f"{st.path}: corrupted record at offset {res.end} ({res.stop_reason or 'short segment'}); "
+                    "not repairable by cutting: restore from a copy",
+                    path=st.path, offset=res.end,
+                )
+            try:
+                with open(ipath, "rb") as f:
+                    idx = parse_index(f.read(), st.first_id)
+                ok = not idx.problem and idx.entries == res.index and idx.sealed == st.sealed
+            except FileNotFoundError:
+                ok = False
+            if not ok:
+                write_index(fops, st.path, st.first_id, res.index, sealed=st.sealed)
+                report.rebuilt_indexes.append(ipath)
+            st.drop_mapping()
+        return report
+    finally:
+        fops.close(lock_fd)
+
+
+def iter_messages(root: str, channel: str, start: MessageID | None = None) -> Iterator[ImmutableMessage]:
+    """Every message from ``start`` (inclusive; the oldest kept when None) to the current end. Read-only.
+
+    Stops at the end of the valid data (a torn tail is not an error here); raises
+    :class:`~wal.errors.CorruptedError` at damage inside written data.
+    """
+    chdir = _chdir(root, channel)
+    policy = DeliverPolicy.all() if start is None else DeliverPolicy.start_from(start)
+    hub = Hub(channel, chdir)
+    opt = ReadOption(name="iter_messages", deliver_policy=policy)
+    scanner = LocalFSScanner(opt, DirSource(chdir, DEFAULT_FILE_OPS), hub, lambda _s: None)
+    try:
+        while True:
+            try:
+                batch = scanner.recv_batch(1024, timeout=0)
+            except WALTimeoutError:
+                return
+            yield from batch
+    finally:
+        scanner.close()
+
+
+
+def find_time_tick(root: str, channel: str, time_tick: int) -> MessageID | None:
+    """The first message whose time tick is ``>= time_tick`` (None when there is none yet). Read-only.
+
+    Reading from it (``start_from``) sees every message with such a tick: ticks may be stored slightly out of
+    order under concurrent appends, so it is the first by position, found through the segments' largest ticks
+    and the indexes' running maximum, then a short walk.
+    """
+    chdir = _chdir(root, channel)
+    rec = recover(DEFAULT_FILE_OPS, chdir, write=False)
+    for st in rec.segments:
+        if st.max_tt < time_tick or st.records == 0:
+            continue
+        mm = st.mapping(DEFAULT_FILE_OPS, st.data_end)
+        idx = load_index(DEFAULT_FILE_OPS, st.path, st.first_id, st.data_end)
+        ok = idx is not None and not idx.problem
+        entries = idx.entries if idx is not None and ok else scan_segment(mm, st.first_id, st.data_end).index
+        pos = DATA_START
+        for _e_id, e_tt, e_pos in entries:  # the last entry whose running maximum is still below the tick
+            if e_tt >= time_tick:
+                break
+            pos = e_pos
+        while pos < st.data_end:
+            r = check_record(mm, pos, st.data_end)
+            if r is None:
+                break
+            if r[2] >= time_tick:
+                return LocalFSMessageID(r[1])
+            pos += r[0]
+    return None
