@@ -164,7 +164,8 @@ class ScannerAdaptor(Scanner):
     def _open_backend(self) -> None:
         self.read_attempts += 1
         try:
-            b = self._impls.read(ImplsReadOption(name=self._name, deliver_policy=self._policy))
+            opt = ImplsReadOption(name=self._name, deliver_policy=self._policy, vchannel=self._vchannel or None)
+            b = self._impls.read(opt)
         except ShutdownError:
             raise
         except Exception:

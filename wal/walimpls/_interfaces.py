@@ -34,11 +34,17 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ReadOption:
-    """A backend read: a scanner name (for logs and metrics), where to start, and a read-ahead hint (0 = default)."""
+    """A backend read: a scanner name (for logs and metrics), where to start, and a read-ahead hint (0 = default).
+
+    ``vchannel`` is a hint: the caller only needs that vchannel's messages and those for every vchannel (time ticks
+    aside, which it can do without). A backend may skip whole units that hold neither (localfs: segments, by their
+    bloom filter), or ignore the hint; it never has to filter message by message.
+    """
 
     name: str
     deliver_policy: DeliverPolicy = field(default_factory=DeliverPolicy.all)
     read_ahead_buffer_size: int = 0
+    vchannel: str | None = None
 
 
 class ScannerImpls(ABC):
