@@ -23,6 +23,9 @@ EXPECTED = {
         "unmarshal_message_id", "validate_properties",
     },
     "wal.options": {"DeliverFilter", "DeliverFilterKind", "DeliverPolicy", "DeliverPolicyKind", "filter_func"},
+    "wal.helper": {"PullScanner", "ScannerHelper"},
+    "wal.helper.conformance": {"ConformanceError", "WALImplsConformance"},
+    "wal.walimpls.memory": {"WAL_NAME", "MemoryMessageID", "MemoryOpener", "MemoryOpenerBuilder"},
     "wal.errors": {
         "AccessModeError", "CorruptedError", "FencedError", "InvalidArgumentError", "InvalidMessageError",
         "InvalidMessageIDError", "InvalidTxnStateError", "ShutdownError", "TxnExpiredError", "UnknownBackendError",

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from wal.errors import ShutdownError
+from wal import AccessMode
+from wal.errors import ShutdownError, WALTimeoutError
 from wal.helper import PullScanner, ScannerHelper
 from wal.helper.conformance import ConformanceError, WALImplsConformance
 from wal.message import ImmutableMessage, MessageID, MutableMessage
-from wal.walimpls import OpenOption, WALImpls
-from wal.walimpls.memory import MemoryOpener, MemoryOpenerBuilder
+from wal.options import DeliverPolicy, DeliverPolicyKind
+from wal.walimpls import OpenOption, ReadOption, ScannerImpls, WALImpls
+from wal.walimpls.memory import MemoryMessageID, MemoryOpener, MemoryOpenerBuilder
 from wal.walimpls.memory._backend import MemoryWAL
 
 
@@ -31,9 +33,19 @@ def test_scanner_helper_close_waits_for_finish() -> None:
 
     t = threading.Thread(target=producer)
     t.start()
+    assert h.error() is None  # does not block while the producer runs
     assert h.close(5) is err
     assert h.cancel.is_set() and h.done().is_set() and h.error() is err
     t.join()
+    h.finish(RuntimeError("late"))  # only the first finish counts
+    assert h.error() is err
+
+
+def test_scanner_helper_error_can_wait_for_finish() -> None:
+    h = ScannerHelper("w")
+    threading.Timer(0.05, h.finish, args=(None,)).start()
+    assert h.error(timeout=5) is None and h.done().is_set()
+    assert h.close(0) is None  # closing a finished helper returns at once
 
 
 def test_pull_scanner_bookkeeping() -> None:
@@ -87,3 +99,100 @@ class _LosingBuilder(MemoryOpenerBuilder):
 def test_conformance_kit_fails_on_a_lossy_backend() -> None:
     with pytest.raises(ConformanceError):
         WALImplsConformance(_LosingBuilder(), message_count=30, latest_quiet_seconds=0.1, wait_timeout=2.0).run()
+
+
+class _NoRefuseWAL(MemoryWAL):
+    """Accepts appends on a read-only WAL."""
+
+    def append_batch(self, msgs: Sequence[MutableMessage]) -> list[MessageID]:
+        if self.channel.access_mode is AccessMode.RO:
+            return [MemoryMessageID(10_000 + i) for i in range(len(msgs))]
+        return super().append_batch(msgs)
+
+
+class _StaleLatestWAL(MemoryWAL):
+    """``latest`` behaves as ``all``."""
+
+    def read(self, opt: ReadOption) -> ScannerImpls:
+        if opt.deliver_policy.kind is DeliverPolicyKind.LATEST:
+            opt = ReadOption(opt.name, DeliverPolicy.all())
+        return super().read(opt)
+
+
+class _NoTailWAL(MemoryWAL):
+    """Scanners see only what existed when they opened: no tailing."""
+
+    def read(self, opt: ReadOption) -> ScannerImpls:
+        s = super().read(opt)
+        end = self._log.end
+        inner = s.recv
+
+        def recv(timeout: float | None = None) -> ImmutableMessage:
+            if s._pos >= end:  # type: ignore[attr-defined]
+                raise WALTimeoutError("no tailing")
+            return inner(timeout)
+
+        s.recv = recv  # type: ignore[method-assign]
+        return s
+
+
+class _BadTickWAL(MemoryWAL):
+    """Stores every message without the time tick it was given."""
+
+    def append_batch(self, msgs: Sequence[MutableMessage]) -> list[MessageID]:
+        ids = super().append_batch(msgs)
+        with self._log.cond:
+            for mid in ids:
+                self._log.messages[mid.value - self._log.base].time_tick = 0  # type: ignore[attr-defined]
+        return ids
+
+
+def _builder_of(wal_class: type[MemoryWAL]) -> MemoryOpenerBuilder:
+    class Opener(MemoryOpener):
+        def open(self, opt: OpenOption) -> WALImpls:
+            w = super().open(opt)
+            w.__class__ = wal_class
+            return w
+
+    class Builder(MemoryOpenerBuilder):
+        def build(self, **options: Any) -> MemoryOpener:
+            return Opener()
+
+    return Builder()
+
+
+@pytest.mark.parametrize(
+    ("wal_class", "complaint"),
+    [
+        (_NoRefuseWAL, "AccessModeError"),
+        (_StaleLatestWAL, "latest"),
+        (_NoTailWAL, "tailing"),
+        (_BadTickWAL, "time tick"),
+    ],
+)
+def test_conformance_kit_names_what_is_broken(wal_class: type[MemoryWAL], complaint: str) -> None:
+    kit = WALImplsConformance(_builder_of(wal_class), message_count=20, latest_quiet_seconds=0.1, wait_timeout=0.5)
+    with pytest.raises(ConformanceError, match=complaint):
+        kit.run()
+
+
+def test_conformance_kit_reports_a_hang_instead_of_hanging() -> None:
+    class _HangingCloseScanner(MemoryWAL):
+        def read(self, opt: ReadOption) -> ScannerImpls:
+            s = super().read(opt)
+            if opt.name.startswith("scanner-fast-close"):
+                s.close = lambda: time.sleep(3600)  # type: ignore[method-assign]
+            return s
+
+    kit = WALImplsConformance(
+        _builder_of(_HangingCloseScanner), message_count=10, latest_quiet_seconds=0.05, wait_timeout=0.3
+    )
+    t0 = time.monotonic()
+    with pytest.raises(ConformanceError, match="fast close"):
+        kit.run()
+    assert time.monotonic() - t0 < 20
+
+
+def test_conformance_kit_wraps_build_errors() -> None:
+    with pytest.raises(ConformanceError, match="bogus"):
+        WALImplsConformance(MemoryOpenerBuilder(), build_options={"bogus": 1}).run()

@@ -182,3 +182,37 @@ def test_message_ids_order_hash_and_cross_backend_comparison() -> None:
     assert other != ID(1)
     with pytest.raises(TypeError):
         _ = ID(1) < other
+
+
+def test_properties_must_be_a_mapping() -> None:
+    with pytest.raises(TypeError, match="mapping"):
+        MutableMessage(MessageType.INSERT, b"x", [("k", "v")])  # type: ignore[arg-type]
+
+
+def test_txn_expiry_and_body_order() -> None:
+    ctx = TxnContext(7, 1.0)
+    begin = _imm(1, compose_ts(1000), MessageType.BEGIN_TXN, ctx=ctx)
+    b = ImmutableTxnMessageBuilder(begin)
+    assert physical_ms(b.expired_time_tick()) == 2000  # no body yet: begin + keepalive
+    b.add(_imm(2, compose_ts(1500), MessageType.INSERT, ctx=ctx)).add(_imm(3, compose_ts(1600), MessageType.DELETE))
+    assert physical_ms(b.expired_time_tick()) == 2600  # last activity + keepalive
+    txn = b.build(_imm(4, compose_ts(1700), MessageType.COMMIT_TXN, lc=1, ctx=ctx))
+    assert [m.message_id for m in txn] == [ID(2), ID(3)]
+    assert all(m.time_tick == compose_ts(1700) for m in txn.messages)
+    assert txn.txn_ctx == ctx and txn.estimate_size() == sum(m.estimate_size() for m in txn.messages)
+
+
+def test_replace_keeps_other_fields_and_lazy_properties() -> None:
+    m = ImmutableMessage(
+        message_id=ID(1), message_type=MessageType.INSERT, payload=b"x", properties=lambda: {"a": "b"}, time_tick=5
+    )
+    r = m.replace(time_tick=9)
+    assert (r.time_tick, r.message_id, bytes(r.payload), dict(r.properties)) == (9, ID(1), b"x", {"a": "b"})
+    assert m.time_tick == 5
+
+
+def test_wire_properties_use_milvus_keys() -> None:
+    m = MutableMessage(MessageType.INSERT, b"", {"u": "1"}, "v1").with_time_tick(36).with_last_confirmed(ID(2))
+    p = m.wire_properties()
+    assert p == {"u": "1", "_t": "2", "_tt": "10", "_lc": "2", "_vc": "v1"}
+    assert "_lcs" in MutableMessage(MessageType.TIME_TICK).with_last_confirmed_use_message_id().wire_properties()

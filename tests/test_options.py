@@ -59,3 +59,15 @@ def test_filter_func_ands_filters() -> None:
     f = filter_func([DeliverFilter.time_tick_gt(5), DeliverFilter.message_type(MessageType.DELETE)])
     assert f(_m(6, MessageType.DELETE))
     assert not f(_m(6, MessageType.INSERT)) and not f(_m(5, MessageType.DELETE))
+
+
+def test_unknown_type_in_a_type_filter_is_a_wal_error() -> None:
+    with pytest.raises(InvalidArgumentError, match="12345"):
+        DeliverFilter.message_type(12345)  # type: ignore[arg-type]
+    assert DeliverFilter.message_type(2).message_types == frozenset({MessageType.INSERT})  # type: ignore[arg-type]
+
+
+def test_policies_and_filters_are_values() -> None:
+    assert DeliverPolicy.start_from(ID(3)) == DeliverPolicy.start_from(ID(3)) != DeliverPolicy.start_after(ID(3))
+    assert hash(DeliverFilter.time_tick_gt(4)) == hash(DeliverFilter.time_tick_gt(4))
+    assert DeliverFilter.time_tick_gt(4) != DeliverFilter.time_tick_gte(4)

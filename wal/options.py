@@ -90,7 +90,10 @@ class DeliverFilter:
             raise InvalidArgumentError("message_type filter needs at least one type")
         out = set()
         for t in types:
-            mt = MessageType(t)
+            try:
+                mt = MessageType(t)
+            except ValueError as e:  # keep the promise that every library error is a WALError
+                raise InvalidArgumentError(f"unknown message type {t!r}") from e
             if mt.is_system:
                 raise InvalidArgumentError(f"cannot filter on system message type {mt.name}: it is always delivered")
             out.add(mt)

@@ -29,9 +29,14 @@ class ScannerHelper:
     def done(self) -> threading.Event:
         return self._done
 
-    def error(self, timeout: float | None = None) -> BaseException | None:
-        """The producer's final error; waits for it to finish (up to ``timeout``)."""
-        self._done.wait(timeout)
+    def error(self, timeout: float | None = 0.0) -> BaseException | None:
+        """The producer's final error (None while it runs, or when it stopped cleanly).
+
+        Returns at once by default, as :meth:`ScannerImpls.error` must; pass a ``timeout`` (None = for ever) to wait
+        for the producer to finish first, as Milvus's blocking ``Error()`` does.
+        """
+        if timeout is None or timeout > 0:
+            self._done.wait(timeout)
         return self._error
 
     def finish(self, error: BaseException | None) -> None:
@@ -42,6 +47,7 @@ class ScannerHelper:
         self._done.set()
 
     def close(self, timeout: float | None = None) -> BaseException | None:
+        """Cancel, then wait (up to ``timeout``) for the producer's :meth:`finish`; returns its error."""
         self.cancel.set()
         self._done.wait(timeout)
         return self._error

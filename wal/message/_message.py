@@ -56,6 +56,8 @@ def _check_payload(payload: object) -> None:
 
 def validate_properties(properties: Mapping[str, str]) -> dict[str, str]:
     """Copy user properties, refusing non-str keys/values and reserved ``_`` keys."""
+    if not isinstance(properties, Mapping):
+        raise InvalidMessageError(f"properties must be a mapping of str to str, got {type(properties).__name__}")
     out: dict[str, str] = {}
     for k, v in properties.items():
         if not isinstance(k, str):

@@ -3,12 +3,18 @@
 Each opener keeps a log per channel for its whole life, so messages survive closing and reopening a WAL (any term)
 and read-only WALs on the same opener see them. IDs are dense integers from 0. It persists nothing: use it in
 tests and as the baseline the adaptor is measured against.
+
+Writers follow the rules of the persistent backends, so tests written against it hold for them: one RW WAL per
+channel at a time (a second gets :class:`~wal.errors.WALLockedError`, whatever its term), and the term never goes
+back (an RW open below the highest term seen gets :class:`~wal.errors.FencedError`). ``truncate`` really drops
+the prefix, so scanners that fall behind it exercise the "start from the oldest kept message" path.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +23,8 @@ from ...errors import (
     AccessModeError,
     FencedError,
     InvalidArgumentError,
+    InvalidMessageError,
+    InvalidMessageIDError,
     ShutdownError,
     WALLockedError,
     WALTimeoutError,
@@ -93,8 +101,8 @@ class MemoryWAL(WALImpls):
         self._channel = channel
         self._log = log
         self._closed = False
-        self._fenced = False
-        self._scanners: set[ScannerImpls] = set()
+        # Weak: a long-lived WAL must not keep every scanner it ever handed out.
+        self._scanners: weakref.WeakSet[ScannerImpls] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     @property
@@ -110,20 +118,21 @@ class MemoryWAL(WALImpls):
             raise ShutdownError(f"memory WAL {self._channel} is closed")
         if self._channel.access_mode is AccessMode.RO:
             raise AccessModeError(f"memory WAL {self._channel} is read-only")
-        if self._fenced:
-            raise FencedError(f"memory WAL {self._channel}: a newer term ({self._log.term}) owns the channel")
 
     def append(self, msg: MutableMessage) -> MessageID:
         return self.append_batch([msg])[0]
 
     def append_batch(self, msgs: Sequence[MutableMessage]) -> list[MessageID]:
+        if self._channel.access_mode is AccessMode.RO:  # before the type check: RO refuses even append(None)
+            raise AccessModeError(f"memory WAL {self._channel} is read-only")
+        for m in msgs:  # all checked before any is stored: a bad one in the middle stores nothing
+            if not isinstance(m, MutableMessage):
+                raise InvalidMessageError(f"append takes a MutableMessage, got {type(m).__name__}")
         log = self._log
         with log.cond:
             self._check_writable()
             ids: list[MessageID] = []
             for m in msgs:
-                if not isinstance(m, MutableMessage):
-                    raise InvalidArgumentError(f"append takes a MutableMessage, got {type(m).__name__}")
                 mid = MemoryMessageID(log.end)
                 imm = m.into_immutable(mid)
                 imm.payload = bytes(m.payload)  # the caller may reuse its buffer
@@ -140,17 +149,18 @@ class MemoryWAL(WALImpls):
     def truncate(self, message_id: MessageID) -> None:
         self._check_writable()
         if not isinstance(message_id, MemoryMessageID):
-            raise InvalidArgumentError(f"truncate takes a memory MessageID, got {message_id!r}")
+            raise InvalidMessageIDError(f"truncate takes a memory MessageID, got {message_id!r}")
         log = self._log
         with log.cond:
+            self._check_writable()
             cut = min(message_id.value, log.end) - log.base
             if cut > 0:
                 del log.messages[:cut]
                 log.base += cut
 
     def read(self, opt: ReadOption) -> ScannerImpls:
-        if self._closed:
-            raise ShutdownError(f"memory WAL {self._channel} is closed")
+        if not isinstance(opt, ReadOption):
+            raise InvalidArgumentError(f"read takes a walimpls ReadOption, got {type(opt).__name__}")
         log = self._log
         p = opt.deliver_policy
         with log.cond:
@@ -160,15 +170,14 @@ class MemoryWAL(WALImpls):
                 start = log.end
             else:
                 if not isinstance(p.message_id, MemoryMessageID):
-                    raise InvalidArgumentError(f"deliver policy needs a memory MessageID, got {p.message_id!r}")
+                    raise InvalidMessageIDError(f"deliver policy needs a memory MessageID, got {p.message_id!r}")
                 start = p.message_id.value + (1 if p.kind is DeliverPolicyKind.START_AFTER else 0)
         s = MemoryScanner(opt.name, log, start)
-        with self._lock:
+        with self._lock:  # checked here, not earlier, so a scanner never outlives a concurrent close
+            if self._closed:
+                raise ShutdownError(f"memory WAL {self._channel} is closed")
             self._scanners.add(s)
         return s
-
-    def _fence(self) -> None:
-        self._fenced = True
 
     def close(self) -> None:
         with self._lock:
@@ -195,24 +204,25 @@ class MemoryOpener(OpenerImpls):
     def open(self, opt: OpenOption) -> WALImpls:
         opt.validate()
         ch = opt.channel
+        # One lock for the whole open: an opener close cannot slip between creating the WAL and recording it.
         with self._lock:
             if self._closed:
                 raise ShutdownError("memory opener is closed")
             log = self._logs.setdefault(ch.name, _Log())
-        with log.cond:
-            if ch.access_mode is AccessMode.RW:
-                if ch.term < log.term:
-                    raise FencedError(f"channel {ch.name!r}: term {ch.term} is older than the stored term {log.term}")
-                w = log.writer
-                if w is not None:
-                    if ch.term == w.channel.term:
-                        raise WALLockedError(f"channel {ch.name!r} already has a writer at term {ch.term}")
-                    w._fence()  # a newer term takes the channel over
-                log.term = ch.term
-            wal = MemoryWAL(self, ch, log)
-            if ch.access_mode is AccessMode.RW:
-                log.writer = wal
-        with self._lock:
+            with log.cond:
+                if ch.access_mode is AccessMode.RW:
+                    if ch.term < log.term:
+                        raise FencedError(
+                            f"memory channel {ch.name!r}: term {ch.term} is older than term {log.term} seen before"
+                        )
+                    if log.writer is not None:
+                        raise WALLockedError(
+                            f"memory channel {ch.name!r} already has a writer at term {log.writer.channel.term}"
+                        )
+                    log.term = ch.term
+                wal = MemoryWAL(self, ch, log)
+                if ch.access_mode is AccessMode.RW:
+                    log.writer = wal
             self._wals.add(wal)
         return wal
 
@@ -226,6 +236,8 @@ class MemoryOpener(OpenerImpls):
             wals = list(self._wals)
         for w in wals:
             w.close()
+        with self._lock:
+            self._logs.clear()
 
 
 class MemoryOpenerBuilder(OpenerBuilderImpls):
