@@ -1,0 +1,183 @@
+"""The nats opener (one connection and one private event loop thread) and its builder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from ..._types import AccessMode, OpenOption
+from ...errors import ShutdownError, WALError, WALIOError
+from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls
+from ._loop import LoopThread
+from ._naming import channel_names
+from ._options import NatsOptions, parse_options
+from ._publisher import Publisher
+from ._wal import NatsWAL
+
+__all__ = ["NatsOpener", "NatsOpenerBuilder"]
+
+T = TypeVar("T")
+
+
+async def _quiet(_e: Exception) -> None:
+    """nats-py logs every disconnect through its default error callback; reconnects are normal here."""
+
+
+async def _connect(o: NatsOptions) -> Any:
+    import nats
+
+    kw: dict[str, Any] = {
+        "servers": list(o.servers),
+        "name": o.client_name,
+        "connect_timeout": o.connect_timeout,
+        "reconnect_time_wait": o.reconnect_time_wait,
+        "max_reconnect_attempts": o.max_reconnect_attempts,
+        "allow_reconnect": True,
+        "error_cb": _quiet,
+        "pending_size": 64 * 1024 * 1024,
+    }
+    for k in ("user", "password", "token", "tls_hostname"):
+        v = getattr(o, k)
+        if v is not None:
+            kw[k] = v
+    if o.creds_file:
+        kw["user_credentials"] = o.creds_file
+    if o.nkeys_seed_file:
+        kw["nkeys_seed"] = o.nkeys_seed_file
+    tls = o.tls_context()
+    if tls is not None:
+        kw["tls"] = tls
+        kw["tls_handshake_first"] = o.tls_handshake_first
+    return await nats.connect(**kw)
+
+
+class NatsOpener(OpenerImpls):
+    def __init__(self, options: NatsOptions) -> None:
+        self.options = options
+        self.lt = LoopThread("wal-nats")
+        self._lock = threading.Lock()
+        self._wals: set[NatsWAL] = set()
+        self._closed = False
+        try:
+            self.nc = self.lt.run(
+                _connect(options), options.connect_timeout * 2 + 1
+            )  # nats-py may never give up on its own
+        except BaseException as e:
+            self.lt.close()
+            if isinstance(e, WALError):
+                raise WALIOError(f"nats: cannot connect to {', '.join(options.servers)}: {e}") from e
+            raise WALIOError(f"nats: cannot connect to {', '.join(options.servers)}: {e!r}") from e
+        self.js = self.nc.jetstream(timeout=options.request_timeout, publish_async_max_pending=options.max_pending)
+
+    def run_api(self, coro: Coroutine[Any, Any, T], what: str) -> T:
+        """Run a JetStream API call on the loop; client errors become :class:`WALIOError`."""
+        if self._closed:
+            coro.close()
+            raise ShutdownError("nats: the opener is closed")
+        try:
+            return self.lt.run(coro, self.options.request_timeout * 4 + 10)
+        except WALError:
+            raise
+        except Exception as e:
+            raise WALIOError(f"nats: {what}: {type(e).__name__}: {e}") from e
+
+    def open(self, opt: OpenOption) -> WALImpls:
+        opt.validate()
+        ch = opt.channel
+        names = channel_names(ch.name, self.options.stream_prefix, self.options.subject_prefix)
+        replicas = self.run_api(
+            self._ensure_stream(ch.name, names), f"create stream {names.stream} for channel {ch.name!r}"
+        )
+        pub: Publisher | None = None
+        w: NatsWAL
+        if ch.access_mode is AccessMode.RW:
+            writer = secrets.token_hex(8)
+            pub = Publisher(self.js, names, self.options, ch.name, ch.term, writer, replicas > 1)
+            self.run_api(pub.fence(first=True), f"fence channel {ch.name!r} at term {ch.term}")
+            self.run_api(pub.start(self.nc), "subscribe to acks")
+            w = NatsWAL(self, ch, names, pub)
+        else:
+            w = NatsWAL(self, ch, names, None)
+        with self._lock:
+            if self._closed:
+                w.close()
+                raise ShutdownError("nats: the opener is closed")
+            self._wals.add(w)
+        return w
+
+    async def _ensure_stream(self, channel: str, names: Any) -> int:
+        """Create the channel's stream unless it exists; its replica count. Timeouts (a cluster electing its meta
+        leader, a node restarting) are retried for a few request timeouts."""
+        import nats.errors
+
+        deadline = time.monotonic() + self.options.request_timeout * 3
+        while True:
+            try:
+                return await self._ensure_stream_once(channel, names)
+            except (TimeoutError, nats.errors.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def _ensure_stream_once(self, channel: str, names: Any) -> int:
+        import nats.js.api as api
+        import nats.js.errors
+
+        try:
+            info = await self.js.stream_info(names.stream)
+            return int(info.config.num_replicas or 1)
+        except nats.js.errors.NotFoundError:
+            pass
+        cfg = api.StreamConfig(
+            name=names.stream,
+            description=f"wal channel {channel}",
+            subjects=[names.data_subject, names.fence_subject],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            num_replicas=self.options.replicas,
+            duplicate_window=self.options.duplicate_window,
+            max_bytes=self.options.max_bytes,
+            max_age=self.options.max_age,
+            allow_direct=True,
+            metadata={"wal_channel": channel},
+        )
+        try:
+            info = await self.js.add_stream(cfg)
+        except nats.js.errors.BadRequestError as e:
+            if getattr(e, "err_code", None) != 10058:  # stream name already in use: someone else created it
+                raise
+            info = await self.js.stream_info(names.stream)
+        return int(info.config.num_replicas or 1)
+
+    def forget(self, w: NatsWAL) -> None:
+        with self._lock:
+            self._wals.discard(w)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            wals = list(self._wals)
+        for w in wals:
+            w.close()
+        with contextlib.suppress(Exception):
+            self.lt.run(self.nc.close(), 5)
+        self.lt.close()
+
+
+class NatsOpenerBuilder(OpenerBuilderImpls):
+    """Registered as ``"nats"``. ``build()`` connects at once so a wrong address fails here, not on first use."""
+
+    @property
+    def name(self) -> str:
+        return "nats"
+
+    def build(self, **options: Any) -> NatsOpener:
+        return NatsOpener(parse_options(options))

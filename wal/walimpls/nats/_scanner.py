@@ -1,0 +1,318 @@
+"""A scanner: an ephemeral pull consumer per read, driven by hand so that it survives anything.
+
+nats-py's pull subscriptions are not re-created after a server restart, and its ``fetch`` waits for a full batch
+when tailing. So the scanner speaks the pull protocol itself: an ephemeral, in-memory, no-ack consumer starting at
+the next wanted sequence, long-polling pull requests with idle heartbeats, and the consumer sequence in each reply
+subject to detect gaps. On any doubt (gap, missing heartbeats, consumer gone, server restarted, leader changed) it
+drops the consumer and makes a new one at the sequence after the last message it delivered: nothing is lost and
+nothing is delivered twice.
+
+The fetch task runs on the client's loop and fills a bounded buffer; ``recv`` runs on the caller's thread and
+decodes messages there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ...errors import ShutdownError, WALError, WALIOError, WALTimeoutError
+from ...message import ImmutableMessage
+from .._interfaces import ScannerImpls
+from ._headers import H_FENCE, decode_properties
+from ._loop import LoopThread
+from ._message_id import NatsMessageID
+from ._naming import ChannelNames
+from ._publisher import ERR_STREAM_NOT_FOUND, _api_code, next_fence
+
+__all__ = ["NatsScanner"]
+
+_HEARTBEAT = 1.0
+_EXPIRES = 10.0
+_Raw = tuple[int, bytes, Any]  # stream sequence, payload, headers
+
+
+async def _fence_before(js: Any, names: ChannelNames, start: int) -> int:
+    """The sequence of the last fence record before ``start`` (0 when none): fences are few, walk them."""
+    last, after = 0, 0
+    while True:
+        nxt = await next_fence(js, names, after)
+        if nxt is None or nxt[0] >= start:
+            return last
+        last = after = nxt[0]
+
+
+class _Restart(Exception):
+    """Drop this consumer and make a new one after the last delivered message."""
+
+
+def _seqs(reply: str) -> tuple[int, int]:
+    """(stream sequence, consumer sequence) from a ``$JS.ACK`` reply subject (v1 and v2 token layouts)."""
+    t = reply.split(".")
+    if len(t) == 9:
+        return int(t[5]), int(t[6])
+    return int(t[7]), int(t[8])
+
+
+class NatsScanner(ScannerImpls):
+    def __init__(
+        self,
+        name: str,
+        lt: LoopThread,
+        nc: Any,
+        js: Any,
+        names: ChannelNames,
+        start_seq: int,
+        buffer: int,
+        on_close: Any,
+    ) -> None:
+        self._name = name
+        self._lt = lt
+        self._nc = nc
+        self._js = js
+        self._names = names
+        self._next = start_seq  # next stream sequence to deliver (owned by the fetch task)
+        self._fence = 0 if start_seq <= 1 else -1  # sequence of the fence record in force (-1: look it up)
+        self._cap = max(16, buffer)
+        self._buf: deque[_Raw] = deque()
+        self._cond = threading.Condition()
+        self._space: asyncio.Event | None = None
+        self._waiting_space = False
+        self._done = threading.Event()
+        self._err: BaseException | None = None
+        self._closed = False
+        self._on_close = on_close
+        self._task: asyncio.Task[None] | None = None
+        self.reconnects = 0  # consumers re-created after trouble (for tests and metrics)
+        lt.submit(self._start()).result(10)
+
+    async def _start(self) -> None:
+        self._space = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    # -- caller side ----------------------------------------------------------------------------------------------
+    def recv(self, timeout: float | None = None) -> ImmutableMessage:
+        return self._decode(self._take(1, timeout)[0])
+
+    def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
+        return [self._decode(r) for r in self._take(max(1, max_messages), timeout)]
+
+    def _take(self, n: int, timeout: float | None) -> list[_Raw]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._buf or self._closed:
+                if self._closed:
+                    raise ShutdownError(f"nats scanner {self._name!r} is closed")
+                if self._err is not None:
+                    raise self._err
+                if deadline is None:
+                    self._cond.wait()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise WALTimeoutError(f"nats scanner {self._name!r}: no message within {timeout}s")
+                    self._cond.wait(left)
+            buf = self._buf
+            out = [buf.popleft() for _ in range(min(n, len(buf)))]
+            if self._waiting_space and len(buf) <= self._cap // 2:
+                self._waiting_space = False
+                self._lt.call_soon(self._wake_space)
+        return out
+
+    def _wake_space(self) -> None:
+        if self._space is not None:
+            self._space.set()
+
+    def _decode(self, r: _Raw) -> ImmutableMessage:
+        seq, data, headers = r
+        try:
+            return ImmutableMessage.from_wire(NatsMessageID(seq), data, decode_properties(headers))
+        except ValueError as e:
+            where = f"message {seq} of stream {self._names.stream}"
+            raise WALIOError(f"nats scanner {self._name!r}: undecodable {where}: {e}") from e
+
+    def done(self) -> threading.Event:
+        return self._done
+
+    def error(self) -> BaseException | None:
+        return self._err
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        t = self._task
+        if t is not None:
+            self._lt.call_soon(t.cancel)
+        self._done.set()
+        self._on_close(self)
+
+    # -- fetch task (event loop) ----------------------------------------------------------------------------------
+    def _push(self, items: list[_Raw]) -> None:
+        with self._cond:
+            self._buf.extend(items)
+            self._cond.notify_all()
+
+    def _free(self) -> int:
+        with self._cond:
+            free = self._cap - len(self._buf)
+            if free < self._cap // 2:
+                self._waiting_space = True
+                if self._space is not None:
+                    self._space.clear()
+                return 0
+            return free
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        try:
+            while not self._closed:
+                try:
+                    await self._consume()
+                    backoff = 0.05
+                except asyncio.CancelledError:
+                    raise
+                except WALError:
+                    raise
+                except Exception as e:
+                    if _api_code(e) == ERR_STREAM_NOT_FOUND:
+                        raise WALIOError(f"nats scanner {self._name!r}: stream {self._names.stream} is gone") from e
+                    # connection trouble, server restart, election: make a new consumer after a pause
+                    self.reconnects += 1
+                    await asyncio.sleep(backoff)
+                    backoff = min(1.0, backoff * 2)
+        except asyncio.CancelledError:
+            pass
+        except BaseException as e:
+            with self._cond:
+                self._err = e
+                self._cond.notify_all()
+            self._done.set()
+
+    async def _consume(self) -> None:
+        """One consumer's life: create it at ``self._next``, pull until something looks wrong, then return."""
+        import nats.js.api as api
+
+        cfg = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, self._next),
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=30.0,
+        )  # no subject filter: the fence records come too, to tell which writer owned each stretch of the log
+        if self._fence < 0:
+            self._fence = await _fence_before(self._js, self._names, self._next)
+        info = await self._js.add_consumer(self._names.stream, config=cfg)
+        consumer = info.name
+        inq: deque[Any] = deque()
+        arrived = asyncio.Event()
+
+        async def on_msg(msg: Any) -> None:  # cheaper than next_msg (a task and a uuid per message)
+            inq.append(msg)
+            arrived.set()
+
+        sub = await self._nc.subscribe(self._nc.new_inbox(), cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._names.stream}.{consumer}"
+        fence_subject = self._names.fence_subject
+        cseq = 0
+        try:
+            while not self._closed:
+                free = self._free()
+                if free == 0:
+                    assert self._space is not None
+                    await self._space.wait()
+                    continue
+                req = {"batch": free, "expires": int(_EXPIRES * 1e9), "idle_heartbeat": int(_HEARTBEAT * 1e9)}
+                await self._nc.publish(pull_subject, json.dumps(req).encode(), reply=sub.subject)
+                got = 0
+                ended = False
+                while got < free and not ended:
+                    if not inq:
+                        arrived.clear()
+                        await asyncio.wait_for(arrived.wait(), 3 * _HEARTBEAT)  # no heartbeat: TimeoutError
+                    batch: list[_Raw] = []
+                    while inq:
+                        msg = inq.popleft()
+                        if not msg.data and msg.headers and "Status" in msg.headers:
+                            status = msg.headers["Status"]
+                            if status == "100":
+                                continue  # heartbeat: the consumer is alive, nothing new
+                            if status in ("404", "408"):
+                                ended = True  # request expired: pull again
+                                break
+                            raise _Restart(status)  # 409 (consumer deleted, leader change...), 503...
+                        sseq, c = _seqs(msg.reply)
+                        if c != cseq + 1:
+                            raise _Restart("gap")  # start over after the last delivered message
+                        cseq = c
+                        got += 1
+                        if sseq < self._next:
+                            continue
+                        self._next = sseq + 1
+                        if msg.subject == fence_subject:
+                            self._fence = sseq
+                            continue
+                        f = msg.headers.get(H_FENCE) if msg.headers else None
+                        if f is not None:
+                            fseq = int(f)
+                            if fseq < self._fence:
+                                continue  # an older writer's message stored after a newer fence: never acknowledged
+                            self._fence = fseq
+                        batch.append((sseq, msg.data, msg.headers))
+                    if batch:
+                        self._push(batch)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            if not self._nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._js.delete_consumer(self._names.stream, consumer), 1.0)
+
+
+async def tail_headers(nc: Any, js: Any, names: ChannelNames, start: int) -> AsyncIterator[dict[str, str]]:
+    """Headers of the data messages from ``start`` to the current end: a headers-only consumer, one no-wait pull."""
+    import nats.js.api as api
+
+    cfg = api.ConsumerConfig(
+        ack_policy=api.AckPolicy.NONE,
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(1, start),
+        filter_subject=names.data_subject,
+        headers_only=True,
+        mem_storage=True,
+        num_replicas=1,
+        inactive_threshold=10.0,
+    )
+    info = await js.add_consumer(names.stream, config=cfg)
+    sub = await nc.subscribe(nc.new_inbox(), pending_msgs_limit=-1, pending_bytes_limit=-1)
+    try:
+        pending = int(info.num_pending)
+        if pending:
+            req = {"batch": pending, "expires": int(_EXPIRES * 1e9)}
+            await nc.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{info.name}", json.dumps(req).encode(), reply=sub.subject
+            )
+        for _ in range(pending):
+            msg = await sub.next_msg(timeout=_EXPIRES)
+            h = msg.headers or {}
+            if "Status" in h and not msg.reply:
+                break
+            yield h
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(names.stream, info.name)
