@@ -69,9 +69,6 @@ for _name in (
         globals()[_name] = getattr(e2e, _name)
 
 
-@pytest.mark.xfail(
-    reason="its expired-txn step uses keepalive=0.03 s, shorter than a loaded nats round trip", strict=False
-)
 def test_parallel_channels_terms_txns_and_stalled_readers(make_opener: Callable[..., Any]) -> None:
     e2e.test_parallel_channels_terms_txns_and_stalled_readers(make_opener)
 
