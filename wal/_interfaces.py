@@ -15,8 +15,9 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from ._closeable import Closeable
 from ._types import AppendResult, OpenOption, PChannelInfo, ReadOption
 from .errors import ShutdownError
 from .message import ImmutableMessage, MessageID, MutableMessage
@@ -24,20 +25,7 @@ from .message import ImmutableMessage, MessageID, MutableMessage
 __all__ = ["ROWAL", "WAL", "Opener", "OpenerBuilder", "Scanner", "Txn"]
 
 
-class _Closeable(ABC):
-    @abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class Scanner(_Closeable):
+class Scanner(Closeable):
     """A reader of one channel, delivering messages in order from its deliver policy on, following the tail.
 
     ``recv`` blocks; iteration (``for m in s``) blocks too and ends when the scanner or its WAL closes; ``async
@@ -97,7 +85,7 @@ class Scanner(_Closeable):
                 return
 
 
-class Txn(_Closeable):
+class Txn(Closeable):
     """A transaction handle from :meth:`WAL.begin_txn`: as a context manager it commits on a clean exit and rolls
     back on an exception. A transaction that is neither committed nor rolled back within its keepalive expires and
     is never delivered.
@@ -128,7 +116,7 @@ class Txn(_Closeable):
             self.close()
 
 
-class ROWAL(_Closeable):
+class ROWAL(Closeable):
     """A read-only view of a channel."""
 
     @property
@@ -183,7 +171,7 @@ class WAL(ROWAL):
         """Start a transaction on ``vchannel`` (default keepalive: the ``txn_keepalive`` build option)."""
 
 
-class Opener(_Closeable):
+class Opener(Closeable):
     """Opens WALs on one backend; closing it closes every WAL it opened."""
 
     @abstractmethod

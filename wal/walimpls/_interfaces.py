@@ -15,9 +15,9 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from .._closeable import Closeable
 from .._types import OpenOption, PChannelInfo
 from ..message import ImmutableMessage, MessageID, MutableMessage
 from ..options import DeliverPolicy
@@ -47,7 +47,7 @@ class ReadOption:
     vchannel: str | None = None
 
 
-class ScannerImpls(ABC):
+class ScannerImpls(Closeable):
     """A backend reader: delivers messages in ID order from its policy on and follows new appends."""
 
     @property
@@ -81,14 +81,6 @@ class ScannerImpls(ABC):
     @abstractmethod
     def close(self) -> None:
         """Stop; wakes a blocked ``recv`` (which then raises ``ShutdownError``). Idempotent."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class ROWALImpls(ABC):
@@ -146,7 +138,7 @@ class WALImpls(ROWALImpls):
         """
 
 
-class OpenerImpls(ABC):
+class OpenerImpls(Closeable):
     """Opens backend channels; owns the backend's shared resources."""
 
     @abstractmethod
@@ -159,14 +151,6 @@ class OpenerImpls(ABC):
     @abstractmethod
     def close(self) -> None:
         """Close every channel opened here and release resources. Idempotent."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class OpenerBuilderImpls(ABC):
