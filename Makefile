@@ -29,4 +29,4 @@ bench: $(STAMP)
 	$(PY) -m pytest benches -q --benchmark-only
 
 clean:
-	rm -rf $(VENV) wal-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) wal-data wal-demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,223 @@
+"""`wal info`, `dump`, `verify`, `repair`, run as a user would (`python -m wal ...` in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from _cli_util import fill, snapshot, start_writer, stop_writer, wal_cmd, writer_append
+
+from wal.walimpls.localfs._format import DATA_START
+
+
+def _segments(root: Path, channel: str = "p1") -> list[dict[str, object]]:
+    r = wal_cmd("info", "--root", str(root), "--channel", channel, "--json")
+    assert r.returncode == 0, r.stderr
+    segs: list[dict[str, object]] = json.loads(r.stdout)["segments"]
+    return segs
+
+
+def test_help_of_every_subcommand_exits_0() -> None:
+    for sub in ("verify", "info", "dump", "tail", "repair", "bench", "demo"):
+        r = wal_cmd(sub, "--help")
+        assert r.returncode == 0, (sub, r.stderr)
+        assert "Usage: wal " + sub in r.stdout and "Exit codes" in r.stdout
+    r = wal_cmd("--help")
+    assert r.returncode == 0 and all(s in r.stdout for s in ("info", "dump", "tail", "verify", "repair", "bench"))
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    fill(tmp_path, n=3)
+    assert wal_cmd("verify", "--root", str(tmp_path / "missing")).returncode == 2
+    r = wal_cmd("verify", "--root", str(tmp_path), "--channel", "nope")
+    assert r.returncode == 2 and "no channel 'nope'" in r.stderr
+    assert wal_cmd("dump", "--root", str(tmp_path)).returncode == 2  # --channel is required
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1", "--from", "not-an-id")
+    assert r.returncode == 2 and "--from" in r.stderr
+    assert wal_cmd("repair", "--root", str(tmp_path), "--channel", "../etc").returncode == 2
+    assert wal_cmd("no-such-command").returncode == 2
+
+
+def test_info_table_and_json(tmp_path: Path) -> None:
+    ids = fill(tmp_path, "p1", 100)
+    fill(tmp_path, "p2", 2)
+    r = wal_cmd("info", "--root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "channel p1" in r.stdout and "channel p2" in r.stdout
+    assert "writer running  no" in r.stdout and "term            1" in r.stdout
+    last = int(r.stdout.split("last message    id ")[1].split(",")[0])
+    assert int(ids[-1]) <= last <= int(ids[-1]) + 2  # a closing time tick may follow the last append
+    assert "00000000000000000001.seg" in r.stdout
+    segs = _segments(tmp_path)
+    assert len(segs) >= 3 and all(s["sealed"] for s in segs[:-1])
+    assert segs[0]["first_id"] == 1 and int(str(segs[-1]["last_id"])) >= int(ids[-1])
+
+
+def test_info_sees_a_writer_in_another_process(tmp_path: Path) -> None:
+    p = start_writer(tmp_path, "p1")
+    try:
+        writer_append(p, 5, "live")
+        r = wal_cmd("info", "--root", str(tmp_path), "--channel", "p1", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["writer_locked"] is True
+    finally:
+        stop_writer(p)
+    r = wal_cmd("info", "--root", str(tmp_path), "--channel", "p1", "--json")
+    assert json.loads(r.stdout)["writer_locked"] is False
+
+
+def test_verify_clean_exits_0(tmp_path: Path) -> None:
+    fill(tmp_path, n=100)
+    r = wal_cmd("verify", "--root", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok:" in r.stdout and "no problems" in r.stdout
+    r = wal_cmd("verify", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 0
+
+
+def test_verify_flipped_byte_in_sealed_segment_exits_1_and_changes_nothing(tmp_path: Path) -> None:
+    fill(tmp_path, n=100)
+    seg = _segments(tmp_path)[1]
+    assert seg["sealed"]
+    path = Path(str(seg["path"]))
+    with open(path, "r+b") as f:
+        f.seek(DATA_START + 20)
+        b = f.read(1)
+        f.seek(DATA_START + 20)
+        f.write(bytes([b[0] ^ 0x01]))
+    before = snapshot(tmp_path)
+    r = wal_cmd("verify", "--root", str(tmp_path))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{path}:{DATA_START}: corrupted record" in r.stdout  # file and offset of the bad record
+    assert "problem(s)" in r.stderr
+    assert snapshot(tmp_path) == before  # verify never changes a file
+    # dump stops at the damage with exit 1 and says where
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 1 and str(path) in r.stderr
+
+
+def test_dump_json_parses_back(tmp_path: Path) -> None:
+    ids = fill(tmp_path, n=30)
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1", "--json", "--payload", "text")
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    inserts = [x for x in recs if x["type"] == "INSERT"]
+    assert [x["id"] for x in inserts] == ids
+    assert [x["payload"] for x in inserts] == [f"m-{i}" * 3 for i in range(30)]
+    assert [x["properties"] for x in inserts] == [{"i": str(i)} for i in range(30)]
+    assert all(x["vchannel"] == "v1" and x["payload_size"] == len(x["payload"]) for x in inserts)
+    ticks = [x["time_tick"] for x in recs]
+    assert ticks == sorted(ticks) and all(x["time"].endswith("Z") for x in recs)
+    assert recs[0]["type"] == "TIME_TICK"  # opening for write persists a tick first
+    # --from (inclusive), --limit, hex payloads
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1", "--json", "--from", ids[10], "--limit", "3",
+                "--payload", "hex")
+    got = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["id"] for x in got] == ids[10:13]
+    assert bytes.fromhex(got[0]["payload"]) == b"m-10" * 3
+
+
+def test_dump_text(tmp_path: Path) -> None:
+    ids = fill(tmp_path, n=5)
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1", "--payload", "text")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["ID", "TIME", "TICK"]
+    row = next(ln for ln in lines if ln.split()[:1] == [ids[2]])
+    assert "INSERT" in row and "v1" in row and "i=2" in row
+    assert "payload: m-2m-2m-2" in r.stdout
+
+
+def test_repair_cuts_torn_tail_then_verify_is_clean(tmp_path: Path) -> None:
+    image = tmp_path / "image"
+    ids = fill(tmp_path / "live", n=60, crash_image=image)  # what a crash leaves behind
+    last = _segments(image)[-1]
+    end = int(str(last["bytes_used"]))
+    with open(str(last["path"]), "r+b") as f:  # a record half written when the machine died
+        f.seek(end)
+        f.write(b"\x2a\x00\x00\x00torn" * 7)
+    r = wal_cmd("verify", "--root", str(image))
+    assert r.returncode == 1 and f"{last['path']}:{end}: torn tail" in r.stdout
+    r = wal_cmd("repair", "--root", str(image), "--channel", "p1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cut: " in r.stdout and str(end) in r.stdout and "verify ok" in r.stdout
+    r = wal_cmd("verify", "--root", str(image))
+    assert r.returncode == 0, r.stdout
+    r = wal_cmd("repair", "--root", str(image), "--channel", "p1")
+    assert r.returncode == 0 and "nothing to repair" in r.stdout
+    r = wal_cmd("dump", "--root", str(image), "--channel", "p1", "--json")
+    assert [x["id"] for x in map(json.loads, r.stdout.splitlines()) if x["type"] == "INSERT"] == ids
+
+
+def test_repair_rebuilds_a_missing_index(tmp_path: Path) -> None:
+    fill(tmp_path, n=60)
+    idx = sorted((tmp_path / "p1").glob("*.idx"))[0]
+    idx.unlink()
+    assert wal_cmd("verify", "--root", str(tmp_path)).returncode == 1
+    r = wal_cmd("repair", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 0 and f"rebuilt index: {idx}" in r.stdout
+    assert idx.exists() and wal_cmd("verify", "--root", str(tmp_path)).returncode == 0
+
+
+def test_repair_refused_while_a_writer_runs(tmp_path: Path) -> None:
+    fill(tmp_path, n=10)
+    p = start_writer(tmp_path, "p1", term=2)  # another process holds the WAL open for writing
+    try:
+        writer_append(p, 3, "x")
+        r = wal_cmd("repair", "--root", str(tmp_path), "--channel", "p1")
+        assert r.returncode == 1
+        assert "refusing to repair" in r.stderr and "writer holds its lock" in r.stderr
+        r = wal_cmd("verify", "--root", str(tmp_path))  # verify is fine next to a live writer
+        assert r.returncode == 0, r.stdout
+        writer_append(p, 3, "y")  # and the writer never noticed
+    finally:
+        stop_writer(p)
+    assert wal_cmd("repair", "--root", str(tmp_path), "--channel", "p1").returncode == 0
+
+
+def test_repair_refuses_damage_that_is_not_a_torn_tail(tmp_path: Path) -> None:
+    fill(tmp_path, n=60)
+    seg = _segments(tmp_path)[0]
+    with open(str(seg["path"]), "r+b") as f:
+        f.seek(DATA_START + 30)
+        f.write(b"\xff\xfe")
+    before = snapshot(tmp_path)
+    r = wal_cmd("repair", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 1 and "not repairable" in r.stderr
+    assert f"{seg['path']}: corrupted record at offset {DATA_START}" in r.stderr
+    # Records are never cut (recovery may clear the last segment's clean-close summary, in the header area).
+    after = snapshot(tmp_path)
+    assert after.keys() == before.keys()
+    assert all(after[k][DATA_START:] == before[k][DATA_START:] for k in before if k.endswith(".seg"))
+
+
+def test_verify_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+
+    from _cli_util import PY, child_env
+
+    fill(tmp_path, n=60)
+    r = wal_cmd("verify", "--root", str(tmp_path))
+    assert r.returncode == 0 and r.stderr == ""  # stderr is a pipe: no bar
+    leader, follower = pty.openpty()
+    try:
+        p = subprocess.run([PY, "-m", "wal", "verify", "--root", str(tmp_path)], stdout=subprocess.PIPE,
+                           stderr=follower, env=child_env(), timeout=60)
+        os.close(follower)
+        follower = -1
+        err = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO once the child side is closed
+                break
+            if not chunk:
+                break
+            err += chunk
+    finally:
+        if follower >= 0:
+            os.close(follower)
+        os.close(leader)
+    assert p.returncode == 0
+    assert b"verifying" in err and b"100%" in err

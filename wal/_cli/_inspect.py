@@ -1,0 +1,245 @@
+"""``info``, ``dump``, ``verify``, ``repair``: the on-disk commands, built on ``wal.walimpls.localfs.tools``.
+
+Only ``repair`` writes, and only with the channel's write lock held (so never under a running writer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from ..errors import CorruptedError, InvalidMessageIDError, WALLockedError
+from ..message import MessageID, unmarshal_message_id
+from ..walimpls.localfs import WAL_NAME
+from ..walimpls.localfs import tools as fstools
+from ._common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILURE,
+    MESSAGE_HEADER,
+    channel_dir_or_fail,
+    channel_option,
+    fail,
+    format_table,
+    message_line,
+    message_record,
+    reports_errors,
+    root_option,
+    time_of,
+)
+
+__all__ = ["dump", "info", "parse_message_id", "repair", "verify"]
+
+
+def parse_message_id(value: str, param_hint: str = "--from") -> MessageID:
+    try:
+        return unmarshal_message_id(WAL_NAME, value)
+    except InvalidMessageIDError as e:
+        raise click.BadParameter(f"{value!r} is not a localfs message ID ({e})", param_hint=param_hint) from None
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _tick(tt: int) -> str:
+    t = time_of(tt)
+    return f"{tt} ({t})" if t else str(tt)
+
+
+@click.command(epilog=EXIT_CODES_HELP, short_help="Channels, segments, IDs, time ticks, term, lock.")
+@root_option()
+@channel_option(required=False)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per channel instead of tables.")
+@reports_errors
+def info(root: str, channel: str | None, as_json: bool) -> None:
+    """Channels, segments, sizes, first/last message ID and time tick, term, and whether a writer holds the lock.
+
+    Read-only and safe while a writer appends.
+    """
+    if channel is not None:
+        channel_dir_or_fail(root, channel)
+    names = [channel] if channel is not None else fstools.list_channels(root)
+    if not names:
+        click.echo(f"no channels under {root}")
+        return
+    for k, name in enumerate(names):
+        ci = fstools.channel_info(root, name)
+        segs = ci.segments
+        nonempty = [s for s in segs if s.last_id >= s.first_id]
+        total_msgs = sum(s.last_id - s.first_id + 1 for s in nonempty)
+        total_bytes = sum(os.path.getsize(s.path) for s in segs if os.path.exists(s.path))
+        if as_json:
+            click.echo(json.dumps({
+                "channel": ci.name, "term": ci.term, "writer_locked": ci.writer_locked, "messages": total_msgs,
+                "bytes_on_disk": total_bytes,
+                "segments": [{"path": s.path, "first_id": s.first_id, "last_id": s.last_id,
+                              "first_time_tick": s.first_time_tick, "last_time_tick": s.last_time_tick,
+                              "bytes_used": s.bytes_used, "sealed": s.sealed} for s in segs],
+            }))
+            continue
+        if k:
+            click.echo()
+        writer = "yes (a writer holds the lock)" if ci.writer_locked else "no"
+        click.echo(f"channel {ci.name}")
+        click.echo(f"  term            {ci.term}")
+        click.echo(f"  writer running  {writer}")
+        click.echo(f"  segments        {len(segs)} ({_human_bytes(total_bytes)} on disk)")
+        click.echo(f"  messages        {total_msgs}")
+        if nonempty:
+            click.echo(f"  first message   id {nonempty[0].first_id}, tick {_tick(nonempty[0].first_time_tick)}")
+            last_tick = max(s.last_time_tick for s in nonempty)
+            click.echo(f"  last message    id {nonempty[-1].last_id}, tick {_tick(last_tick)}")
+        if segs:
+            rows = [
+                (os.path.basename(s.path), s.first_id, s.last_id if s.last_id >= s.first_id else "-",
+                 s.first_time_tick if s.last_id >= s.first_id else "-",
+                 s.last_time_tick if s.last_id >= s.first_id else "-", s.bytes_used,
+                 os.path.getsize(s.path) if os.path.exists(s.path) else "-", "yes" if s.sealed else "no")
+                for s in segs
+            ]
+            table = format_table(
+                ("segment", "first id", "last id", "first tick", "last tick", "bytes used", "file size", "sealed"),
+                rows, right=(False, True, True, True, True, True, True, False),
+            )
+            click.echo("\n".join("  " + line for line in table.splitlines()))
+
+
+@click.command(epilog=EXIT_CODES_HELP, short_help="Print stored messages (text or JSON lines).")
+@root_option()
+@channel_option(required=True)
+@click.option("--from", "from_id", metavar="ID", help="first message ID to show (inclusive; default: the oldest kept).")
+@click.option("--limit", type=click.IntRange(min=0), help="show at most N messages.", metavar="N")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: one object per message.")
+@click.option("--payload", type=click.Choice(["hex", "text"]), help="also show each payload, as hex or as UTF-8 text.")
+@reports_errors
+def dump(root: str, channel: str, from_id: str | None, limit: int | None, as_json: bool, payload: str | None) -> None:
+    """Messages as stored: ID, time tick, type, vchannel, properties, payload size (payload on request).
+
+    Shows the records of the log one by one (a transaction appears as its BEGIN_TXN, body and COMMIT_TXN
+    records; TIME_TICK records included). Stops at the end of the valid data; exits 1 at damage inside it.
+    Read-only and safe while a writer appends.
+    """
+    channel_dir_or_fail(root, channel)
+    start = parse_message_id(from_id) if from_id is not None else None
+    if not as_json:
+        click.echo(MESSAGE_HEADER)
+    n = 0
+    try:
+        if limit == 0:
+            return
+        for m in fstools.iter_messages(root, channel, start):
+            if as_json:
+                click.echo(json.dumps(message_record(m, payload), ensure_ascii=False))
+            else:
+                click.echo(message_line(m, payload))
+            n += 1
+            if limit is not None and n >= limit:
+                break
+    except CorruptedError as e:
+        raise fail(f"damaged record after {n} message(s): {e} (run `wal verify`)") from None
+    except BrokenPipeError:  # `wal dump ... | head`
+        _quiet_broken_pipe()
+
+
+def _quiet_broken_pipe() -> None:
+    # Python would print a second error while flushing stdout at exit; point stdout at /dev/null instead.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise click.exceptions.Exit(0)
+
+
+@click.command(epilog=EXIT_CODES_HELP, short_help="Check every record, index and summary (read-only).")
+@root_option()
+@channel_option(required=False)
+@click.option("--quiet", "-q", is_flag=True, help="print only the problems.")
+@reports_errors
+def verify(root: str, channel: str | None, quiet: bool) -> None:
+    """Check every record's checksum, each segment's header and summaries, each index, and the term file.
+
+    Prints each problem as FILE:OFFSET: WHAT. Exits 0 when everything is clean, 1 when anything is wrong.
+    Never changes a file; safe while a writer appends (bytes being written at that moment are not reported).
+    Shows a progress bar on stderr when stderr is a terminal.
+    """
+    if channel is not None:
+        channel_dir_or_fail(root, channel)
+    names = [channel] if channel is not None else fstools.list_channels(root)
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=max(total, 1), label="verifying", file=sys.stderr,
+                                    show_percent=True, show_pos=False)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    use_bar = sys.stderr.isatty() and not quiet
+    try:
+        problems = fstools.verify(root, channel, progress=progress if use_bar else None)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    for p in problems:
+        click.echo(str(p))
+    if not quiet:
+        segs = _count_segments(root, names)
+        what = f"{len(names)} channel(s), {segs} segment(s) under {root}"
+        if problems:
+            click.echo(f"{len(problems)} problem(s) in {what}", err=True)
+        else:
+            click.echo(f"ok: {what}, no problems" if names else f"ok: no channels under {root}")
+    if problems:
+        raise click.exceptions.Exit(EXIT_FAILURE)
+
+
+def _count_segments(root: str, names: list[str]) -> int:
+    n = 0
+    for name in names:
+        try:
+            n += sum(1 for f in os.listdir(os.path.join(root, name)) if f.endswith(".seg"))
+        except OSError:
+            pass
+    return n
+
+
+@click.command(epilog=EXIT_CODES_HELP, short_help="Cut a torn tail and rebuild indexes.")
+@root_option()
+@channel_option(required=True)
+@reports_errors
+def repair(root: str, channel: str) -> None:
+    """Cut a torn tail (bytes a crash left half written) and rebuild missing or wrong indexes and seal summaries.
+
+    Refuses, with exit 1, while a writer holds the channel's lock, and for damage that is not a torn tail (a bad
+    record followed by good ones: acknowledged data is never cut). Says what it cut, then verifies the channel.
+    """
+    channel_dir_or_fail(root, channel)
+    try:
+        report = fstools.repair(root, channel)
+    except WALLockedError:
+        raise fail(f"refusing to repair channel {channel!r}: a writer holds its lock (a process has it open for "
+                   "writing); stop that process first") from None
+    except CorruptedError as e:
+        raise fail(f"not repairable by cutting a torn tail: {e}") from None
+    if not report.changed:
+        click.echo(f"channel {channel}: nothing to repair")
+    for line in report.cut:
+        click.echo(f"cut: {line}")
+    for path in report.rebuilt_indexes:
+        click.echo(f"rebuilt index: {path}")
+    for path in report.sealed:
+        click.echo(f"wrote seal summary: {path}")
+    problems = fstools.verify(root, channel)
+    for p in problems:
+        click.echo(str(p))
+    if problems:
+        raise fail(f"{len(problems)} problem(s) remain after repair (see above)")
+    click.echo(f"channel {channel}: verify ok")
