@@ -22,9 +22,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from wal import OpenOption, PChannelInfo, ReadOption, registry  # noqa: E402
-from wal.message import MessageType, MutableMessage  # noqa: E402
-from wal.options import DeliverPolicy  # noqa: E402
+from wal import OpenOption, PChannelInfo, ReadOption, registry
+from wal.message import MessageType, MutableMessage
+from wal.options import DeliverPolicy
 
 PAYLOAD = b"x" * 100
 
