@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -25,7 +26,14 @@ def test_follower_in_another_process_gets_everything_in_order(tmp_path: Path) ->
         p = subprocess.Popen([PY, CHILD, "follow", str(tmp_path), "p1", str(n)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, env=child_env())
         assert p.stdout is not None
-        assert p.stdout.readline() == b"ready\n"
+        # Read "ready" byte by byte: a buffered readline could swallow the first records the follower prints, and
+        # communicate() below reads the raw pipe, so they would be lost to the test (not to the follower).
+        ready = b""
+        while not ready.endswith(b"\n"):
+            c = os.read(p.stdout.fileno(), 1)
+            assert c, "follower exited before it was ready"
+            ready += c
+        assert ready == b"ready\n"
         payloads = [f"early-{i}".encode() for i in range(100)]
         i = 0
         while len(payloads) < n:  # bursts and pauses: the follower must both catch up and wait
