@@ -5,7 +5,12 @@ persisted, and get time ticks, in call order), lets every batch reach the backen
 and serialises the time-tick bookkeeping so it needs no lock on the hot path.
 
 Queue entries are either one message with its own future (``append_async``) or a group with one future for the
-whole group (``append_messages``: no per-message future to build and complete).
+whole group (``append_messages``: no per-message future to build and complete). Futures are
+:class:`~._future.AppendFuture`: one shared condition, settled a batch at a time.
+
+A group submitted without a timeout while nothing is queued or running is run inline, in the caller's thread (a
+``busy`` flag keeps one batch at a time, whichever thread runs it): a synchronous ``append`` then costs no thread
+hand-off, which is most of the adaptor's latency at low rates.
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 from .._types import AppendResult
 from ..errors import ShutdownError, WALTimeoutError
 from ..message import MutableMessage
+from ._future import AppendFuture, complete_all, new_condition
 
 __all__ = ["AppendDispatcher", "BatchProcessor"]
 
@@ -27,7 +32,7 @@ BatchProcessor = Callable[[Sequence[MutableMessage]], list[AppendResult | BaseEx
 """Appends a batch and returns one outcome per message; must not raise (failures are per message)."""
 
 # (message, future of its AppendResult) or (messages, future of their list of AppendResult)
-_Entry = tuple[MutableMessage | Sequence[MutableMessage], "Future[Any]"]
+_Entry = tuple[MutableMessage | Sequence[MutableMessage], "AppendFuture[Any]"]
 
 
 class AppendDispatcher:
@@ -52,8 +57,11 @@ class AppendDispatcher:
         self._has_work = threading.Condition(self._lock)
         self._has_room = threading.Condition(self._lock)
         self._queue: deque[_Entry] = deque()
+        self._fcond = new_condition()  # shared by every future of this dispatcher
         self._inflight = 0  # messages queued or being processed
         self._idle = False  # the thread waits for work (producers notify only then)
+        self._busy = False  # a batch or the periodic work is running (in the thread, or inline in a caller)
+        self._waits_for_inline = False  # the thread waits (with no deadline) for an inline batch to end
         self._room_waiters = 0
         self._closing = False
         self._abort = False
@@ -78,27 +86,46 @@ class AppendDispatcher:
 
     def submit_group(
         self, msgs: Sequence[MutableMessage], timeout: float | None = None
-    ) -> Future[list[AppendResult]]:
+    ) -> AppendFuture[list[AppendResult]]:
         """Queue ``msgs`` together, in order; the future holds their results (or the first error)."""
-        fut: Future[list[AppendResult]] = Future()
+        fut: AppendFuture[list[AppendResult]] = AppendFuture(self._fcond)
         deadline = None if timeout is None else time.monotonic() + timeout
+        n = len(msgs)
         with self._lock:
-            self._admit(len(msgs), deadline)
-            self._queue.append((msgs, fut))
-            self._inflight += len(msgs)
-            if self._idle:
-                self._has_work.notify()
+            self._admit(n, deadline)
+            self._inflight += n
+            # Nothing queued or running, and the caller will wait anyway: run the batch in this thread, which
+            # saves two thread hand-offs (to the append thread and back). Order is kept: everything submitted
+            # before is finished. Only without a timeout: inline, the caller could not stop waiting early.
+            inline = timeout is None and not self._busy and not self._queue and self._ready.is_set()
+            if inline:
+                self._busy = True
+            else:
+                self._queue.append((msgs, fut))
+                if self._idle:  # one wake-up: until the thread runs, later producers see it as not idle
+                    self._idle = False
+                    self._has_work.notify()
+        if inline:
+            try:
+                self._run_batch([(msgs, fut)], n)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    if self._idle and (self._queue or self._waits_for_inline):  # else it sleeps on
+                        self._idle = False
+                        self._has_work.notify()
         return fut
 
-    def submit_one(self, msg: MutableMessage) -> Future[AppendResult]:
+    def submit_one(self, msg: MutableMessage) -> AppendFuture[AppendResult]:
         """Queue one message (the ``append_async`` hot path); blocks while too many appends are in flight."""
-        fut: Future[AppendResult] = Future()
+        fut: AppendFuture[AppendResult] = AppendFuture(self._fcond)
         with self._lock:
             if self._closing or self._inflight >= self._max_inflight:
                 self._admit(1, None)
             self._queue.append((msg, fut))
             self._inflight += 1
-            if self._idle:
+            if self._idle:  # one wake-up: until the thread runs, later producers see it as not idle
+                self._idle = False
                 self._has_work.notify()
         return fut
 
@@ -121,13 +148,19 @@ class AppendDispatcher:
         queue = self._queue
         while True:
             with self._lock:
-                while not queue and not self._closing and self._triggered is None:
-                    left = next_tick - time.monotonic()
-                    if left <= 0:
-                        break
+                while True:
+                    left: float | None = None  # while a caller runs a batch inline: until it is done
+                    if not self._busy:
+                        if queue or self._closing or self._triggered is not None:
+                            break
+                        left = next_tick - time.monotonic()
+                        if left <= 0:
+                            break
                     self._idle = True
+                    self._waits_for_inline = left is None
                     self._has_work.wait(left)
                     self._idle = False
+                self._busy = True
                 if self._abort:
                     self._fail_queued()
                     return
@@ -139,46 +172,53 @@ class AppendDispatcher:
                     n += 1 if isinstance(e[0], MutableMessage) else len(e[0])
                 stop = self._closing and not queue
                 trig, self._triggered = self._triggered, None
-            if batch:
-                self._run_batch(batch, n)
-            now = time.monotonic()
-            if self._periodic is not None and (trig is not None or now >= next_tick):
-                try:
-                    self._periodic(bool(trig))
-                except Exception:  # a failed tick must not kill appends; the next one retries
-                    pass
-                next_tick = now + self._period
+            try:
+                if batch:
+                    self._run_batch(batch, n)
+                now = time.monotonic()
+                if self._periodic is not None and (trig is not None or now >= next_tick):
+                    try:
+                        self._periodic(bool(trig))
+                    except Exception:  # a failed tick must not kill appends; the next one retries
+                        pass
+                    next_tick = now + self._period
+            finally:
+                with self._lock:
+                    self._busy = False
             if stop:
                 return
 
     def _run_batch(self, batch: list[_Entry], n: int) -> None:
         msgs: list[MutableMessage] = []
+        groups = False
         for m, _ in batch:
             if isinstance(m, MutableMessage):
                 msgs.append(m)
             else:
                 msgs.extend(m)
+                groups = True
         try:
             outcomes = self._process(msgs)
         except BaseException as e:  # the processor promised not to raise; fail the batch rather than hang callers
             outcomes = [e] * len(msgs)
-        i = 0
-        for m, fut in batch:
-            if isinstance(m, MutableMessage):
-                out = outcomes[i]
-                i += 1
-                if isinstance(out, BaseException):
-                    fut.set_exception(out)
-                else:
-                    fut.set_result(out)
-                continue
-            group = outcomes[i : i + len(m)]
-            i += len(m)
-            err = next((o for o in group if isinstance(o, BaseException)), None)
-            if err is not None:
-                fut.set_exception(err)
-            else:
-                fut.set_result(group)
+        if not groups:  # only single messages (the append_async case): outcomes map one to one
+            futs = [f for _, f in batch]
+            settled: list[object] = outcomes  # type: ignore[assignment]
+        else:
+            futs = []
+            settled = []
+            i = 0
+            for m, fut in batch:
+                futs.append(fut)
+                if isinstance(m, MutableMessage):
+                    settled.append(outcomes[i])
+                    i += 1
+                    continue
+                group = outcomes[i : i + len(m)]
+                i += len(m)
+                err = next((o for o in group if isinstance(o, BaseException)), None)
+                settled.append(err if err is not None else group)
+        complete_all(self._fcond, futs, settled)
         with self._lock:
             self._inflight -= n
             if self._room_waiters:
@@ -186,10 +226,12 @@ class AppendDispatcher:
 
     def _fail_queued(self) -> None:
         err = ShutdownError("wal is closed")
+        futs: list[AppendFuture[Any]] = []
         while self._queue:
             m, fut = self._queue.popleft()
-            fut.set_exception(err)
+            futs.append(fut)
             self._inflight -= 1 if isinstance(m, MutableMessage) else len(m)
+        complete_all(self._fcond, futs, [err] * len(futs))
         self._has_room.notify_all()
 
     def close(self, drain: bool = True) -> None:

@@ -270,7 +270,7 @@ class WALAdaptor(ROWALAdaptor):
             return [self._fenced] * len(msgs)
         persisted = [m for m in msgs if not m.not_persisted]
         try:
-            ids = iter(self._wimpls.append_batch(persisted) if persisted else ())
+            got = self._wimpls.append_batch(persisted) if persisted else []
         except FencedError as e:
             # A newer term owns the channel: writing is over for this WAL (readers keep working).
             self._fenced = e
@@ -278,6 +278,9 @@ class WALAdaptor(ROWALAdaptor):
             return [e] * len(msgs)
         except Exception as e:
             return [e] * len(msgs)
+        if len(got) == len(msgs):
+            return list(got)
+        ids = iter(got)
         out: list[AppendOutcome] = []
         for m in msgs:
             if m.not_persisted:
@@ -294,12 +297,13 @@ class WALAdaptor(ROWALAdaptor):
         outcomes = self._chain.do_append_batch(msgs, self._final_batch)
         self._after_batch()
         out: list[AppendResult | BaseException] = []
+        add = out.append
         for m, o in zip(msgs, outcomes, strict=True):
             if isinstance(o, BaseException):
-                out.append(o)
+                add(o)
             else:
-                lc = o if m.last_confirmed_is_self else m.last_confirmed_message_id
-                out.append(AppendResult(o, m.time_tick, lc if lc is not None else o, m.txn_ctx, None))
+                lc = m.last_confirmed_message_id  # None when it is the message's own ID
+                add(AppendResult(o, m.time_tick, o if lc is None else lc, m.txn_ctx, None))
         return out
 
     @staticmethod

@@ -12,6 +12,13 @@ from ._errors import EvictedError, TimeTickViolationError
 
 __all__ = ["WABQueue", "WABSnapshot"]
 
+
+def _size(m: ImmutableMessage) -> int:
+    """``m.estimate_size()`` without its cost for the usual message with no properties (the hot path pushes
+    every appended message): ``estimate_size`` builds a generator and a read-only view per call.
+    """
+    return m.estimate_size() if m._props else len(m.payload)
+
 # Evicted entries are kept in the lists until they are at least this many and half of the lists: compaction
 # copies the live tail into new lists, so its cost is amortised over the evictions that caused it.
 _COMPACT_MIN = 64
@@ -78,7 +85,7 @@ class WABQueue:
         self._append(first)
 
     def _append(self, msg: ImmutableMessage) -> None:
-        size = msg.estimate_size()
+        size = _size(msg)
         self._msgs.append(msg)
         self._tts.append(msg.time_tick)
         self._sizes.append(size)
@@ -100,7 +107,7 @@ class WABQueue:
                 )
             tts.append(tt)
             last = tt
-        sizes = [m.estimate_size() for m in msgs]
+        sizes = [_size(m) for m in msgs]
         self._msgs.extend(msgs)
         self._tts.extend(tts)
         self._sizes.extend(sizes)

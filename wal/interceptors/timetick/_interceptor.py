@@ -63,6 +63,49 @@ class TimeTickInterceptor:
         return batch_to_single(lambda ms: self.do_append_batch(ms, as_batch))(msg)
 
     def do_append_batch(self, msgs: Sequence[MutableMessage], next: BatchAppendFunc) -> list[AppendOutcome]:
+        for m in msgs:
+            if m.txn_ctx is not None or m.barrier_time_tick or m.message_type in _SPECIAL:
+                return self._append_mixed(msgs, next)
+        return self._append_plain(msgs, next) if msgs else []
+
+    def _append_plain(self, msgs: Sequence[MutableMessage], next: BatchAppendFunc) -> list[AppendOutcome]:
+        """The common case, a batch of plain messages only (no txn, barrier or system type): one run, one acker
+        (see :meth:`_stamp_run`), ticks allocated at once, no per-message bookkeeping entries.
+        """
+        n = len(msgs)
+        tt = self._clock.allocate_many(n - 1) if n > 1 else 0
+        acker = self._ack.allocate()
+        lc = acker.last_confirmed_message_id
+        last = msgs[-1]
+        for m in msgs:
+            m.time_tick = tt
+            tt += 1
+            m.with_last_confirmed(lc)
+        last.time_tick = acker.timestamp
+        try:
+            results = next(msgs)
+        except Exception as e:  # an inner interceptor that raises must not leave the acker (and ticks) stuck
+            results = [e] * n
+        written = self._written
+        newest: dict[str, MutableMessage] = {}
+        last_ok: ImmutableMessage | None = None
+        err: BaseException | None = None
+        for m, r in zip(msgs, results, strict=True):
+            if isinstance(r, BaseException):
+                err = r
+                continue
+            last_ok = m.into_immutable(r)
+            written.append(last_ok)
+            newest[m.vchannel] = m
+        if last_ok is not None:
+            acker.ack(message=last_ok)
+        else:
+            acker.ack(error=err)
+        for m in newest.values():
+            self._mvcc.update_mvcc(m)
+        return results
+
+    def _append_mixed(self, msgs: Sequence[MutableMessage], next: BatchAppendFunc) -> list[AppendOutcome]:
         out: list[AppendOutcome | None] = [None] * len(msgs)
         seg: list[_Entry] = []
         run: list[tuple[int, MutableMessage]] = []  # consecutive plain messages share one acker

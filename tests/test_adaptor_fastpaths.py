@@ -1,0 +1,205 @@
+"""The append hot path's shortcuts: the shared-condition future completed in bulk, inline group appends,
+ticks allocated per batch, and the write-ahead buffer's cheap checks. Each must behave as the slow path did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from wal import OpenOption, PChannelInfo, registry
+from wal._types import AppendResult
+from wal.adaptor._dispatcher import AppendDispatcher
+from wal.adaptor._future import AppendFuture, complete_all, new_condition
+from wal.errors import WALError
+from wal.interceptors.timetick import HybridClock
+from wal.message import IntMessageID, MessageType, MutableMessage
+from wal.utility import WriteAheadBuffer
+
+
+class ID(IntMessageID):
+    WAL_NAME = "fasttest"
+
+
+def m(i: int, vchannel: str = "v1") -> MutableMessage:
+    return MutableMessage(MessageType.INSERT, b"%d" % i, None, vchannel)
+
+
+# -- AppendFuture ------------------------------------------------------------------------------------------------
+def test_future_results_errors_timeouts_and_no_cancel() -> None:
+    c = new_condition()
+    ok, bad, late = AppendFuture[int](c), AppendFuture[int](c), AppendFuture[int](c)
+    assert isinstance(ok, cf.Future) and ok.running() and not ok.done()
+    assert not ok.cancel()  # queued appends cannot be withdrawn
+    complete_all(c, [ok, bad], [7, ValueError("boom")])
+    assert ok.done() and ok.result() == 7 and ok.exception() is None
+    with pytest.raises(ValueError, match="boom"):
+        bad.result()
+    assert isinstance(bad.exception(), ValueError)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        late.result(0.05)  # other futures' wake-ups must not end the wait early or late
+    assert time.monotonic() - t0 >= 0.04
+    complete_all(c, [ok, late], [99, 3])  # a finished future is never settled twice
+    assert ok.result() == 7 and late.result() == 3
+
+
+def test_future_wakes_waiter_despite_other_futures_notifying() -> None:
+    c = new_condition()
+    target, other = AppendFuture[int](c), AppendFuture[int](c)
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(target.result(5)))
+    t.start()
+    time.sleep(0.02)
+    complete_all(c, [other], [1])  # wakes the waiter, whose future is not done: it must wait on
+    time.sleep(0.02)
+    assert not got
+    complete_all(c, [target], [2])
+    t.join(5)
+    assert got == [2]
+
+
+def test_future_callbacks_wait_as_completed_and_asyncio() -> None:
+    c = new_condition()
+    a, b = AppendFuture[int](c), AppendFuture[int](c)
+    seen: list[int] = []
+    a.add_done_callback(lambda f: seen.append(f.result()))
+    threading.Timer(0.02, lambda: complete_all(c, [a, b], [1, 2])).start()
+    done, not_done = cf.wait([a, b], timeout=5)
+    assert done == {a, b} and not not_done and seen == [1]
+    b.add_done_callback(lambda f: seen.append(f.result()))  # already done: runs at once
+    assert seen == [1, 2]
+    x, y = AppendFuture[int](c), AppendFuture[int](c)
+    threading.Timer(0.02, lambda: complete_all(c, [y, x], [20, 10])).start()
+    pair: list[cf.Future[int]] = [x, y]
+    assert sorted(f.result() for f in cf.as_completed(pair, timeout=5)) == [10, 20]
+
+    z = AppendFuture[int](c)
+
+    async def main() -> int:
+        threading.Timer(0.02, lambda: complete_all(c, [z], [5])).start()
+        return await asyncio.wrap_future(z)
+
+    assert asyncio.run(main()) == 5
+
+
+# -- dispatcher: inline groups --------------------------------------------------------------------------------------
+def test_group_runs_inline_when_idle_and_queued_when_busy() -> None:
+    threads: list[str] = []
+    gate = threading.Event()
+
+    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+        threads.append(threading.current_thread().name)
+        if ms[0].payload == b"slow":
+            gate.wait(5)
+        return [AppendResult(ID(int(x.payload) if x.payload != b"slow" else 0)) for x in ms]
+
+    ready = threading.Event()
+    ready.set()
+    d = AppendDispatcher("t", process, max_inflight=100, max_batch=64, ready=ready, period=10)
+    try:
+        f = d.submit_group([m(1), m(2)])
+        assert f.done() and [r.message_id for r in f.result()] == [ID(1), ID(2)]
+        assert threads == [threading.current_thread().name]  # no hop to the append thread
+        slow = MutableMessage(MessageType.INSERT, b"slow")
+        t = threading.Thread(target=lambda: d.submit_group([slow]).result(5), name="slow-caller")
+        t.start()
+        time.sleep(0.05)
+        queued = d.submit_one(m(3))  # arrives while the inline batch runs: the append thread takes it after
+        g = d.submit_group([m(4)], timeout=5)  # with a timeout: always queued
+        gate.set()
+        assert queued.result(5).message_id == ID(3) and g.result(5)[0].message_id == ID(4)
+        t.join(5)
+        assert threads[1] == "slow-caller" and all(n.startswith("wal-append-") for n in threads[2:])
+    finally:
+        d.close()
+
+
+# -- ticks ------------------------------------------------------------------------------------------------------
+def test_allocate_many_is_consecutive_and_above_everything_before() -> None:
+    c = HybridClock(0, now_ms=lambda: 1000)
+    a = c.allocate()
+    first = c.allocate_many(5)
+    assert first == a + 1
+    assert c.allocate() == first + 5
+    assert c.last_time_tick == first + 5
+
+
+@pytest.fixture
+def full_wal(tmp_path: object) -> Iterator[object]:
+    opener = registry.must_get_builder("localfs").build(root=str(tmp_path), sync="never")
+    try:
+        w = opener.open(OpenOption(channel=PChannelInfo("fast", 1)))
+        try:
+            yield w
+        finally:
+            w.close()
+    finally:
+        opener.close()
+
+
+def test_pipelined_appends_keep_call_order_and_strict_ticks(full_wal: object) -> None:
+    w = full_wal
+    futs = [w.append_async(m(i, f"v{i % 3}")) for i in range(3000)]  # type: ignore[attr-defined]
+    rs = [f.result(10) for f in futs]
+    ticks = [r.time_tick for r in rs]
+    ids = [r.message_id for r in rs]
+    assert ticks == sorted(ticks) and len(set(ticks)) == len(ticks)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(r.last_confirmed_message_id <= r.message_id for r in rs)
+    r = w.append(m(5000))  # type: ignore[attr-defined]
+    assert r.time_tick > ticks[-1] and r.message_id > ids[-1]
+    for v in ("v0", "v1", "v2"):  # the MVCC view saw each vchannel's newest write of the batch path
+        newest = max(t for i, t in enumerate(ticks) if f"v{i % 3}" == v)
+        assert w.get_latest_mvcc_timestamp(v) >= newest  # type: ignore[attr-defined]
+
+
+def test_concurrent_sync_and_async_appenders_each_keep_their_order(full_wal: object) -> None:
+    w = full_wal
+    per: dict[int, list[AppendResult]] = {}
+
+    def worker(k: int) -> None:
+        out: list[AppendResult] = []
+        for i in range(200):
+            if k % 2:
+                out.append(w.append(m(i)))  # type: ignore[attr-defined]
+            else:
+                out.append(w.append_async(m(i)).result(10))  # type: ignore[attr-defined]
+        per[k] = out
+
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert len(per) == 6
+    every = [r.time_tick for out in per.values() for r in out]
+    assert len(set(every)) == len(every)
+    for out in per.values():
+        assert [r.time_tick for r in out] == sorted(r.time_tick for r in out)
+
+
+# -- write-ahead buffer checks ------------------------------------------------------------------------------------
+def _imm(tt: int, mtype: MessageType = MessageType.INSERT) -> object:
+    x = MutableMessage(mtype, b"p")
+    x.with_time_tick(tt)
+    if mtype is MessageType.TIME_TICK:
+        x.with_last_confirmed_use_message_id()
+    return x.into_immutable(ID(tt))
+
+
+def test_wab_rejects_messages_outside_the_tick_range_or_out_of_order() -> None:
+    wab = WriteAheadBuffer("t", 1 << 20, 60.0, _imm(10, MessageType.TIME_TICK))  # type: ignore[arg-type]
+    tick = _imm(20, MessageType.TIME_TICK)
+    for bad in ([_imm(5)], [_imm(12), _imm(25)], [_imm(15), _imm(12), _imm(18)]):
+        with pytest.raises(WALError):
+            wab.append(bad, tick)  # type: ignore[arg-type]
+        assert len(wab) == 1  # unchanged
+    wab.append([_imm(12), _imm(15)], tick)  # type: ignore[list-item, arg-type]
+    assert len(wab) == 4
+    assert wab.size == 4  # four 1-byte payloads, no properties: sizes come from the cheap path
