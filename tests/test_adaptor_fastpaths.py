@@ -203,3 +203,31 @@ def test_wab_rejects_messages_outside_the_tick_range_or_out_of_order() -> None:
     wab.append([_imm(12), _imm(15)], tick)  # type: ignore[list-item, arg-type]
     assert len(wab) == 4
     assert wab.size == 4  # four 1-byte payloads, no properties: sizes come from the cheap path
+
+
+def test_same_message_object_twice_in_one_batch_gets_two_ticks() -> None:
+    """Stamping is in place; one object appended twice in one group must still get two distinct, increasing ticks,
+    and the WAL must keep working afterwards."""
+    from wal import OpenOption, PChannelInfo, ReadOption, registry
+    from wal.message import MessageType, MutableMessage
+
+    op = registry.must_get_builder("memory").build()
+    try:
+        w = op.open(OpenOption(PChannelInfo("dup", 1)))
+        m = MutableMessage(MessageType.INSERT, b"same", vchannel="v1")
+        rs = w.append_messages([m, m, m])
+        assert rs[0].time_tick < rs[1].time_tick < rs[2].time_tick
+        futs = [w.append_async(m) for _ in range(50)]
+        ticks = [f.result(timeout=10).time_tick for f in futs]
+        assert ticks == sorted(set(ticks))
+        after = w.append(MutableMessage(MessageType.INSERT, b"after", vchannel="v1"))
+        with w.read(ReadOption()) as s:
+            got = []
+            while len(got) < 54:
+                x = s.recv(timeout=5)
+                if x.message_type is MessageType.INSERT:
+                    got.append(x)
+        assert [bytes(x.payload) for x in got] == [b"same"] * 53 + [b"after"]
+        assert got[-1].message_id == after.message_id
+    finally:
+        op.close()

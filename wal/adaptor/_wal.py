@@ -292,7 +292,14 @@ class WALAdaptor(ROWALAdaptor):
 
     def _process_batch(self, msgs: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
         term = self._term
-        for m in msgs:
+        seen: set[int] = set()
+        for i, m in enumerate(msgs):
+            if id(m) in seen:
+                # The same object appended twice in one batch: stamping is in place, so without a copy both would
+                # carry the later tick and the write-ahead buffer would see time go backwards.
+                msgs = list(msgs)
+                msgs[i] = m = m.copy()
+            seen.add(id(m))
             m.wal_term = term
         outcomes = self._chain.do_append_batch(msgs, self._final_batch)
         self._after_batch()

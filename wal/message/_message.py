@@ -167,6 +167,15 @@ class MutableMessage:
     def estimate_size(self) -> int:
         return len(self.payload) + sum(len(k) + len(v) for k, v in self.properties.items())
 
+    def copy(self) -> MutableMessage:
+        """An independent copy (the payload object is shared): the WAL stamps copies when one object is appended
+        twice in one batch, so each append keeps its own time tick."""
+        c = MutableMessage.__new__(MutableMessage)
+        for name in MutableMessage.__slots__:
+            setattr(c, name, getattr(self, name))
+        c.properties = dict(self.properties)
+        return c
+
     # -- conversions ---------------------------------------------------------------------------------------------
     def into_immutable(self, message_id: MessageID) -> ImmutableMessage:
         """The message as it was stored under ``message_id`` (properties are copied, the payload is shared)."""
