@@ -109,3 +109,30 @@ def test_cli_verbose_flag_configures_logging(tmp_path: object) -> None:
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=e, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "True", "1"]
+
+
+def test_the_library_updates_the_global_metrics() -> None:
+    """Appends and scanner lag are counted by the adaptor itself (not only by callers of the metrics API)."""
+    from wal import OpenOption, PChannelInfo, ReadOption, registry
+    from wal._metrics import metrics
+    from wal.message import MessageType, MutableMessage
+
+    assert metrics.enabled
+    reg = prometheus_client.REGISTRY
+
+    def val(name: str) -> float:
+        return reg.get_sample_value(name) or 0.0
+
+    a0, b0, l0 = val("wal_appends_total"), val("wal_append_bytes_total"), val("wal_scanner_lag_seconds_count")
+    op = registry.must_get_builder("memory").build()
+    try:
+        w = op.open(OpenOption(PChannelInfo("metrics", 1)))
+        w.append_messages([MutableMessage(MessageType.INSERT, b"0123456789", vchannel="v") for _ in range(5)])
+        with w.read(ReadOption()) as s:
+            for _ in range(3):
+                s.recv(timeout=5)
+    finally:
+        op.close()
+    assert val("wal_appends_total") - a0 == 5
+    assert val("wal_append_bytes_total") - b0 == 50
+    assert val("wal_scanner_lag_seconds_count") - l0 >= 3

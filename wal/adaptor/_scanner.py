@@ -22,9 +22,10 @@ from collections import deque
 from collections.abc import Callable
 
 from .._interfaces import Scanner
+from .._metrics import metrics
 from .._types import PChannelInfo, ReadOption
 from ..errors import CorruptedError, ShutdownError, WALTimeoutError
-from ..message import ImmutableMessage, MessageType
+from ..message import ImmutableMessage, MessageType, physical_ms
 from ..options import DeliverPolicy, DeliverPolicyKind, filter_func
 from ..utility import (
     DuplicateMessageError,
@@ -119,7 +120,10 @@ class ScannerAdaptor(Scanner):
             tried = False  # recv(0) still looks once at what the source already has
             while True:
                 if pending:
-                    return pending.popleft()
+                    m = pending.popleft()
+                    if metrics.enabled:  # lag: from the message's hybrid time tick (append time) to now
+                        metrics.scanner_lag_seconds.observe(max(0.0, time.time() - physical_ms(m.time_tick) / 1000))
+                    return m
                 if self._closing.is_set():
                     if self._error is not None:
                         raise self._error

@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from .._interfaces import WAL, Scanner, Txn
+from .._metrics import metrics
 from .._types import AccessMode, AppendResult, PChannelInfo, ReadOption
 from ..errors import (
     AccessModeError,
@@ -311,6 +312,10 @@ class WALAdaptor(ROWALAdaptor):
             else:
                 lc = m.last_confirmed_message_id  # None when it is the message's own ID
                 add(AppendResult(o, m.time_tick, o if lc is None else lc, m.txn_ctx, None))
+        if metrics.enabled:
+            stored = [m for m, o in zip(msgs, outcomes, strict=True) if not isinstance(o, BaseException)]
+            metrics.appends.inc(len(stored))
+            metrics.append_bytes.inc(sum(len(m.payload) for m in stored))
         return out
 
     @staticmethod
