@@ -32,7 +32,12 @@ such a view stays valid as long as the message object (it keeps the map alive), 
 the file. Use ``bytes(m.payload)`` for a copy. A read-only WAL (``AccessMode.RO``, this process or another)
 follows the writer: woken by the writer of the same opener, by watchdog (inotify) events, and by polling with
 backoff (at most 50 ms), so a lost event costs latency, never a message. A follower in another process may see a
-record as soon as it is written, which with ``sync="always"`` is at most one ``fdatasync`` ahead of durable.
+record as soon as it is written, which with ``sync="always"`` is at most one ``fdatasync`` ahead of durable. It
+raises :class:`~wal.errors.CorruptedError` at a bad record of the active segment that a valid record follows, and
+its ``last_time_tick()`` is the largest tick stored (read from summaries and indexes, not by a scan).
+
+A reader given a vchannel (``ReadOption.vchannel``) skips sealed segments whose bloom filter holds neither that
+vchannel nor broadcast data; time ticks are not in the filters (``docs/FORMAT.md``).
 
 Message IDs (:class:`LocalFSMessageID`): the record's sequence number in its channel (1, 2, 3...), marshalled
 in decimal.

@@ -174,6 +174,13 @@ class Summary:
 
 
 # -- bloom filter of vchannels ----------------------------------------------------------------------------------------
+# Records of this type are left out of a segment's bloom filter. Every segment holds broadcast time ticks, so
+# counting them as broadcast ("") content would keep every segment from being skipped; a reader of one vchannel
+# can do without the ticks of a skipped segment (later ticks release whatever it holds). Broadcast *data*
+# (vchannel "", any other type) is still added as "", so a segment holding it is never skipped.
+BLOOM_EXCLUDED_TYPE = int(MessageType.TIME_TICK)
+
+
 def bloom_positions(vchannel: str) -> tuple[int, ...]:
     h1, h2 = mmh3.hash64(vchannel.encode("utf-8"), signed=False)
     return tuple((h1 + i * h2) % BLOOM_BITS for i in range(BLOOM_K))
@@ -378,7 +385,7 @@ def scan_segment(
     crc = crc32c
     try:
         while pos + REC_HEADER_SIZE <= limit:
-            c, body_len, magic, _fl, _mt, meta_len, mid, tt = unpack_header(mv, pos)
+            c, body_len, magic, _fl, mt, meta_len, mid, tt = unpack_header(mv, pos)
             end = pos + REC_HEADER_SIZE + body_len
             if magic != REC_MAGIC or meta_len > body_len or end > limit or crc(mv[pos + 4 : end]) != c:
                 res.stop_reason = "end of data" if is_zero_header(mv, pos, limit) else "invalid record"
@@ -393,17 +400,18 @@ def scan_segment(
             if pos - last_indexed >= INDEX_INTERVAL:
                 index.append((mid, max_tt, pos))
                 last_indexed = pos
-            _wt, lc_kind, mflags, vch_len, _pl = unpack_meta(mv, pos + REC_HEADER_SIZE)
-            if vch_len and (lc_kind == LC_ID or mflags):
-                vch = record_vchannel(mv, pos).encode("utf-8")
-            elif vch_len:
-                p = pos + REC_HEADER_SIZE + META_FIXED_SIZE
-                vch = mv[p : p + vch_len].tobytes()
-            else:
-                vch = b""
-            if vch not in bloom_seen:
-                bloom_seen.add(vch)
-                bloom_add(res.bloom, bloom_positions(vch.decode("utf-8", "replace")))
+            if mt != BLOOM_EXCLUDED_TYPE:  # time ticks are not bloom content
+                _wt, lc_kind, mflags, vch_len, _pl = unpack_meta(mv, pos + REC_HEADER_SIZE)
+                if vch_len and (lc_kind == LC_ID or mflags):
+                    vch = record_vchannel(mv, pos).encode("utf-8")
+                elif vch_len:
+                    p = pos + REC_HEADER_SIZE + META_FIXED_SIZE
+                    vch = mv[p : p + vch_len].tobytes()
+                else:
+                    vch = b""
+                if vch not in bloom_seen:
+                    bloom_seen.add(vch)
+                    bloom_add(res.bloom, bloom_positions(vch.decode("utf-8", "replace")))
             res.records += 1
             next_id = mid + 1
             pos += (REC_HEADER_SIZE + body_len + 7) & ~7

@@ -153,7 +153,10 @@ class LocalFSOpener(OpenerImpls):
         fops = self._fops
         ch = opt.channel
         lock_path = os.path.join(chdir, LOCK_NAME)
-        lock_fd = fops.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            lock_fd = fops.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise WALIOError(f"localfs: opening channel {ch.name!r} failed: {e}") from e
         try:
             try:
                 fops.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -18,6 +18,7 @@ from ._fileops import FileOps
 from ._format import (
     CLOSE_MAGIC,
     CLOSE_OFF,
+    DATA_START,
     IDX_HEADER,
     IDX_TRAILER,
     INDEX_SUFFIX,
@@ -32,6 +33,7 @@ from ._format import (
     ScanResult,
     SegmentHeader,
     Summary,
+    check_record,
     find_valid_record_after,
     index_file_bytes,
     index_name,
@@ -45,7 +47,7 @@ from ._format import (
 )
 from ._state import SegmentState
 
-__all__ = ["Recovered", "list_segments", "read_term", "recover", "write_term"]
+__all__ = ["Recovered", "list_segments", "read_term", "recover", "stored_max_time_tick", "write_term"]
 
 log = logging.getLogger("wal.localfs")
 
@@ -294,3 +296,48 @@ def _recover_tail(
             fops.pwrite_all(fd, ZERO_SUMMARY, CLOSE_OFF)
             fops.fdatasync(fd)
     return st
+
+
+def stored_max_time_tick(fops: FileOps, chdir: str) -> int:
+    """The largest time tick stored in a channel, without the write lock and without scanning sealed segments.
+
+    Sealed segments: their seal summaries. The unsealed tail: from its last index entry that the data confirms
+    (entries carry the running maximum), walking the records after it. Safe while a writer appends: the answer
+    covers at least what was written when the walk passed, and never counts bytes that fail their checksum.
+    """
+    best = 0
+    for fid, path in list_segments(fops, chdir):
+        try:
+            fd = fops.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # deleted by retention meanwhile
+        try:
+            seal = Summary.unpack(fops.pread(fd, SUMMARY.size, SEAL_OFF), 0, SEAL_MAGIC)
+            size = fops.fstat_size(fd)
+            mm = fops.mmap(fd, size) if seal is None and size > DATA_START else None
+        finally:
+            fops.close(fd)
+        if seal is not None:
+            best = max(best, seal.max_tt)
+        elif mm is not None:
+            best = max(best, _walk_max_tt(fops, path, fid, memoryview(mm)))
+    return best
+
+
+def _walk_max_tt(fops: FileOps, path: str, first_id: int, mv: memoryview) -> int:
+    limit = len(mv)
+    pos, expect, tt = DATA_START, first_id, 0
+    idx = load_index(fops, path, first_id, None)
+    for mid, e_tt, e_pos in reversed(idx.entries if idx is not None else []):
+        r = check_record(mv, e_pos, limit)
+        if r is not None and r[1] == mid:
+            pos, expect, tt = e_pos, mid, e_tt
+            break
+    while True:
+        r = check_record(mv, pos, limit)
+        if r is None or r[1] != expect:
+            return tt
+        if r[2] > tt:
+            tt = r[2]
+        pos += r[0]
+        expect += 1

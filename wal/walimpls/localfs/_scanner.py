@@ -45,6 +45,7 @@ from ._format import (
     crc32c,
     decode_meta,
     decode_properties,
+    find_valid_record_after,
     is_zero_header,
     scan_segment,
 )
@@ -177,7 +178,11 @@ class _DSeg:
             except FileNotFoundError:
                 return None
             try:
-                mv = self._mv = memoryview(self.fops.mmap(fd, self.fops.fstat_size(fd)))
+                size = self.fops.fstat_size(fd)
+                if size < DATA_START:  # segments get their full size before their name: this one was cut
+                    raise CorruptedError(f"{self.path}: segment file is only {size} bytes", path=self.path,
+                                         offset=size)
+                mv = self._mv = memoryview(self.fops.mmap(fd, size))
             finally:
                 self.fops.close(fd)
         return mv
@@ -190,6 +195,11 @@ class _DSeg:
             self._summary = Summary.unpack(mv, SEAL_OFF, SEAL_MAGIC)
         s = self._summary
         if s is not None:
+            if not DATA_START <= s.data_end <= len(mv):
+                raise CorruptedError(
+                    f"{self.path}: seal summary says the data ends at {s.data_end}, the file has {len(mv)} bytes",
+                    path=self.path, offset=min(s.data_end, len(mv)),
+                )
             return s.data_end, True, True, s.last_id
         return len(mv), False, False, -1
 
@@ -296,9 +306,10 @@ class LocalFSScanner(ScannerImpls):
         self._lock = threading.Lock()  # one reader at a time; close() does not take it
         self._policy = opt.deliver_policy
         self._vch_cache: dict[bytes, str] = {}
-        # A hint some callers add (not part of the generic ReadOption): segments that cannot hold this vchannel
-        # nor broadcast messages are skipped whole, by their bloom filter. Messages are not filtered one by one.
-        vch = getattr(opt, "vchannel", None)
+        # The vchannel hint: sealed segments whose bloom filter holds neither this vchannel nor broadcast data
+        # are skipped whole (time ticks are not in the filters, see docs/FORMAT.md). Messages are not filtered
+        # one by one: whatever shares a segment with wanted messages is delivered too.
+        vch = opt.vchannel
         self._bloom_keys = (bloom_positions(vch), bloom_positions("")) if vch else None
         self._positioned = False
         if self._policy.message_id is not None:
@@ -464,7 +475,12 @@ class LocalFSScanner(ScannerImpls):
             if len(out) >= max_n:
                 break
             # Stopped before max_n: at the end of the published data, or at a record that is not (yet) valid.
-            step = self._at_end(mv, limit, exact, sealed)
+            try:
+                step = self._at_end(mv, limit, exact, sealed)
+            except CorruptedError:
+                if out:
+                    break  # deliver the valid records before the damage; the next call stops there and raises
+                raise
             if step == _WAIT:
                 break
             if step == _RETRY:
@@ -518,6 +534,11 @@ class LocalFSScanner(ScannerImpls):
             self._mv = None
             return _RETRY
         if not later:
+            if self._damaged_before_frontier(mv, pos, limit):
+                raise CorruptedError(
+                    f"{seg.path}: corrupted record at offset {pos} (checksum or ID mismatch; a valid record with a "
+                    "higher ID follows)", path=seg.path, offset=pos,
+                )
             return _WAIT
         if seg.status()[1]:
             return _RETRY
@@ -526,6 +547,25 @@ class LocalFSScanner(ScannerImpls):
                 f"{seg.path}: corrupted record at offset {pos} (checksum or ID mismatch)", path=seg.path, offset=pos
             )
         return _MOVE
+
+    def _damaged_before_frontier(self, mv: memoryview, pos: int, limit: int) -> bool:
+        """Whether the invalid bytes at ``pos`` of the active segment are damage rather than the writer's frontier.
+
+        The rule of recovery and of the writer's own scanners: the writer only appends after complete records,
+        so a valid record with a higher ID after a bad one proves the bad one was written and then damaged. Zeros
+        at ``pos`` are the plain frontier (checked first: that is every wait, and it costs one compare); a record
+        caught mid-write gets a few short chances to complete before it is called damage.
+        """
+        if pos + REC_HEADER_SIZE > limit or is_zero_header(mv, pos, limit):
+            return False
+        if find_valid_record_after(mv, pos, limit, self._expect - 1) is None:
+            return False
+        for _ in range(3):
+            r = check_record(mv, pos, limit)
+            if r is not None and r[1] == self._expect:
+                return False
+            time.sleep(0.01)
+        return True
 
     def _read(self, mv: memoryview, limit: int, exact: bool, max_n: int, out: list[ImmutableMessage]) -> None:
         """Decode valid records from ``pos`` on (the hot loop of every scan: locals only, rare cases out of line)."""

@@ -1,13 +1,16 @@
 """A localfs channel: the writer (group commit, rolling, retention) and the read-only follower.
 
-Group commit without a dedicated thread: an appender stamps its records and queues them under the lock; the
-first appender to find no write in progress becomes the leader, takes the whole queue, writes it with one
-``pwritev`` and syncs it with one ``fdatasync``, while later appenders queue behind it and are acknowledged by
-the next leader. So N concurrent appenders cost about one sync per round, not N.
+Group commit without a dedicated thread: an appender encodes its records before taking the lock, then stamps
+their IDs and queues them. The first appender to find no write in progress becomes the leader: it takes the whole
+queue, writes it with one ``pwritev`` and syncs it with one ``fdatasync``, both without the lock, so the appenders
+arriving meanwhile form the next batch. When it is done it wakes exactly the appenders of its batch and goes on
+with the next batch itself (a few rounds in a row), then hands leadership to one appender of the waiting batch.
+So N concurrent appenders cost about one sync per round, not N, and the path between two syncs has no wake-up.
 """
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import struct
@@ -22,10 +25,9 @@ from ...errors import (
     InvalidArgumentError,
     InvalidMessageIDError,
     ShutdownError,
-    WALError,
     WALIOError,
 )
-from ...message import MessageID, MutableMessage
+from ...message import MessageID, MessageType, MutableMessage
 from .._interfaces import ReadOption, ScannerImpls, WALImpls
 from ._fileops import FileOps
 from ._format import (
@@ -48,7 +50,7 @@ from ._format import (
     stamp_record,
 )
 from ._message_id import WAL_NAME, LocalFSMessageID, fast_id
-from ._recovery import Recovered, write_index
+from ._recovery import Recovered, stored_max_time_tick, write_index
 from ._scanner import DirSource, LocalFSScanner, WriterSource
 from ._state import ChannelLog, Hub, SegmentState
 
@@ -118,6 +120,17 @@ class LocalFSROWAL(_Base):
     def truncate(self, message_id: MessageID) -> None:
         raise AccessModeError(f"localfs channel {self._channel} is open read-only: truncate is not allowed")
 
+    def last_time_tick(self) -> int:
+        """The largest time tick stored now (seal summaries and the tail's index: a few reads, no full scan)."""
+        if self._closed:
+            raise ShutdownError(f"localfs channel {self._channel} is closed")
+        try:
+            return stored_max_time_tick(self._fops, self._chdir)
+        except FileNotFoundError:
+            return 0  # the channel directory does not exist (yet)
+        except OSError as e:
+            raise WALIOError(f"localfs channel {self._channel}: {e}") from e
+
     def close(self) -> None:
         if self._closed:
             return
@@ -126,25 +139,30 @@ class LocalFSROWAL(_Base):
         self._opener._release(self)
 
 
+_Entry = tuple[bytearray, int, int, tuple[int, ...]]  # (record, message ID, time tick, bloom bit positions)
+_TIME_TICK = MessageType.TIME_TICK
+_allocate_lock = _thread.allocate_lock
+
+
 class _Batch:
-    """Records that will be written by one ``pwritev`` and made durable by one ``fdatasync``."""
+    """Records that will be written by one ``pwritev`` and made durable by one ``fdatasync``.
 
-    __slots__ = ("cv", "done", "items")
+    Each waiting appender sleeps on its own pre-acquired lock (``waiters``): finishing a batch releases exactly
+    those locks, so a woken appender never queues for the writer's lock again (a ``Condition`` would).
+    """
 
-    def __init__(self, lock: threading.Lock) -> None:
-        self.cv = threading.Condition(lock)
-        self.items: list[_Item] = []
+    __slots__ = ("done", "err", "items", "waiters")
+
+    def __init__(self) -> None:
+        self.items: list[_Entry] = []
+        self.waiters: list[_thread.LockType] = []
         self.done = False
+        self.err: WALIOError | None = None
 
 
-class _Item:
-    __slots__ = ("bloom", "mid", "rec", "tt")
-
-    def __init__(self, rec: bytearray, mid: int, tt: int, bloom: tuple[int, ...]) -> None:
-        self.rec = rec
-        self.mid = mid
-        self.tt = tt
-        self.bloom = bloom
+# A leader writes up to this many batches in a row before it hands the next one to one of its appenders: each
+# hand-off costs a thread wake-up on the path between two fdatasyncs, but the leader's own append waits meanwhile.
+_LEAD_ROUNDS = 4
 
 
 class LocalFSWAL(_Base):
@@ -246,37 +264,43 @@ class LocalFSWAL(_Base):
         max_body = self._opts.max_message_bytes
         cache = self._bloom_cache
         prepared = []
-        for m in msgs:
+        for m in msgs:  # everything that needs no ID happens before the lock
             try:
                 rec, crc_end = encode_record(m, max_body)
             except (struct.error, OverflowError) as e:
                 raise InvalidArgumentError(f"message cannot be encoded ({m!r}): {e}") from e
-            bp = cache.get(m.vchannel)
-            if bp is None:
-                bp = cache[m.vchannel] = bloom_positions(m.vchannel)
+            if m.message_type is _TIME_TICK:
+                bp: tuple[int, ...] = ()  # not bloom content (BLOOM_EXCLUDED_TYPE)
+            else:
+                bp = cache.get(m.vchannel) or cache.setdefault(m.vchannel, bloom_positions(m.vchannel))
             prepared.append((rec, crc_end, m.time_tick, bp))
         if not prepared:
             return []
+        waiter = _allocate_lock()
+        waiter.acquire()
         with self._lock:
             self._check_open()
-            first = self._next_id
+            first = mid = self._next_id
             b = self._open_batch
             if b is None:
-                b = self._open_batch = _Batch(self._lock)
+                b = self._open_batch = _Batch()
             items = b.items
             for rec, crc_end, tt, bp in prepared:
-                mid = self._next_id
-                self._next_id = mid + 1
                 stamp_record(rec, mid, crc_end)
-                items.append(_Item(rec, mid, tt, bp))
-            while not b.done:
-                if self._err is not None:
-                    raise WALIOError(str(self._err)) from self._err.__cause__
-                if not self._flushing and b is self._open_batch:
-                    self._lead(b)
-                else:
-                    b.cv.wait()  # only this batch's appenders wake when it is done (no thundering herd)
-        return [fast_id(i) for i in range(first, first + len(prepared))]
+                items.append((rec, mid, tt, bp))
+                mid += 1
+            self._next_id = mid
+            lead = not self._flushing
+            if lead:
+                self._open_batch = None
+                self._flushing = True
+            else:
+                b.waiters.append(waiter)
+        if lead or (waiter.acquire() and not b.done):  # woken with ``b`` not done: this thread is to lead it
+            self._lead(b)
+        if b.err is not None:
+            raise WALIOError(str(b.err)) from b.err.__cause__
+        return [fast_id(i) for i in range(first, mid)]
 
     def _check_open(self) -> None:
         if self._err is not None:
@@ -285,36 +309,51 @@ class LocalFSWAL(_Base):
             raise ShutdownError(f"localfs channel {self._channel} is closed")
 
     def _lead(self, b: _Batch) -> None:
-        """Called with the lock held, no flush running and ``b`` open: write ``b`` as one group commit."""
-        self._open_batch = None
-        self._flushing = True
-        self._lock.release()
-        err: BaseException | None = None
-        try:
-            self._flush(b.items)
-        except BaseException as e:
-            err = e
-        finally:
-            self._lock.acquire()
-            self._flushing = False
-        if err is not None:
-            self._fail(err)
-        else:
-            b.done = True
-        b.cv.notify_all()
-        self._handoff()
-        if err is not None:
-            raise WALIOError(str(self._err)) from err
+        """Write ``b`` (taken out of ``_open_batch`` by whoever set ``_flushing`` for this thread), then the batches
+        that formed meanwhile. The lock is held only between batches, never while writing or syncing.
 
-    def _handoff(self) -> None:
-        """A flush or sync ended (lock held): wake one appender of the next batch to lead it, and close()."""
-        self._cv.notify_all()
-        nxt = self._open_batch
-        if nxt is not None:
-            if self._err is not None:
-                nxt.cv.notify_all()
-            else:
-                nxt.cv.notify()
+        The appenders of a synced batch are woken only once the next batch is written, just before its
+        ``fdatasync``: they run while the leader waits for the disk, instead of holding the interpreter while the
+        leader needs it between its write and its sync.
+        """
+        rounds = 1
+        synced: _Batch | None = None  # durable, its appenders not woken yet
+        while True:
+            err: BaseException | None = None
+            try:
+                self._flush(b.items, synced)
+            except BaseException as e:
+                err = e
+            if synced is not None and not synced.done:
+                self._finish(synced, None)
+            heir = None
+            with self._lock:
+                if err is not None:
+                    self._fail(err)
+                failed = self._err
+                nxt = self._open_batch
+                self._open_batch = None
+                if nxt is None or failed is not None:
+                    self._flushing = False
+                    self._cv.notify_all()  # close() waits for the last flush
+                elif rounds >= _LEAD_ROUNDS:
+                    heir = nxt.waiters.pop()  # still flushing: the heir owns it from here
+            if nxt is None or failed is not None or heir is not None:
+                self._finish(b, failed)
+                if nxt is not None and failed is not None:
+                    self._finish(nxt, failed)  # queued behind a failed write: fails too, nothing of it was written
+                if heir is not None:
+                    heir.release()
+                return
+            synced, b = b, nxt
+            rounds += 1
+
+    @staticmethod
+    def _finish(b: _Batch, err: WALIOError | None) -> None:
+        b.err = err
+        b.done = True
+        for w in b.waiters:
+            w.release()
 
     def _fail(self, err: BaseException) -> None:
         """An I/O error closes the WAL: after a failed fdatasync the kernel may have dropped the data."""
@@ -327,26 +366,29 @@ class LocalFSWAL(_Base):
         self._close_fds()
         self._opener._release(self)
 
-    def _flush(self, batch: list[_Item]) -> None:
-        run: list[_Item] = []
+    def _flush(self, batch: list[_Entry], synced: _Batch | None = None) -> None:
+        """Write ``batch``, wake the appenders of ``synced`` (an earlier, durable batch), sync, publish."""
+        run: list[_Entry] = []
         run_bytes = 0
         for it in batch:
-            n = len(it.rec)
+            n = len(it[0])
             if self._end + run_bytes + n > self._active.capacity:
                 if run or self._end > DATA_START:
                     self._write_run(run, run_bytes)
                     run, run_bytes = [], 0
-                    self._roll(it.mid, n)
+                    self._roll(it[1], n)
                 else:
                     self._grow(n)
             run.append(it)
             run_bytes += n
         if run:
             self._write_run(run, run_bytes)
+        if synced is not None:
+            self._finish(synced, None)
         self._sync_policy()
         self._publish()
 
-    def _write_run(self, run: list[_Item], run_bytes: int) -> None:
+    def _write_run(self, run: list[_Entry], run_bytes: int) -> None:
         if not run:
             return
         fops = self._fops
@@ -362,26 +404,26 @@ class LocalFSWAL(_Base):
         bloom = seg.bloom
         seen = self._bloom_seen
         if self._w_records == 0:
-            self._w_first_tt = run[0].tt
-        for it in run:
-            if it.tt > max_tt:
-                max_tt = it.tt
+            self._w_first_tt = run[0][2]
+        for rec, mid, tt, bp in run:
+            if tt > max_tt:
+                max_tt = tt
             if pos - last_indexed >= INDEX_INTERVAL:
-                idx.append(index_entry(it.mid, max_tt, pos))
-                entries.append((it.mid, max_tt, pos))
+                idx.append(index_entry(mid, max_tt, pos))
+                entries.append((mid, max_tt, pos))
                 last_indexed = pos
-            if it.bloom not in seen:
-                bloom_add(bloom, it.bloom)
-                seen.add(it.bloom)
-            pos += len(it.rec)
-        fops.pwritev_all(self._fd, [it.rec for it in run], start)
+            if bp not in seen:
+                bloom_add(bloom, bp)
+                seen.add(bp)
+            pos += len(rec)
+        fops.pwritev_all(self._fd, [it[0] for it in run], start)
         if idx:  # after the records they point to, for readers of the file and of the list alike
             fops.write_all(self._idx_fd, b"".join(idx))
             seg.index.extend(entries)
         self._end = pos
         self._last_indexed = last_indexed
         self._w_max_tt = max_tt
-        self._w_last_id = run[-1].mid
+        self._w_last_id = run[-1][1]
         self._w_records += len(run)
         if max_tt > self._max_tt:
             self._max_tt = max_tt
@@ -458,22 +500,28 @@ class LocalFSWAL(_Base):
                     continue
                 self._flushing = True
                 fd = self._fd
-                self._lock.release()
-                err: BaseException | None = None
-                try:
-                    if fd is not None:
-                        self._fops.fdatasync(fd)
-                except BaseException as e:
-                    err = e
-                finally:
-                    self._lock.acquire()
-                    self._flushing = False
+            err: BaseException | None = None
+            try:
+                if fd is not None:
+                    self._fops.fdatasync(fd)
+            except BaseException as e:
+                err = e
+            with self._lock:
                 if err is not None:
                     self._fail(err)
                 else:
                     self._dirty = False
                     self._last_sync = time.monotonic()
-                self._handoff()
+                nxt = self._open_batch  # appenders that queued behind this sync: lead their batch from here
+                self._open_batch = None
+                if nxt is None or self._err is not None:
+                    self._flushing = False
+                    self._cv.notify_all()
+            if nxt is not None:
+                if self._err is not None:
+                    self._finish(nxt, self._err)
+                else:
+                    self._lead(nxt)
 
     # -- retention ---------------------------------------------------------------------------------------------------
     def truncate(self, message_id: MessageID) -> None:
@@ -535,16 +583,8 @@ class LocalFSWAL(_Base):
             if self._closing:
                 return
             self._closing = True  # also after an I/O error closed it: scanners and the syncer still stop here
-            while self._open_batch is not None or self._flushing:
-                if self._err is not None:
-                    break
-                if self._flushing:
-                    cv.wait()
-                else:
-                    try:
-                        self._lead(self._open_batch)  # type: ignore[arg-type]
-                    except WALError:
-                        break
+            while self._flushing and self._err is None:  # a batch is only ever open behind a running flush,
+                cv.wait()  # whose leader (or its heir) writes it before clearing _flushing
             self._flushing = True  # keep the syncer out for good
         self._stop_syncer.set()
         if self._syncer is not None:

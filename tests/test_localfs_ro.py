@@ -1,0 +1,134 @@
+"""Read-only WALs: the largest stored time tick, and damage in the active segment seen by a follower."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from _localfs_util import build, msg, open_ro, open_rw
+
+from wal.errors import CorruptedError, WALTimeoutError
+from wal.message import ImmutableMessage
+from wal.walimpls import ReadOption
+from wal.walimpls.localfs._format import DATA_START, check_record, scan_segment
+
+
+def test_ro_last_time_tick_is_the_largest_stored(tmp_path: Path) -> None:
+    with build(tmp_path, segment_bytes=4096) as opener:
+        ro = open_ro(opener)
+        assert ro.last_time_tick() == 0  # nothing yet
+        w = open_rw(opener)
+        ticks = [1000 + (i * 37) % 500 for i in range(300)]  # out of order, like concurrent appends
+        ticks[-3] = 9_999  # the largest one sits in the active segment, not last
+        for i, tt in enumerate(ticks):
+            w.append(msg(b"p" * (i % 50), tt=tt))
+        assert len(list((tmp_path / "p1").glob("*.seg"))) > 5
+        assert ro.last_time_tick() == 9_999 == w.last_time_tick()  # writer still open: no close summary
+        w.append(msg(b"q", tt=12_345))
+        assert ro.last_time_tick() == 12_345
+        w.close()
+        assert ro.last_time_tick() == 12_345
+        for idx in (tmp_path / "p1").glob("*.idx"):  # indexes are hints only
+            idx.write_bytes(b"garbage")
+        assert ro.last_time_tick() == 12_345
+        ro.close()
+
+
+def test_ro_last_time_tick_in_a_big_tail_uses_the_index(tmp_path: Path) -> None:
+    with build(tmp_path) as opener:
+        w = open_rw(opener)
+        w.append_batch([msg(b"x" * 100, tt=5) for _ in range(5000)])  # several index entries in one segment
+        w.append(msg(b"y", tt=77))
+        w.append_batch([msg(b"x" * 100, tt=6) for _ in range(100)])
+        ro = open_ro(opener)
+        assert ro.last_time_tick() == 77
+        ro.close()
+        w.close()
+
+
+def _crash_image(tmp_path: Path, n: int = 120) -> Path:
+    """A channel copied while its writer was open (the last segment has no summaries)."""
+    live, image = tmp_path / "live", tmp_path / "image"
+    with build(live, segment_bytes=8192) as opener:
+        w = open_rw(opener)
+        for i in range(n):
+            w.append(msg(f"m-{i:04d}-".encode() * 5, tt=10 + i))
+        shutil.copytree(live, image)
+        w.close()
+    return image
+
+
+def _records(path: Path) -> list[tuple[int, int]]:
+    data = path.read_bytes()
+    res = scan_segment(data, int(path.name[:20]), len(data))
+    out, pos = [], DATA_START
+    while pos < res.end:
+        r = check_record(data, pos, len(data))
+        assert r is not None
+        out.append((pos, r[0]))
+        pos += r[0]
+    return out
+
+
+def _drain(ro: object, timeout: float) -> tuple[list[ImmutableMessage], BaseException | None]:
+    got: list[ImmutableMessage] = []
+    with ro.read(ReadOption(name="follower")) as s:  # type: ignore[attr-defined]
+        try:
+            while True:
+                got.extend(s.recv_batch(64, timeout))
+        except (CorruptedError, WALTimeoutError) as e:
+            return got, e
+
+
+def test_follower_raises_at_damage_in_the_active_segment(tmp_path: Path) -> None:
+    image = _crash_image(tmp_path)
+    last = sorted((image / "p1").glob("*.seg"))[-1]
+    recs = _records(last)
+    assert len(recs) >= 4
+    off, size = recs[len(recs) // 2]
+    with open(last, "r+b") as f:  # one flipped payload byte, valid records after it
+        f.seek(off + size - 9)
+        b = f.read(1)
+        f.seek(off + size - 9)
+        f.write(bytes([b[0] ^ 0x10]))
+    first_bad = int(last.name[:20]) + len(recs) // 2
+    with build(image, segment_bytes=8192) as opener:
+        got, err = _drain(open_ro(opener), timeout=5.0)
+    assert isinstance(err, CorruptedError), err  # not a wait for a writer that will never fix it
+    assert err.path == str(last) and err.offset == off
+    assert [m.message_id.value for m in got] == list(range(1, first_bad))  # type: ignore[attr-defined]
+    assert all(bytes(m.payload) == f"m-{i:04d}-".encode() * 5 for i, m in enumerate(got))
+
+
+def test_follower_waits_at_a_torn_tail(tmp_path: Path) -> None:
+    image = _crash_image(tmp_path)
+    last = sorted((image / "p1").glob("*.seg"))[-1]
+    recs = _records(last)
+    end = recs[-1][0] + recs[-1][1]
+    with open(last, "r+b") as f:  # a half-written record: garbage, nothing valid after it
+        f.seek(end)
+        f.write(b"\xa5" * 40)
+    with build(image, segment_bytes=8192) as opener:
+        got, err = _drain(open_ro(opener), timeout=0.5)
+    assert isinstance(err, WALTimeoutError)  # the next writer cuts it; a follower just waits
+    assert len(got) == 120
+
+
+@pytest.mark.parametrize("where", ["header", "payload"])
+def test_writer_side_scanner_agrees(tmp_path: Path, where: str) -> None:
+    """The writer's own recovery refuses the same damage the follower reports."""
+    image = _crash_image(tmp_path)
+    last = sorted((image / "p1").glob("*.seg"))[-1]
+    off, size = _records(last)[1]
+    with open(last, "r+b") as f:
+        f.seek(off + (20 if where == "header" else size - 9))
+        b = f.read(1)
+        f.seek(f.tell() - 1)
+        f.write(bytes([b[0] ^ 0x01]))
+    with build(image, segment_bytes=8192) as opener:
+        with pytest.raises(CorruptedError) as ei:
+            open_rw(opener)
+        assert ei.value.offset == off
+        _got, err = _drain(open_ro(opener), timeout=5.0)
+        assert isinstance(err, CorruptedError) and err.offset == off
