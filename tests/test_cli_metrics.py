@@ -136,3 +136,26 @@ def test_the_library_updates_the_global_metrics() -> None:
     assert val("wal_appends_total") - a0 == 5
     assert val("wal_append_bytes_total") - b0 == 50
     assert val("wal_scanner_lag_seconds_count") - l0 >= 3
+
+
+def test_localfs_reports_fsyncs_and_segments(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from wal import OpenOption, PChannelInfo, registry
+    from wal.message import MessageType, MutableMessage
+
+    reg = prometheus_client.REGISTRY
+
+    def val(name: str) -> float:
+        return reg.get_sample_value(name) or 0.0
+
+    f0, s0 = val("wal_fsync_seconds_count"), val("wal_segments")
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=4096)
+    try:
+        w = op.open(OpenOption(PChannelInfo("m", 1)))
+        for i in range(40):
+            w.append(MutableMessage(MessageType.INSERT, b"x" * 200, vchannel="v"))
+        assert val("wal_fsync_seconds_count") - f0 >= 40  # sync="always": at least one per acknowledged append
+        assert val("wal_segments") - s0 >= 2  # 40 x ~250 B records rolled 4 KiB segments
+        w.close()
+        assert val("wal_segments") == s0  # a closed writer's segments no longer count
+    finally:
+        op.close()

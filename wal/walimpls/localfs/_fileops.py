@@ -15,6 +15,9 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import time
+
+from ..._metrics import metrics
 
 __all__ = ["DEFAULT_FILE_OPS", "FileOps"]
 
@@ -44,7 +47,12 @@ class FileOps:
         return os.pread(fd, length, offset)
 
     def fdatasync(self, fd: int) -> None:
-        os.fdatasync(fd)
+        if metrics.enabled:
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            metrics.fsync_seconds.observe(time.perf_counter() - t)
+        else:
+            os.fdatasync(fd)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)

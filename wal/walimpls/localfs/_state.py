@@ -7,6 +7,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from ..._metrics import metrics
 from ._fileops import FileOps
 from ._format import BLOOM_BYTES, DATA_START
 
@@ -63,7 +64,25 @@ class ChannelLog:
     """The writer's list of segments. Replaced, never mutated in place, so readers can iterate a snapshot."""
 
     def __init__(self, segments: list[SegmentState]) -> None:
-        self.segments: tuple[SegmentState, ...] = tuple(segments)
+        self._segments: tuple[SegmentState, ...] = tuple(segments)
+        self._counted = True
+        metrics.segments.inc(len(self._segments))
+
+    @property
+    def segments(self) -> tuple[SegmentState, ...]:
+        return self._segments
+
+    @segments.setter
+    def segments(self, segs: tuple[SegmentState, ...]) -> None:
+        if self._counted:
+            metrics.segments.inc(len(segs) - len(self._segments))  # the gauge follows rolls and retention
+        self._segments = segs
+
+    def retire(self) -> None:
+        """The writer closed: its segments no longer count as kept by this process."""
+        if self._counted:
+            self._counted = False
+            metrics.segments.dec(len(self._segments))
 
     def find(self, message_id: int) -> SegmentState | None:
         """The segment holding ``message_id`` (or the one it would be appended to), None if it was deleted."""

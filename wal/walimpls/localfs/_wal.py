@@ -599,6 +599,7 @@ class LocalFSWAL(_Base):
             with cv:
                 self._closed = True
             self._close_fds()
+            self._log.retire()
             self._opener._release(self)
             self._hub.bump()
 
