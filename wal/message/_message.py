@@ -184,7 +184,7 @@ class MutableMessage:
             message_id=message_id,
             message_type=self.message_type,
             payload=self.payload,
-            properties=dict(self.properties),
+            properties=dict(self.properties) if self.properties else None,
             vchannel=self.vchannel,
             time_tick=self.time_tick,
             last_confirmed_message_id=lc if lc is not None else message_id,
@@ -290,6 +290,8 @@ class ImmutableMessage:
 
     def estimate_size(self) -> int:
         """Bytes this message accounts for in memory budgets (payload plus user properties)."""
+        if not self._props:  # empty mapping; a lazy decoder is truthy and is decoded to be sized
+            return len(self.payload)
         return len(self.payload) + sum(len(k) + len(v) for k, v in self.properties.items())
 
     def replace(self, **changes: Any) -> ImmutableMessage:

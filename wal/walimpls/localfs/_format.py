@@ -196,6 +196,9 @@ def bloom_might_contain(bits: bytes, vchannel: str) -> bool:
 
 
 # -- records ----------------------------------------------------------------------------------------------------------
+_JOIN = bytearray().join
+
+
 def encode_record(msg: MutableMessage, max_body: int) -> tuple[bytearray, int]:
     """(record, CRC end): header with ID and CRC left zero (the writer stamps them under its lock), metadata,
     payload, zero padding."""
@@ -240,19 +243,10 @@ def encode_record(msg: MutableMessage, max_body: int) -> tuple[bytearray, int]:
         raise InvalidArgumentError(
             f"message field out of range (time tick {msg.time_tick}, term {msg.wal_term}): {e}"
         ) from e
-    rec = bytearray(head)
-    if tail:
-        rec += tail
-    if nv:
-        rec += vch
-    if props:
-        rec += props
-    rec += payload
     crc_end = REC_HEADER_SIZE + body_len
     pad = -crc_end & (ALIGN - 1)
-    if pad:
-        rec += _PAD[:pad]
-    return rec, crc_end
+    # One allocation of the final size instead of a bytearray grown piece by piece.
+    return _JOIN((head, tail, vch, props, payload, _PAD[:pad])), crc_end
 
 
 def stamp_record(rec: bytearray, message_id: int, crc_end: int) -> None:
