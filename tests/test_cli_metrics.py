@@ -135,7 +135,7 @@ def test_the_library_updates_the_global_metrics() -> None:
         op.close()
     assert val("wal_appends_total") - a0 == 5
     assert val("wal_append_bytes_total") - b0 == 50
-    assert val("wal_scanner_lag_seconds_count") - l0 >= 3
+    assert val("wal_scanner_lag_seconds_count") - l0 >= 1  # sampled: the first delivery, then one in 16
 
 
 def test_localfs_reports_fsyncs_and_segments(tmp_path) -> None:  # type: ignore[no-untyped-def]
