@@ -1,0 +1,355 @@
+"""Fault-injecting ``FileOps`` for the reliability tests (not a test module).
+
+:class:`FaultyFileOps` makes the Nth call of one operation fail (ENOSPC, EIO, a short write followed by an error,
+a failed fdatasync...), through the localfs private build option ``_file_ops``, so an injected fault takes the
+same path as a real one.
+
+:class:`PowerLossFileOps` records every write made since the last ``fdatasync``/``fsync`` of its file, with the
+bytes it overwrote. :meth:`PowerLossFileOps.power_loss` freezes the process's view of the disk (every later call
+fails) and rewrites each file as the disk could have it after a power cut: unsynced writes dropped, kept, torn at
+a random byte or zero-filled, in any combination. Metadata (creations, renames) is treated as durable: the
+backend fsyncs its directory after each, and this mode is about data.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+from wal.walimpls.localfs import FileOps
+
+__all__ = ["INJECTED", "Fault", "FaultyFileOps", "PowerLossFileOps"]
+
+# Faults injected by kind over the whole test session (figures for docs/RELIABILITY.md).
+INJECTED: Counter[str] = Counter()
+
+
+@dataclass
+class Fault:
+    """Fail the ``nth`` call (1-based) of ``op`` and the ``times - 1`` calls after it (``times=0``: all later)."""
+
+    op: str
+    err: int = errno.EIO
+    nth: int = 1
+    times: int = 1
+    short: bool = False  # write ops: write half of the data, return that count; the next write on the fd: ENOSPC
+    path_contains: str = ""  # only calls on paths containing this (open/rename/mmap/fd ops through their path)
+    fired: int = 0
+
+    @property
+    def kind(self) -> str:
+        return f"{self.op}:{'short' if self.short else errno.errorcode.get(self.err, str(self.err))}"
+
+
+class FaultyFileOps(FileOps):
+    """Counts calls per operation and raises the configured faults."""
+
+    def __init__(self, *faults: Fault) -> None:
+        self.faults = list(faults)
+        self.calls: Counter[str] = Counter()
+        self.fd_paths: dict[int, str] = {}
+        self._full_fds: set[int] = set()  # a short write happened here: the disk is full for the next write
+        self._lock = threading.Lock()
+
+    def arm(self, fault: Fault) -> Fault:
+        """Add a fault counting from the current number of calls (``nth=1`` is the next call)."""
+        with self._lock:
+            fault.nth += self.calls[fault.op]
+            self.faults.append(fault)
+        return fault
+
+    def fired(self) -> int:
+        return sum(f.fired for f in self.faults)
+
+    def _check(self, op: str, path: str = "") -> Fault | None:
+        with self._lock:
+            self.calls[op] += 1
+            n = self.calls[op]
+            for f in self.faults:
+                if f.op != op or (f.path_contains and f.path_contains not in path):
+                    continue
+                if n >= f.nth and (f.times == 0 or f.fired < f.times):
+                    f.fired += 1
+                    INJECTED[f.kind] += 1
+                    return f
+        return None
+
+    def _raise(self, f: Fault, what: str) -> None:
+        raise OSError(f.err, f"injected {os.strerror(f.err)} in {what}")
+
+    def _disk_full(self, fd: int, what: str) -> None:
+        if fd in self._full_fds:
+            self._full_fds.discard(fd)
+            INJECTED[f"{what}:ENOSPC-after-short"] += 1
+            raise OSError(errno.ENOSPC, f"injected {os.strerror(errno.ENOSPC)} in {what} after a short write")
+
+    def _short(self, fd: int) -> None:
+        self._full_fds.add(fd)
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        f = self._check("open", path)
+        if f is not None:
+            self._raise(f, f"open({path})")
+        fd = super().open(path, flags, mode)
+        self.fd_paths[fd] = path
+        return fd
+
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        self._disk_full(fd, "pwrite")
+        f = self._check("pwrite", self.fd_paths.get(fd, ""))
+        if f is not None:
+            if f.short and len(data) > 1:
+                self._short(fd)
+                return super().pwrite(fd, memoryview(data)[: len(data) // 2], offset)
+            self._raise(f, "pwrite")
+        return super().pwrite(fd, data, offset)
+
+    def pwritev(self, fd: int, buffers: list[bytes | bytearray | memoryview], offset: int) -> int:
+        self._disk_full(fd, "pwritev")
+        f = self._check("pwritev", self.fd_paths.get(fd, ""))
+        if f is not None:
+            if f.short:
+                joined = b"".join(bytes(b) for b in buffers)
+                if len(joined) > 1:
+                    self._short(fd)
+                    return super().pwrite(fd, joined[: len(joined) // 2], offset)
+            self._raise(f, "pwritev")
+        return super().pwritev(fd, buffers, offset)
+
+    def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
+        self._disk_full(fd, "write")
+        f = self._check("write", self.fd_paths.get(fd, ""))
+        if f is not None:
+            if f.short and len(data) > 1:
+                self._short(fd)
+                return super().write(fd, memoryview(data)[: len(data) // 2])
+            self._raise(f, "write")
+        return super().write(fd, data)
+
+    def fdatasync(self, fd: int) -> None:
+        f = self._check("fdatasync", self.fd_paths.get(fd, ""))
+        if f is not None:
+            self._raise(f, "fdatasync")
+        super().fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        f = self._check("fsync", self.fd_paths.get(fd, ""))
+        if f is not None:
+            self._raise(f, "fsync")
+        super().fsync(fd)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        f = self._check("fallocate", self.fd_paths.get(fd, ""))
+        if f is not None:
+            self._raise(f, "fallocate")
+        super().fallocate(fd, offset, length)
+
+    def rename(self, src: str, dst: str) -> None:
+        f = self._check("rename", src)
+        if f is not None:
+            self._raise(f, f"rename({src})")
+        super().rename(src, dst)
+
+    def mmap(self, fd: int, length: int) -> mmap.mmap:
+        f = self._check("mmap", self.fd_paths.get(fd, ""))
+        if f is not None:
+            self._raise(f, "mmap")
+        return super().mmap(fd, length)
+
+    def close(self, fd: int) -> None:
+        self.fd_paths.pop(fd, None)
+        self._full_fds.discard(fd)
+        super().close(fd)
+
+
+class _Crashed(OSError):
+    pass
+
+
+@dataclass
+class _Write:
+    offset: int
+    data: bytes
+    before: bytes  # what the range held (shorter than data when the write extended the file)
+
+
+class PowerLossFileOps(FileOps):
+    """Every write since the last sync of its file is kept so that a power cut can be simulated in-process.
+
+    Writes and syncs are serialised under one lock (fine for tests) so that :meth:`power_loss` sees a quiet disk.
+    """
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self._lock = threading.RLock()
+        self._paths: dict[int, str] = {}
+        self._unsynced: dict[str, list[_Write]] = {}
+        self.crashed = False
+        self.syncs = 0
+        self.dropped = 0
+        self.torn = 0
+        self.zeroed = 0
+        self.kept = 0
+
+    def _guard(self) -> None:
+        if self.crashed:
+            raise _Crashed(errno.EIO, "power is off")
+
+    def _record(self, fd: int, offset: int, data: bytes) -> None:
+        path = self._paths.get(fd)
+        if path is None or not data:
+            return
+        try:
+            before = os.pread(fd, len(data), offset)
+        except OSError:  # a write-only descriptor: read the old bytes through the path
+            rfd = os.open(path, os.O_RDONLY)
+            try:
+                before = os.pread(rfd, len(data), offset)
+            finally:
+                os.close(rfd)
+        self._unsynced.setdefault(path, []).append(_Write(offset, bytes(data), before))
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        with self._lock:
+            self._guard()
+            fd = super().open(path, flags, mode)
+            if flags & os.O_TRUNC:
+                self._unsynced.pop(path, None)
+            self._paths[fd] = path
+            return fd
+
+    def close(self, fd: int) -> None:
+        with self._lock:
+            self._guard()
+            self._paths.pop(fd, None)
+            super().close(fd)
+
+    def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        with self._lock:
+            self._guard()
+            self._record(fd, offset, bytes(data))
+            return super().pwrite(fd, data, offset)
+
+    def pwritev(self, fd: int, buffers: list[bytes | bytearray | memoryview], offset: int) -> int:
+        with self._lock:
+            self._guard()
+            pos = offset
+            for b in buffers:  # one record per buffer: a power cut may keep any of them
+                self._record(fd, pos, bytes(b))
+                pos += len(b)
+            return super().pwritev(fd, buffers, offset)
+
+    def write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
+        with self._lock:
+            self._guard()
+            path = self._paths.get(fd)
+            if path is not None:
+                self._record(fd, os.fstat(fd).st_size, bytes(data))  # O_APPEND files only write at the end
+            return super().write(fd, data)
+
+    def _synced(self, fd: int) -> None:
+        path = self._paths.get(fd)
+        if path is not None:
+            self._unsynced.pop(path, None)
+        self.syncs += 1
+
+    def fdatasync(self, fd: int) -> None:
+        with self._lock:
+            self._guard()
+            super().fdatasync(fd)
+            self._synced(fd)
+
+    def fsync(self, fd: int) -> None:
+        with self._lock:
+            self._guard()
+            super().fsync(fd)
+            self._synced(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        with self._lock:
+            self._guard()
+            super().rename(src, dst)
+            if src in self._unsynced:
+                self._unsynced[dst] = self._unsynced.pop(src)
+            else:
+                self._unsynced.pop(dst, None)
+
+    def unlink(self, path: str) -> None:
+        with self._lock:
+            self._guard()
+            super().unlink(path)
+            self._unsynced.pop(path, None)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        with self._lock:
+            self._guard()
+            super().fallocate(fd, offset, length)
+
+    def mmap(self, fd: int, length: int) -> mmap.mmap:
+        with self._lock:
+            self._guard()
+            return super().mmap(fd, length)
+
+    def flock(self, fd: int, operation: int) -> None:
+        with self._lock:
+            self._guard()
+            super().flock(fd, operation)
+
+    def power_loss(self) -> dict[str, int]:
+        """Cut the power: from now on every call fails; each file keeps its synced bytes and, of each unsynced
+        write, all, none, a torn prefix, or zeros. Every descriptor this object opened is closed (locks released),
+        so the same process can reopen the channel as if it had rebooted."""
+        with self._lock:
+            self.crashed = True
+            rng = self.rng
+            for path, writes in self._unsynced.items():
+                if not os.path.exists(path):
+                    continue
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    for w in reversed(writes):  # back to the last synced image
+                        os.pwrite(fd, w.before + bytes(len(w.data) - len(w.before)), w.offset)
+                    mode = rng.choice(("prefix", "any"))
+                    cut = rng.randint(0, len(writes))
+                    for i, w in enumerate(writes):
+                        keep = i < cut if mode == "prefix" else rng.random() < 0.5
+                        torn = (mode == "prefix" and i == cut) or (mode == "any" and rng.random() < 0.2)
+                        if keep:
+                            os.pwrite(fd, w.data, w.offset)
+                            self.kept += 1
+                        elif torn:
+                            n = rng.randint(0, len(w.data))
+                            if rng.random() < 0.3:
+                                os.pwrite(fd, bytes(n), w.offset)
+                                self.zeroed += 1
+                            else:
+                                os.pwrite(fd, w.data[:n], w.offset)
+                                self.torn += 1
+                        else:
+                            self.dropped += 1
+                finally:
+                    os.close(fd)
+            self._unsynced.clear()
+            self._drop_fds()
+            return {"kept": self.kept, "dropped": self.dropped, "torn": self.torn, "zeroed": self.zeroed}
+
+    def process_crash(self) -> None:
+        """SIGKILL without a dead process: every written byte stays (the page cache survives), every later call
+        fails, every descriptor (and so the write lock) is released."""
+        with self._lock:
+            self.crashed = True
+            self._unsynced.clear()
+            self._drop_fds()
+
+    def _drop_fds(self) -> None:
+        for fd in list(self._paths):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._paths.clear()
