@@ -339,7 +339,6 @@ FORGED_BUG = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=FORGED_BUG)
 def test_forged_record_with_bad_properties_is_corrupted_error(tmp_path: Path) -> None:
     def edit(raw: bytearray, pos: int, end: int) -> None:
         i = bytes(raw[pos:end]).find(b"value")

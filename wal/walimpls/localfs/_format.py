@@ -270,13 +270,18 @@ def decode_properties(buf: bytes | memoryview) -> dict[str, str]:
     out: dict[str, str] = {}
     p = 0
     n = len(buf)
-    while p < n:
-        kl, vl = PROP_LEN.unpack_from(buf, p)
-        p += PROP_LEN.size
-        k = bytes(buf[p : p + kl]).decode("utf-8")
-        p += kl
-        out[k] = bytes(buf[p : p + vl]).decode("utf-8")
-        p += vl
+    try:
+        while p < n:
+            kl, vl = PROP_LEN.unpack_from(buf, p)
+            p += PROP_LEN.size
+            if p + kl + vl > n:
+                raise ValueError(f"property lengths {kl}+{vl} run past the end ({n} bytes)")
+            k = bytes(buf[p : p + kl]).decode("utf-8")
+            p += kl
+            out[k] = bytes(buf[p : p + vl]).decode("utf-8")
+            p += vl
+    except (struct.error, UnicodeDecodeError) as e:  # both are ValueErrors the caller turns into CorruptedError
+        raise ValueError(f"malformed properties: {e}") from e
     return out
 
 

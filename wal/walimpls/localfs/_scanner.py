@@ -584,6 +584,7 @@ class LocalFSScanner(ScannerImpls):
         vcache = self._vch_cache
         lazy = functools.partial
         direct = _DIRECT
+        seg_path = self._seg.path if self._seg is not None else "?"
         if len(vcache) > 4096:
             vcache.clear()
         n = len(out)
@@ -621,7 +622,7 @@ class LocalFSScanner(ScannerImpls):
                     im.message_id = message_id
                     im.message_type = types.get(mt, unknown)
                     im.payload = mv[meta_off + meta_len : end]
-                    im._props = lazy(_properties_at, mv, p, props_len) if props_len else _NO_PROPS
+                    im._props = lazy(_properties_at, mv, p, props_len, seg_path) if props_len else _NO_PROPS
                     im.vchannel = vch
                     im.time_tick = tt
                     im.last_confirmed_message_id = lc or message_id
@@ -634,7 +635,7 @@ class LocalFSScanner(ScannerImpls):
                         message(
                             message_id=message_id, message_type=types.get(mt, unknown),
                             payload=mv[meta_off + meta_len : end],
-                            properties=lazy(_properties_at, mv, p, props_len) if props_len else None,
+                            properties=lazy(_properties_at, mv, p, props_len, seg_path) if props_len else None,
                             vchannel=vch, time_tick=tt, last_confirmed_message_id=lc, txn_ctx=txn,
                             wal_term=wal_term, not_persisted=not_persisted,
                         )
@@ -646,8 +647,11 @@ class LocalFSScanner(ScannerImpls):
         self._expect = expect
 
 
-def _properties_at(mv: memoryview, off: int, length: int) -> dict[str, str]:
-    return decode_properties(mv[off : off + length])
+def _properties_at(mv: memoryview, off: int, length: int, path: str) -> dict[str, str]:
+    try:
+        return decode_properties(mv[off : off + length])
+    except ValueError as e:  # the CRC matched, so a forger or a buggy writer made it: still never wrong data
+        raise CorruptedError(f"{path}: malformed properties at offset {off}: {e}", path=path, offset=off) from e
 
 
 _TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
