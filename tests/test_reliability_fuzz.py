@@ -332,11 +332,6 @@ def _crafted(tmp_path: Path, edit: Callable[[bytearray, int, int], None]) -> Pat
     return root
 
 
-FORGED_BUG = (
-    "robustness: a record with a valid CRC but malformed metadata/properties (forged or written by a buggy writer) is "
-    "decoded without bounds/UTF-8 checks: wal/walimpls/localfs/_format.py:275 decode_properties raises "
-    "UnicodeDecodeError/struct.error (lazily, on m.properties) instead of CorruptedError"
-)
 
 
 def test_forged_record_with_bad_properties_is_corrupted_error(tmp_path: Path) -> None:

@@ -73,6 +73,9 @@ def channel_dir_or_fail(root: str, channel: str) -> str:
     except InvalidArgumentError as e:
         raise click.BadParameter(str(e), param_hint="--channel") from None
     path = os.path.join(root, channel)
+    if os.path.islink(path):
+        raise click.BadParameter(f"channel {channel!r} under {root} is a symbolic link; refusing to follow it",
+                                 param_hint="--channel")
     if not os.path.isdir(path):
         raise click.BadParameter(f"no channel {channel!r} under {root}", param_hint="--channel")
     return path

@@ -131,6 +131,8 @@ class LocalFSOpener(OpenerImpls):
         ch = opt.channel
         fops = self._fops
         chdir = os.path.join(self.opts.root, ch.name)
+        if os.path.islink(chdir):  # a planted link must not lead the WAL (or its lock) outside root
+            raise InvalidArgumentError(f"localfs: channel directory {chdir} is a symbolic link; refusing to follow it")
         try:
             ensure_dir(fops, chdir)
         except OSError as e:

@@ -67,7 +67,11 @@ def list_segments(fops: FileOps, chdir: str) -> list[tuple[int, str]]:
     for name in fops.listdir(chdir):
         fid = parse_segment_name(name)
         if fid is not None:
-            out.append((fid, os.path.join(chdir, name)))
+            path = os.path.join(chdir, name)
+            if os.path.islink(path):  # never read (or map, or zero) a file outside the channel through a link
+                log.warning("localfs: ignoring segment %s: it is a symbolic link", path)
+                continue
+            out.append((fid, path))
     out.sort()
     return out
 

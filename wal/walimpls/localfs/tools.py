@@ -103,6 +103,8 @@ class RepairReport:
 
 
 def _is_channel_dir(path: str) -> bool:
+    if os.path.islink(path):  # never followed: a link could lead the tools outside root
+        return False
     try:
         names = os.listdir(path)
     except (NotADirectoryError, FileNotFoundError, PermissionError):
@@ -122,6 +124,8 @@ def list_channels(root: str) -> list[str]:
 def _chdir(root: str, channel: str) -> str:
     validate_channel_name(channel)
     path = os.path.join(os.fspath(root), channel)
+    if os.path.islink(path):
+        raise InvalidArgumentError(f"channel {channel!r} under {root} is a symbolic link; refusing to follow it")
     if not os.path.isdir(path):
         raise InvalidArgumentError(f"no localfs channel {channel!r} under {root}")
     return path
