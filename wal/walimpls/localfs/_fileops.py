@@ -81,6 +81,11 @@ class FileOps:
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
 
+    def list_files(self, path: str) -> list[str]:
+        """Names in ``path`` that are not symbolic links; the kind comes from readdir, so no stat per entry."""
+        with os.scandir(path) as it:
+            return [e.name for e in it if not e.is_symlink()]
+
     def flock(self, fd: int, operation: int) -> None:
         fcntl.flock(fd, operation)
 

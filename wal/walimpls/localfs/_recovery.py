@@ -64,14 +64,10 @@ class Recovered:
 
 def list_segments(fops: FileOps, chdir: str) -> list[tuple[int, str]]:
     out = []
-    for name in fops.listdir(chdir):
+    for name in fops.list_files(chdir):  # symbolic links are never segments: they could lead outside root
         fid = parse_segment_name(name)
         if fid is not None:
-            path = os.path.join(chdir, name)
-            if os.path.islink(path):  # never read (or map, or zero) a file outside the channel through a link
-                log.warning("localfs: ignoring segment %s: it is a symbolic link", path)
-                continue
-            out.append((fid, path))
+            out.append((fid, os.path.join(chdir, name)))
     out.sort()
     return out
 

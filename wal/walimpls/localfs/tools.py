@@ -345,6 +345,13 @@ def iter_messages(root: str, channel: str, start: MessageID | None = None) -> It
     policy = DeliverPolicy.all() if start is None else DeliverPolicy.start_from(start)
     hub = Hub(channel, chdir)
     opt = ReadOption(name="iter_messages", deliver_policy=policy)
+    # The end as of this call: against a writer faster than this reader, following the tail would never finish.
+    probe = LocalFSScanner(
+        ReadOption(name="iter_messages_end", deliver_policy=DeliverPolicy.latest()),
+        DirSource(chdir, DEFAULT_FILE_OPS), hub, lambda _s: None,
+    )
+    stop = probe._expect  # the ID the next append will get (0: nothing stored yet)
+    probe.close()
     scanner = LocalFSScanner(opt, DirSource(chdir, DEFAULT_FILE_OPS), hub, lambda _s: None)
     try:
         while True:
@@ -352,7 +359,10 @@ def iter_messages(root: str, channel: str, start: MessageID | None = None) -> It
                 batch = scanner.recv_batch(1024, timeout=0)
             except WALTimeoutError:
                 return
-            yield from batch
+            for m in batch:
+                if m.message_id.value >= stop:  # type: ignore[attr-defined]
+                    return
+                yield m
     finally:
         scanner.close()
 
