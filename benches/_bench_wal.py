@@ -47,9 +47,8 @@ def _msg(payload: bytes) -> MutableMessage:
 
 
 @contextmanager
-def full_wal(root: str, term: int = 1, **options: Any) -> Iterator[Any]:
-    """A WAL through the adaptor: what users get from ``registry.must_get_builder``."""
-    opener = registry.must_get_builder(BACKEND).build(root=root, **options)
+def _channel(builder: Any, root: str, term: int, options: dict[str, Any]) -> Iterator[Any]:
+    opener = builder.build(root=root, **options)
     try:
         w = opener.open(OpenOption(channel=PChannelInfo(CHANNEL, term)))
         try:
@@ -61,17 +60,17 @@ def full_wal(root: str, term: int = 1, **options: Any) -> Iterator[Any]:
 
 
 @contextmanager
+def full_wal(root: str, term: int = 1, **options: Any) -> Iterator[Any]:
+    """A WAL through the adaptor: what users get from ``registry.must_get_builder``."""
+    with _channel(registry.must_get_builder(BACKEND), root, term, options) as w:
+        yield w
+
+
+@contextmanager
 def bare_wal(root: str, term: int = 1, **options: Any) -> Iterator[Any]:
     """The backend alone, without the adaptor (no time ticks, interceptors, cache or futures)."""
-    opener = registry.get_impls_builder(BACKEND).build(root=root, **options)
-    try:
-        w = opener.open(OpenOption(channel=PChannelInfo(CHANNEL, term)))
-        try:
-            yield w
-        finally:
-            w.close()
-    finally:
-        opener.close()
+    with _channel(registry.get_impls_builder(BACKEND), root, term, options) as w:
+        yield w
 
 
 class _Clock:
