@@ -8,7 +8,9 @@ same path as a real one.
 bytes it overwrote. :meth:`PowerLossFileOps.power_loss` freezes the process's view of the disk (every later call
 fails) and rewrites each file as the disk could have it after a power cut: unsynced writes dropped, kept, torn at
 a random byte or zero-filled, in any combination. Metadata (creations, renames) is treated as durable: the
-backend fsyncs its directory after each, and this mode is about data.
+backend fsyncs its directory after each, and this mode is about data. :meth:`PowerLossFileOps.cut_before_sync`
+cuts the power inside a chosen ``fdatasync`` instead (the flush it was to make durable stays unsynced), and a
+``plan`` can replace the random generator to build one exact disk image.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import random
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from wal.walimpls.localfs import FileOps
@@ -195,6 +198,15 @@ class PowerLossFileOps(FileOps):
         self.torn = 0
         self.zeroed = 0
         self.kept = 0
+        self._cut_in = 0  # > 0: the power goes off when that many more fdatasyncs have been asked for
+        self._cut_plan: Callable[[str, int, int], bool] | None = None
+
+    def cut_before_sync(self, n: int = 1, plan: Callable[[str, int, int], bool] | None = None) -> None:
+        """Cut the power when the ``n``th next ``fdatasync`` is called, before it syncs anything (so the write it
+        was to make durable is still unsynced), with ``plan`` deciding what survives (see :meth:`power_loss`)."""
+        with self._lock:
+            self._cut_in = n
+            self._cut_plan = plan
 
     def _guard(self) -> None:
         if self.crashed:
@@ -260,6 +272,10 @@ class PowerLossFileOps(FileOps):
 
     def fdatasync(self, fd: int) -> None:
         with self._lock:
+            if self._cut_in and not self.crashed:
+                self._cut_in -= 1
+                if not self._cut_in:
+                    self.power_loss(self._cut_plan)
             self._guard()
             super().fdatasync(fd)
             self._synced(fd)
@@ -300,10 +316,14 @@ class PowerLossFileOps(FileOps):
             self._guard()
             super().flock(fd, operation)
 
-    def power_loss(self) -> dict[str, int]:
+    def power_loss(self, plan: Callable[[str, int, int], bool] | None = None) -> dict[str, int]:
         """Cut the power: from now on every call fails; each file keeps its synced bytes and, of each unsynced
         write, all, none, a torn prefix, or zeros. Every descriptor this object opened is closed (locks released),
-        so the same process can reopen the channel as if it had rebooted."""
+        so the same process can reopen the channel as if it had rebooted.
+
+        ``plan(path, i, n)``, when given, decides instead of the random generator: unsynced write ``i`` of the
+        ``n`` of ``path`` (in the order they were made; a ``pwritev`` is one write per buffer, i.e. per record)
+        survives whole when it returns True, else it is lost."""
         with self._lock:
             self.crashed = True
             rng = self.rng
@@ -314,6 +334,14 @@ class PowerLossFileOps(FileOps):
                 try:
                     for w in reversed(writes):  # back to the last synced image
                         os.pwrite(fd, w.before + bytes(len(w.data) - len(w.before)), w.offset)
+                    if plan is not None:
+                        for i, w in enumerate(writes):
+                            if plan(path, i, len(writes)):
+                                os.pwrite(fd, w.data, w.offset)
+                                self.kept += 1
+                            else:
+                                self.dropped += 1
+                        continue
                     mode = rng.choice(("prefix", "any"))
                     cut = rng.randint(0, len(writes))
                     for i, w in enumerate(writes):

@@ -295,3 +295,326 @@ def test_never_reads_a_wrong_payload_after_random_flips(tmp_path: Path) -> None:
         w.close()
     finally:
         opener.close()
+
+
+# -- issue 6: a power cut that reorders the writeback of the last, never-synced flush --------------------------------
+# Every test below builds its damage exactly: a log whose last group commit (records A B C, one pwritev) never got
+# its fdatasync (injected EIO: the appends fail, nothing of it is acknowledged), then A's bytes are zeroed while C
+# stays, as a disk whose page writeback is not ordered can leave it.
+
+
+def _flags(path: Path, off: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(off + 9)
+        return f.read(1)[0]
+
+
+def _last_flush_unsynced(root: Path, *, sync: str = "always", then_synced: bool = False) -> list[int]:
+    """Ten acknowledged appends, then the flush A B C (acknowledged, plus one more flush D, when ``then_synced``;
+    else its fdatasync fails). Returns the IDs that were acknowledged."""
+    from _faults import Fault, FaultyFileOps
+
+    from wal.errors import WALIOError
+
+    fops = FaultyFileOps()
+    opener = build(root, segment_bytes=65536, sync=sync, _file_ops=fops)
+    acked: list[int] = []
+    try:
+        w = open_rw(opener)
+        for i in range(10):
+            acked.append(w.append(msg(_payload(i), tt=100 + i)).value)
+        batch = [msg(_payload(10 + k) * 4, tt=110 + k) for k in range(3)]
+        if then_synced:
+            acked += [m.value for m in w.append_batch(batch)]
+            acked.append(w.append(msg(_payload(13), tt=113)).value)
+            w._close_fds()  # a crash: no clean-close summary, so the next open scans the tail
+        else:
+            fops.arm(Fault("fdatasync"))
+            with pytest.raises(WALIOError):
+                w.append_batch(batch)  # written by one pwritev, never synced: not acknowledged
+    finally:
+        opener.close()
+    return acked
+
+
+def _zero(path: Path, off: int, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(bytes(size))
+
+
+def test_reordered_power_cut_in_last_flush_is_a_torn_tail(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    acked = _last_flush_unsynced(tmp_path)
+    seg = _segments(tmp_path)[-1]
+    recs = _records(seg)
+    assert len(recs) == 13
+    (a_off, a_size), _b, (c_off, c_size) = recs[-3:]
+    assert _flags(seg, a_off) == 3 and _flags(seg, c_off) == 0  # A starts a flush written onto durable data
+    _zero(seg, a_off, a_size)  # writeback lost A, kept B and C
+    assert seg.read_bytes()[c_off : c_off + c_size] != bytes(c_size)  # C is intact on disk
+    with caplog.at_level(logging.WARNING, logger="wal.localfs"):
+        got = _reopen_payloads(tmp_path)  # before format 2: CorruptedError "a valid record follows"
+    assert got == [_payload(i) for i in range(10)] and len(acked) == 10
+    cut = [r.getMessage() for r in caplog.records if "cut" in r.getMessage()]
+    assert len(cut) == 1 and f"at offset {a_off}" in cut[0] and "IDs 12..13" in cut[0]
+    assert seg.read_bytes()[c_off : c_off + c_size] == bytes(c_size)  # C was zeroed (the next append is smaller)
+
+
+def test_reordered_power_cut_keeping_only_a_later_record_is_cut(tmp_path: Path) -> None:
+    _last_flush_unsynced(tmp_path)
+    seg = _segments(tmp_path)[-1]
+    (a_off, a_size), (b_off, b_size), _c = _records(seg)[-3:]
+    with open(seg, "r+b") as f:  # A torn in the middle (its header survives), B lost, C kept
+        f.seek(a_off + 40)
+        f.write(bytes(a_size - 40))
+    _zero(seg, b_off, b_size)
+    opener = build(tmp_path, segment_bytes=SEG)
+    try:
+        w = open_rw(opener)
+        assert [bytes(m.payload) for m in read_all(w, idle=0.1)] == [_payload(i) for i in range(10)]
+        assert w.append(msg(b"next")).value == 11
+        w.close()
+    finally:
+        opener.close()
+
+
+def test_damage_before_a_flush_written_onto_durable_data_is_corruption(tmp_path: Path) -> None:
+    acked = _last_flush_unsynced(tmp_path, then_synced=True)
+    seg = _segments(tmp_path)[-1]
+    recs = _records(seg)
+    assert len(recs) == 14 and len(acked) == 14
+    (a_off, a_size), _b, _c, (d_off, _d) = recs[-4:]
+    assert _flags(seg, d_off) == 3  # D's flush was written after A B C were synced: it vouches for them
+    _zero(seg, a_off, a_size)
+    before = seg.read_bytes()
+    opener = build(tmp_path, segment_bytes=SEG)
+    try:
+        with pytest.raises(CorruptedError) as ei:
+            open_rw(opener)
+    finally:
+        opener.close()
+    assert ei.value.path == str(seg) and ei.value.offset == a_off
+    assert f"offset {a_off}" in str(ei.value) and f"PREV_DURABLE) follows at offset {d_off}" in str(ei.value)
+    assert seg.read_bytes() == before  # nothing cut: the acknowledged B, C, D are still there
+
+
+def test_read_only_follower_agrees_with_recovery(tmp_path: Path) -> None:
+    """A follower waits at a torn tail (the next writer cuts it) and fails at proven damage."""
+    from _localfs_util import open_ro
+
+    torn, damaged = tmp_path / "torn", tmp_path / "damaged"
+    _last_flush_unsynced(torn)
+    _last_flush_unsynced(damaged, then_synced=True)
+    for root in (torn, damaged):  # A torn after its first 8 bytes (a zero header is always a follower's frontier)
+        seg = _segments(root)[-1]
+        off, size = _records(seg)[10]
+        _zero(seg, off + 8, size - 8)
+    opener = build(torn, segment_bytes=SEG)
+    try:
+        r = open_ro(opener)
+        assert [bytes(m.payload) for m in read_all(r, idle=0.1)] == [_payload(i) for i in range(10)]
+        r.close()
+    finally:
+        opener.close()
+    opener = build(damaged, segment_bytes=SEG)
+    try:
+        r = open_ro(opener)
+        with pytest.raises(CorruptedError) as ei:
+            read_all(r, idle=0.1)
+        assert ei.value.offset == _records(_segments(damaged)[-1])[-1][0] + _records(_segments(damaged)[-1])[-1][1]
+        r.close()
+    finally:
+        opener.close()
+
+
+def test_sync_never_flushes_vouch_for_nothing(tmp_path: Path) -> None:
+    """Under sync="never" no flush but a segment's first is written onto known-durable data, so a power cut may
+    take any of them: damage followed only by such flushes is a torn tail, cut from the first bad record."""
+    _last_flush_unsynced(tmp_path, sync="never", then_synced=True)
+    seg = _segments(tmp_path)[-1]
+    recs = _records(seg)
+    assert _flags(seg, recs[0][0]) == 3  # the segment's first flush: only the synced header before it
+    assert [_flags(seg, off) for off, _ in recs[1:]] == [1] * 10 + [0, 0, 1]
+    _zero(seg, recs[10][0], recs[10][1])
+    assert _reopen_payloads(tmp_path) == [_payload(i) for i in range(10)]
+
+
+@pytest.mark.parametrize(("interval", "want"), [(0.005, 3), (60.0, 1)])
+def test_interval_flush_vouches_only_after_a_sync(tmp_path: Path, interval: float, want: int) -> None:
+    import time
+
+    opener = build(tmp_path, segment_bytes=SEG, sync="interval", sync_interval=interval)
+    try:
+        w = open_rw(opener)
+        w.append(msg(b"first"))
+        time.sleep(0.1)  # the syncer runs (short interval) or not (long one)
+        w.append(msg(b"second"))
+        seg = _segments(tmp_path)[-1]
+        assert _flags(seg, _records(seg)[1][0]) == want
+        w.close()
+    finally:
+        opener.close()
+
+
+def _to_format_1(path: Path) -> None:
+    """Rewrite a segment as format 1 wrote it: header version 1, record flags 0 (CRCs re-stamped)."""
+    from wal.walimpls.localfs._format import SEG_HEADER, SegmentHeader, crc32c
+
+    recs = _records(path)
+    raw = bytearray(path.read_bytes())
+    hdr = SegmentHeader.unpack(bytes(raw[: SEG_HEADER.size]), str(path))
+    hdr.version = 1
+    raw[: SEG_HEADER.size] = hdr.pack()
+    for off, _size in recs:
+        raw[off + 9] = 0
+        body_len = int.from_bytes(raw[off + 4 : off + 8], "little")
+        raw[off : off + 4] = crc32c(bytes(raw[off + 4 : off + 32 + body_len])).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+
+
+def _version(path: Path) -> int:
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(10)[8:10], "little")
+
+
+def test_format_1_log_opens_and_continues_in_format_2(tmp_path: Path) -> None:
+    _write(tmp_path, 200)
+    for seg in _segments(tmp_path):
+        _to_format_1(seg)
+    old = _segments(tmp_path)
+    assert verify(str(tmp_path)) == []
+    assert _reopen_payloads(tmp_path) == [_payload(i) for i in range(200)] + []
+    segs = _segments(tmp_path)
+    # The format-1 tail was sealed on open: new records go to a format-2 segment, old segments stay as they were.
+    assert segs[: len(old)] == old and [_version(s) for s in old] == [1] * len(old)
+    assert len(segs) == len(old) + 1 and _version(segs[-1]) == 2
+    assert _reopen_payloads(tmp_path)[-1] == b"next"
+
+
+def test_format_1_keeps_the_strict_rule(tmp_path: Path) -> None:
+    """Format 1 has no flush marks: any valid record after a bad one is damage, as it always was."""
+    _last_flush_unsynced(tmp_path)
+    seg = _segments(tmp_path)[-1]
+    _to_format_1(seg)
+    a_off, a_size = _records(seg)[-3]
+    _zero(seg, a_off, a_size)
+    opener = build(tmp_path, segment_bytes=SEG)
+    try:
+        with pytest.raises(CorruptedError) as ei:
+            open_rw(opener)
+        assert ei.value.offset == a_off and "a valid record follows" in str(ei.value)
+    finally:
+        opener.close()
+
+
+def test_verify_and_repair_agree_with_recovery(tmp_path: Path) -> None:
+    from wal.walimpls.localfs.tools import repair
+
+    torn, damaged = tmp_path / "torn", tmp_path / "damaged"
+    _last_flush_unsynced(torn)
+    _last_flush_unsynced(damaged, then_synced=True)
+    for root in (torn, damaged):
+        seg = _segments(root)[-1]
+        off, size = _records(seg)[10]
+        _zero(seg, off, size)
+    seg = _segments(torn)[-1]
+    a_off = _records(seg)[-1][0] + _records(seg)[-1][1]
+    problems = verify(str(torn))
+    assert len(problems) == 1 and problems[0].offset == a_off and "torn tail of" in problems[0].message
+    nbytes = int(problems[0].message.split("torn tail of ")[1].split()[0])
+    assert "IDs 12..13" in problems[0].message
+    report = repair(str(torn), "p1")
+    assert report.cut == [f"{seg}: cut {nbytes} torn bytes at offset {a_off} (end of data); 2 intact record(s) "
+                          "after it, IDs 12..13, were never known durable and were cut too"]
+    assert verify(str(torn)) == [] and repair(str(torn), "p1").cut == []
+    assert _reopen_payloads(torn) == [_payload(i) for i in range(10)]
+
+    seg = _segments(damaged)[-1]
+    before = seg.read_bytes()
+    problems = verify(str(damaged))
+    assert [p.offset for p in problems] == [a_off] and "PREV_DURABLE" in problems[0].message
+    with pytest.raises(CorruptedError) as ei:
+        repair(str(damaged), "p1")
+    assert ei.value.offset == a_off and seg.read_bytes() == before
+
+
+def test_first_flush_after_a_crash_vouches_for_what_recovery_kept(tmp_path: Path) -> None:
+    """Recovery syncs the tail it keeps (it may have come from a dead writer's page cache), so the first flush of
+    the next writer carries PREV_DURABLE, and damage in the old writer's last flush is then caught."""
+    _last_flush_unsynced(tmp_path, then_synced=True)  # 14 records, crashed writer (no clean close)
+    opener = build(tmp_path, segment_bytes=65536)
+    try:
+        w = open_rw(opener, "p1", 2)
+        w.append(msg(b"after the crash"))
+        w._close_fds()  # crash again
+    finally:
+        opener.close()
+    seg = _segments(tmp_path)[-1]
+    recs = _records(seg)
+    assert len(recs) == 15 and _flags(seg, recs[-1][0]) == 3
+    _zero(seg, recs[-2][0], recs[-2][1])  # the old writer's last flush (D), acknowledged and durable
+    opener = build(tmp_path, segment_bytes=65536)
+    try:
+        with pytest.raises(CorruptedError) as ei:
+            open_rw(opener, "p1", 3)
+        assert ei.value.offset == recs[-2][0]
+    finally:
+        opener.close()
+
+
+def test_a_flush_split_by_a_roll_marks_both_parts(tmp_path: Path) -> None:
+    """A group commit that does not fit is written as two flushes, one per segment; each part starts with
+    FLUSH_START|PREV_DURABLE (sync="always": the old segment was synced; the new one holds only its header)."""
+    opener = build(tmp_path, segment_bytes=4096)
+    try:
+        w = open_rw(opener)
+        w.append(msg(b"a" * 1000))
+        w.append_batch([msg(bytes([65 + k]) * 1000) for k in range(3)])
+        w.close()
+    finally:
+        opener.close()
+    old, new = _segments(tmp_path)
+    assert [_flags(old, off) for off, _ in _records(old)] == [3, 3]
+    assert [_flags(new, off) for off, _ in _records(new)] == [3, 0]
+
+
+def test_sync_never_still_makes_a_segment_durable_before_sealing_it(tmp_path: Path) -> None:
+    """A sealed segment is trusted on open (never scanned), so even under sync="never" its data must be synced
+    before the seal summary is written, and the summary synced before the next segment starts: otherwise a power
+    cut leaves a sealed segment with a torn tail and a log that will not open."""
+    from wal.walimpls.localfs import FileOps
+    from wal.walimpls.localfs._format import SEAL_OFF
+
+    class Recording(FileOps):
+        def __init__(self) -> None:
+            self.ops: list[tuple[str, int, int]] = []
+
+        def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+            self.ops.append(("pwrite", fd, offset))
+            return super().pwrite(fd, data, offset)
+
+        def pwritev(self, fd: int, buffers: list[bytes | bytearray | memoryview], offset: int) -> int:
+            self.ops.append(("pwritev", fd, offset))
+            return super().pwritev(fd, buffers, offset)
+
+        def fdatasync(self, fd: int) -> None:
+            self.ops.append(("fdatasync", fd, 0))
+            super().fdatasync(fd)
+
+    fops = Recording()
+    opener = build(tmp_path, segment_bytes=4096, sync="never", _file_ops=fops)
+    try:
+        w = open_rw(opener)
+        for i in range(40):
+            w.append(msg(b"x" * 200, tt=i + 1))
+        w.close()
+    finally:
+        opener.close()
+    seals = [k for k, (op, _fd, off) in enumerate(fops.ops) if op == "pwrite" and off == SEAL_OFF]
+    assert len(seals) >= 2, "the test needs segment rolls"
+    for k in seals:
+        fd = fops.ops[k][1]
+        data_writes = [j for j, (op, f, _o) in enumerate(fops.ops[:k]) if f == fd and op == "pwritev"]
+        syncs_before = [j for j, (op, f, _o) in enumerate(fops.ops[:k]) if f == fd and op == "fdatasync"]
+        assert data_writes and syncs_before and syncs_before[-1] > data_writes[-1], "data not synced before its seal"
+        assert ("fdatasync", fd, 0) in fops.ops[k + 1 :], "seal summary never synced"

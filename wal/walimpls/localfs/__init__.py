@@ -33,7 +33,8 @@ the file. Use ``bytes(m.payload)`` for a copy. A read-only WAL (``AccessMode.RO`
 follows the writer: woken by the writer of the same opener, by watchdog (inotify) events, and by polling with
 backoff (at most 50 ms), so a lost event costs latency, never a message. A follower in another process may see a
 record as soon as it is written, which with ``sync="always"`` is at most one ``fdatasync`` ahead of durable. It
-raises :class:`~wal.errors.CorruptedError` at a bad record of the active segment that a valid record follows, and
+raises :class:`~wal.errors.CorruptedError` at a bad record of the active segment that a later flush proves was
+durable (``docs/FORMAT.md``, "Flush marks"), and
 its ``last_time_tick()`` is the largest tick stored (read from summaries and indexes, not by a scan).
 
 A reader given a vchannel (``ReadOption.vchannel``) skips sealed segments whose bloom filter holds neither that

@@ -1,4 +1,4 @@
-"""The on-disk format (version 1): byte layouts, record encoding, segment scanning. See ``docs/FORMAT.md``.
+"""The on-disk format (version 2): byte layouts, record encoding, segment scanning. See ``docs/FORMAT.md``.
 
 Everything that knows a byte offset lives here, so the writer, the scanner, recovery and the tools agree.
 """
@@ -19,7 +19,14 @@ from ._message_id import LocalFSMessageID
 
 crc32c: Callable[..., int] = _crc32c_mod.crc32c
 
-FORMAT_VERSION = 1
+# The segment format written now. Version 2 gave meaning to two record flag bits (FLUSH_START, PREV_DURABLE),
+# which lets recovery tell a torn, never-synced flush from damage to durable data; version 1 segments (flags
+# always 0) stay readable, under the stricter rule of version 1 (see ``vouching_record_after``).
+FORMAT_VERSION = 2
+SEGMENT_VERSIONS = (1, 2)  # segment versions this code reads
+# Summaries, index files and TERM have not changed layout since format 1: they keep their own version 1, so a
+# version-1 reader still understands them and only refuses (by the segment header) what it would misjudge.
+LAYOUT_VERSION = 1
 
 SEGMENT_SUFFIX = ".seg"
 INDEX_SUFFIX = ".idx"
@@ -51,6 +58,11 @@ REC_MAGIC = 0xA5
 REC_HEADER = struct.Struct("<IIBBHIQQ")
 REC_HEADER_SIZE = REC_HEADER.size  # 32
 REC_MAGIC_OFF = 8
+REC_FLAGS_OFF = 9
+# Record flags (format 2; always 0 in format 1). Set only on the first record of each flush (one pwritev):
+FLUSH_START = 0x01  # this record starts a flush
+PREV_DURABLE = 0x02  # when this flush was written, an fdatasync had made every earlier byte of the segment durable
+VOUCHES = FLUSH_START | PREV_DURABLE
 # wal_term, last-confirmed kind, meta flags, vchannel length, properties length
 META_FIXED = struct.Struct("<QBBHI")
 LC_NONE, LC_SELF, LC_ID = 0, 1, 2
@@ -61,7 +73,8 @@ PROP_LEN = struct.Struct("<II")
 META_FIXED_SIZE = META_FIXED.size
 _HEAD_PACK = struct.Struct("<IIBBHIQQ" + "QBBHI").pack  # record header followed by the fixed metadata
 _U64_INTO = U64.pack_into
-_U32_INTO = struct.Struct("<I").pack_into
+_U32 = struct.Struct("<I")
+_U32_INTO = _U32.pack_into
 _PAD = bytes(ALIGN)
 
 # -- index file -------------------------------------------------------------------------------------------------------
@@ -110,11 +123,12 @@ class SegmentHeader:
     created_ns: int
     term: int
     data_start: int = DATA_START
+    version: int = FORMAT_VERSION
 
     def pack(self) -> bytes:
         raw = bytearray(
             SEG_HEADER.pack(
-                SEG_MAGIC, FORMAT_VERSION, self.data_start, 0, self.first_id, self.capacity, self.created_ns,
+                SEG_MAGIC, self.version, self.data_start, 0, self.first_id, self.capacity, self.created_ns,
                 self.term, 0,
             )
         )
@@ -130,9 +144,10 @@ class SegmentHeader:
             raise CorruptedError(f"{path}: not a localfs segment (bad magic at offset 0)", path=path, offset=0)
         if crc != crc32c(bytes(buf[: SEG_HEADER.size - 4])):
             raise CorruptedError(f"{path}: segment header checksum mismatch at offset 0", path=path, offset=0)
-        if version != FORMAT_VERSION:
+        if version not in SEGMENT_VERSIONS:
             raise CorruptedError(f"{path}: unsupported format version {version}", path=path, offset=0)
-        return cls(first_id=first_id, capacity=capacity, created_ns=created_ns, term=term, data_start=data_start)
+        return cls(first_id=first_id, capacity=capacity, created_ns=created_ns, term=term, data_start=data_start,
+                   version=version)
 
 
 @dataclass(slots=True)
@@ -151,7 +166,7 @@ class Summary:
     def pack(self, magic: bytes) -> bytes:
         raw = bytearray(
             SUMMARY.pack(
-                magic, FORMAT_VERSION, BLOOM_K, self.last_id, self.first_tt, self.max_tt, self.data_end,
+                magic, LAYOUT_VERSION, BLOOM_K, self.last_id, self.first_tt, self.max_tt, self.data_end,
                 self.records, self.written_ns, self.index_entries, self.bloom, 0,
             )
         )
@@ -165,7 +180,7 @@ class Summary:
         if len(raw) < SUMMARY.size or raw[:4] != magic:
             return None
         fields = SUMMARY.unpack(raw)
-        if fields[-1] != crc32c(raw[: SUMMARY.size - 4]) or fields[1] != FORMAT_VERSION:
+        if fields[-1] != crc32c(raw[: SUMMARY.size - 4]) or fields[1] != LAYOUT_VERSION:
             return None
         return cls(
             last_id=fields[3], first_tt=fields[4], max_tt=fields[5], data_end=fields[6], records=fields[7],
@@ -253,6 +268,17 @@ def stamp_record(rec: bytearray, message_id: int, crc_end: int) -> None:
     """Write the ID and the CRC (the CRC covers the header after itself, the metadata and the payload)."""
     _U64_INTO(rec, 16, message_id)
     _U32_INTO(rec, 0, crc32c(memoryview(rec)[4:crc_end]))
+
+
+def mark_flush_start(rec: bytearray, prev_durable: bool) -> None:
+    """Flag the first record of a flush (format 2) and re-stamp its CRC, which covers the flags.
+
+    One CRC per flush, over one record: the price of letting recovery know where flushes start and which of them
+    were written onto durable data.
+    """
+    rec[REC_FLAGS_OFF] = VOUCHES if prev_durable else FLUSH_START
+    (body_len,) = _U32.unpack_from(rec, 4)
+    _U32_INTO(rec, 0, crc32c(memoryview(rec)[4 : REC_HEADER_SIZE + body_len]))
 
 
 def encode_properties(props: Mapping[str, str]) -> bytes:
@@ -425,20 +451,54 @@ def scan_segment(
     return res
 
 
-def find_valid_record_after(buf: bytes | memoryview | mmap.mmap, start: int, limit: int, after_id: int) -> int | None:
-    """Offset of a valid record with ID > ``after_id`` somewhere after ``start``, or None.
+def segment_version(buf: bytes | memoryview | mmap.mmap) -> int:
+    """The format version in the header of a segment mapped from offset 0 (1, the strictest, when unreadable)."""
+    if len(buf) < SEG_HEADER.size or bytes(buf[:8]) != SEG_MAGIC:
+        return 1
+    (version,) = struct.unpack_from("<H", buf, 8)
+    return version if version in SEGMENT_VERSIONS else 1
 
-    A valid record after a bad one means the bad bytes are not a torn tail but damage inside written data.
+
+def find_valid_record_after(
+    buf: bytes | memoryview | mmap.mmap, start: int, limit: int, after_id: int, version: int | None = None
+) -> int | None:
+    """Offset of a record after ``start`` that proves the bad bytes at ``start`` are damage, not a torn tail; or None.
+
+    Only bytes written after the last fdatasync can be torn. In a version 1 segment any valid record with an ID
+    above ``after_id`` is that proof (the writer appends only after complete records) -- which also condemns a
+    power cut that kept a later record of the last, never-synced flush and lost an earlier one (page writeback is
+    not ordered). In version 2 the proof is a valid record flagged FLUSH_START|PREV_DURABLE: its flush was written
+    when everything before it, ``start`` included, was durable. Records of flushes never known durable prove
+    nothing, so such a tail is torn. ``version`` None: read from ``buf``'s segment header (``buf`` maps the whole
+    segment).
     """
+    if version is None:
+        version = segment_version(buf)
+    vouch_only = version >= 2
     end = last_nonzero_end(buf, start, limit)
     pos = align(start + 1)
     while pos + REC_HEADER_SIZE <= end:
-        if buf[pos + REC_MAGIC_OFF] == REC_MAGIC:
+        if buf[pos + REC_MAGIC_OFF] == REC_MAGIC and (not vouch_only or buf[pos + REC_FLAGS_OFF] & VOUCHES == VOUCHES):
             r = check_record(buf, pos, limit)
             if r is not None and r[1] > after_id:
                 return pos
         pos += ALIGN
     return None
+
+
+def valid_ids_after(buf: bytes | memoryview | mmap.mmap, start: int, limit: int, after_id: int) -> list[int]:
+    """IDs of the valid records (IDs above ``after_id``) found at any aligned offset after ``start``: what cutting
+    a torn tail there throws away, for the log line that reports it."""
+    end = last_nonzero_end(buf, start, limit)
+    out = []
+    pos = align(start + 1)
+    while pos + REC_HEADER_SIZE <= end:
+        if buf[pos + REC_MAGIC_OFF] == REC_MAGIC:
+            r = check_record(buf, pos, limit)
+            if r is not None and r[1] > after_id:
+                out.append(r[1])
+        pos += ALIGN
+    return out
 
 
 _CHUNK = 1 << 16
@@ -460,7 +520,7 @@ def last_nonzero_end(buf: bytes | memoryview | mmap.mmap, start: int, limit: int
 
 # -- index file -------------------------------------------------------------------------------------------------------
 def index_header(first_id: int) -> bytes:
-    raw = bytearray(IDX_HEADER.pack(IDX_MAGIC, FORMAT_VERSION, 0, INDEX_INTERVAL, first_id, 0))
+    raw = bytearray(IDX_HEADER.pack(IDX_MAGIC, LAYOUT_VERSION, 0, INDEX_INTERVAL, first_id, 0))
     struct.pack_into("<I", raw, IDX_HEADER.size - 4, crc32c(bytes(raw[: IDX_HEADER.size - 4])))
     return bytes(raw)
 
@@ -491,7 +551,7 @@ def parse_index(raw: bytes, first_id: int, data_end: int | None = None) -> Index
     if len(raw) < IDX_HEADER.size:
         return IndexFile([], False, "index header is short")
     magic, version, _pad, _interval, fid, crc = IDX_HEADER.unpack_from(raw, 0)
-    if magic != IDX_MAGIC or crc != crc32c(raw[: IDX_HEADER.size - 4]) or version != FORMAT_VERSION:
+    if magic != IDX_MAGIC or crc != crc32c(raw[: IDX_HEADER.size - 4]) or version != LAYOUT_VERSION:
         return IndexFile([], False, "bad index header")
     if fid != first_id:
         return IndexFile([], False, f"index is for segment {fid}, not {first_id}")
@@ -525,13 +585,13 @@ def parse_index(raw: bytes, first_id: int, data_end: int | None = None) -> Index
 
 
 def term_text(term: int) -> bytes:
-    return TERM_FMT.format(version=FORMAT_VERSION, term=term, crc=crc32c(str(term).encode())).encode()
+    return TERM_FMT.format(version=LAYOUT_VERSION, term=term, crc=crc32c(str(term).encode())).encode()
 
 
 def parse_term(raw: bytes) -> int | None:
     try:
         parts = raw.decode("ascii").split()
-        if len(parts) != 4 or parts[0] != "wal-localfs-term" or parts[1] != f"v{FORMAT_VERSION}":
+        if len(parts) != 4 or parts[0] != "wal-localfs-term" or parts[1] != f"v{LAYOUT_VERSION}":
             return None
         term = int(parts[2])
         if int(parts[3], 16) != crc32c(str(term).encode()):

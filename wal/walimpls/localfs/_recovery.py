@@ -1,9 +1,12 @@
 """Opening a channel's files: find each segment's end, cut a torn tail, rebuild indexes, resume IDs and ticks.
 
 Only bytes written after the last fdatasync can be torn, and the writer syncs a segment before sealing it, so:
-a sealed segment must scan cleanly; in the last segment a bad record with valid records after it is damage
-(:class:`~wal.errors.CorruptedError`), while a bad record followed only by garbage or zeros is a torn write,
-which is cut by overwriting it with zeros (never ``ftruncate``: a reader may have the file mapped).
+a sealed segment must scan cleanly. In the last segment a bad record is damage
+(:class:`~wal.errors.CorruptedError`, nothing changed) when a later record proves it was durable: in format 2 a
+valid record that starts a flush written after an fdatasync covered everything before it (PREV_DURABLE); in
+format 1 any valid record. Otherwise everything from the bad record on belongs to flushes never known durable
+(a power cut may keep any subset of their pages): a torn tail, cut by overwriting it with zeros (never
+``ftruncate``: a reader may have the file mapped).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from ._format import (
     parse_term,
     scan_segment,
     term_text,
+    valid_ids_after,
 )
 from ._state import SegmentState
 
@@ -60,6 +64,9 @@ class Recovered:
     cut: list[str] = field(default_factory=list)  # one sentence per torn tail that was cut
     rebuilt_indexes: list[str] = field(default_factory=list)
     sealed_now: list[str] = field(default_factory=list)
+    # The unsealed last segment's data is durable up to its end: recovery (write mode) fdatasynced it, so the
+    # writer's first flush can carry PREV_DURABLE.
+    tail_synced: bool = False
 
 
 def list_segments(fops: FileOps, chdir: str) -> list[tuple[int, str]]:
@@ -144,22 +151,28 @@ def scan_tail(fops: FileOps, path: str, fd: int, hdr: SegmentHeader, size: int, 
     try:
         res = scan_segment(buf, hdr.first_id, size, hdr.data_start)
         nz = last_nonzero_end(buf, res.end, size)
-        later = find_valid_record_after(buf, res.end, size, res.last_id) if nz > res.end else None
+        later = find_valid_record_after(buf, res.end, size, res.last_id, hdr.version) if nz > res.end else None
         for _ in range(3):  # read-only callers may race a live writer: a record completed meanwhile is no damage
             if write or later is None:
                 break
             time.sleep(0.01)
             res = scan_segment(buf, hdr.first_id, size, hdr.data_start)
             nz = last_nonzero_end(buf, res.end, size)
-            later = find_valid_record_after(buf, res.end, size, res.last_id) if nz > res.end else None
+            later = find_valid_record_after(buf, res.end, size, res.last_id, hdr.version) if nz > res.end else None
         if nz > res.end:
             if later is not None or sealed:
-                where = f"; a valid record follows at offset {later}" if later is not None else " in a sealed segment"
+                where = " in a sealed segment"
+                if later is not None:
+                    where = f"; {damage_proof(hdr.version)} at offset {later}"
                 raise CorruptedError(
                     f"{path}: corrupted record at offset {res.end} ({res.stop_reason}){where}",
                     path=path, offset=res.end,
                 )
             what = f"{path}: cut {nz - res.end} torn bytes at offset {res.end} ({res.stop_reason})"
+            ids = valid_ids_after(buf, res.end, size, res.last_id)
+            if ids:  # format 2 only: records of flushes that no later flush vouches for
+                what += (f"; {len(ids)} intact record(s) after it, IDs {ids[0]}..{ids[-1]}, were never known "
+                         "durable and were cut too")
             if write:
                 _zero_range(fops, fd, res.end, nz)
                 fops.fdatasync(fd)
@@ -168,6 +181,13 @@ def scan_tail(fops: FileOps, path: str, fd: int, hdr: SegmentHeader, size: int, 
         return res
     finally:
         buf.release()
+
+
+def damage_proof(version: int) -> str:
+    """What the record found after a bad one proves it with, in the words of error messages and ``wal verify``."""
+    if version >= 2:
+        return "a record written after it was durable (PREV_DURABLE) follows"
+    return "a valid record follows"
 
 
 def recover(fops: FileOps, chdir: str, *, write: bool, segment_bytes: int = 0) -> Recovered:
@@ -285,6 +305,7 @@ def _recover_tail(
             if write:  # from now on the summary is stale: clear it before anything is appended
                 fops.pwrite_all(fd, ZERO_SUMMARY, CLOSE_OFF)
                 fops.fdatasync(fd)
+                rec.tail_synced = True
             return st
     res = scan_tail(fops, path, fd, hdr, size, sealed=False, write=write, cut=rec.cut)
     st = _state_from(path, hdr, size, res, sealed=False)
@@ -294,7 +315,10 @@ def _recover_tail(
         write_index(fops, path, hdr.first_id, res.index, sealed=False)
         if close is not None:
             fops.pwrite_all(fd, ZERO_SUMMARY, CLOSE_OFF)
-            fops.fdatasync(fd)
+        # What was kept may have been read from the page cache of a crashed writer, never synced: make it durable
+        # now, so the next writer's flushes can vouch for it (one sync per open after a crash).
+        fops.fdatasync(fd)
+        rec.tail_synced = True
     return st
 
 

@@ -39,10 +39,11 @@ from ._format import (
     parse_segment_name,
     parse_term,
     scan_segment,
+    valid_ids_after,
 )
 from ._format import LOCK_NAME as _LOCK_NAME
 from ._message_id import LocalFSMessageID
-from ._recovery import list_segments, load_index, recover, write_index
+from ._recovery import damage_proof, list_segments, load_index, recover, write_index
 from ._scanner import DirSource, LocalFSScanner
 from ._state import Hub
 
@@ -179,7 +180,10 @@ def verify(
     """Check every record's CRC, each segment's header and summaries, each index, and the term file.
 
     Never writes. Safe while a writer runs: the bytes after the last valid record of the segment it is
-    appending to are then not reported (they may be a write in progress) unless a valid record follows them.
+    appending to are then not reported (they may be a write in progress) unless a later record proves them
+    damage (the rule of recovery: see :func:`~wal.walimpls.localfs._format.find_valid_record_after`). A torn tail
+    is reported with exactly the bytes (and intact but never-durable records) that ``repair`` or the next writer
+    cuts.
     ``progress(bytes_done, bytes_total)`` is called after each segment.
     """
     channels = [channel] if channel is not None else list_channels(root)
@@ -231,24 +235,26 @@ def _verify_segment(
             problems.append(Problem(path, 0, f"segment starts at ID {fid}, the previous one ends at {prev_last}"))
         res = scan_segment(mm, fid, size, hdr.data_start)
         nz = last_nonzero_end(mm, res.end, size)
-        later = find_valid_record_after(mm, res.end, size, res.last_id) if nz > res.end else None
+        later = find_valid_record_after(mm, res.end, size, res.last_id, hdr.version) if nz > res.end else None
         for _ in range(3 if writer_running and is_last else 0):  # a record the live writer completed meanwhile
             if later is None:
                 break
             time.sleep(0.01)
             res = scan_segment(mm, fid, size, hdr.data_start)
             nz = last_nonzero_end(mm, res.end, size)
-            later = find_valid_record_after(mm, res.end, size, res.last_id) if nz > res.end else None
+            later = find_valid_record_after(mm, res.end, size, res.last_id, hdr.version) if nz > res.end else None
         seal = Summary.unpack(mm, SEAL_OFF, SEAL_MAGIC)
         sealed = seal is not None or not is_last
         if nz > res.end:
             if later is not None:
-                problems.append(Problem(path, res.end, f"corrupted record ({res.stop_reason}); a valid record "
-                                                       f"follows at offset {later}"))
+                problems.append(Problem(path, res.end, f"corrupted record ({res.stop_reason}); "
+                                                       f"{damage_proof(hdr.version)} at offset {later}"))
             elif sealed:
                 problems.append(Problem(path, res.end, f"corrupted record in a sealed segment ({res.stop_reason})"))
             elif not writer_running:
-                problems.append(Problem(path, res.end, f"torn tail of {nz - res.end} bytes ({res.stop_reason}); "
+                ids = valid_ids_after(mm, res.end, size, res.last_id)
+                lost = f", with {len(ids)} intact never-durable record(s), IDs {ids[0]}..{ids[-1]}" if ids else ""
+                problems.append(Problem(path, res.end, f"torn tail of {nz - res.end} bytes ({res.stop_reason}){lost}; "
                                                        "opening for write or `repair` cuts it"))
         if seal is not None:
             want = (res.last_id, res.end, res.records, res.max_tt)
