@@ -33,6 +33,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [p for p in (_HERE, os.path.dirname(_HERE)) if p not in sys.path]  # benches/ helpers, this checkout
 
 import _bench_peers as peers  # noqa: E402
+import _bench_scan_floor as scan_floor  # noqa: E402
 import _bench_wal as walb  # noqa: E402
 from _bench_env import BIG_RECORD_BYTES, Rate, bench_dir, filesystem_of, median_rate  # noqa: E402
 
@@ -159,6 +160,8 @@ MEASUREMENTS: dict[str, Measurement] = {m.name: m for m in [
        lambda c: walb.catchup_scan_full(c.scan_log(), c.profile.scan_rows, c.next_term())),
     _m("bare_scan", "bare backend catch-up scan (recv_batch)",
        lambda c: walb.catchup_scan_bare(c.scan_log(), c.profile.scan_rows, c.next_term())),
+    _m("scan_floor", "pure-Python floor: walk the log's map, crc32c per record, no objects",
+       lambda c: scan_floor.crc_walk(c.scan_log(), c.profile.scan_rows)),
     _m("wal_reopen", "wal reopen of a {big} log (build + open)",
        lambda c: walb.reopen(c.big_log(), c.next_term()), kind="seconds"),
     _m("wal_tail", "wal append -> tailing scanner latency at {rate:,.0f}/s",
@@ -208,10 +211,12 @@ INFO_AFTER = {
     "durable_single_append": ("sqlite_normal", "lmdb_put", "raw_100", "bare_single"),
     "group_commit": ("bare_threads32",),
     "adaptor_pipelined": ("wal_batched",),
-    "catchup_scan": ("bare_scan",),
+    "catchup_scan": ("bare_scan", "scan_floor"),
 }
 INFO_RATIOS = (
     ("adaptor_scan", "adaptor catch-up scan / bare recv_batch (no target)", "wal_scan", "bare_scan"),
+    ("floor_vs_sqlite", "pure-Python CRC walk / sqlite SELECT (no target; bounds catchup_scan)",
+     "scan_floor", "sqlite_select"),
     ("adaptor_batched", "adaptor append_messages x1000 / bare append_batch x1000 (no target)",
      "wal_batched", "bare_batched"),
     ("single_vs_raw", "durable single append / raw 100 B pwrite+fdatasync (no target)", "wal_single", "raw_100"),

@@ -54,3 +54,36 @@ def test_catchup_scan_bare(benchmark: Any, scan_log: tuple[str, int], terms: Ite
 
         benchmark.extra_info["messages_per_round"] = rows
         assert benchmark.pedantic(scan, rounds=5, warmup_rounds=1) == rows
+
+
+@pytest.mark.benchmark(group="scan")
+def test_catchup_scan_floor(benchmark: Any, scan_log: tuple[str, int]) -> None:
+    """The pure-Python floor under both scans: walk the log's map and check each record's CRC, no objects."""
+    import _bench_scan_floor as floor
+
+    path, rows = scan_log
+    benchmark.extra_info["messages_per_round"] = rows
+    assert benchmark.pedantic(lambda: floor.crc_walk(path, rows).ops, rounds=5, warmup_rounds=1) >= rows
+
+
+@pytest.mark.benchmark(group="scan-reorder")
+def test_reorder_push_many_in_order(benchmark: Any) -> None:
+    """The adaptor's reorder buffer on a catch-up run in (tt, ID) order: one pass, appended whole, then released."""
+    from wal.message import ImmutableMessage, MessageType
+    from wal.utility import ReorderBuffer
+    from wal.walimpls.localfs import LocalFSMessageID
+
+    msgs = [
+        ImmutableMessage(message_id=LocalFSMessageID(i + 1), message_type=MessageType.INSERT, payload=b"x" * 100,
+                         time_tick=1000 + i)
+        for i in range(10_000)
+    ]
+
+    def run() -> int:
+        rb = ReorderBuffer()
+        for k in range(0, len(msgs), 512):
+            rb.push_many(msgs[k : k + 512])
+        return len(rb.pop_until(1 << 62))
+
+    benchmark.extra_info["messages_per_round"] = len(msgs)
+    assert benchmark.pedantic(run, rounds=20, warmup_rounds=1) == len(msgs)

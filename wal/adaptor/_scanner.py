@@ -28,10 +28,8 @@ from ..errors import CorruptedError, ShutdownError, WALTimeoutError
 from ..message import ImmutableMessage, MessageType, physical_ms
 from ..options import DeliverPolicy, DeliverPolicyKind, filter_func
 from ..utility import (
-    DuplicateMessageError,
     EvictedError,
     ReorderBuffer,
-    TimeTickViolationError,
     TxnBuffer,
     WriteAheadBuffer,
     WriteAheadBufferReader,
@@ -39,7 +37,7 @@ from ..utility import (
 from ..walimpls import ReadOption as ImplsReadOption
 from ..walimpls import ROWALImpls, ScannerImpls
 
-_LAG_SAMPLE = 16  # scanner-lag metric: one observation per this many deliveries
+_LAG_SAMPLE = 64  # scanner-lag metric: one observation per this many deliveries (a prometheus observe is ~3 us)
 
 __all__ = ["ScannerAdaptor"]
 
@@ -63,11 +61,14 @@ class ScannerAdaptor(Scanner):
         self._impls = impls
         self._channel = channel
         self._vchannel = opt.vchannel or ""
-        self._filter = filter_func(opt.deliver_filters)
+        # None when there are no filters: the common case then costs no call per message.
+        self._filter: Callable[[ImmutableMessage], bool] | None = (
+            filter_func(opt.deliver_filters) if opt.deliver_filters else None
+        )
         self._cleanup = cleanup
         self._wab = wab
         self._pending: deque[ImmutableMessage] = deque()
-        self._delivered = 0
+        self._lag_countdown = 1  # deliveries until the next lag sample
         self._reorder = ReorderBuffer()
         self._txn = TxnBuffer()
         self._last_delivered_tt = 0
@@ -117,6 +118,26 @@ class ScannerAdaptor(Scanner):
         return self._error
 
     def recv(self, timeout: float | None = None) -> ImmutableMessage:
+        # Fast path: a message already released. deque.popleft is atomic, so this needs no lock: messages only
+        # leave _pending here, and whichever thread pops one delivers it, once.
+        try:
+            m = self._pending.popleft()
+        except IndexError:
+            return self._recv_wait(timeout)
+        self._lag_countdown -= 1
+        if self._lag_countdown <= 0:
+            self._observe_lag(m)
+        return m
+
+    def _observe_lag(self, m: ImmutableMessage) -> None:
+        # Lag from the message's hybrid time tick (its append) to now, sampled on the first delivery and then one
+        # in _LAG_SAMPLE: observing every message cost a fifth of a catch-up scan.
+        self._lag_countdown = _LAG_SAMPLE
+        if metrics.enabled:
+            lag = time.time() - physical_ms(m.time_tick) / 1000
+            metrics.scanner_lag_seconds.observe(max(0.0, lag))
+
+    def _recv_wait(self, timeout: float | None) -> ImmutableMessage:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._recv_lock:
             pending = self._pending
@@ -124,13 +145,9 @@ class ScannerAdaptor(Scanner):
             while True:
                 if pending:
                     m = pending.popleft()
-                    if metrics.enabled:
-                        # Lag from the message's hybrid time tick (its append) to now, sampled one delivery in
-                        # _LAG_SAMPLE: observing every message cost a fifth of a catch-up scan.
-                        self._delivered += 1
-                        if self._delivered % _LAG_SAMPLE == 1:
-                            lag = time.time() - physical_ms(m.time_tick) / 1000
-                            metrics.scanner_lag_seconds.observe(max(0.0, lag))
+                    self._lag_countdown -= 1
+                    if self._lag_countdown <= 0:
+                        self._observe_lag(m)
                     return m
                 if self._closing.is_set():
                     if self._error is not None:
@@ -220,15 +237,8 @@ class ScannerAdaptor(Scanner):
             policy = DeliverPolicy.start_after(last.message_id) if last is not None else self._policy
             self._restart_catchup(policy, self._exclusive_start)
             return
-        start = self._exclusive_start
-        wab = self._wab
-        for m in batch:
-            self._last_backend = m
-            if m.time_tick <= start:
-                continue
-            self._handle(m)
-            if wab is not None and m.message_type is _TT and not m.not_persisted and self._try_switch(m):
-                return  # the rest of the batch comes again from the buffer (duplicates are dropped there)
+        if batch:
+            self._last_backend = self._consume(batch, self._exclusive_start, self._wab is not None)
 
     def _try_switch(self, tick: ImmutableMessage) -> bool:
         assert self._wab is not None
@@ -263,32 +273,52 @@ class ScannerAdaptor(Scanner):
             self.stats["to_catchup"] += 1
             self._restart_catchup(DeliverPolicy.start_from(last.last_confirmed_message_id), last.time_tick)
             return
-        for m in batch:
-            self._last_consumed = m
-            self._handle(m)
+        if batch:
+            self._last_consumed = self._consume(batch, -1, False)
 
     # -- shared: reorder, txn assembly, delivery ------------------------------------------------------------------
-    def _handle(self, m: ImmutableMessage) -> None:
-        if m.message_type is _TT:
-            tt = m.time_tick
-            out = self._reorder.pop_until(tt)
-            if out:
-                out = self._txn.handle_immutable_messages(out, tt)
-            elif len(self._txn):
-                self._txn.handle_immutable_messages(out, tt)  # expire txns
-            if out:
-                self._pending.extend(out)
-                self._last_delivered_tt = out[-1].time_tick
-            elif not self._pending and tt > self._last_delivered_tt and self._filter(m):
-                self._pending.append(m)
-                self._last_delivered_tt = tt
-            return
+    def _consume(self, batch: list[ImmutableMessage], start: int, may_switch: bool) -> ImmutableMessage:
+        """Run one batch from the current source through the buffers; returns the last message consumed.
+
+        Skips messages with ``tt <= start``. Data messages that pass the filters are gathered into runs and pushed
+        to the reorder buffer a run at a time (one call per run, not per message); a time tick first pushes the
+        run before it, then releases. With ``may_switch`` (catch-up on a writable WAL) a persisted tick may switch
+        the scanner to tailing: the rest of the batch comes again from the write-ahead buffer, where duplicates are
+        dropped.
+        """
         v = self._vchannel
-        if v and m.vchannel and m.vchannel != v:
-            return
-        if not self._filter(m):
-            return
-        try:
-            self._reorder.push(m)
-        except (DuplicateMessageError, TimeTickViolationError):
-            pass  # read twice across a source switch: already held or already delivered
+        filt = self._filter
+        run: list[ImmutableMessage] = []
+        for m in batch:
+            tt = m.time_tick
+            if tt <= start:
+                continue
+            if m.message_type is _TT:
+                if run:
+                    self._reorder.push_many(run)
+                    run = []
+                self._on_tick(m, tt)
+                if may_switch and not m.not_persisted and self._try_switch(m):
+                    return m
+                continue
+            if v and m.vchannel and m.vchannel != v:
+                continue
+            if filt is not None and not filt(m):
+                continue
+            run.append(m)
+        if run:
+            self._reorder.push_many(run)
+        return batch[-1]
+
+    def _on_tick(self, m: ImmutableMessage, tt: int) -> None:
+        out = self._reorder.pop_until(tt)
+        if out:
+            out = self._txn.handle_immutable_messages(out, tt)
+        elif len(self._txn):
+            self._txn.handle_immutable_messages(out, tt)  # expire txns
+        if out:
+            self._pending.extend(out)
+            self._last_delivered_tt = out[-1].time_tick
+        elif not self._pending and tt > self._last_delivered_tt and (self._filter is None or self._filter(m)):
+            self._pending.append(m)
+            self._last_delivered_tt = tt

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from operator import itemgetter
+from collections.abc import Sequence
+from operator import attrgetter
 
-from sortedcontainers import SortedList  # type: ignore[import-untyped]
+from sortedcontainers import SortedKeyList  # type: ignore[import-untyped]
 
 from ..message import ImmutableMessage, MessageID
 from ._errors import DuplicateMessageError, TimeTickViolationError
 
 __all__ = ["ReorderBuffer"]
 
-_Entry = tuple[int, MessageID, int, ImmutableMessage]
-_tick = itemgetter(0)
+_tick = attrgetter("time_tick")
+_key = attrgetter("time_tick", "message_id")  # (tt, id): IDs are unique, so keys are too
 
 
 class ReorderBuffer:
@@ -22,23 +23,22 @@ class ReorderBuffer:
     Concurrent appends may persist out of time-tick order; a scanner pushes what it reads here and pops when a
     tick arrives, so it delivers strictly increasing time ticks. Not thread-safe: one scanner owns one buffer.
 
-    Most pushes arrive already in order, so entries live in a plain list that is appended to; the first
-    out-of-order push moves them into a SortedList (and an ID set for duplicate checks), and the buffer returns
-    to the plain list once it drains.
+    Most pushes arrive already in order, so the messages themselves (no wrapper per message) live in a plain list
+    that is appended to; the first out-of-order push moves them into a SortedKeyList (and an ID set for duplicate
+    checks), and the buffer returns to the plain list once it drains. Sizes are summed only when asked for.
     """
 
-    __slots__ = ("_bytes", "_ids", "_items", "_last_pop", "_popped_at_last", "_sorted")
+    __slots__ = ("_ids", "_items", "_last_pop", "_popped_at_last", "_sorted")
 
     def __init__(self) -> None:
-        # Entries are (tt, id, size, msg); IDs are unique, so comparison never reaches size or msg.
-        self._items: list[_Entry] = []
-        self._sorted: SortedList | None = None
+        # Plain mode: held (tt, ID) pairs, tt non-decreasing and IDs strictly increasing, in push order.
+        self._items: list[ImmutableMessage] = []
+        self._sorted: SortedKeyList | None = None
         # Held IDs, kept only once an out-of-order ID arrives (None: held IDs strictly increase in _items).
         self._ids: set[MessageID] | None = None
         # IDs released at exactly the last popped tick: a later push of one of them at that tick is a duplicate.
         self._popped_at_last: set[MessageID] = set()
         self._last_pop = 0
-        self._bytes = 0
 
     def push(self, msg: ImmutableMessage) -> None:
         tt = msg.time_tick
@@ -53,27 +53,66 @@ class ReorderBuffer:
         items = self._items
         if ids is None:
             # Held IDs strictly increase, so one above the newest cannot be held: no ID set needed.
-            if not items or (tt >= items[-1][0] and items[-1][1] < mid):
-                size = msg.estimate_size()
-                self._bytes += size
-                items.append((tt, mid, size, msg))
+            if not items:
+                items.append(msg)
                 return
-            ids = self._ids = {e[1] for e in items}
+            last = items[-1]
+            if tt >= last.time_tick and last.message_id < mid:
+                items.append(msg)
+                return
+            ids = self._ids = {m.message_id for m in items}
         if mid in ids:
             raise DuplicateMessageError(f"message {mid} was already pushed to the reorder buffer")
         ids.add(mid)
-        size = msg.estimate_size()
-        self._bytes += size
-        entry = (tt, mid, size, msg)
         s = self._sorted
         if s is not None:
-            s.add(entry)
-        elif items and (tt < items[-1][0] or (tt == items[-1][0] and mid < items[-1][1])):
-            self._sorted = SortedList(items)
-            self._sorted.add(entry)
+            s.add(msg)
+        elif items and (tt < items[-1].time_tick or (tt == items[-1].time_tick and mid < items[-1].message_id)):
+            s = self._sorted = SortedKeyList(items, key=_key)
+            s.add(msg)
             self._items = []
         else:
-            items.append(entry)
+            items.append(msg)
+
+    def push_many(self, msgs: Sequence[ImmutableMessage]) -> int:
+        """Push ``msgs`` (in the order a source delivered them), dropping duplicates and messages below the last
+        released tick instead of raising; returns how many were dropped.
+
+        The common case, a run in (tt, ID) order above everything held, is checked in one pass and appended
+        whole; from the first message that is not, the rest goes through :meth:`push`.
+        """
+        i = 0
+        if self._ids is None:
+            items = self._items
+            last_pop = self._last_pop
+            if items:
+                last = items[-1]
+                prev_tt = last.time_tick
+                prev_id: MessageID | None = last.message_id
+            else:
+                prev_tt = last_pop
+                prev_id = None
+            for m in msgs:
+                tt = m.time_tick
+                if tt < prev_tt or tt == last_pop:  # out of order, late, or maybe released already: slow path
+                    break
+                mid = m.message_id
+                if prev_id is not None and not prev_id < mid:
+                    break
+                prev_tt = tt
+                prev_id = mid
+                i += 1
+            if i == len(msgs):
+                items += msgs
+                return 0
+            items += msgs[:i]
+        dropped = 0
+        for m in msgs[i:]:
+            try:
+                self.push(m)
+            except (DuplicateMessageError, TimeTickViolationError):
+                dropped += 1
+        return dropped
 
     def pop_until(self, time_tick: int) -> list[ImmutableMessage]:
         """Release every message with ``tt <= time_tick``, ascending (ties by message ID)."""
@@ -81,12 +120,12 @@ class ReorderBuffer:
             self._last_pop = time_tick
             self._popped_at_last = set()
         s = self._sorted
-        popped: list[_Entry]
+        popped: list[ImmutableMessage]
         if s is None:
             items = self._items
-            if not items or items[0][0] > time_tick:
+            if not items or items[0].time_tick > time_tick:
                 return []
-            if items[-1][0] <= time_tick:
+            if items[-1].time_tick <= time_tick:
                 popped = items
                 self._items = []
             else:
@@ -94,28 +133,28 @@ class ReorderBuffer:
                 popped = items[:lo]
                 del items[:lo]
         else:
-            n = s.bisect_left((time_tick + 1,))
+            n = s.bisect_key_left((time_tick + 1,))
             if n == 0:
                 return []
             popped = s[:n]
             del s[:n]
-        out: list[ImmutableMessage] = []
-        ids = self._ids
+        # Popped messages are sorted by tick: the ones at exactly the last popped tick are a suffix.
         last = self._last_pop
-        at_last = self._popped_at_last
-        freed = 0
-        for tt, mid, size, msg in popped:
-            if ids is not None:
-                ids.discard(mid)
-            freed += size
-            if tt == last:
-                at_last.add(mid)
-            out.append(msg)
-        self._bytes -= freed
+        if popped[-1].time_tick == last:
+            at_last = self._popped_at_last
+            for m in reversed(popped):
+                if m.time_tick != last:
+                    break
+                at_last.add(m.message_id)
+        ids = self._ids
+        if ids is not None:
+            for m in popped:
+                ids.discard(m.message_id)
         if not self:  # drained: back to the append-only list with no ID set
             self._sorted = None
             self._ids = None
-        return out
+            self._items = []
+        return popped
 
     @property
     def last_popped_time_tick(self) -> int:
@@ -123,7 +162,9 @@ class ReorderBuffer:
 
     @property
     def bytes(self) -> int:
-        return self._bytes
+        """Estimated size of the held messages (summed on demand: nothing on the scan path asks for it)."""
+        held = self._sorted if self._sorted is not None else self._items
+        return sum(m.estimate_size() for m in held)
 
     def __len__(self) -> int:
         s = self._sorted

@@ -20,9 +20,18 @@ class TxnBuffer:
         self._builders: dict[int, ImmutableTxnMessageBuilder] = {}
 
     def handle_immutable_messages(self, msgs: list[ImmutableMessage], time_tick: int) -> list[ImmutableMessage]:
-        """Return what is deliverable from ``msgs`` (time-tick ordered), then drop txns expired at ``time_tick``."""
-        out: list[ImmutableMessage] = []
+        """Return what is deliverable from ``msgs`` (time-tick ordered), then drop txns expired at ``time_tick``.
+
+        With no open transaction and no txn message in ``msgs`` (a plain catch-up), ``msgs`` itself is returned.
+        """
         builders = self._builders
+        if not builders:
+            for m in msgs:
+                if m.txn_ctx is not None:
+                    break
+            else:
+                return msgs
+        out: list[ImmutableMessage] = []
         for m in msgs:
             ctx = m.txn_ctx
             if ctx is None:

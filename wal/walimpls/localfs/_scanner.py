@@ -9,15 +9,18 @@ Two sources tell it where the data ends:
   the writer has got to. Wake-ups come from the writer of the same opener, from watchdog (inotify) events and from
   polling with backoff, so a lost event costs latency, never a message.
 
-Payloads are ``memoryview`` slices of the map (no copy). They stay valid while the message lives, also after the
-segment is deleted by retention: deleting a mapped file is safe on Linux, and the backend never truncates one.
+Payloads up to ``_COPY_MAX`` bytes are copied out of the map (``bytes``); larger ones are ``memoryview`` slices of
+it (no copy). Views stay valid while the message lives, also after the segment is deleted by retention: deleting
+a mapped file is safe on Linux, and the backend never truncates one.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import mmap
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -49,7 +52,7 @@ from ._format import (
     is_zero_header,
     scan_segment,
 )
-from ._message_id import LocalFSMessageID
+from ._message_id import LocalFSMessageID, fast_id
 from ._recovery import list_segments, load_index, rebuild_index
 from ._state import ChannelLog, Hub, SegmentState
 
@@ -568,12 +571,23 @@ class LocalFSScanner(ScannerImpls):
         return True
 
     def _read(self, mv: memoryview, limit: int, exact: bool, max_n: int, out: list[ImmutableMessage]) -> None:
-        """Decode valid records from ``pos`` on (the hot loop of every scan: locals only, rare cases out of line)."""
+        """Decode valid records from ``pos`` on: the hot loop of every scan.
+
+        Locals only, one ``unpack_from`` for the header and the fixed metadata, rare cases (txn, barrier,
+        not-persisted metadata, properties) out of line, and fields that runs of records share (last-confirmed
+        ID, vchannel, type) reused from the previous record instead of being rebuilt: fewer objects per message
+        is most of what a Python scan can save. The CRC of a record is checked before any of its bytes is used.
+        """
         pos = self._pos
         expect = self._expect
         skip_below = self._skip_below
-        unpack_header = REC_HEADER.unpack_from
-        unpack_meta = META_FIXED.unpack_from
+        # Slicing the map itself gives bytes in one step (a memoryview slice is a view plus, to copy, a second
+        # object): used for CRC input and for small payloads.
+        mm = mv.obj
+        if not isinstance(mm, mmap.mmap) or len(mm) != len(mv):  # segment views are whole maps; offsets rely on it
+            raise TypeError("localfs scanner: a segment view must cover a whole map")
+        copy_max = _COPY_MAX
+        unpack = _HEAD_META.unpack_from
         unpack_u64 = U64.unpack_from
         crc = crc32c
         new = object.__new__
@@ -582,69 +596,90 @@ class LocalFSScanner(ScannerImpls):
         types = _TYPES
         unknown = MessageType.UNKNOWN
         vcache = self._vch_cache
-        lazy = functools.partial
         direct = _DIRECT
+        no_props = _NO_PROPS
         seg_path = self._seg.path if self._seg is not None else "?"
         if len(vcache) > 4096:
             vcache.clear()
+        lc_value = -1  # no ID has this value: the first LC_ID record builds its own
+        lc = _NO_ID
+        raw_prev = b""
+        vch = ""
         n = len(out)
-        while n < max_n and pos + REC_HEADER_SIZE <= limit:
-            c, body_len, magic, _fl, mt, meta_len, mid, tt = unpack_header(mv, pos)
-            end = pos + REC_HEADER_SIZE + body_len
-            if magic != REC_MAGIC or end > limit or mid != expect or crc(mv[pos + 4 : end]) != c:
+        stop = limit - _HEAD_META_SIZE  # a valid record holds at least the header and the fixed metadata
+        while n < max_n and pos <= stop:
+            c, body_len, magic, _fl, mt, meta_len, mid, tt, wal_term, lc_kind, mflags, vch_len, props_len = unpack(
+                mv, pos
+            )
+            end = pos + _HEADER + body_len
+            if (magic != _MAGIC or end > limit or mid != expect or not _META <= meta_len <= body_len
+                    or crc(mm[pos + 4 : end]) != c):
                 break
-            if mid >= skip_below:
-                meta_off = pos + REC_HEADER_SIZE
-                wal_term, lc_kind, mflags, vch_len, props_len = unpack_meta(mv, meta_off)
-                message_id = new(id_cls)
-                message_id.value = mid
-                lc = None
-                txn = None
-                not_persisted = False
-                p = meta_off + META_FIXED_SIZE
-                if lc_kind == LC_ID:
-                    lc = new(id_cls)
-                    lc.value = unpack_u64(mv, p)[0]
-                if mflags:
-                    m = decode_meta(mv, meta_off)
-                    txn = m.txn_ctx
-                    not_persisted = m.not_persisted
-                    p = m.props_off - vch_len
-                elif lc_kind == LC_ID:
-                    p += 8
-                vch = ""
-                if vch_len:
-                    raw = mv[p : p + vch_len].tobytes()
-                    vch = vcache.get(raw) or vcache.setdefault(raw, raw.decode("utf-8"))
-                    p += vch_len
-                if direct:  # the constructor's work without its keyword-call cost (see _DIRECT)
-                    im = new(message)
-                    im.message_id = message_id
-                    im.message_type = types.get(mt, unknown)
-                    im.payload = mv[meta_off + meta_len : end]
-                    im._props = lazy(_properties_at, mv, p, props_len, seg_path) if props_len else _NO_PROPS
-                    im.vchannel = vch
-                    im.time_tick = tt
-                    im.last_confirmed_message_id = lc or message_id
-                    im.txn_ctx = txn
-                    im.wal_term = wal_term
-                    im.not_persisted = not_persisted
-                    out.append(im)
-                else:
-                    out.append(
-                        message(
-                            message_id=message_id, message_type=types.get(mt, unknown),
-                            payload=mv[meta_off + meta_len : end],
-                            properties=lazy(_properties_at, mv, p, props_len, seg_path) if props_len else None,
-                            vchannel=vch, time_tick=tt, last_confirmed_message_id=lc, txn_ctx=txn,
-                            wal_term=wal_term, not_persisted=not_persisted,
-                        )
-                    )
-                n += 1
-            pos += (REC_HEADER_SIZE + body_len + 7) & ~7
+            pos += (_HEADER + body_len + 7) & ~7
             expect += 1
+            if mid < skip_below:
+                continue
+            message_id = new(id_cls)
+            message_id.value = mid
+            p = pos_meta = end - body_len + _META  # just after the fixed metadata
+            if lc_kind == _LC_ID:
+                (v,) = unpack_u64(mv, p)
+                if v != lc_value:
+                    lc = new(id_cls)
+                    lc.value = lc_value = v
+                p += 8
+                last_confirmed = lc
+            else:
+                last_confirmed = message_id
+            txn = None
+            not_persisted = False
+            if mflags:
+                m = decode_meta(mv, pos_meta - _META)
+                txn = m.txn_ctx
+                not_persisted = m.not_persisted
+                p = m.props_off - vch_len
+            if vch_len:
+                raw = mm[p : p + vch_len]
+                if raw != raw_prev:
+                    raw_prev = raw
+                    vch = vcache.get(raw) or _new_vchannel(vcache, raw, seg_path, p)
+                p += vch_len
+                v_name = vch
+            else:
+                v_name = ""
+            p0 = end - body_len + meta_len
+            payload = mm[p0:end] if end - p0 <= copy_max else mv[p0:end]
+            props = functools.partial(_properties_at, mv, p, props_len, seg_path) if props_len else no_props
+            if direct:  # the constructor's work without its keyword-call cost (see _DIRECT)
+                im = new(message)
+                im.message_id = message_id
+                im.message_type = types.get(mt, unknown)
+                im.payload = payload
+                im._props = props
+                im.vchannel = v_name
+                im.time_tick = tt
+                im.last_confirmed_message_id = last_confirmed
+                im.txn_ctx = txn
+                im.wal_term = wal_term
+                im.not_persisted = not_persisted
+            else:
+                im = message(
+                    message_id=message_id, message_type=types.get(mt, unknown), payload=payload,
+                    properties=props if props_len else None, vchannel=v_name, time_tick=tt,
+                    last_confirmed_message_id=last_confirmed, txn_ctx=txn, wal_term=wal_term,
+                    not_persisted=not_persisted,
+                )
+            out.append(im)
+            n += 1
         self._pos = pos
         self._expect = expect
+
+
+def _new_vchannel(cache: dict[bytes, str], raw: bytes, path: str, off: int) -> str:
+    try:
+        return cache.setdefault(raw, raw.decode("utf-8"))
+    except UnicodeDecodeError as e:  # the CRC matched, so a forger or a buggy writer made it
+        raise CorruptedError(f"{path}: vchannel at offset {off} is not UTF-8: {e}", path=path, offset=off) from e
 
 
 def _properties_at(mv: memoryview, off: int, length: int, path: str) -> dict[str, str]:
@@ -662,7 +697,17 @@ _DIRECT = set(ImmutableMessage.__slots__) == {
     "_props", "last_confirmed_message_id", "message_id", "message_type", "not_persisted", "payload", "time_tick",
     "txn_ctx", "vchannel", "wal_term",
 } and type(ImmutableMessage.__dict__.get("__init__")).__name__ == "function"
-META_FIXED_SIZE = META_FIXED.size
+_HEAD_META = struct.Struct(REC_HEADER.format + META_FIXED.format.lstrip("<"))  # header + fixed metadata, one unpack
+_HEAD_META_SIZE = _HEAD_META.size
+_HEADER = REC_HEADER_SIZE
+_META = META_FIXED.size
+_MAGIC = REC_MAGIC
+_LC_ID = LC_ID
+# Payloads up to this size are copied out of the map, larger ones are views into it. A copy of a small payload
+# costs about what the view does, and bytes are not tracked by the garbage collector while a view is: on a scan
+# of small messages the collector's passes over live views cost more than the copies.
+_COPY_MAX = 1024
+_NO_ID = fast_id(0)
 
 
 def _id_value(mid: object) -> int:
