@@ -126,11 +126,14 @@ def _read_all(w: Any) -> dict[int, tuple[bytes, str]]:
                 out[mid] = (bytes(m.payload), m.vchannel)
 
 
-def _sabotage(chdir: str) -> None:
-    """Self-test of the checker: lose the newest segment (as a broken disk would), so the run must fail."""
-    segs = sorted(n for n in os.listdir(chdir) if n.endswith(".seg"))
-    if segs:
-        os.unlink(os.path.join(chdir, segs[-1]))
+def _sabotage(chdir: str, newest_ack: int) -> None:
+    """Self-test of the checker: lose the segment holding the newest acknowledged message (as a broken disk
+    would), so the run must fail. Not simply the newest segment: a kill can land just after a roll, when the newest
+    segment holds nothing acknowledged yet, and deleting it would prove nothing."""
+    firsts = sorted(int(n[:-4]) for n in os.listdir(chdir) if n.endswith(".seg") and n[:-4].isdigit())
+    holding = [f for f in firsts if f <= newest_ack]
+    if holding:
+        os.unlink(os.path.join(chdir, f"{holding[-1]:020d}.seg"))
 
 
 def run(kills: int, seed: int, root: str, reset_every: int, quiet: bool, sabotage: bool = False) -> int:
@@ -186,8 +189,8 @@ def run(kills: int, seed: int, root: str, reset_every: int, quiet: bool, sabotag
             acked[mid] = (child_seed, t, n, size)
             total_acks += 1
         term += 1
-        if sabotage:
-            _sabotage(chdir)
+        if sabotage and acked:
+            _sabotage(chdir, max(acked))
         opener = get_impls_builder("localfs").build(root=root, segment_bytes=4096)
         try:
             w = opener.open(OpenOption(channel=PChannelInfo(name="crash", term=term)))
