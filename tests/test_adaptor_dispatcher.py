@@ -90,3 +90,91 @@ def test_close_without_ready_fails_queued() -> None:
     f = d.submit_one(m(1))
     d.close()
     assert isinstance(f.exception(2), ShutdownError)
+
+
+def _ids(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    return [ValueError(bytes(x.payload)) if bytes(x.payload).startswith(b"-") else AppendResult(ID(int(x.payload)))
+            for x in ms]
+
+
+def test_run_group_inline_without_future_and_first_error_raised() -> None:
+    """``run_group`` with nothing queued runs in the caller's thread and returns the results directly."""
+    threads: list[str] = []
+
+    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+        threads.append(threading.current_thread().name)
+        return _ids(ms)
+
+    ready = threading.Event()
+    ready.set()
+    d = AppendDispatcher("t", process, max_inflight=100, max_batch=64, ready=ready, period=10)
+    try:
+        got = d.run_group([m(1), m(2)])
+        assert [r.message_id for r in got] == [ID(1), ID(2)]
+        assert threads == [threading.current_thread().name]
+        with pytest.raises(ValueError, match="-5"):
+            d.run_group([m(3), MutableMessage(MessageType.INSERT, b"-5"), MutableMessage(MessageType.INSERT, b"-6")])
+        got = d.run_group([m(7)], timeout=5)  # with a timeout: queued, run by the append thread, same results
+        assert [r.message_id for r in got] == [ID(7)]
+        assert threads[-1] != threading.current_thread().name
+    finally:
+        d.close()
+    with pytest.raises(ShutdownError):
+        d.run_group([m(8)])
+
+
+def test_queued_groups_get_their_own_results_and_share_batches() -> None:
+    """Many synchronous callers at once: every one gets its own results, in its own order; groups queued while a
+    batch runs share later batches (several groups per batch), and nothing hangs."""
+    batches: list[int] = []
+
+    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+        batches.append(len(ms))
+        time.sleep(0.002)  # a backend write + sync
+        return _ids(ms)
+
+    ready = threading.Event()
+    ready.set()
+    d = AppendDispatcher("t", process, max_inflight=1000, max_batch=64, ready=ready, period=10)
+    errors: list[BaseException] = []
+
+    def caller(k: int) -> None:
+        try:
+            for i in range(20):
+                v = k * 1000 + i
+                r = d.run_group([m(v)])
+                assert r[0].message_id == ID(v)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    d.close()
+    assert not errors
+    assert not any(t.is_alive() for t in ts)
+    assert sum(batches) == 8 * 20
+    assert max(batches) >= 3  # groups of different callers shared a batch
+
+
+def test_run_group_timeout_when_queued_behind_a_slow_batch() -> None:
+    gate = threading.Event()
+
+    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+        gate.wait(5)
+        return _ids(ms)
+
+    ready = threading.Event()
+    ready.set()
+    d = AppendDispatcher("t", process, max_inflight=100, max_batch=64, ready=ready, period=10)
+    try:
+        blocker = d.submit_one(m(1))
+        with pytest.raises(TimeoutError):
+            d.run_group([m(2)], timeout=0.1)
+        gate.set()
+        assert blocker.result(5).message_id == ID(1)
+    finally:
+        gate.set()
+        d.close()

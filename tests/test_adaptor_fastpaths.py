@@ -9,6 +9,7 @@ import concurrent.futures as cf
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -231,3 +232,78 @@ def test_same_message_object_twice_in_one_batch_gets_two_ticks() -> None:
         assert got[-1].message_id == after.message_id
     finally:
         op.close()
+
+
+# -- counters published per tick, not per append ----------------------------------------------------------------------
+def test_append_metrics_are_published_by_the_periodic_tick_while_open() -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from wal._metrics import metrics
+
+    if not metrics.enabled:
+        pytest.skip("metrics are off (WAL_METRICS=0)")
+
+    def val() -> float:
+        return prometheus_client.REGISTRY.get_sample_value("wal_appends_total") or 0.0
+
+    op = registry.must_get_builder("memory").build(time_tick_interval=0.02)
+    try:
+        w = op.open(OpenOption(PChannelInfo("metrics-tick", 1)))
+        before = val()
+        w.append(m(1))
+        w.append_messages([m(2), m(3)])
+        w.append_async(m(4)).result(5)
+        deadline = time.monotonic() + 3
+        while val() - before < 4 and time.monotonic() < deadline:  # the WAL stays open: the tick publishes them
+            time.sleep(0.01)
+        assert val() - before >= 4  # (>=: another WAL of this process may publish too)
+    finally:
+        op.close()
+
+
+def test_a_refused_message_does_not_fail_the_appends_batched_with_it(tmp_path: Path) -> None:
+    """Concurrent appends share one backend batch; a message the backend refuses (too large) must fail alone,
+    never the valid messages of other callers in the same batch."""
+    import threading
+
+    from wal import OpenOption, PChannelInfo
+    from wal.errors import InvalidArgumentError
+    from wal.message import MessageType, MutableMessage
+    from wal.registry import must_get_builder
+
+    op = must_get_builder("localfs").build(root=str(tmp_path), max_message_bytes=4096, time_tick_interval=0.05)
+    w = op.open(OpenOption(PChannelInfo("p", 1)))
+    wrong: list[BaseException] = []
+    ok = [0]
+    stop = threading.Event()
+
+    def good(k: int) -> None:
+        while not stop.is_set():
+            try:
+                w.append(MutableMessage(MessageType.INSERT, b"ok-%d" % k, vchannel="v"))
+                ok[0] += 1
+            except BaseException as e:
+                wrong.append(e)
+
+    refused = [0]
+
+    def bad() -> None:
+        for _ in range(200):
+            try:
+                w.append(MutableMessage(MessageType.INSERT, b"x" * 10_000, vchannel="v"))
+            except InvalidArgumentError:
+                refused[0] += 1
+
+    ts = [threading.Thread(target=good, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    b = threading.Thread(target=bad)
+    b.start()
+    b.join(60)
+    stop.set()
+    for t in ts:
+        t.join(30)
+    w.close()
+    op.close()
+    assert refused[0] == 200, "every oversized message is refused"
+    assert not wrong, f"{len(wrong)} valid appends failed with another caller's error, e.g. {wrong[0]!r}"
+    assert ok[0] > 0

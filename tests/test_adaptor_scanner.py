@@ -218,3 +218,33 @@ def test_recv_zero_timeout_returns_available_messages() -> None:
         assert got == ["0", "1", "2"]
     ro.close()
     w.close()
+
+
+def test_recv_survives_a_message_taken_by_a_concurrent_lock_free_recv() -> None:
+    """recv's fast path pops released messages without the lock; the locked slow path must therefore treat an
+    empty pop as "someone else delivered it" and go on waiting, never leak an IndexError to the caller."""
+    import collections
+
+    from wal.errors import WALTimeoutError
+    from wal.registry import must_get_builder
+
+    class Stolen(collections.deque):  # type: ignore[type-arg]
+        """Non-empty, but every pop finds the message already taken (as after another thread's popleft)."""
+
+        def popleft(self) -> object:
+            raise IndexError("pop from an empty deque")
+
+    op = must_get_builder("memory").build(time_tick_interval=30.0)
+    w = op.open(OpenOption(PChannelInfo("race1", 1)))
+    try:
+        s = w.read(ReadOption())
+        w.append(MutableMessage(MessageType.INSERT, b"x", vchannel="v1"))
+        assert s.recv(5) is not None  # the scanner runs
+        s._pending = Stolen([object()])  # type: ignore[attr-defined]
+        try:
+            s._recv_wait(0.3)  # type: ignore[attr-defined]  # the locked path, where the race bit
+        except WALTimeoutError:
+            pass  # nothing else to deliver: waiting, as it should
+    finally:
+        w.close()
+        op.close()

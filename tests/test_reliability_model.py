@@ -158,8 +158,9 @@ class WALModel(RuleBasedStateMachine):
         STEP_COUNT["steps"] += 1
 
     # -- reads -------------------------------------------------------------------------------------------------------
-    def _read(self, policy: DeliverPolicy, want: int) -> list[Any]:
-        """User messages (ticks skipped) until ``want`` arrived, then anything more within a short grace period."""
+    def _read(self, policy: DeliverPolicy, want: int, last: Any = None) -> list[Any]:
+        """User messages (ticks skipped) until ``want`` arrived (or the model's ``last`` ID: a truncation may have
+        dropped some before it), then anything more within a short grace period."""
         out: list[Any] = []
         s = self.w.read(ReadOption(deliver_policy=policy))
         try:
@@ -167,7 +168,7 @@ class WALModel(RuleBasedStateMachine):
             grace: float | None = None
             while True:
                 now = time.monotonic()
-                if grace is None and len(out) >= want:
+                if grace is None and (len(out) >= want or (last is not None and out and out[-1].message_id >= last)):
                     grace = now + 0.1
                 end = grace if grace is not None else deadline
                 if now >= end:
@@ -195,7 +196,7 @@ class WALModel(RuleBasedStateMachine):
     @rule()
     def read_all(self) -> None:
         want = self._visible()
-        got = self._read(DeliverPolicy.all(), len(want))
+        got = self._read(DeliverPolicy.all(), len(want), want[-1][0] if want else None)
         if self.floor is not None and got:  # truncation may have dropped a prefix (whole segments) before floor
             first = got[0].message_id
             lost = [e for e in want if e[0] < first]
@@ -218,7 +219,7 @@ class WALModel(RuleBasedStateMachine):
         # Invariant 4: from m's last-confirmed ID, everything from m on is delivered (earlier messages may be too).
         pol = DeliverPolicy.start_after(own) if after else DeliverPolicy.start_from(lc)
         want = [e for e in self.entries if (e[0] > own if after else e[0] >= own)]
-        got = [m for m in self._read(pol, len(want)) if m.message_id >= own]
+        got = [m for m in self._read(pol, len(want), want[-1][0] if want else None) if m.message_id >= own]
         self._compare(got, want, f"start_{'after' if after else 'from'}({lc}) for message {own}")
 
     @rule(p=payloads)

@@ -286,3 +286,36 @@ def test_mvcc_all_vchannel_message_counts_for_every_vchannel() -> None:
     assert m.get_mvcc_of_vchannel("b") == (11, False)
     m.update_mvcc(tick(12))
     assert m.get_mvcc_of_vchannel("a") == (12, True)
+
+
+def test_sync_idle_matches_the_general_sync() -> None:
+    """``AckManager.sync_idle`` (the per-batch fast path) ends in the same state as ``sync_and_get_acknowledged``:
+    same details handed over (but the sync's own), same last-confirmed ID afterwards, and it refuses (None)
+    while a tick is in flight. Randomised histories of batches of one acker each, as the dispatcher makes them.
+    """
+    rng = random.Random(7)
+    for _ in range(50):
+        slow, fast = AckManager(counter_clock(), UID(0)), AckManager(counter_clock(), UID(0))
+        mid = 0
+        for _ in range(rng.randrange(1, 30)):
+            pair = [slow.allocate(), fast.allocate()]
+            assert pair[0].timestamp == pair[1].timestamp
+            assert pair[0].last_confirmed_message_id == pair[1].last_confirmed_message_id
+            assert fast.sync_idle() is None  # a tick in flight: the general path must be used
+            mid += 1
+            kind = rng.random()
+            for a in pair:
+                if kind < 0.2:
+                    a.ack(error=RuntimeError("boom"))
+                else:
+                    a.ack(message=data(a.timestamp, mid=mid))
+            got_slow = slow.sync_and_get_acknowledged()
+            idle = fast.sync_idle()
+            assert idle is not None
+            ts, got_fast, lc = idle
+            assert got_slow[-1].is_sync and got_slow[-1].begin_timestamp == ts
+            assert got_slow[-1].last_confirmed_message_id == lc
+            assert ts_of(got_slow[:-1]) == ts_of(got_fast)
+            assert slow.last_confirmed_message_id == fast.last_confirmed_message_id
+            assert slow.last_confirmed_time_tick == fast.last_confirmed_time_tick == ts
+            assert slow.not_acked_count == fast.not_acked_count == 0

@@ -366,3 +366,35 @@ def test_wab_readers_never_see_a_gap(seed: int) -> None:
             if m.message_type is not MessageType.TIME_TICK or m.not_persisted:
                 assert m.time_tick > prev
             prev = m.time_tick
+
+
+def test_wab_queue_push_order_checked_within_a_batch() -> None:
+    q = WABQueue(5 * MiB, 30.0, tick(10), FakeClock())
+    with pytest.raises(TimeTickViolationError):
+        q.push([data(11), data(13), data(12)])  # out of order inside the batch
+    with pytest.raises(TimeTickViolationError):
+        q.push([data(11), data(11)])  # a data message never repeats a tick
+    assert len(q) == 1  # all or nothing
+    q.push([data(11), tick(11), data(12)])  # a tick may repeat the last tick
+    assert q.last_time_tick == 12 and len(q) == 4
+    q._check()
+
+
+def test_wab_blocked_reader_is_woken_by_append_after_other_readers_timed_out() -> None:
+    """Appends notify only while a reader waits: a reader that timed out must not leave that count wrong."""
+    wab = WriteAheadBuffer("p", 5 * MiB, 30.0, tick(10))
+    early = wab.read_from_exclusive_time_tick(10)
+    for _ in range(3):
+        with pytest.raises(WALTimeoutError):
+            early.next(timeout=0.01)
+    got: list[int] = []
+
+    def reader() -> None:
+        got.append(wab.read_from_exclusive_time_tick(10).next(timeout=5).time_tick)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    time.sleep(0.05)  # let it block
+    wab.append([data(11)], tick(12, persisted=False))
+    t.join(3)
+    assert not t.is_alive() and got == [11]

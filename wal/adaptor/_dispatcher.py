@@ -4,13 +4,17 @@ Why one thread: a FIFO queue drained by one thread keeps a producer's order (its
 persisted, and get time ticks, in call order), lets every batch reach the backend as one ``append_batch`` call,
 and serialises the time-tick bookkeeping so it needs no lock on the hot path.
 
-Queue entries are either one message with its own future (``append_async``) or a group with one future for the
-whole group (``append_messages``: no per-message future to build and complete). Futures are
-:class:`~._future.AppendFuture`: one shared condition, settled a batch at a time.
+Queue entries are either one message's future, which carries the message (``append_async``), or a group with
+one future or waiter for the whole group (``append_messages``: no per-message future to build and complete).
+Futures are :class:`~._future.AppendFuture`: one shared condition, settled a batch at a time. A synchronous
+caller's group waits on a :class:`~._future.GroupWaiter` instead: its own lock, so a finished batch wakes exactly
+its callers.
 
 A group submitted without a timeout while nothing is queued or running is run inline, in the caller's thread (a
 ``busy`` flag keeps one batch at a time, whichever thread runs it): a synchronous ``append`` then costs no thread
-hand-off, which is most of the adaptor's latency at low rates.
+hand-off and no future, which is most of the adaptor's latency at low rates. When a batch woke several
+synchronous callers, the thread waits a moment for them to queue again before taking the next batch (group
+commit across threads: see :meth:`AppendDispatcher._gather`).
 """
 
 from __future__ import annotations
@@ -24,15 +28,19 @@ from typing import Any
 from .._types import AppendResult
 from ..errors import ShutdownError, WALTimeoutError
 from ..message import MutableMessage
-from ._future import AppendFuture, complete_all, new_condition
+from ._future import AppendFuture, GroupWaiter, complete_all, new_condition
 
 __all__ = ["AppendDispatcher", "BatchProcessor"]
+
+GATHER_SECONDS = 0.0005
+"""How long the thread waits, after waking several synchronous callers, for them to queue again."""
 
 BatchProcessor = Callable[[Sequence[MutableMessage]], list[AppendResult | BaseException]]
 """Appends a batch and returns one outcome per message; must not raise (failures are per message)."""
 
-# (message, future of its AppendResult) or (messages, future of their list of AppendResult)
-_Entry = tuple[MutableMessage | Sequence[MutableMessage], "AppendFuture[Any]"]
+# One message of append_async: its future, holding it in ``msg``; a group: (messages, its future), or its
+# GroupWaiter for a synchronous caller (``run_group``).
+_Entry = AppendFuture[Any] | tuple[Sequence[MutableMessage], "AppendFuture[Any] | GroupWaiter"]
 
 
 class AppendDispatcher:
@@ -63,6 +71,7 @@ class AppendDispatcher:
         self._busy = False  # a batch or the periodic work is running (in the thread, or inline in a caller)
         self._waits_for_inline = False  # the thread waits (with no deadline) for an inline batch to end
         self._room_waiters = 0
+        self._wake_at = 1  # queue length at which a producer wakes the idle thread (more while it gathers)
         self._closing = False
         self._abort = False
         self._triggered: bool | None = None  # a sync asked for out of period; True = persisted
@@ -98,6 +107,9 @@ class AppendDispatcher:
             # saves two thread hand-offs (to the append thread and back). Order is kept: everything submitted
             # before is finished. Only without a timeout: inline, the caller could not stop waiting early.
             inline = timeout is None and not self._busy and not self._queue and self._ready.is_set()
+            # The thread waits for an inline batch to end (periodic work is due): give it this batch, else
+            # back-to-back inline callers would wake it once per batch without it ever getting its turn.
+            inline = inline and not self._waits_for_inline
             if inline:
                 self._busy = True
             else:
@@ -116,13 +128,65 @@ class AppendDispatcher:
                         self._has_work.notify()
         return fut
 
+    def run_group(self, msgs: Sequence[MutableMessage], timeout: float | None = None) -> list[AppendResult]:
+        """:meth:`submit_group` and wait for its results (raising the first error), without a future: run inline
+        when it can be (see the module doc), else queued with a :class:`GroupWaiter`. The synchronous path.
+        """
+        n = len(msgs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiter = None
+        with self._lock:
+            if self._closing or (self._inflight and self._inflight + n > self._max_inflight):
+                self._admit(n, deadline)
+            self._inflight += n
+            # Not inline while the thread waits for an inline batch to end (periodic work is due): it takes this
+            # one, else back-to-back inline callers would wake it once per batch without it ever getting a turn.
+            inline = (
+                timeout is None
+                and not self._busy
+                and not self._queue
+                and not self._waits_for_inline
+                and self._ready.is_set()
+            )
+            if inline:
+                self._busy = True
+            else:
+                waiter = GroupWaiter()
+                self._queue.append((msgs, waiter))
+                if self._idle and len(self._queue) >= self._wake_at:  # one wake-up (see submit_one)
+                    self._idle = False
+                    self._has_work.notify()
+        if waiter is None:
+            try:
+                try:
+                    outcomes: object = self._process(msgs)
+                except BaseException as e:  # the processor promised not to raise
+                    outcomes = [e] * n
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._inflight -= n
+                    if self._room_waiters:
+                        self._has_room.notify_all()
+                    if self._idle and (self._queue or self._waits_for_inline):  # else it sleeps on
+                        self._idle = False
+                        self._has_work.notify()
+            for o in outcomes:  # type: ignore[attr-defined]
+                if isinstance(o, BaseException):
+                    raise o
+        else:
+            outcomes = waiter.wait(None if deadline is None else deadline - time.monotonic())
+            if isinstance(outcomes, BaseException):
+                raise outcomes
+        return outcomes  # type: ignore[return-value]  # a list of AppendResult
+
     def submit_one(self, msg: MutableMessage) -> AppendFuture[AppendResult]:
         """Queue one message (the ``append_async`` hot path); blocks while too many appends are in flight."""
-        fut: AppendFuture[AppendResult] = AppendFuture(self._fcond)
+        fut: AppendFuture[AppendResult] = AppendFuture(self._fcond, msg)
         with self._lock:
             if self._closing or self._inflight >= self._max_inflight:
                 self._admit(1, None)
-            self._queue.append((msg, fut))
+            self._queue.append(fut)
             self._inflight += 1
             if self._idle:  # one wake-up: until the thread runs, later producers see it as not idle
                 self._idle = False
@@ -169,12 +233,12 @@ class AppendDispatcher:
                 while queue and n < self._max_batch:
                     e = queue.popleft()
                     batch.append(e)
-                    n += 1 if isinstance(e[0], MutableMessage) else len(e[0])
+                    n += 1 if e.__class__ is AppendFuture else len(e[0])  # type: ignore[index]
                 stop = self._closing and not queue
                 trig, self._triggered = self._triggered, None
             try:
-                if batch:
-                    self._run_batch(batch, n)
+                if batch and (woken := self._run_batch(batch, n)) >= 2:
+                    self._gather(woken)
                 now = time.monotonic()
                 if self._periodic is not None and (trig is not None or now >= next_tick):
                     try:
@@ -188,50 +252,92 @@ class AppendDispatcher:
             if stop:
                 return
 
-    def _run_batch(self, batch: list[_Entry], n: int) -> None:
+    def _run_batch(self, batch: list[_Entry], n: int) -> int:
+        """Run one batch and settle it; returns how many synchronous callers (group waiters) it woke."""
         msgs: list[MutableMessage] = []
         groups = False
-        for m, _ in batch:
-            if isinstance(m, MutableMessage):
-                msgs.append(m)
+        add = msgs.append
+        for e in batch:
+            if e.__class__ is AppendFuture:
+                add(e.msg)
             else:
-                msgs.extend(m)
+                msgs.extend(e[0])  # type: ignore[index]
                 groups = True
         try:
             outcomes = self._process(msgs)
-        except BaseException as e:  # the processor promised not to raise; fail the batch rather than hang callers
-            outcomes = [e] * len(msgs)
+        except BaseException as ex:  # the processor promised not to raise; fail the batch rather than hang callers
+            outcomes = [ex] * len(msgs)
+        waiters: list[tuple[GroupWaiter, object]] = []
         if not groups:  # only single messages (the append_async case): outcomes map one to one
-            futs = [f for _, f in batch]
+            futs: list[AppendFuture[Any]] = batch  # type: ignore[assignment]  # all futures
             settled: list[object] = outcomes  # type: ignore[assignment]
         else:
             futs = []
             settled = []
             i = 0
-            for m, fut in batch:
-                futs.append(fut)
-                if isinstance(m, MutableMessage):
+            for e in batch:
+                if e.__class__ is AppendFuture:
+                    futs.append(e)
                     settled.append(outcomes[i])
                     i += 1
                     continue
-                group = outcomes[i : i + len(m)]
-                i += len(m)
-                err = next((o for o in group if isinstance(o, BaseException)), None)
-                settled.append(err if err is not None else group)
-        complete_all(self._fcond, futs, settled)
+                group, fut = e  # type: ignore[misc]
+                got = outcomes[i : i + len(group)]
+                i += len(group)
+                err = next((o for o in got if isinstance(o, BaseException)), None)
+                if isinstance(fut, GroupWaiter):
+                    waiters.append((fut, err if err is not None else got))
+                else:
+                    futs.append(fut)
+                    settled.append(err if err is not None else got)
+        if futs:
+            complete_all(self._fcond, futs, settled)
         with self._lock:
             self._inflight -= n
             if self._room_waiters:
                 self._has_room.notify_all()
+        for w, o in waiters:
+            w.settle(o)
+        return len(waiters)
+
+    def _gather(self, woken: int) -> None:
+        """After waking ``woken`` synchronous callers: give them a moment to queue their next appends, so that
+        they share the next backend write and sync instead of going to it a few at a time (the thread would
+        otherwise take the queue before most of them have run: it holds the interpreter while they wake).
+        Bounded by :data:`GATHER_SECONDS`; callers that do not come back only cost that once.
+        """
+        deadline = time.monotonic() + GATHER_SECONDS
+        with self._lock:
+            want = min(woken, self._max_batch)
+            while len(self._queue) < want and not self._closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake_at = want
+                self._idle = True
+                self._has_work.wait(left)
+                self._idle = False
+            self._wake_at = 1
 
     def _fail_queued(self) -> None:
         err = ShutdownError("wal is closed")
         futs: list[AppendFuture[Any]] = []
+        waiters: list[GroupWaiter] = []
         while self._queue:
-            m, fut = self._queue.popleft()
-            futs.append(fut)
-            self._inflight -= 1 if isinstance(m, MutableMessage) else len(m)
+            e = self._queue.popleft()
+            if e.__class__ is AppendFuture:
+                futs.append(e)
+                self._inflight -= 1
+                continue
+            m, fut = e  # type: ignore[misc]
+            if isinstance(fut, GroupWaiter):
+                waiters.append(fut)
+            else:
+                futs.append(fut)
+            self._inflight -= len(m)
         complete_all(self._fcond, futs, [err] * len(futs))
+        for w in waiters:
+            w.settle(err)
         self._has_room.notify_all()
 
     def close(self, drain: bool = True) -> None:

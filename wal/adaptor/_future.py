@@ -14,6 +14,7 @@ with a shared condition a wake-up may be for another future, so they wait in a l
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
 from typing import Any, TypeVar
 
-__all__ = ["AppendFuture", "complete_all", "new_condition"]
+__all__ = ["AppendFuture", "GroupWaiter", "complete_all", "new_condition"]
 
 T = TypeVar("T")
 
@@ -34,9 +35,11 @@ def new_condition() -> threading.Condition:
 class AppendFuture(Future[T]):
     # Slots: with every field in a slot no per-instance __dict__ is built. The waiter and callback lists are
     # made on first use (most appends never have either): fewer allocations, fewer garbage collections.
-    __slots__ = ("_callbacks", "_condition", "_exception", "_result", "_state", "_w")
+    # ``msg``: the message of an ``append_async`` while it is queued (the future is the queue entry: no tuple).
+    __slots__ = ("_callbacks", "_condition", "_exception", "_result", "_state", "_w", "msg")
 
-    def __init__(self, cond: threading.Condition) -> None:  # no super().__init__(): it builds a Condition
+    def __init__(self, cond: threading.Condition, msg: Any = None) -> None:  # no super().__init__(): it builds a
+        self.msg = msg  # Condition
         self._condition = cond
         self._state = RUNNING
         self._result = None
@@ -97,6 +100,7 @@ def complete_all(cond: threading.Condition, futs: Sequence[AppendFuture[Any]], o
     called: list[AppendFuture[Any]] = []
     with cond:
         for f, o in zip(futs, outcomes, strict=True):
+            f.msg = None  # done with it: a future kept by the caller does not keep the message alive
             if f._state != RUNNING:
                 continue
             if isinstance(o, BaseException):
@@ -116,3 +120,29 @@ def complete_all(cond: threading.Condition, futs: Sequence[AppendFuture[Any]], o
         cond.notify_all()
     for f in called:
         f._invoke_callbacks()  # type: ignore[attr-defined]
+
+
+class GroupWaiter:
+    """What a synchronous ``append``/``append_messages`` caller waits on when its group is queued: a private
+    lock, released once by whoever settles it. Unlike futures sharing one condition, settling a batch wakes
+    exactly its callers, not every thread waiting on the WAL (32 appending threads would otherwise wake about
+    twice per append, half the time for another batch).
+    """
+
+    __slots__ = ("_lock", "outcome")
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self.outcome: object = None
+
+    def settle(self, outcome: object) -> None:
+        """Called exactly once (the entry leaves the queue once)."""
+        self.outcome = outcome
+        self._lock.release()
+
+    def wait(self, timeout: float | None) -> object:
+        """The outcome (an exception instance is returned, not raised); TimeoutError after ``timeout``."""
+        if not self._lock.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
+            raise TimeoutError()
+        return self.outcome

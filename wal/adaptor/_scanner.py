@@ -143,8 +143,11 @@ class ScannerAdaptor(Scanner):
             pending = self._pending
             tried = False  # recv(0) still looks once at what the source already has
             while True:
-                if pending:
+                try:  # not ``if pending: popleft()``: the lock-free fast path in recv may pop in between
                     m = pending.popleft()
+                except IndexError:
+                    pass
+                else:
                     self._lag_countdown -= 1
                     if self._lag_countdown <= 0:
                         self._observe_lag(m)

@@ -12,7 +12,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from functools import partial
+from operator import attrgetter
+from typing import TYPE_CHECKING, cast
 
 from .._interfaces import WAL, Scanner, Txn
 from .._metrics import metrics
@@ -22,11 +24,14 @@ from ..errors import (
     FencedError,
     InvalidArgumentError,
     InvalidMessageError,
+    InvalidMessageIDError,
     ShutdownError,
     WALLockedError,
     WALTimeoutError,
 )
 from ..interceptors import AppendOutcome, ChainedInterceptor, InterceptorBuilder, InterceptorBuildParam
+from ..interceptors._chain import all_ok
+from ..interceptors.redo import RedoInterceptor
 from ..interceptors.timetick import AckManager, HybridClock, MVCCManager
 from ..interceptors.timetick._interceptor import TimeTickInterceptor
 from ..interceptors.timetick._message import new_time_tick_message
@@ -38,14 +43,18 @@ from ..walimpls import ROWALImpls, WALImpls
 from ._dispatcher import AppendDispatcher
 from ._lifetime import Lifetime
 from ._options import AdaptorOptions
+from ._truncate import truncation_point
 
 if TYPE_CHECKING:
     from ._scanner import ScannerAdaptor
 
 __all__ = ["ROWALAdaptor", "WALAdaptor"]
 
+_payload = attrgetter("payload")
 _WAL_ONLY_TYPES = frozenset({MessageType.TIME_TICK, MessageType.TXN, MessageType.UNKNOWN})
 _FIRST_TICK_RETRY_FOR = 5.0
+# A backend refuses one message for what it is (too large, a foreign ID), before writing anything of its batch.
+_REFUSED_MESSAGE = (InvalidArgumentError, InvalidMessageError, InvalidMessageIDError)
 _NOT_RETRIED = (FencedError, ShutdownError, AccessModeError, InvalidArgumentError, WALLockedError)
 
 
@@ -201,6 +210,10 @@ class WALAdaptor(ROWALAdaptor):
             tt_ic.take_written if tt_ic is not None else None,
         )
         self._chain = ChainedInterceptor(interceptors)
+        self._ready = self._chain.ready()
+        self._append_chain = self._bind_chain(interceptors, tt_ic)
+        self._n_appends = 0  # appends and bytes not yet added to the metrics (added by the periodic tick)
+        self._n_bytes = 0
         self._dispatcher = AppendDispatcher(
             f"{self._channel}",
             self._process_batch,
@@ -235,19 +248,42 @@ class WALAdaptor(ROWALAdaptor):
         param.txn_manager = self._txns
         param.clock = clock
 
+    def _bind_chain(
+        self, interceptors: Sequence[object], tt_ic: TimeTickInterceptor | None
+    ) -> Callable[[Sequence[MutableMessage]], list[AppendOutcome]]:
+        """The chain as one function. With only the built-ins (redo outermost, then timetick) redo has nothing to
+        do (only an interceptor inside timetick could ask for a redo, and there is none), so the chain is timetick
+        calling the backend: two fewer layers, and no timing wrapper, per batch (``ChainedInterceptor.timings``
+        stays empty for this pair; it measures user interceptors, which take the general path).
+        """
+        only_builtins = len(interceptors) == 2 and type(interceptors[0]) is RedoInterceptor
+        if tt_ic is not None and only_builtins and interceptors[1] is tt_ic:
+            return partial(tt_ic.do_append_batch, next=self._final_batch)
+        return self._chain.bind_batch(self._final_batch)
+
     def _append_tick(self, tick: MutableMessage) -> MessageID:
         tick.wal_term = self._term
-        out = self._chain.do_append_batch((tick,), self._final_batch)[0]
+        out = self._append_chain((tick,))[0]
         if isinstance(out, BaseException):
             raise out
         return out
 
     def _periodic(self, persisted: bool) -> None:
+        self._flush_metrics()
         self._sync_op.sync(SyncMode.FORCE if persisted else SyncMode.PERIODIC)
+
+    def _flush_metrics(self) -> None:
+        """Counted per append, published per tick: a Prometheus ``inc`` takes a lock, too dear for every append.
+        Runs like a batch (in the dispatcher thread, or after it is closed), so the counts need no lock.
+        """
+        if self._n_appends:
+            metrics.appends.inc(self._n_appends)
+            metrics.append_bytes.inc(self._n_bytes)
+            self._n_appends = self._n_bytes = 0
 
     def _after_batch(self) -> None:
         try:
-            self._sync_op.sync(SyncMode.BATCH)
+            self._sync_op.sync_batch()
         except ShutdownError:
             pass  # the buffer closed under a late batch; nothing reads it any more
 
@@ -269,7 +305,7 @@ class WALAdaptor(ROWALAdaptor):
         """
         if self._fenced is not None:
             return [self._fenced] * len(msgs)
-        persisted = [m for m in msgs if not m.not_persisted]
+        persisted = msgs if len(msgs) == 1 and not msgs[0].not_persisted else [m for m in msgs if not m.not_persisted]
         try:
             got = self._wimpls.append_batch(persisted) if persisted else []
         except FencedError as e:
@@ -277,45 +313,98 @@ class WALAdaptor(ROWALAdaptor):
             self._fenced = e
             self._unavailable.set()
             return [e] * len(msgs)
+        except _REFUSED_MESSAGE as e:
+            if len(persisted) == 1:
+                return [e] * len(msgs)
+            # One caller's bad message (too large, a foreign ID...) must not fail the others grouped with it: the
+            # backends check every message before writing any, so nothing was written; append them one by one.
+            return self._map_outcomes(msgs, [self._append_alone(m) for m in persisted])
         except Exception as e:
             return [e] * len(msgs)
         if len(got) == len(msgs):
             return list(got)
-        ids = iter(got)
+        return self._map_outcomes(msgs, list(got))
+
+    def _append_alone(self, m: MutableMessage) -> AppendOutcome:
+        if self._fenced is not None:
+            return self._fenced
+        try:
+            return self._wimpls.append(m)
+        except FencedError as e:
+            self._fenced = e
+            self._unavailable.set()
+            return e
+        except Exception as e:
+            return e
+
+    @staticmethod
+    def _map_outcomes(msgs: Sequence[MutableMessage], persisted: list[AppendOutcome]) -> list[AppendOutcome]:
+        """Outcomes of the persisted messages, in order, spread back over ``msgs`` (a not-persisted tick takes its
+        last-confirmed ID as its ID)."""
+        outs = iter(persisted)
         out: list[AppendOutcome] = []
         for m in msgs:
             if m.not_persisted:
                 lc = m.last_confirmed_message_id
                 out.append(lc if lc is not None else ValueError("not-persisted tick without last-confirmed id"))
             else:
-                out.append(next(ids))
+                out.append(next(outs))
         return out
 
     def _process_batch(self, msgs: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
         term = self._term
-        seen: set[int] = set()
-        for i, m in enumerate(msgs):
-            if id(m) in seen:
-                # The same object appended twice in one batch: stamping is in place, so without a copy both would
-                # carry the later tick and the write-ahead buffer would see time go backwards.
-                msgs = list(msgs)
-                msgs[i] = m = m.copy()
-            seen.add(id(m))
+        if len(msgs) == 1:  # a synchronous append: no loops, comprehensions or extra calls
+            m = msgs[0]
             m.wal_term = term
-        outcomes = self._chain.do_append_batch(msgs, self._final_batch)
+            outcomes = self._append_chain(msgs)
+            try:
+                self._sync_op.sync_batch()  # _after_batch, inlined
+            except ShutdownError:
+                pass
+            o = outcomes[0]
+            if isinstance(o, BaseException):
+                return outcomes  # type: ignore[return-value]  # one exception
+            self._n_appends += 1
+            self._n_bytes += len(m.payload)
+            lc = m.last_confirmed_message_id
+            return [AppendResult(o, m.time_tick, o if lc is None else lc, m.txn_ctx, None)]
+        for m in msgs:
+            m.wal_term = term
+        if len(set(map(id, msgs))) != len(msgs):
+            msgs = self._unshare(msgs)
+        outcomes = self._append_chain(msgs)
         self._after_batch()
+        if all_ok(outcomes):  # the usual case
+            self._n_appends += len(msgs)
+            self._n_bytes += sum(map(len, map(_payload, msgs)))
+            # last_confirmed_message_id None: the message's own ID
+            return [
+                AppendResult(o, m.time_tick, o if (lc := m.last_confirmed_message_id) is None else lc, m.txn_ctx, None)
+                for m, o in zip(msgs, cast("list[MessageID]", outcomes), strict=True)
+            ]
         out: list[AppendResult | BaseException] = []
         add = out.append
         for m, o in zip(msgs, outcomes, strict=True):
             if isinstance(o, BaseException):
                 add(o)
             else:
-                lc = m.last_confirmed_message_id  # None when it is the message's own ID
+                lc = m.last_confirmed_message_id
                 add(AppendResult(o, m.time_tick, o if lc is None else lc, m.txn_ctx, None))
-        if metrics.enabled:
-            stored = [m for m, o in zip(msgs, outcomes, strict=True) if not isinstance(o, BaseException)]
-            metrics.appends.inc(len(stored))
-            metrics.append_bytes.inc(sum(len(m.payload) for m in stored))
+                self._n_appends += 1
+                self._n_bytes += len(m.payload)
+        return out
+
+    @staticmethod
+    def _unshare(msgs: Sequence[MutableMessage]) -> list[MutableMessage]:
+        """The same object appended twice in one batch: stamping is in place, so without a copy both would carry
+        the later tick and the write-ahead buffer would see time go backwards. Later occurrences are copies.
+        """
+        seen: set[int] = set()
+        out = list(msgs)
+        for i, m in enumerate(out):
+            if id(m) in seen:
+                out[i] = m.copy()
+            seen.add(id(m))
         return out
 
     @staticmethod
@@ -330,7 +419,8 @@ class WALAdaptor(ROWALAdaptor):
         return self.append_messages((msg,), timeout)[0]
 
     def append_async(self, msg: MutableMessage) -> Future[AppendResult]:
-        self._check_msg(msg)
+        if msg.__class__ is not MutableMessage or msg.message_type in _WAL_ONLY_TYPES:  # the usual case: one check
+            self._check_msg(msg)
         try:
             # The dispatcher refuses work once closing, and the close drains what it accepted: no lifetime needed.
             return self._dispatcher.submit_one(msg)
@@ -341,18 +431,22 @@ class WALAdaptor(ROWALAdaptor):
 
     def append_messages(self, msgs: Sequence[MutableMessage], timeout: float | None = None) -> list[AppendResult]:
         for m in msgs:
-            self._check_msg(m)
+            if m.__class__ is not MutableMessage or m.message_type in _WAL_ONLY_TYPES:  # the usual case: one check
+                self._check_msg(m)
         if not msgs:
             return []
-        with self._lifetime.call():
-            self._wait_ready(timeout)
-            fut = self._dispatcher.submit_group(msgs, timeout)
-            try:
-                return fut.result(timeout)
-            except TimeoutError as e:
-                if isinstance(e, WALTimeoutError):
-                    raise
-                raise WALTimeoutError(f"append to wal {self._channel} did not finish within {timeout}s") from None
+        # No lifetime call (two locks and a notify per append): as for append_async, the dispatcher refuses work
+        # once closing and its close waits for what it accepted, an inline batch included.
+        if self._lifetime.stopped:
+            raise ShutdownError(f"wal {self._channel} is closed")
+        try:
+            if not self._ready.is_set():
+                self._wait_ready(timeout)
+            return self._dispatcher.run_group(msgs, timeout)
+        except TimeoutError as e:
+            if isinstance(e, WALTimeoutError):
+                raise
+            raise WALTimeoutError(f"append to wal {self._channel} did not finish within {timeout}s") from None
 
     def _wait_ready(self, timeout: float | None) -> None:
         ready = self._chain.ready()
@@ -379,7 +473,8 @@ class WALAdaptor(ROWALAdaptor):
         if not isinstance(message_id, MessageID):
             raise InvalidMessageError(f"truncate takes a MessageID, got {type(message_id).__name__}")
         with self._lifetime.call():
-            self._wimpls.truncate(message_id)
+            # Lowered to the begin of any txn a reader still needs (issue #6 b, see _truncate.py).
+            self._wimpls.truncate(truncation_point(self._wimpls, message_id, self._ack.last_confirmed_message_id))
 
     def begin_txn(self, vchannel: str, keepalive: float | None = None) -> Txn:
         from ._txn import TxnHandle
@@ -395,6 +490,7 @@ class WALAdaptor(ROWALAdaptor):
             self._sync_op.sync(SyncMode.PERIODIC)  # persist a last tick if data came after the previous one
         except Exception:
             pass
+        self._flush_metrics()
         self._close_time_tick()
         self._close_scanners()
         self._impls.close()

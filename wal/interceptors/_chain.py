@@ -18,10 +18,18 @@ from ._interfaces import (
     InterceptorWithReady,
 )
 
-__all__ = ["ChainedInterceptor", "batch_to_single"]
+__all__ = ["ChainedInterceptor", "all_ok", "batch_to_single"]
 
 _BatchStep = Callable[[Sequence[MutableMessage], BatchAppendFunc], list[AppendOutcome]]
 _SingleStep = Callable[[MutableMessage, AppendFunc], MessageID]
+
+
+def all_ok(outcomes: Sequence[object]) -> bool:
+    """No exception among ``outcomes`` (the usual batch): one pass in C over the types, then a few checks."""
+    for t in set(map(type, outcomes)):  # noqa: SIM110  # a loop: all() over a generator costs more here
+        if issubclass(t, BaseException):
+            return False
+    return True
 
 
 def batch_to_single(next: BatchAppendFunc) -> AppendFunc:
@@ -99,10 +107,14 @@ class ChainedInterceptor:
         return fn(msg)
 
     def do_append_batch(self, msgs: Sequence[MutableMessage], final: BatchAppendFunc) -> list[AppendOutcome]:
+        return self.bind_batch(final)(msgs)
+
+    def bind_batch(self, final: BatchAppendFunc) -> BatchAppendFunc:
+        """The whole chain ending in ``final``, as one function: build it once and call it for every batch."""
         fn = final
         for step in reversed(self._batch_steps):
             fn = _bind_batch(step, fn)
-        return fn(msgs)
+        return fn
 
     def graceful_close(self) -> None:
         for ic in self._interceptors:

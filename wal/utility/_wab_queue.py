@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_right
 from collections.abc import Callable
+from operator import lt as _lt
 
 from ..errors import InvalidArgumentError
 from ..message import ImmutableMessage, MessageType
@@ -98,16 +99,15 @@ class WABQueue:
         All or nothing: a message out of order leaves the queue unchanged.
         """
         last = self._tts[-1]
-        tts: list[int] = []
-        for m in msgs:
-            tt = m.time_tick
-            if tt < last or (tt == last and m.message_type is not MessageType.TIME_TICK):
-                raise TimeTickViolationError(
-                    f"write-ahead buffer: {m.message_type.name} with time tick {tt} after time tick {last}"
-                )
-            tts.append(tt)
-            last = tt
-        sizes = [_size(m) for m in msgs]
+        tts = [m.time_tick for m in msgs]
+        if not all(map(_lt, [last, *tts[:-1]], tts)):  # strictly increasing: the usual case, checked in C
+            for m, tt in zip(msgs, tts, strict=True):
+                if tt < last or (tt == last and m.message_type is not MessageType.TIME_TICK):
+                    raise TimeTickViolationError(
+                        f"write-ahead buffer: {m.message_type.name} with time tick {tt} after time tick {last}"
+                    )
+                last = tt
+        sizes = [m.estimate_size() if m._props else len(m.payload) for m in msgs]  # _size, inlined
         self._msgs.extend(msgs)
         self._tts.extend(tts)
         self._sizes.extend(sizes)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from operator import lt as _lt
 
 from ..errors import InvalidArgumentError, ShutdownError, WALTimeoutError
-from ..message import ImmutableMessage, MessageType
+from ..message import ImmutableMessage, MessageID, MessageType
 from ._wab_queue import WABQueue, WABSnapshot
 
 __all__ = ["WriteAheadBuffer", "WriteAheadBufferReader"]
 
 _EMPTY: list[ImmutableMessage] = []
+_TT = MessageType.TIME_TICK
+PENDING_MAX = 64
+"""At most this many messages of :meth:`WriteAheadBuffer.append_batch_tick` wait outside the queue (its size and age
+bounds apply to them once queued: any read, a waiting reader, the next :meth:`~WriteAheadBuffer.append`)."""
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -39,18 +44,45 @@ class WriteAheadBuffer:
         if first_time_tick.message_type is not MessageType.TIME_TICK:
             raise InvalidArgumentError(f"write-ahead buffer {name!r} must start from a TIME_TICK message")
         self.name = name
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # the condition's; ``with self._lock`` skips Condition.__enter__
+        self._cond = threading.Condition(self._lock)
         self._queue = WABQueue(capacity_bytes, keepalive, first_time_tick, now)
-        self._last_tick = first_time_tick
+        self._last_tick: ImmutableMessage | None = first_time_tick  # None: not built yet (see _tick)
+        self._last_tt = first_time_tick.time_tick
+        self._last_lc: MessageID = first_time_tick.message_id  # the ID of a not-built tick
+        # Messages confirmed by append_batch_tick, not in the queue yet: every read folds them in first (under the
+        # lock), so no reader can tell; they spare the hot path the queue's bookkeeping and eviction per batch.
+        self._pending: list[ImmutableMessage] = []
         self._closed = False
+        self._waiting = 0  # readers blocked in _wait (under the lock): append notifies only then
 
     @property
     def last_time_tick(self) -> int:
-        return self._last_tick.time_tick
+        return self._last_tt
 
     @property
     def last_time_tick_message(self) -> ImmutableMessage:
-        return self._last_tick
+        with self._cond:
+            return self._tick()
+
+    def _tick(self) -> ImmutableMessage:
+        """The newest tick (lock held), built on first use when :meth:`append_batch_tick` left it as fields."""
+        t = self._last_tick
+        if t is None:
+            lc = self._last_lc
+            t = self._last_tick = ImmutableMessage(
+                message_id=lc, message_type=_TT, payload=b"", time_tick=self._last_tt, last_confirmed_message_id=lc,
+                not_persisted=True,
+            )
+        return t
+
+    def _fold(self) -> None:
+        """Queue the pending messages (lock held): before anything reads the queue or changes it otherwise."""
+        if self._pending:
+            q = self._queue
+            q.push(self._pending)
+            self._pending = []
+            q.evict()
 
     @property
     def closed(self) -> bool:
@@ -66,7 +98,7 @@ class WriteAheadBuffer:
         with self._cond:
             if self._closed:
                 raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
-            last = self._last_tick.time_tick
+            last = self._last_tt
             if time_tick_msg.message_type is not MessageType.TIME_TICK or tt <= last:
                 raise InvalidArgumentError(
                     f"write-ahead buffer {self.name!r}: expected a TIME_TICK above {last}, got "
@@ -78,6 +110,8 @@ class WriteAheadBuffer:
                     raise InvalidArgumentError(
                         f"write-ahead buffer {self.name!r}: message time tick {m.time_tick} outside ({last}, {tt}]"
                     )
+            if self._pending:
+                self._fold()
             q = self._queue
             if msgs:
                 q.push(msgs)
@@ -85,7 +119,48 @@ class WriteAheadBuffer:
                 q.push([time_tick_msg])
             q.evict()
             self._last_tick = time_tick_msg
-            self._cond.notify_all()
+            self._last_tt = tt
+            if self._waiting:  # after every batch: a notify with nobody waiting still costs a lock check
+                self._cond.notify_all()
+
+    def append_batch_tick(self, msgs: list[ImmutableMessage], time_tick: int, last_confirmed: MessageID) -> None:
+        """:meth:`append` with a not-persisted tick at ``time_tick`` whose ID and last-confirmed ID are
+        ``last_confirmed``: the per-batch tick of the append path. The tick is built only if a reader asks for it,
+        and the messages reach the queue when a reader looks, a reader waits, or :data:`PENDING_MAX` of them wait.
+        """
+        with self._lock:
+            if self._closed:
+                raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
+            last = self._last_tt
+            if time_tick <= last:
+                raise InvalidArgumentError(
+                    f"write-ahead buffer {self.name!r}: expected a TIME_TICK above {last}, got one at {time_tick}"
+                )
+            if msgs:
+                first_tt, last_msg_tt = msgs[0].time_tick, msgs[-1].time_tick
+                if not (last < first_tt and last_msg_tt <= time_tick):
+                    bad = first_tt if first_tt <= last else last_msg_tt
+                    raise InvalidArgumentError(
+                        f"write-ahead buffer {self.name!r}: message time tick {bad} outside ({last}, {time_tick}]"
+                    )
+                pending = self._pending
+                if len(msgs) + len(pending) < PENDING_MAX and (
+                    len(msgs) == 1 or all(map(_lt, (tts := [m.time_tick for m in msgs])[:-1], tts[1:]))
+                ):  # strictly increasing (checked in C): in order after the pending ones
+                    pending += msgs
+                else:  # a large batch, or a repeated tick (the queue's rule decides): straight to the queue
+                    q = self._queue
+                    if pending:
+                        q.push(pending)
+                        self._pending = []
+                    q.push(msgs)  # all or nothing
+                    q.evict()
+            self._last_tick = None
+            self._last_tt = time_tick
+            self._last_lc = last_confirmed
+            if self._waiting:
+                self._fold()
+                self._cond.notify_all()
 
     def read_from_exclusive_time_tick(self, time_tick: int, timeout: float | None = None) -> WriteAheadBufferReader:
         """A reader of every message with ``tt > time_tick``; blocks until the buffer has one.
@@ -98,6 +173,8 @@ class WriteAheadBuffer:
             while True:
                 if self._closed:
                     raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
+                if self._pending:
+                    self._fold()
                 q = self._queue
                 snap = q.snapshot_from_exclusive_time_tick(time_tick)
                 if snap is not None:
@@ -105,19 +182,22 @@ class WriteAheadBuffer:
                 nxt = q.current_offset + 1
                 if q.last_time_tick == time_tick:
                     return WriteAheadBufferReader(self, _EMPTY, 0, 0, nxt, time_tick)
-                if self._last_tick.time_tick > time_tick:
-                    return WriteAheadBufferReader(self, [self._last_tick], 0, 1, nxt, time_tick)
+                if self._last_tt > time_tick:
+                    return WriteAheadBufferReader(self, [self._tick()], 0, 1, nxt, time_tick)
                 self._wait(deadline, f"no message after time tick {time_tick}")
 
     def _wait(self, deadline: float | None, what: str) -> None:
         """Wait on the condition (lock held) until notified or the deadline passes."""
-        if deadline is None:
-            self._cond.wait()
-            return
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise WALTimeoutError(f"write-ahead buffer {self.name!r}: timed out waiting: {what}")
-        self._cond.wait(left)  # the caller re-checks its state, then comes back here to time out
+        left = None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WALTimeoutError(f"write-ahead buffer {self.name!r}: timed out waiting: {what}")
+        self._waiting += 1
+        try:
+            self._cond.wait(left)  # the caller re-checks its state, then comes back here to time out
+        finally:
+            self._waiting -= 1
 
     def _refill(
         self, reader: WriteAheadBufferReader, deadline: float | None
@@ -127,12 +207,13 @@ class WriteAheadBuffer:
             while True:
                 if self._closed:
                     raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
+                if self._pending:
+                    self._fold()
                 snap = self._queue.snapshot_from_offset(reader._next_offset)
                 if snap is not None:
                     return snap
-                tick = self._last_tick
-                if tick.time_tick > reader._last_tt:
-                    return tick
+                if self._last_tt > reader._last_tt:
+                    return self._tick()
                 self._wait(deadline, f"no message after time tick {reader._last_tt}")
 
     def close(self) -> None:
@@ -143,11 +224,15 @@ class WriteAheadBuffer:
 
     def __len__(self) -> int:
         with self._cond:
+            if self._pending:
+                self._fold()
             return len(self._queue)
 
     @property
     def size(self) -> int:
         with self._cond:
+            if self._pending:
+                self._fold()
             return self._queue.size
 
 

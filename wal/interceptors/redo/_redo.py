@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from ...errors import WALError
 from ...message import MessageID, MutableMessage
+from .._chain import all_ok
 from .._interfaces import AppendFunc, AppendOutcome, BatchAppendFunc, Interceptor, InterceptorBuildParam
 
 __all__ = ["RedoError", "RedoInterceptor", "RedoInterceptorBuilder"]
@@ -33,6 +34,8 @@ class RedoInterceptor:
 
     def do_append_batch(self, msgs: Sequence[MutableMessage], next: BatchAppendFunc) -> list[AppendOutcome]:
         out = next(msgs)
+        if all_ok(out):  # the usual case
+            return out
         for _ in range(MAX_REDO):
             redo = [i for i, o in enumerate(out) if isinstance(o, RedoError)]
             if not redo:

@@ -142,7 +142,11 @@ class AckManager:
 
     def allocate(self) -> Acker:
         with self._lock:
-            return self._push(self._clock.allocate())
+            ts = self._clock.allocate()
+            a = Acker(self, AckDetail(ts, 0, self._lc.current))  # _push, inlined: once per batch
+            heapq.heappush(self._not_acked, (ts, a))
+            self._last_allocated = ts
+            return a
 
     def allocate_with_barrier(self, barrier_time_tick: int) -> Acker:
         """An acker whose timestamp is greater than ``barrier_time_tick``."""
@@ -168,11 +172,21 @@ class AckManager:
                 raise InvalidArgumentError(f"time tick {acker.timestamp} acknowledged twice")
             d = acker.detail
             d.message, d.error, d.is_sync, d.txn_session = message, error, sync, txn_session
-            d.end_timestamp = self._last_allocated
+            end = d.end_timestamp = self._last_allocated
             acker._acked = True
-            heapq.heappush(self._acked, (d.end_timestamp, d.begin_timestamp, acker))
-
             not_acked = self._not_acked
+            acked = self._acked
+            if len(not_acked) == 1 and not acked and not self._lc._heap:
+                # The only tick in flight (a batch of the dispatcher): it becomes the all-acknowledged point, and
+                # nothing is confirmed yet (its end is not below that point) nor held back: the loops below, short.
+                not_acked.clear()
+                ts = d.begin_timestamp
+                self._last_confirmed_tt = ts
+                self._acknowledged.append(d)
+                acked.append((end, ts, acker))
+                return
+            heapq.heappush(acked, (end, d.begin_timestamp, acker))
+
             while not_acked and not_acked[0][1]._acked:
                 ts, a = heapq.heappop(not_acked)
                 self._last_confirmed_tt = ts
@@ -180,7 +194,6 @@ class AckManager:
 
             # Finished before every tick up to last_confirmed_tt was: everything that could precede it in the
             # backend is already there, so its ID may become the last-confirmed one.
-            acked = self._acked
             confirmed: list[AckDetail] = []
             while acked and acked[0][0] < self._last_confirmed_tt:
                 confirmed.append(heapq.heappop(acked)[2].detail)
@@ -193,6 +206,29 @@ class AckManager:
             out = self._acknowledged
             self._acknowledged = []
             return out
+
+    def sync_idle(self) -> tuple[int, list[AckDetail], MessageID | None] | None:
+        """:meth:`sync_and_get_acknowledged` in one lock and without an :class:`Acker`, when no tick is in flight
+        (the dispatcher thread after a batch: every tick it allocated is acknowledged). None otherwise.
+
+        Returns the sync's timestamp, the details acknowledged since the last call (the sync's own, which never
+        carries a message, is left out) and the last-confirmed ID the sync's detail would have carried.
+        """
+        with self._lock:
+            if self._not_acked:
+                return None
+            ts = self._clock.allocate()
+            lc = self._lc.current
+            self._last_allocated = self._last_confirmed_tt = ts
+            out = self._acknowledged
+            self._acknowledged = []
+            acked = self._acked
+            if acked and acked[0][0] < ts:
+                confirmed: list[AckDetail] = []
+                while acked and acked[0][0] < ts:
+                    confirmed.append(heapq.heappop(acked)[2].detail)
+                self._lc.add_confirmed_details(confirmed, ts)
+            return ts, out, lc
 
     @property
     def last_confirmed_message_id(self) -> MessageID | None:

@@ -6,7 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from ...message import compose_ts, physical_ms
+from ...message import physical_ms
+from ...message._hybrid import LOGICAL_BITS
 
 __all__ = ["HybridClock"]
 
@@ -32,7 +33,7 @@ class HybridClock:
 
     def allocate(self) -> int:
         with self._lock:
-            ts = compose_ts(self._now_ms())
+            ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
             if ts <= self._last:
                 ts = self._last + 1
             self._last = ts
@@ -45,7 +46,7 @@ class HybridClock:
         ticks at once instead of paying a lock and a wall-clock read per message.
         """
         with self._lock:
-            ts = compose_ts(self._now_ms())
+            ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
             if ts <= self._last:
                 ts = self._last + 1
             self._last = ts + n - 1
@@ -56,7 +57,7 @@ class HybridClock:
         with self._lock:
             if self._last < barrier:
                 self._last = barrier
-            ts = compose_ts(self._now_ms())
+            ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
             if ts <= self._last:
                 ts = self._last + 1
             self._last = ts

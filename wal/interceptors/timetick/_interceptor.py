@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from ...errors import InvalidTxnStateError
 from ...message import ImmutableMessage, MessageID, MessageType, MutableMessage
-from .._chain import batch_to_single
+from .._chain import all_ok, batch_to_single
 from .._interfaces import AppendFunc, AppendOutcome, BatchAppendFunc
 from ..txn import TxnManager, TxnSession
 from ._ack import Acker, AckManager
@@ -63,6 +63,11 @@ class TimeTickInterceptor:
         return batch_to_single(lambda ms: self.do_append_batch(ms, as_batch))(msg)
 
     def do_append_batch(self, msgs: Sequence[MutableMessage], next: BatchAppendFunc) -> list[AppendOutcome]:
+        if len(msgs) == 1:  # a synchronous append
+            m = msgs[0]
+            if m.txn_ctx is None and not m.barrier_time_tick and m.message_type not in _SPECIAL:
+                return self._append_one(msgs, next)
+            return self._append_mixed(msgs, next)
         for m in msgs:
             if m.txn_ctx is not None or m.barrier_time_tick or m.message_type in _SPECIAL:
                 return self._append_mixed(msgs, next)
@@ -73,36 +78,67 @@ class TimeTickInterceptor:
         (see :meth:`_stamp_run`), ticks allocated at once, no per-message bookkeeping entries.
         """
         n = len(msgs)
-        tt = self._clock.allocate_many(n - 1) if n > 1 else 0
+        if n == 1:
+            return self._append_one(msgs, next)
+        tt = self._clock.allocate_many(n - 1)
         acker = self._ack.allocate()
         lc = acker.last_confirmed_message_id
         last = msgs[-1]
-        for m in msgs:
+        for m in msgs:  # with_last_confirmed, inlined
             m.time_tick = tt
             tt += 1
-            m.with_last_confirmed(lc)
+            m.last_confirmed_message_id = lc
+            m._lc_self = False
         last.time_tick = acker.timestamp
         try:
             results = next(msgs)
         except Exception as e:  # an inner interceptor that raises must not leave the acker (and ticks) stuck
             results = [e] * n
         written = self._written
-        newest: dict[str, MutableMessage] = {}
         last_ok: ImmutableMessage | None = None
         err: BaseException | None = None
-        for m, r in zip(msgs, results, strict=True):
-            if isinstance(r, BaseException):
-                err = r
-                continue
-            last_ok = m.into_immutable(r)
-            written.append(last_ok)
-            newest[m.vchannel] = m
+        if all_ok(results):  # the usual case
+            ims = [m.into_immutable(r) for m, r in zip(msgs, results, strict=True)]  # type: ignore[arg-type]
+            written.extend(ims)
+            last_ok = ims[-1]
+            newest = {m.vchannel: m for m in msgs}  # per vchannel, its newest message
+        else:
+            newest = {}
+            for m, r in zip(msgs, results, strict=True):
+                if isinstance(r, BaseException):
+                    err = r
+                    continue
+                last_ok = m.into_immutable(r)
+                written.append(last_ok)
+                newest[m.vchannel] = m
         if last_ok is not None:
             acker.ack(message=last_ok)
         else:
             acker.ack(error=err)
         for m in newest.values():
             self._mvcc.update_mvcc(m)
+        return results
+
+    def _append_one(self, msgs: Sequence[MutableMessage], next: BatchAppendFunc) -> list[AppendOutcome]:
+        """:meth:`_append_plain` for one message (a synchronous ``append``), without its loops and comprehensions."""
+        m = msgs[0]
+        acker = self._ack.allocate()
+        d = acker.detail
+        m.time_tick = d.begin_timestamp
+        m.last_confirmed_message_id = d.last_confirmed_message_id  # with_last_confirmed, inlined
+        m._lc_self = False
+        try:
+            results = next(msgs)
+        except Exception as e:  # as in _append_plain: the acker must not stay in flight
+            results = [e]
+        r = results[0]
+        if isinstance(r, BaseException):
+            acker.ack(error=r)
+            return results
+        im = m.into_immutable(r)
+        self._written.append(im)
+        acker.ack(message=im)
+        self._mvcc.update_mvcc(m)
         return results
 
     def _append_mixed(self, msgs: Sequence[MutableMessage], next: BatchAppendFunc) -> list[AppendOutcome]:

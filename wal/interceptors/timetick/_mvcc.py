@@ -54,8 +54,9 @@ class MVCCManager:
                 self._pchannel_tt = tt
                 if self._all <= tt:
                     self._all = 0
-                if self._vchannels:
-                    self._vchannels = {v: t for v, t in self._vchannels.items() if t > tt}
+                vcs = self._vchannels
+                if vcs:  # usually every write is covered by the tick: no comprehension then
+                    self._vchannels = {v: t for v, t in vcs.items() if t > tt} if max(vcs.values()) > tt else {}
                 return
             if msg.txn_ctx is not None and mt is not MessageType.COMMIT_TXN:
                 return  # a txn becomes visible at its commit
@@ -65,6 +66,18 @@ class MVCCManager:
                     self._all = tt
             elif tt > self._vchannels.get(v, 0):
                 self._vchannels[v] = tt
+
+    def update_time_tick(self, tt: int) -> None:
+        """:meth:`update_mvcc` for a TIME_TICK at ``tt`` (the per-batch tick: no message built for it)."""
+        with self._lock:
+            if tt <= self._pchannel_tt:
+                return
+            self._pchannel_tt = tt
+            if self._all <= tt:
+                self._all = 0
+            vcs = self._vchannels
+            if vcs:
+                self._vchannels = {v: t for v, t in vcs.items() if t > tt} if max(vcs.values()) > tt else {}
 
     @property
     def pchannel_time_tick(self) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from ...message import ImmutableMessage, MessageID, MutableMessage
 from ...utility import WriteAheadBuffer
 from ..txn import TxnManager
-from ._ack import AckDetails, AckManager
+from ._ack import AckDetail, AckDetails, AckManager
 from ._message import new_time_tick_message
 from ._mvcc import MVCCManager
 
@@ -62,6 +62,25 @@ class TimeTickSyncOperator:
 
     def sync(self, mode: SyncMode) -> ImmutableMessage | None:
         """Make (and return) the next tick; None when a stuck append keeps the tick from advancing."""
+        if mode is SyncMode.BATCH and self._take is not None and self._details.empty():
+            idle = self._ack.sync_idle()
+            if idle is not None:
+                self._sync_batch(*idle)
+                return self._wab.last_time_tick_message
+        return self._sync(mode)
+
+    def sync_batch(self) -> None:
+        """``sync(SyncMode.BATCH)`` without returning the tick (the adaptor after every batch): on the fast path
+        the tick is then never built unless a tailing reader asks for it.
+        """
+        if self._take is not None and not self._details._details:  # details.empty(), inlined
+            idle = self._ack.sync_idle()
+            if idle is not None:
+                self._sync_batch(*idle)
+                return
+        self._sync(SyncMode.BATCH)
+
+    def _sync(self, mode: SyncMode) -> ImmutableMessage | None:
         details = self._details
         if self._take is not None:
             self._msgs.extend(self._take())
@@ -90,3 +109,27 @@ class TimeTickSyncOperator:
         self._txns.cleanup_txn_until(ts)
         self._mvcc.update_mvcc(msg)
         return tick
+
+    def _sync_batch(self, ts: int, got: list[AckDetail], lc: MessageID | None) -> None:
+        """The per-batch tick, the hot path of every append: the same tick :meth:`sync` makes in ``BATCH`` mode
+        (not persisted, its ID its last-confirmed ID), handed to the write-ahead buffer as its two fields (built
+        there only if a reader asks), without the accumulated :class:`AckDetails` and the mutable message it goes
+        through otherwise.
+        """
+        msgs = self._msgs
+        msgs.extend(self._take())  # type: ignore[misc]  # the caller checked it
+        for d in got:
+            dlc = d.last_confirmed_message_id
+            if dlc is not None and (lc is None or dlc < lc):
+                lc = dlc
+            if not self._dirty and not d.is_sync and d.error is None and d.message is not None:
+                self._dirty = True
+        assert lc is not None, "the ack manager starts from the first tick's ID"
+        try:
+            self._wab.append_batch_tick(msgs, ts, lc)
+        except BaseException:
+            self._details.add_details(got)  # as sync() keeps them on failure: the next sync carries them
+            raise
+        self._msgs = []
+        self._txns.cleanup_txn_until(ts)
+        self._mvcc.update_time_tick(ts)

@@ -53,6 +53,8 @@ class TxnManager:
 
     def cleanup_txn_until(self, time_tick: int) -> None:
         """Forget every session expired or done at ``time_tick``, running its cleanups."""
+        if not self._sessions:  # after every batch: no lock when there is no txn (a racing begin waits a tick)
+            return
         with self._cond:
             gone = [s for s in self._sessions.values() if s.is_expired_or_done(time_tick)]
             if not gone:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -67,6 +68,39 @@ class Recovered:
     # The unsealed last segment's data is durable up to its end: recovery (write mode) fdatasynced it, so the
     # writer's first flush can carry PREV_DURABLE.
     tail_synced: bool = False
+
+
+# Channel directories whose writer failed with an I/O error in this process. After a failed fdatasync Linux marks
+# the unwritten pages clean and reports the error once: a later open in this process reads the never-durable
+# bytes back from the page cache as valid, and its own fdatasync succeeds without writing them. Recovery of such
+# a channel therefore writes its kept tail again before syncing it (see ``_rewrite``).
+_io_failed: set[str] = set()
+_io_failed_lock = threading.Lock()
+
+
+def note_io_failure(chdir: str) -> None:
+    with _io_failed_lock:
+        _io_failed.add(os.path.realpath(chdir))
+
+
+def _take_io_failure(chdir: str) -> bool:
+    with _io_failed_lock:
+        key = os.path.realpath(chdir)
+        if key in _io_failed:
+            _io_failed.discard(key)
+            return True
+        return False
+
+
+def _rewrite(fops: FileOps, fd: int, start: int, end: int) -> None:
+    """Write ``[start, end)`` again with the bytes it holds, so the next fdatasync really writes them."""
+    pos = start
+    while pos < end:
+        chunk = fops.pread(fd, min(1 << 20, end - pos), pos)
+        if not chunk:
+            break
+        fops.pwrite_all(fd, chunk, pos)
+        pos += len(chunk)
 
 
 def list_segments(fops: FileOps, chdir: str) -> list[tuple[int, str]]:
@@ -232,7 +266,8 @@ def recover(fops: FileOps, chdir: str, *, write: bool, segment_bytes: int = 0) -
                 st.index = res.index
                 st.index_checked = True
             else:
-                st = _recover_tail(fops, path, fd, hdr, size, write=write, rec=rec)
+                st = _recover_tail(fops, path, fd, hdr, size, write=write, rec=rec,
+                                   rewrite=write and _take_io_failure(chdir))
         finally:
             fops.close(fd)
         if rec.segments and st.first_id != rec.segments[-1].last_id + 1:
@@ -286,7 +321,8 @@ def rebuild_index(fops: FileOps, st: SegmentState, *, write: bool) -> list[tuple
 
 
 def _recover_tail(
-    fops: FileOps, path: str, fd: int, hdr: SegmentHeader, size: int, *, write: bool, rec: Recovered
+    fops: FileOps, path: str, fd: int, hdr: SegmentHeader, size: int, *, write: bool, rec: Recovered,
+    rewrite: bool = False,
 ) -> SegmentState:
     close = Summary.unpack(fops.pread(fd, SUMMARY.size, CLOSE_OFF), 0, CLOSE_MAGIC)
     if close is not None and _check_summary(path, hdr, size, close):
@@ -304,6 +340,8 @@ def _recover_tail(
                 rebuild_index(fops, st, write=False)
             if write:  # from now on the summary is stale: clear it before anything is appended
                 fops.pwrite_all(fd, ZERO_SUMMARY, CLOSE_OFF)
+                if rewrite:
+                    _rewrite(fops, fd, hdr.data_start, st.data_end)
                 fops.fdatasync(fd)
                 rec.tail_synced = True
             return st
@@ -317,6 +355,8 @@ def _recover_tail(
             fops.pwrite_all(fd, ZERO_SUMMARY, CLOSE_OFF)
         # What was kept may have been read from the page cache of a crashed writer, never synced: make it durable
         # now, so the next writer's flushes can vouch for it (one sync per open after a crash).
+        if rewrite:
+            _rewrite(fops, fd, hdr.data_start, st.data_end)
         fops.fdatasync(fd)
         rec.tail_synced = True
     return st

@@ -29,7 +29,7 @@ from ...errors import (
 )
 from ...message import MessageID, MessageType, MutableMessage
 from .._interfaces import ReadOption, ScannerImpls, WALImpls
-from ._fileops import FileOps
+from ._fileops import _IOV_MAX, FileOps
 from ._format import (
     CLOSE_MAGIC,
     CLOSE_OFF,
@@ -52,7 +52,7 @@ from ._format import (
     stamp_record,
 )
 from ._message_id import WAL_NAME, LocalFSMessageID, fast_id
-from ._recovery import Recovered, stored_max_time_tick, write_index
+from ._recovery import Recovered, note_io_failure, stored_max_time_tick, write_index
 from ._scanner import DirSource, LocalFSScanner, WriterSource
 from ._state import ChannelLog, Hub, SegmentState
 
@@ -286,8 +286,7 @@ class LocalFSWAL(_Base):
             prepared.append((rec, crc_end, m.time_tick, bp))
         if not prepared:
             return []
-        waiter = _allocate_lock()
-        waiter.acquire()
+        waiter = None
         with self._lock:
             self._check_open()
             first = mid = self._next_id
@@ -304,9 +303,11 @@ class LocalFSWAL(_Base):
             if lead:
                 self._open_batch = None
                 self._flushing = True
-            else:
+            else:  # a lock of its own, released when ``b`` is done or this thread is to lead it
+                waiter = _allocate_lock()
+                waiter.acquire()
                 b.waiters.append(waiter)
-        if lead or (waiter.acquire() and not b.done):  # woken with ``b`` not done: this thread is to lead it
+        if waiter is None or (waiter.acquire() and not b.done):  # woken with ``b`` not done: this thread leads it
             self._lead(b)
         if b.err is not None:
             raise WALIOError(str(b.err)) from b.err.__cause__
@@ -375,6 +376,7 @@ class LocalFSWAL(_Base):
             log.error("%s; the WAL is closed, reopen it to recover", msg)
         self._closed = True
         self._close_fds()
+        note_io_failure(self._chdir)  # a reopen in this process must rewrite the tail before trusting it
         self._opener._release(self)
 
     def _flush(self, batch: list[_Entry], synced: _Batch | None = None) -> None:
@@ -429,7 +431,13 @@ class LocalFSWAL(_Base):
             pos += len(rec)
         if self._vouch:
             mark_flush_start(run[0][0], self._synced_end >= start)
-        fops.pwritev_all(self._fd, [it[0] for it in run], start)
+        if len(run) > _IOV_MAX:
+            fops.pwritev_all(self._fd, [it[0] for it in run], start)
+        else:  # pwritev_all's usual case without its chunking and sums: one call
+            bufs: list[bytes | bytearray | memoryview] = [it[0] for it in run]
+            n = fops.pwritev(self._fd, bufs, start)
+            if n != pos - start:  # short write: the rest byte-wise, as pwritev_all does
+                fops.pwrite_all(self._fd, b"".join(bufs)[n:], start + n)
         if idx:  # after the records they point to, for readers of the file and of the list alike
             fops.write_all(self._idx_fd, b"".join(idx))
             seg.index.extend(entries)
