@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import mmap
 import os
@@ -618,3 +619,37 @@ def test_sync_never_still_makes_a_segment_durable_before_sealing_it(tmp_path: Pa
         syncs_before = [j for j, (op, f, _o) in enumerate(fops.ops[:k]) if f == fd and op == "fdatasync"]
         assert data_writes and syncs_before and syncs_before[-1] > data_writes[-1], "data not synced before its seal"
         assert ("fdatasync", fd, 0) in fops.ops[k + 1 :], "seal summary never synced"
+
+
+def test_retention_makes_each_deletion_durable_before_the_next(tmp_path: Path) -> None:
+    """Retention deletes the oldest segments first; with a directory sync after each, a power cut can bring back
+    only a prefix of them, never leave a gap between segments (which recovery refuses as corruption)."""
+    from wal.walimpls.localfs import FileOps
+
+    class Recording(FileOps):
+        def __init__(self) -> None:
+            self.ops: list[tuple[str, str]] = []
+
+        def unlink(self, path: str) -> None:
+            self.ops.append(("unlink", os.path.basename(path)))
+            super().unlink(path)
+
+        def fsync_dir(self, path: str) -> None:
+            self.ops.append(("fsync_dir", ""))
+            super().fsync_dir(path)
+
+    fops = Recording()
+    opener = build(tmp_path, segment_bytes=4096, _file_ops=fops)
+    try:
+        w = open_rw(opener)
+        ids = [w.append(msg(b"x" * 300, tt=i + 1)) for i in range(60)]
+        fops.ops.clear()
+        w.truncate(ids[-1])
+        w.close()
+    finally:
+        opener.close()
+    seg_unlinks = [k for k, (op, name) in enumerate(fops.ops) if op == "unlink" and name.endswith(".seg")]
+    assert len(seg_unlinks) >= 3, "the test needs several segments deleted at once"
+    for a, b in itertools.pairwise(seg_unlinks):
+        assert ("fsync_dir", "") in fops.ops[a + 1 : b], "a segment deleted before the previous deletion was durable"
+    assert fops.ops[seg_unlinks[-1] + 1 :].count(("fsync_dir", "")) >= 1

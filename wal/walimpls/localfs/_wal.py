@@ -554,7 +554,10 @@ class LocalFSWAL(_Base):
         if not isinstance(message_id, LocalFSMessageID):
             raise InvalidMessageIDError(f"not a localfs message ID: {message_id!r}")
         self._check_open()
-        self._delete_front(lambda s: s.last_id < message_id.value)
+        try:
+            self._delete_front(lambda s: s.last_id < message_id.value)
+        except OSError as e:  # what was deleted stays deleted; the rest is retried by the next truncate
+            raise WALIOError(f"localfs channel {self._channel}: truncate: {e}") from e
 
     def _apply_retention(self) -> None:
         o = self._opts
@@ -592,6 +595,9 @@ class LocalFSWAL(_Base):
                     self._fops.unlink(path)
                 except FileNotFoundError:
                     pass
+            # Oldest first, each deletion durable before the next: a power cut can then only bring back a prefix
+            # of what was deleted, never leave a gap between segments (which recovery would call corruption).
+            self._fops.fsync_dir(self._chdir)
             s.drop_mapping()
             log.info("localfs retention: deleted %s (IDs %d..%d)", s.path, s.first_id, s.last_id)
 
