@@ -104,17 +104,21 @@ def test_group_runs_inline_when_idle_and_queued_when_busy() -> None:
     ready.set()
     d = AppendDispatcher("t", process, max_inflight=100, max_batch=64, ready=ready, period=10)
     try:
-        f = d.submit_group([m(1), m(2)])
-        assert f.done() and [r.message_id for r in f.result()] == [ID(1), ID(2)]
+        got = d.run_group([m(1), m(2)])
+        assert [r.message_id for r in got] == [ID(1), ID(2)]
         assert threads == [threading.current_thread().name]  # no hop to the append thread
         slow = MutableMessage(MessageType.INSERT, b"slow")
-        t = threading.Thread(target=lambda: d.submit_group([slow]).result(5), name="slow-caller")
+        t = threading.Thread(target=lambda: d.run_group([slow]), name="slow-caller")
         t.start()
         time.sleep(0.05)
         queued = d.submit_one(m(3))  # arrives while the inline batch runs: the append thread takes it after
-        g = d.submit_group([m(4)], timeout=5)  # with a timeout: always queued
+        g: list[list[AppendResult]] = []
+        tg = threading.Thread(target=lambda: g.append(d.run_group([m(4)], timeout=5)))  # timeout: always queued
+        tg.start()
+        time.sleep(0.05)
         gate.set()
-        assert queued.result(5).message_id == ID(3) and g.result(5)[0].message_id == ID(4)
+        tg.join(5)
+        assert queued.result(5).message_id == ID(3) and g[0][0].message_id == ID(4)
         t.join(5)
         assert threads[1] == "slow-caller" and all(n.startswith("wal-append-") for n in threads[2:])
     finally:

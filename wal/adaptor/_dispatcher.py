@@ -4,11 +4,10 @@ Why one thread: a FIFO queue drained by one thread keeps a producer's order (its
 persisted, and get time ticks, in call order), lets every batch reach the backend as one ``append_batch`` call,
 and serialises the time-tick bookkeeping so it needs no lock on the hot path.
 
-Queue entries are either one message's future, which carries the message (``append_async``), or a group with
-one future or waiter for the whole group (``append_messages``: no per-message future to build and complete).
-Futures are :class:`~._future.AppendFuture`: one shared condition, settled a batch at a time. A synchronous
-caller's group waits on a :class:`~._future.GroupWaiter` instead: its own lock, so a finished batch wakes exactly
-its callers.
+Queue entries are either one message's future, which carries the message (``append_async``), or a synchronous
+caller's group with one :class:`~._future.GroupWaiter` (``append``/``append_messages``: no per-message future to
+build and complete; the waiter's own lock, so a finished batch wakes exactly its callers). Futures are
+:class:`~._future.AppendFuture`: one shared condition, settled a batch at a time.
 
 A group submitted without a timeout while nothing is queued or running is run inline, in the caller's thread (a
 ``busy`` flag keeps one batch at a time, whichever thread runs it): a synchronous ``append`` then costs no thread
@@ -38,9 +37,9 @@ GATHER_SECONDS = 0.0005
 BatchProcessor = Callable[[Sequence[MutableMessage]], list[AppendResult | BaseException]]
 """Appends a batch and returns one outcome per message; must not raise (failures are per message)."""
 
-# One message of append_async: its future, holding it in ``msg``; a group: (messages, its future), or its
-# GroupWaiter for a synchronous caller (``run_group``).
-_Entry = AppendFuture[Any] | tuple[Sequence[MutableMessage], "AppendFuture[Any] | GroupWaiter"]
+# One message of append_async: its future, holding it in ``msg``; a synchronous caller's group: (messages, its
+# GroupWaiter) (``run_group``).
+_Entry = AppendFuture[Any] | tuple[Sequence[MutableMessage], GroupWaiter]
 
 
 class AppendDispatcher:
@@ -93,44 +92,9 @@ class AppendDispatcher:
         if self._closing:
             raise ShutdownError("wal is closed")
 
-    def submit_group(
-        self, msgs: Sequence[MutableMessage], timeout: float | None = None
-    ) -> AppendFuture[list[AppendResult]]:
-        """Queue ``msgs`` together, in order; the future holds their results (or the first error)."""
-        fut: AppendFuture[list[AppendResult]] = AppendFuture(self._fcond)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        n = len(msgs)
-        with self._lock:
-            self._admit(n, deadline)
-            self._inflight += n
-            # Nothing queued or running, and the caller will wait anyway: run the batch in this thread, which
-            # saves two thread hand-offs (to the append thread and back). Order is kept: everything submitted
-            # before is finished. Only without a timeout: inline, the caller could not stop waiting early.
-            inline = timeout is None and not self._busy and not self._queue and self._ready.is_set()
-            # The thread waits for an inline batch to end (periodic work is due): give it this batch, else
-            # back-to-back inline callers would wake it once per batch without it ever getting its turn.
-            inline = inline and not self._waits_for_inline
-            if inline:
-                self._busy = True
-            else:
-                self._queue.append((msgs, fut))
-                if self._idle:  # one wake-up: until the thread runs, later producers see it as not idle
-                    self._idle = False
-                    self._has_work.notify()
-        if inline:
-            try:
-                self._run_batch([(msgs, fut)], n)
-            finally:
-                with self._lock:
-                    self._busy = False
-                    if self._idle and (self._queue or self._waits_for_inline):  # else it sleeps on
-                        self._idle = False
-                        self._has_work.notify()
-        return fut
-
     def run_group(self, msgs: Sequence[MutableMessage], timeout: float | None = None) -> list[AppendResult]:
-        """:meth:`submit_group` and wait for its results (raising the first error), without a future: run inline
-        when it can be (see the module doc), else queued with a :class:`GroupWaiter`. The synchronous path.
+        """Append ``msgs`` together, in order, and wait for their results (raising the first error), without a
+        future: run inline when it can be (see the module doc), else queued with a :class:`GroupWaiter`.
         """
         n = len(msgs)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -281,15 +245,11 @@ class AppendDispatcher:
                     settled.append(outcomes[i])
                     i += 1
                     continue
-                group, fut = e  # type: ignore[misc]
+                group, waiter = e  # type: ignore[misc]
                 got = outcomes[i : i + len(group)]
                 i += len(group)
                 err = next((o for o in got if isinstance(o, BaseException)), None)
-                if isinstance(fut, GroupWaiter):
-                    waiters.append((fut, err if err is not None else got))
-                else:
-                    futs.append(fut)
-                    settled.append(err if err is not None else got)
+                waiters.append((waiter, err if err is not None else got))
         if futs:
             complete_all(self._fcond, futs, settled)
         with self._lock:
@@ -329,11 +289,8 @@ class AppendDispatcher:
                 futs.append(e)
                 self._inflight -= 1
                 continue
-            m, fut = e  # type: ignore[misc]
-            if isinstance(fut, GroupWaiter):
-                waiters.append(fut)
-            else:
-                futs.append(fut)
+            m, waiter = e  # type: ignore[misc]
+            waiters.append(waiter)
             self._inflight -= len(m)
         complete_all(self._fcond, futs, [err] * len(futs))
         for w in waiters:

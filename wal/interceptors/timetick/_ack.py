@@ -142,11 +142,7 @@ class AckManager:
 
     def allocate(self) -> Acker:
         with self._lock:
-            ts = self._clock.allocate()
-            a = Acker(self, AckDetail(ts, 0, self._lc.current))  # _push, inlined: once per batch
-            heapq.heappush(self._not_acked, (ts, a))
-            self._last_allocated = ts
-            return a
+            return self._push(self._clock.allocate())
 
     def allocate_with_barrier(self, barrier_time_tick: int) -> Acker:
         """An acker whose timestamp is greater than ``barrier_time_tick``."""

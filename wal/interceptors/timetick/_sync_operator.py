@@ -62,23 +62,27 @@ class TimeTickSyncOperator:
 
     def sync(self, mode: SyncMode) -> ImmutableMessage | None:
         """Make (and return) the next tick; None when a stuck append keeps the tick from advancing."""
-        if mode is SyncMode.BATCH and self._take is not None and self._details.empty():
-            idle = self._ack.sync_idle()
-            if idle is not None:
-                self._sync_batch(*idle)
-                return self._wab.last_time_tick_message
+        if mode is SyncMode.BATCH and self._sync_idle():
+            return self._wab.last_time_tick_message
         return self._sync(mode)
 
     def sync_batch(self) -> None:
         """``sync(SyncMode.BATCH)`` without returning the tick (the adaptor after every batch): on the fast path
         the tick is then never built unless a tailing reader asks for it.
         """
-        if self._take is not None and not self._details._details:  # details.empty(), inlined
-            idle = self._ack.sync_idle()
-            if idle is not None:
-                self._sync_batch(*idle)
-                return
-        self._sync(SyncMode.BATCH)
+        if not self._sync_idle():
+            self._sync(SyncMode.BATCH)
+
+    def _sync_idle(self) -> bool:
+        """The per-batch tick when no tick is in flight and nothing is held back (the usual case): False when
+        :meth:`_sync` has to do it."""
+        if self._take is None or not self._details.empty():
+            return False
+        idle = self._ack.sync_idle()
+        if idle is None:
+            return False
+        self._sync_batch(*idle)
+        return True
 
     def _sync(self, mode: SyncMode) -> ImmutableMessage | None:
         details = self._details

@@ -111,17 +111,16 @@ class FileOps:
             view = view[n:]
             offset += n
 
-    def pwritev_all(self, fd: int, buffers: list[bytearray], offset: int) -> None:
-        """Write ``buffers`` back to back at ``offset`` in as few system calls as the kernel allows."""
-        i = 0
-        while i < len(buffers):
-            chunk: list[bytes | bytearray | memoryview] = list(buffers[i : i + _IOV_MAX])
-            want = sum(len(b) for b in chunk)
+    def pwritev_all(self, fd: int, buffers: list[bytes | bytearray | memoryview], offset: int) -> None:
+        """Write ``buffers`` back to back at ``offset`` in as few system calls as the kernel allows: one, unless
+        there are more than ``IOV_MAX`` buffers (every append's path, so the usual case copies no list)."""
+        for i in range(0, len(buffers), _IOV_MAX):
+            chunk = buffers if len(buffers) <= _IOV_MAX else buffers[i : i + _IOV_MAX]
+            want = sum(map(len, chunk))
             n = self.pwritev(fd, chunk, offset)
             if n != want:  # short write: finish this chunk byte-wise
                 self.pwrite_all(fd, b"".join(chunk)[n:], offset + n)
             offset += want
-            i += _IOV_MAX
 
     def write_all(self, fd: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)

@@ -29,7 +29,7 @@ from ...errors import (
 )
 from ...message import MessageID, MessageType, MutableMessage
 from .._interfaces import ReadOption, ScannerImpls, WALImpls
-from ._fileops import _IOV_MAX, FileOps
+from ._fileops import FileOps
 from ._format import (
     CLOSE_MAGIC,
     CLOSE_OFF,
@@ -431,13 +431,7 @@ class LocalFSWAL(_Base):
             pos += len(rec)
         if self._vouch:
             mark_flush_start(run[0][0], self._synced_end >= start)
-        if len(run) > _IOV_MAX:
-            fops.pwritev_all(self._fd, [it[0] for it in run], start)
-        else:  # pwritev_all's usual case without its chunking and sums: one call
-            bufs: list[bytes | bytearray | memoryview] = [it[0] for it in run]
-            n = fops.pwritev(self._fd, bufs, start)
-            if n != pos - start:  # short write: the rest byte-wise, as pwritev_all does
-                fops.pwrite_all(self._fd, b"".join(bufs)[n:], start + n)
+        fops.pwritev_all(self._fd, [it[0] for it in run], start)
         if idx:  # after the records they point to, for readers of the file and of the list alike
             fops.write_all(self._idx_fd, b"".join(idx))
             seg.index.extend(entries)
