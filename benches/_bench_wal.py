@@ -163,6 +163,21 @@ def threaded_append(root: str, threads: int, max_ops: int, max_seconds: float, b
     return Rate(sum(counts), dt, extra={"threads": float(threads)})
 
 
+def pipeline_floor(max_ops: int, max_seconds: float) -> Rate:
+    """The least any ``append_async`` costs in pure Python, nothing written: per record, the harness's payload,
+    the ``MutableMessage`` a user builds and the ``concurrent.futures.Future`` the API returns, settled.
+    Shown next to ``lmdb_batch1000`` (whose put is C): a pipelined append cannot beat this rate.
+    """
+    def op(_i: int) -> None:
+        for k in range(1000):
+            f: Future[int] = Future()
+            _msg(record(k))
+            f.set_result(k)
+
+    rate = timed_loop(op, max(1, max_ops // 1000), max_seconds)
+    return Rate(rate.ops * 1000, rate.seconds)
+
+
 def pipelined_append(root: str, max_ops: int, max_seconds: float) -> Rate:
     """One thread issuing ``w.append_async`` without waiting (up to PIPELINE_WINDOW in flight), sync="always";
     the clock stops when the last future has resolved.

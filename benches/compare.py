@@ -150,6 +150,8 @@ MEASUREMENTS: dict[str, Measurement] = {m.name: m for m in [
        lambda c: walb.threaded_append(c.root, THREADS, c.profile.max_ops, c.profile.seconds, bare=True)),
     _m("wal_pipelined", "wal append_async pipelined, sync=always",
        lambda c: walb.pipelined_append(c.root, c.profile.max_ops, c.profile.seconds)),
+    _m("pipe_floor", "pure-Python floor: MutableMessage + Future per record, nothing written",
+       lambda c: walb.pipeline_floor(c.profile.max_ops, c.profile.seconds)),
     _m("wal_batched", "wal append_messages x1000, sync=always",
        lambda c: walb.batched_append_full(c.root, c.profile.max_ops, c.profile.seconds)),
     _m("bare_batched", "bare backend append_batch x1000, sync=always",
@@ -209,6 +211,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
 # Measurements shown for context only (no target of their own), and where they run.
 INFO_AFTER = {
     "durable_single_append": ("sqlite_normal", "lmdb_put", "raw_100", "bare_single"),
+    "pipelined_append": ("pipe_floor",),
     "group_commit": ("bare_threads32",),
     "adaptor_pipelined": ("wal_batched",),
     "catchup_scan": ("bare_scan", "scan_floor"),
@@ -220,6 +223,10 @@ INFO_RATIOS = (
     ("adaptor_batched", "adaptor append_messages x1000 / bare append_batch x1000 (no target)",
      "wal_batched", "bare_batched"),
     ("single_vs_raw", "durable single append / raw 100 B pwrite+fdatasync (no target)", "wal_single", "raw_100"),
+    ("raw_vs_sqlite", "raw pwrite+fdatasync / sqlite FULL (no target; bounds single)",
+     "raw_100", "sqlite_full"),
+    ("floor_vs_lmdb", "MutableMessage+Future floor / lmdb x1000 (no target; bounds pipelined)", "pipe_floor",
+     "lmdb_batch1000"),
     ("adaptor_single", "adaptor durable single append / bare append (no target)", "wal_single", "bare_single"),
     ("bare_group_commit", f"bare backend {THREADS}-thread / bare 1 thread (no target)", "bare_threads32",
      "bare_single"),

@@ -7,8 +7,10 @@ same path as a real one.
 :class:`PowerLossFileOps` records every write made since the last ``fdatasync``/``fsync`` of its file, with the
 bytes it overwrote. :meth:`PowerLossFileOps.power_loss` freezes the process's view of the disk (every later call
 fails) and rewrites each file as the disk could have it after a power cut: unsynced writes dropped, kept, torn at
-a random byte or zero-filled, in any combination. Metadata (creations, renames) is treated as durable: the
-backend fsyncs its directory after each, and this mode is about data. :meth:`PowerLossFileOps.cut_before_sync`
+a random byte or zero-filled, in any combination. Directory entries (creations, renames, deletions) are durable
+by default; with ``dir_entries=True`` those made since the last fsync of their directory are lost too, all but a
+random prefix of them in the order they were made (a journaling filesystem such as ext4 commits metadata in order).
+:meth:`PowerLossFileOps.cut_before_sync`
 cuts the power inside a chosen ``fdatasync`` instead (the flush it was to make durable stays unsynced), and a
 ``plan`` can replace the random generator to build one exact disk image.
 """
@@ -19,6 +21,8 @@ import errno
 import mmap
 import os
 import random
+import shutil
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -181,14 +185,29 @@ class _Write:
     before: bytes  # what the range held (shorter than data when the write extended the file)
 
 
+@dataclass
+class _DirOp:
+    """A directory entry changed since its directory was last synced, and how to take the change back."""
+
+    kind: str  # "create", "rename" (``src`` -> ``path``) or "unlink"
+    path: str
+    src: str = ""
+    backup: str | None = None  # a hard link to the file the entry named before (unlink; rename over a file)
+
+
 class PowerLossFileOps(FileOps):
     """Every write since the last sync of its file is kept so that a power cut can be simulated in-process.
 
     Writes and syncs are serialised under one lock (fine for tests) so that :meth:`power_loss` sees a quiet disk.
     """
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, *, dir_entries: bool = False) -> None:
         self.rng = rng
+        self.dir_entries = dir_entries
+        self._dir_ops: dict[str, list[_DirOp]] = {}  # directory -> entries changed since its last fsync
+        self._dirs: set[int] = set()  # descriptors of directories (their fsync makes their entries durable)
+        self._backups: str | None = None
+        self.entries_undone = 0
         self._lock = threading.RLock()
         self._paths: dict[int, str] = {}
         self._unsynced: dict[str, list[_Write]] = {}
@@ -226,12 +245,56 @@ class PowerLossFileOps(FileOps):
                 os.close(rfd)
         self._unsynced.setdefault(path, []).append(_Write(offset, bytes(data), before))
 
+    # -- directory entries (dir_entries=True) ----------------------------------------------------------------------
+    def _note_entry(self, op: _DirOp) -> None:
+        self._dir_ops.setdefault(os.path.dirname(os.path.normpath(op.path)), []).append(op)
+
+    def _backup(self, path: str) -> str | None:
+        """A hard link to the file at ``path`` (outside the log's directories), so a power cut can bring it back."""
+        if not os.path.exists(path):
+            return None
+        if self._backups is None:
+            self._backups = tempfile.mkdtemp(prefix="powerloss-entries-")
+        dst = os.path.join(self._backups, f"{len(os.listdir(self._backups))}")
+        try:
+            os.link(path, dst)
+        except OSError:  # another filesystem: a copy is as good for a test
+            shutil.copy2(path, dst)
+        return dst
+
+    def _undo_entries(self) -> None:
+        """Take back all but a random prefix of each directory's unsynced entry changes, newest first."""
+        rng = self.rng
+        for ops in self._dir_ops.values():
+            keep = rng.randint(0, len(ops))
+            for op in reversed(ops[keep:]):
+                self.entries_undone += 1
+                if op.kind == "create":
+                    if os.path.exists(op.path):
+                        os.unlink(op.path)
+                    self._unsynced.pop(op.path, None)
+                elif op.kind == "rename":
+                    if os.path.exists(op.path):
+                        os.rename(op.path, op.src)
+                        if op.path in self._unsynced:
+                            self._unsynced[op.src] = self._unsynced.pop(op.path)
+                    if op.backup is not None:
+                        os.link(op.backup, op.path)
+                elif op.backup is not None and not os.path.exists(op.path):  # unlink
+                    os.link(op.backup, op.path)
+        self._dir_ops.clear()
+
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
         with self._lock:
             self._guard()
+            created = self.dir_entries and bool(flags & os.O_CREAT) and not os.path.exists(path)
             fd = super().open(path, flags, mode)
+            if created:
+                self._note_entry(_DirOp("create", path))
             if flags & os.O_TRUNC:
                 self._unsynced.pop(path, None)
+            if flags & os.O_DIRECTORY:
+                self._dirs.add(fd)
             self._paths[fd] = path
             return fd
 
@@ -239,6 +302,7 @@ class PowerLossFileOps(FileOps):
         with self._lock:
             self._guard()
             self._paths.pop(fd, None)
+            self._dirs.discard(fd)
             super().close(fd)
 
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
@@ -285,11 +349,16 @@ class PowerLossFileOps(FileOps):
             self._guard()
             super().fsync(fd)
             self._synced(fd)
+            if fd in self._dirs:
+                self._dir_ops.pop(os.path.normpath(self._paths[fd]), None)
 
     def rename(self, src: str, dst: str) -> None:
         with self._lock:
             self._guard()
+            backup = self._backup(dst) if self.dir_entries else None
             super().rename(src, dst)
+            if self.dir_entries:
+                self._note_entry(_DirOp("rename", dst, src, backup))
             if src in self._unsynced:
                 self._unsynced[dst] = self._unsynced.pop(src)
             else:
@@ -298,7 +367,10 @@ class PowerLossFileOps(FileOps):
     def unlink(self, path: str) -> None:
         with self._lock:
             self._guard()
+            backup = self._backup(path) if self.dir_entries else None
             super().unlink(path)
+            if self.dir_entries:
+                self._note_entry(_DirOp("unlink", path, backup=backup))
             self._unsynced.pop(path, None)
 
     def fallocate(self, fd: int, offset: int, length: int) -> None:
@@ -327,6 +399,8 @@ class PowerLossFileOps(FileOps):
         with self._lock:
             self.crashed = True
             rng = self.rng
+            if self.dir_entries:
+                self._undo_entries()
             for path, writes in self._unsynced.items():
                 if not os.path.exists(path):
                     continue
@@ -364,6 +438,9 @@ class PowerLossFileOps(FileOps):
                     os.close(fd)
             self._unsynced.clear()
             self._drop_fds()
+            if self._backups is not None:
+                shutil.rmtree(self._backups, ignore_errors=True)
+                self._backups = None
             return {"kept": self.kept, "dropped": self.dropped, "torn": self.torn, "zeroed": self.zeroed}
 
     def process_crash(self) -> None:
@@ -372,6 +449,7 @@ class PowerLossFileOps(FileOps):
         with self._lock:
             self.crashed = True
             self._unsynced.clear()
+            self._dir_ops.clear()
             self._drop_fds()
 
     def _drop_fds(self) -> None:
