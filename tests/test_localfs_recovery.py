@@ -7,6 +7,7 @@ import logging
 import mmap
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -653,3 +654,37 @@ def test_retention_makes_each_deletion_durable_before_the_next(tmp_path: Path) -
     for a, b in itertools.pairwise(seg_unlinks):
         assert ("fsync_dir", "") in fops.ops[a + 1 : b], "a segment deleted before the previous deletion was durable"
     assert fops.ops[seg_unlinks[-1] + 1 :].count(("fsync_dir", "")) >= 1
+
+
+def test_read_only_follower_reports_a_zeroed_header_once_a_later_flush_vouches_for_it(tmp_path: Path) -> None:
+    """A whole record zeroed, header included: zeros are a follower's frontier on every wait, so it looks past
+    them only after waiting there a while. Damage proven by a later vouching flush is then CorruptedError (as
+    recovery says), within seconds instead of never; a torn tail of the same shape is still waited at."""
+    from _localfs_util import open_ro
+
+    torn, damaged = tmp_path / "torn", tmp_path / "damaged"
+    _last_flush_unsynced(torn)
+    _last_flush_unsynced(damaged, then_synced=True)
+    for root in (torn, damaged):
+        seg = _segments(root)[-1]
+        off, size = _records(seg)[10]
+        _zero(seg, off, size)
+    opener = build(torn, segment_bytes=SEG)
+    try:
+        r = open_ro(opener)
+        # Idle for 3.5 s: past the first look (after 1 s) and the second (2 s later); still only a frontier.
+        assert [bytes(m.payload) for m in read_all(r, idle=3.5)] == [_payload(i) for i in range(10)]
+        r.close()
+    finally:
+        opener.close()
+    opener = build(damaged, segment_bytes=SEG)
+    try:
+        r = open_ro(opener)
+        t0 = time.monotonic()
+        with pytest.raises(CorruptedError) as ei:
+            read_all(r, idle=5.0)
+        assert time.monotonic() - t0 < 4.5
+        assert ei.value.offset == off
+        r.close()
+    finally:
+        opener.close()

@@ -290,6 +290,8 @@ def _index_matches(seg: SegView, entries: list[tuple[int, int, int]]) -> bool:
 # -- the scanner ----------------------------------------------------------------------------------------------------
 _MAX_BACKOFF = 0.05
 _MOVE, _WAIT, _RETRY = 0, 1, 2
+_ZERO_CHECK_FIRST = 1.0  # seconds at the same zeroed header before a follower looks past it (then doubling)
+_ZERO_CHECK_MAX = 30.0
 
 
 class LocalFSScanner(ScannerImpls):
@@ -315,6 +317,9 @@ class LocalFSScanner(ScannerImpls):
         vch = opt.vchannel
         self._bloom_keys = (bloom_positions(vch), bloom_positions("")) if vch else None
         self._positioned = False
+        self._zero_at: tuple[SegView | None, int] | None = None  # the zeros this follower waits at (see
+        self._zero_next = 0.0  # _zeros_proven_damage), when it looks past them next, and the gap after that
+        self._zero_gap = _ZERO_CHECK_FIRST
         if self._policy.message_id is not None:
             _id_value(self._policy.message_id)  # a foreign ID fails at read(), not at the first recv()
         if self._policy.kind is DeliverPolicyKind.LATEST:
@@ -559,8 +564,10 @@ class LocalFSScanner(ScannerImpls):
         at ``pos`` are the plain frontier (checked first: that is every wait, and it costs one compare); a record
         caught mid-write gets a few short chances to complete before it is called damage.
         """
-        if pos + REC_HEADER_SIZE > limit or is_zero_header(mv, pos, limit):
+        if pos + REC_HEADER_SIZE > limit:
             return False
+        if is_zero_header(mv, pos, limit):
+            return self._zeros_proven_damage(mv, pos, limit)
         if find_valid_record_after(mv, pos, limit, self._expect - 1) is None:
             return False
         for _ in range(3):
@@ -569,6 +576,28 @@ class LocalFSScanner(ScannerImpls):
                 return False
             time.sleep(0.01)
         return True
+
+    def _zeros_proven_damage(self, mv: memoryview, pos: int, limit: int) -> bool:
+        """Whether a zeroed record header, where this follower has been waiting, is followed by a record that
+        vouches for it (recovery's proof of damage).
+
+        Zeros are the writer's frontier at every ordinary wait, and looking past them means scanning up to the
+        end of the preallocated segment, so the follower looks only once it has waited at the same zeros for
+        :data:`_ZERO_CHECK_FIRST` seconds, and then ever less often: damage is reported within seconds instead
+        of never, and a plain wait costs one compare.
+        """
+        now = time.monotonic()
+        at = (self._seg, pos)
+        if self._zero_at != at:
+            self._zero_at = at
+            self._zero_gap = _ZERO_CHECK_FIRST
+            self._zero_next = now + _ZERO_CHECK_FIRST
+            return False
+        if now < self._zero_next:
+            return False
+        self._zero_gap = min(self._zero_gap * 2, _ZERO_CHECK_MAX)
+        self._zero_next = now + self._zero_gap
+        return find_valid_record_after(mv, pos, limit, self._expect - 1) is not None
 
     def _read(self, mv: memoryview, limit: int, exact: bool, max_n: int, out: list[ImmutableMessage]) -> None:
         """Decode valid records from ``pos`` on: the hot loop of every scan.
