@@ -111,12 +111,19 @@ class FileOps:
             view = view[n:]
             offset += n
 
-    def pwritev_all(self, fd: int, buffers: list[bytes | bytearray | memoryview], offset: int) -> None:
+    def pwritev_all(
+        self, fd: int, buffers: list[bytes | bytearray | memoryview], offset: int, total: int | None = None
+    ) -> None:
         """Write ``buffers`` back to back at ``offset`` in as few system calls as the kernel allows: one, unless
-        there are more than ``IOV_MAX`` buffers (every append's path, so the usual case copies no list)."""
+        there are more than ``IOV_MAX`` buffers (every append's path, so the usual case copies no list).
+        ``total``: their length when the caller knows it already."""
         for i in range(0, len(buffers), _IOV_MAX):
-            chunk = buffers if len(buffers) <= _IOV_MAX else buffers[i : i + _IOV_MAX]
-            want = sum(map(len, chunk))
+            if len(buffers) <= _IOV_MAX:
+                chunk = buffers
+                want = sum(map(len, chunk)) if total is None else total
+            else:
+                chunk = buffers[i : i + _IOV_MAX]
+                want = sum(map(len, chunk))
             n = self.pwritev(fd, chunk, offset)
             if n != want:  # short write: finish this chunk byte-wise
                 self.pwrite_all(fd, b"".join(chunk)[n:], offset + n)

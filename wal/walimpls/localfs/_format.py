@@ -75,7 +75,6 @@ _HEAD_PACK = struct.Struct("<IIBBHIQQ" + "QBBHI").pack  # record header followed
 _U64_INTO = U64.pack_into
 _U32 = struct.Struct("<I")
 _U32_INTO = _U32.pack_into
-_PAD = bytes(ALIGN)
 
 # -- index file -------------------------------------------------------------------------------------------------------
 IDX_MAGIC = b"WALLFIDX"
@@ -212,11 +211,21 @@ def bloom_might_contain(bits: bytes, vchannel: str) -> bool:
 
 # -- records ----------------------------------------------------------------------------------------------------------
 _JOIN = bytearray().join
+_PADS = tuple(bytes(n) for n in range(ALIGN))
+# A ``bytes`` payload from this size on is written from the caller's object as an iovec of its own: copying it
+# into the record would cost more than the extra iovec. Only ``bytes``: it cannot change between its CRC and its
+# write. Smaller or mutable payloads are copied into the record's head.
+BIG_PAYLOAD = 4096
+
+# (head, payload, pad, CRC end in head, record size): written back to back, head + payload + pad is the record.
+Encoded = tuple[bytearray, bytes, bytes, int, int]
 
 
-def encode_record(msg: MutableMessage, max_body: int) -> tuple[bytearray, int]:
-    """(record, CRC end): header with ID and CRC left zero (the writer stamps them under its lock), metadata,
-    payload, zero padding."""
+def encode_record(msg: MutableMessage, max_body: int) -> Encoded:
+    """The record of ``msg`` with its ID, flags and CRC left zero: ``stamp_record`` sets them when it is written.
+
+    The CRC covers ``head[4:crc_head_end]`` then ``payload`` (empty when the payload was copied into the head).
+    """
     lc = msg.last_confirmed_message_id
     mflags = 0
     tail = b""
@@ -259,26 +268,25 @@ def encode_record(msg: MutableMessage, max_body: int) -> tuple[bytearray, int]:
             f"message field out of range (time tick {msg.time_tick}, term {msg.wal_term}): {e}"
         ) from e
     crc_end = REC_HEADER_SIZE + body_len
-    pad = -crc_end & (ALIGN - 1)
+    pad = _PADS[-crc_end & (ALIGN - 1)]
+    size = crc_end + len(pad)
+    if len(payload) >= BIG_PAYLOAD and type(payload) is bytes:
+        return _JOIN((head, tail, vch, props)), payload, pad, crc_end - len(payload), size
     # One allocation of the final size instead of a bytearray grown piece by piece.
-    return _JOIN((head, tail, vch, props, payload, _PAD[:pad])), crc_end
+    return _JOIN((head, tail, vch, props, payload, pad)), b"", b"", crc_end, size
 
 
-def stamp_record(rec: bytearray, message_id: int, crc_end: int) -> None:
-    """Write the ID and the CRC (the CRC covers the header after itself, the metadata and the payload)."""
-    _U64_INTO(rec, 16, message_id)
-    _U32_INTO(rec, 0, crc32c(memoryview(rec)[4:crc_end]))
+def stamp_record(head: bytearray, payload: bytes, crc_head_end: int, message_id: int, flags: int) -> None:
+    """Write the ID, the flags and the CRC (over the header after itself, the metadata and the payload).
 
-
-def mark_flush_start(rec: bytearray, prev_durable: bool) -> None:
-    """Flag the first record of a flush (format 2) and re-stamp its CRC, which covers the flags.
-
-    One CRC per flush, over one record: the price of letting recovery know where flushes start and which of them
-    were written onto durable data.
+    ``flags`` (format 2): FLUSH_START, with PREV_DURABLE when an fdatasync had made every earlier byte of the
+    segment durable when the flush was written, on the first record of each flush; 0 on the others.
     """
-    rec[REC_FLAGS_OFF] = VOUCHES if prev_durable else FLUSH_START
-    (body_len,) = _U32.unpack_from(rec, 4)
-    _U32_INTO(rec, 0, crc32c(memoryview(rec)[4 : REC_HEADER_SIZE + body_len]))
+    _U64_INTO(head, 16, message_id)
+    if flags:
+        head[REC_FLAGS_OFF] = flags
+    crc = crc32c(head[4:crc_head_end])
+    _U32_INTO(head, 0, crc32c(payload, crc) if payload else crc)
 
 
 def encode_properties(props: Mapping[str, str]) -> bytes:
