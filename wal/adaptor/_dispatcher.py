@@ -64,6 +64,7 @@ class AppendDispatcher:
         self._has_work = threading.Condition(self._lock)
         self._has_room = threading.Condition(self._lock)
         self._queue: deque[_Entry] = deque()
+        self._groups = 0  # entries of the queue that are groups (none: a batch is taken without a Python loop)
         self._fcond = new_condition()  # shared by every future of this dispatcher
         self._inflight = 0  # messages queued or being processed
         self._idle = False  # the thread waits for work (producers notify only then)
@@ -117,6 +118,7 @@ class AppendDispatcher:
             else:
                 waiter = GroupWaiter()
                 self._queue.append((msgs, waiter))
+                self._groups += 1
                 if self._idle and len(self._queue) >= self._wake_at:  # one wake-up (see submit_one)
                     self._idle = False
                     self._has_work.notify()
@@ -192,16 +194,31 @@ class AppendDispatcher:
                 if self._abort:
                     self._fail_queued()
                     return
-                batch: list[_Entry] = []
-                n = 0
-                while queue and n < self._max_batch:
-                    e = queue.popleft()
-                    batch.append(e)
-                    n += 1 if e.__class__ is AppendFuture else len(e[0])  # type: ignore[index]
+                groups = self._groups
+                if not groups:  # futures only (append_async): one message each, taken in C
+                    n = len(queue)
+                    if n <= self._max_batch:
+                        batch: list[_Entry] = list(queue)
+                        queue.clear()
+                    else:
+                        n = self._max_batch
+                        popleft = queue.popleft
+                        batch = [popleft() for _ in range(n)]
+                else:
+                    batch = []
+                    n = 0
+                    while queue and n < self._max_batch:
+                        e = queue.popleft()
+                        batch.append(e)
+                        if e.__class__ is AppendFuture:
+                            n += 1
+                        else:
+                            n += len(e[0])  # type: ignore[index]
+                            self._groups -= 1
                 stop = self._closing and not queue
                 trig, self._triggered = self._triggered, None
             try:
-                if batch and (woken := self._run_batch(batch, n)) >= 2:
+                if batch and (woken := self._run_batch(batch, n, groups > 0)) >= 2:
                     self._gather(woken)
                 now = time.monotonic()
                 if self._periodic is not None and (trig is not None or now >= next_tick):
@@ -216,17 +233,21 @@ class AppendDispatcher:
             if stop:
                 return
 
-    def _run_batch(self, batch: list[_Entry], n: int) -> int:
-        """Run one batch and settle it; returns how many synchronous callers (group waiters) it woke."""
-        msgs: list[MutableMessage] = []
+    def _run_batch(self, batch: list[_Entry], n: int, maybe_groups: bool = True) -> int:
+        """Run one batch and settle it; returns how many synchronous callers (group waiters) it woke.
+        ``maybe_groups`` False: every entry is a future."""
         groups = False
-        add = msgs.append
-        for e in batch:
-            if e.__class__ is AppendFuture:
-                add(e.msg)
-            else:
-                msgs.extend(e[0])  # type: ignore[index]
-                groups = True
+        if not maybe_groups:
+            msgs: list[MutableMessage] = [e.msg for e in batch]  # type: ignore[union-attr]
+        else:
+            msgs = []
+            add = msgs.append
+            for e in batch:
+                if e.__class__ is AppendFuture:
+                    add(e.msg)
+                else:
+                    msgs.extend(e[0])  # type: ignore[index]
+                    groups = True
         try:
             outcomes = self._process(msgs)
         except BaseException as ex:  # the processor promised not to raise; fail the batch rather than hang callers
@@ -283,6 +304,7 @@ class AppendDispatcher:
         err = ShutdownError("wal is closed")
         futs: list[AppendFuture[Any]] = []
         waiters: list[GroupWaiter] = []
+        self._groups = 0
         while self._queue:
             e = self._queue.popleft()
             if e.__class__ is AppendFuture:

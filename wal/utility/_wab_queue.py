@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from array import array
 from bisect import bisect_right
 from collections.abc import Callable
 from operator import lt as _lt
+from typing import Any
 
 from ..errors import InvalidArgumentError
 from ..message import ImmutableMessage, MessageType
 from ._errors import EvictedError, TimeTickViolationError
+from ._wab_compact import compact_batch, entry_time_tick, entry_type, expand_all, id_class_of
 
 __all__ = ["WABQueue", "WABSnapshot"]
 
@@ -30,21 +33,23 @@ class WABSnapshot:
 
     It refers to the queue's list without copying. The queue only appends to a list and replaces it (never edits
     it in place) when it compacts, so what a snapshot covers stays valid however much is evicted afterwards.
+    ``msgs`` may hold compact entries (see ``_wab_compact``): ``id_cls`` rebuilds them.
     """
 
-    __slots__ = ("end", "msgs", "next_offset", "pos")
+    __slots__ = ("end", "id_cls", "msgs", "next_offset", "pos")
 
-    def __init__(self, msgs: list[ImmutableMessage], pos: int, end: int, next_offset: int) -> None:
+    def __init__(self, msgs: list[Any], pos: int, end: int, next_offset: int, id_cls: Any = None) -> None:
         self.msgs = msgs
         self.pos = pos
         self.end = end
         self.next_offset = next_offset  # queue offset of the entry after this snapshot
+        self.id_cls = id_cls
 
     def __len__(self) -> int:
         return self.end - self.pos
 
     def to_list(self) -> list[ImmutableMessage]:
-        return self.msgs[self.pos : self.end]
+        return expand_all(self.msgs[self.pos : self.end], self.id_cls)
 
 
 class WABQueue:
@@ -57,6 +62,7 @@ class WABQueue:
         "_base",
         "_capacity",
         "_expire",
+        "_id_cls",
         "_keepalive",
         "_msgs",
         "_now",
@@ -76,10 +82,13 @@ class WABQueue:
         self._capacity = capacity_bytes
         self._keepalive = keepalive
         self._now = now
-        self._msgs: list[ImmutableMessage] = []
-        self._tts: list[int] = []
-        self._sizes: list[int] = []
-        self._expire: list[float] = []
+        self._msgs: list[Any] = []  # ImmutableMessage or its compact form (see _wab_compact)
+        self._id_cls = id_class_of(first)
+        # Numbers in arrays, not lists: an array is one object to the garbage collector, which walks every item
+        # of a list on each full collection (hundreds of thousands here).
+        self._tts = array("Q")
+        self._sizes = array("q")
+        self._expire = array("d")
         self._base = 0  # offset of list index 0
         self._start = 0  # list index of the first live entry
         self._size = 0
@@ -93,22 +102,26 @@ class WABQueue:
         self._expire.append(self._now() + self._keepalive)
         self._size += size
 
-    def push(self, msgs: list[ImmutableMessage]) -> None:
+    def push(self, msgs: list[Any], compact: bool = False) -> None:
         """Append in order. A data message must be above the last time tick; a tick may repeat it.
 
-        All or nothing: a message out of order leaves the queue unchanged.
+        All or nothing: a message out of order leaves the queue unchanged. ``msgs`` may hold compact entries;
+        ``compact``: store the messages in their compact form when they all have one (the write-ahead buffer's
+        choice; see ``_wab_compact``).
         """
         last = self._tts[-1]
-        tts = [m.time_tick for m in msgs]
+        tts = [m[4] if m.__class__ is tuple else m.time_tick for m in msgs]  # entry_time_tick, inlined
         if not all(map(_lt, [last, *tts[:-1]], tts)):  # strictly increasing: the usual case, checked in C
             for m, tt in zip(msgs, tts, strict=True):
-                if tt < last or (tt == last and m.message_type is not MessageType.TIME_TICK):
+                if tt < last or (tt == last and entry_type(m) is not MessageType.TIME_TICK):
                     raise TimeTickViolationError(
-                        f"write-ahead buffer: {m.message_type.name} with time tick {tt} after time tick {last}"
+                        f"write-ahead buffer: {entry_type(m).name} with time tick {tt} after time tick {last}"
                     )
                 last = tt
-        sizes = [m.estimate_size() if m._props else len(m.payload) for m in msgs]  # _size, inlined
-        self._msgs.extend(msgs)
+        sizes = [  # entry_size, inlined
+            len(m[2]) if m.__class__ is tuple else m.estimate_size() if m._props else len(m.payload) for m in msgs
+        ]
+        self._msgs.extend(compact_batch(msgs, self._id_cls) if compact else msgs)
         self._tts.extend(tts)
         self._sizes.extend(sizes)
         self._expire.extend([self._now() + self._keepalive] * len(msgs))
@@ -165,7 +178,7 @@ class WABQueue:
         n = len(self._msgs)
         assert len(self._tts) == len(self._sizes) == len(self._expire) == n
         assert 0 <= self._start < n
-        assert self._tts == [m.time_tick for m in self._msgs]
+        assert list(self._tts) == [entry_time_tick(m) for m in self._msgs]
         assert all(a <= b for a, b in zip(self._tts, self._tts[1:], strict=False))
         assert self._size == sum(self._sizes[self._start :])
 
@@ -180,7 +193,7 @@ class WABQueue:
         i = offset - self._base
         if i < self._start:
             raise EvictedError(f"write-ahead buffer offset {offset} was evicted (head is {self.head_offset})")
-        return WABSnapshot(self._msgs, i, n, end_offset)
+        return WABSnapshot(self._msgs, i, n, end_offset, self._id_cls)
 
     def snapshot_from_exclusive_time_tick(self, time_tick: int) -> WABSnapshot | None:
         """Entries with ``tt > time_tick``; None when there are none yet."""
@@ -194,4 +207,4 @@ class WABQueue:
             )
         n = len(tts)
         i = bisect_right(tts, time_tick, start, n)
-        return WABSnapshot(self._msgs, i, n, self._base + n)
+        return WABSnapshot(self._msgs, i, n, self._base + n, self._id_cls)

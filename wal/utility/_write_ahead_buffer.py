@@ -6,9 +6,11 @@ import threading
 import time
 from collections.abc import Callable
 from operator import lt as _lt
+from typing import Any
 
 from ..errors import InvalidArgumentError, ShutdownError, WALTimeoutError
-from ..message import ImmutableMessage, MessageID, MessageType
+from ..message import ImmutableMessage, IntMessageID, MessageID, MessageType
+from ._wab_compact import entry_time_tick, expand, id_class_of
 from ._wab_queue import WABQueue, WABSnapshot
 
 __all__ = ["WriteAheadBuffer", "WriteAheadBufferReader"]
@@ -47,18 +49,26 @@ class WriteAheadBuffer:
         self._lock = threading.Lock()  # the condition's; ``with self._lock`` skips Condition.__enter__
         self._cond = threading.Condition(self._lock)
         self._queue = WABQueue(capacity_bytes, keepalive, first_time_tick, now)
+        self._id_cls = id_class_of(first_time_tick)  # rebuilds the queue's compact entries (see _wab_compact)
         self._last_tick: ImmutableMessage | None = first_time_tick  # None: not built yet (see _tick)
         self._last_tt = first_time_tick.time_tick
         self._last_lc: MessageID = first_time_tick.message_id  # the ID of a not-built tick
         # Messages confirmed by append_batch_tick, not in the queue yet: every read folds them in first (under the
         # lock), so no reader can tell; they spare the hot path the queue's bookkeeping and eviction per batch.
-        self._pending: list[ImmutableMessage] = []
+        self._pending: list[Any] = []  # messages or compact entries
         self._closed = False
         self._waiting = 0  # readers blocked in _wait (under the lock): append notifies only then
 
     @property
     def last_time_tick(self) -> int:
         return self._last_tt
+
+    @property
+    def compact_id_class(self) -> type[IntMessageID] | None:
+        """The message-ID class of the entries this buffer may store compact (None: it stores messages only);
+        a writer may hand it entries already compact (``_wab_compact.compact_written``) for IDs of this class.
+        """
+        return self._id_cls
 
     @property
     def last_time_tick_message(self) -> ImmutableMessage:
@@ -80,7 +90,7 @@ class WriteAheadBuffer:
         """Queue the pending messages (lock held): before anything reads the queue or changes it otherwise."""
         if self._pending:
             q = self._queue
-            q.push(self._pending)
+            q.push(self._pending, compact=True)
             self._pending = []
             q.evict()
 
@@ -88,8 +98,9 @@ class WriteAheadBuffer:
     def closed(self) -> bool:
         return self._closed
 
-    def append(self, msgs: list[ImmutableMessage], time_tick_msg: ImmutableMessage) -> None:
+    def append(self, msgs: list[Any], time_tick_msg: ImmutableMessage) -> None:
         """Add the messages confirmed by ``time_tick_msg`` (all with tt in (last tick, its tt]), then the tick.
+        ``msgs`` may hold compact entries (see ``_wab_compact``), as may those of :meth:`append_batch_tick`.
 
         A not-persisted tick is not stored (a reader could not resume from its ID) but is served as the newest
         tick to readers that have caught up.
@@ -106,15 +117,16 @@ class WriteAheadBuffer:
                 )
             # The queue's push checks the order within msgs, so the bounds need only the first and the last.
             for m in (msgs[0], msgs[-1]) if msgs else ():
-                if not last < m.time_tick <= tt:
+                mtt = entry_time_tick(m)
+                if not last < mtt <= tt:
                     raise InvalidArgumentError(
-                        f"write-ahead buffer {self.name!r}: message time tick {m.time_tick} outside ({last}, {tt}]"
+                        f"write-ahead buffer {self.name!r}: message time tick {mtt} outside ({last}, {tt}]"
                     )
             if self._pending:
                 self._fold()
             q = self._queue
             if msgs:
-                q.push(msgs)
+                q.push(msgs, compact=True)
             if not time_tick_msg.not_persisted:
                 q.push([time_tick_msg])
             q.evict()
@@ -123,7 +135,7 @@ class WriteAheadBuffer:
             if self._waiting:  # after every batch: a notify with nobody waiting still costs a lock check
                 self._cond.notify_all()
 
-    def append_batch_tick(self, msgs: list[ImmutableMessage], time_tick: int, last_confirmed: MessageID) -> None:
+    def append_batch_tick(self, msgs: list[Any], time_tick: int, last_confirmed: MessageID) -> None:
         """:meth:`append` with a not-persisted tick at ``time_tick`` whose ID and last-confirmed ID are
         ``last_confirmed``: the per-batch tick of the append path. The tick is built only if a reader asks for it,
         and the messages reach the queue when a reader looks, a reader waits, or :data:`PENDING_MAX` of them wait.
@@ -137,7 +149,7 @@ class WriteAheadBuffer:
                     f"write-ahead buffer {self.name!r}: expected a TIME_TICK above {last}, got one at {time_tick}"
                 )
             if msgs:
-                first_tt, last_msg_tt = msgs[0].time_tick, msgs[-1].time_tick
+                first_tt, last_msg_tt = entry_time_tick(msgs[0]), entry_time_tick(msgs[-1])
                 if not (last < first_tt and last_msg_tt <= time_tick):
                     bad = first_tt if first_tt <= last else last_msg_tt
                     raise InvalidArgumentError(
@@ -145,15 +157,15 @@ class WriteAheadBuffer:
                     )
                 pending = self._pending
                 if len(msgs) + len(pending) < PENDING_MAX and (
-                    len(msgs) == 1 or all(map(_lt, (tts := [m.time_tick for m in msgs])[:-1], tts[1:]))
+                    len(msgs) == 1 or all(map(_lt, (tts := list(map(entry_time_tick, msgs)))[:-1], tts[1:]))
                 ):  # strictly increasing (checked in C): in order after the pending ones
                     pending += msgs
                 else:  # a large batch, or a repeated tick (the queue's rule decides): straight to the queue
                     q = self._queue
                     if pending:
-                        q.push(pending)
+                        q.push(pending, compact=True)
                         self._pending = []
-                    q.push(msgs)  # all or nothing
+                    q.push(msgs, compact=True)  # all or nothing
                     q.evict()
             self._last_tick = None
             self._last_tt = time_tick
@@ -244,7 +256,7 @@ class WriteAheadBufferReader:
     def __init__(
         self,
         buf: WriteAheadBuffer,
-        msgs: list[ImmutableMessage],
+        msgs: list[Any],
         pos: int,
         end: int,
         next_offset: int,
@@ -272,7 +284,8 @@ class WriteAheadBufferReader:
         """The next message; blocks up to ``timeout`` seconds (``WALTimeoutError``), ``EvictedError`` if it fell
         out of the buffer, ``ShutdownError`` once the buffer is closed."""
         self._ensure(timeout)
-        m = self._msgs[self._pos]
+        e = self._msgs[self._pos]
+        m: ImmutableMessage = expand(e, self._buf._id_cls) if e.__class__ is tuple else e
         self._pos += 1
         self._last_tt = m.time_tick
         return m
@@ -283,6 +296,9 @@ class WriteAheadBufferReader:
         pos = self._pos
         end = min(self._end, pos + max(1, max_messages))
         out = self._msgs[pos:end]
+        if self._buf._id_cls is not None:  # else nothing is compact
+            id_cls = self._buf._id_cls
+            out = [expand(e, id_cls) if e.__class__ is tuple else e for e in out]
         self._pos = end
         self._last_tt = out[-1].time_tick
         return out

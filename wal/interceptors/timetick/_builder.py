@@ -13,4 +13,12 @@ class TimeTickInterceptorBuilder:
     def build(self, param: InterceptorBuildParam) -> Interceptor:
         if None in (param.ack_manager, param.txn_manager, param.mvcc_manager, param.clock):
             raise InvalidArgumentError("the time-tick interceptor needs its WAL's clock, ack, txn and MVCC managers")
-        return TimeTickInterceptor(param.ack_manager, param.txn_manager, param.mvcc_manager, param.clock)
+        # The buffer's compact entries are what the interceptor hands over for plain batches (see _wab_compact).
+        compact_ids = getattr(param.write_ahead_buffer, "compact_id_class", None)
+        return TimeTickInterceptor(
+            param.ack_manager,
+            param.txn_manager,
+            param.mvcc_manager,
+            param.clock,
+            compact_ids=compact_ids,
+        )

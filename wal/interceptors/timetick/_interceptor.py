@@ -9,9 +9,11 @@ its own after the messages queued before it, so the body it waits for is already
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from ...errors import InvalidTxnStateError
-from ...message import ImmutableMessage, MessageID, MessageType, MutableMessage
+from ...message import ImmutableMessage, IntMessageID, MessageID, MessageType, MutableMessage
+from ...utility._wab_compact import compact_written
 from .._chain import all_ok, batch_to_single
 from .._interfaces import AppendFunc, AppendOutcome, BatchAppendFunc
 from ..txn import TxnManager, TxnSession
@@ -42,9 +44,13 @@ class TimeTickInterceptor:
         mvcc: MVCCManager,
         clock: HybridClock,
         graceful_close_timeout: float = 3.0,
+        compact_ids: type[IntMessageID] | None = None,
     ) -> None:
         self._clock = clock
-        self._written: list[ImmutableMessage] = []
+        # What the write-ahead buffer takes (take_written): messages, or for a plain batch whose IDs are of class
+        # ``compact_ids`` (the buffer's compact_id_class) the buffer's compact entries, built without a message.
+        self._written: list[Any] = []
+        self._compact_ids = compact_ids
         self._ack = ack
         self._txns = txns
         self._mvcc = mvcc
@@ -98,9 +104,14 @@ class TimeTickInterceptor:
         last_ok: ImmutableMessage | None = None
         err: BaseException | None = None
         if all_ok(results):  # the usual case
-            ims = [m.into_immutable(r) for m, r in zip(msgs, results, strict=True)]  # type: ignore[arg-type]
-            written.extend(ims)
-            last_ok = ims[-1]
+            compact = compact_written(msgs, results, self._compact_ids)
+            if compact is not None:  # no ImmutableMessage per message: the buffer's compact entries directly
+                written += compact
+                last_ok = last.into_immutable(results[-1])  # type: ignore[arg-type]  # for the acker only
+            else:
+                ims = [m.into_immutable(r) for m, r in zip(msgs, results, strict=True)]  # type: ignore[arg-type]
+                written.extend(ims)
+                last_ok = ims[-1]
             newest = {m.vchannel: m for m in msgs}  # per vchannel, its newest message
         else:
             newest = {}
@@ -204,8 +215,9 @@ class TimeTickInterceptor:
             m.with_last_confirmed(lc)
             seg.append((i, m, acker if k == last else None, None, True))
 
-    def take_written(self) -> list[ImmutableMessage]:
-        """The messages written since the last call, in time-tick order (what the write-ahead buffer takes)."""
+    def take_written(self) -> list[Any]:
+        """The messages (or compact entries) written since the last call, in time-tick order (what the
+        write-ahead buffer takes)."""
         out, self._written = self._written, []
         return out
 
