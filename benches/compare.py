@@ -158,6 +158,8 @@ MEASUREMENTS: dict[str, Measurement] = {m.name: m for m in [
        lambda c: walb.batched_append_bare(c.root, c.profile.max_ops, c.profile.seconds)),
     _m("wal_64k", "wal append 64 KiB, 1 thread, sync=always",
        lambda c: walb.big_append(c.root, c.profile.big_max_ops, c.profile.seconds)),
+    _m("wal_64k_reused", "wal append 64 KiB, one payload object reused (as raw_64k)",
+       lambda c: walb.big_append_reused(c.root, c.profile.big_max_ops, c.profile.seconds)),
     _m("wal_scan", "wal catch-up scan (reopened, scanner recv)",
        lambda c: walb.catchup_scan_full(c.scan_log(), c.profile.scan_rows, c.next_term())),
     _m("bare_scan", "bare backend catch-up scan (recv_batch)",
@@ -215,6 +217,7 @@ INFO_AFTER = {
     "group_commit": ("bare_threads32",),
     "adaptor_pipelined": ("wal_batched",),
     "catchup_scan": ("bare_scan", "scan_floor"),
+    "append_64k": ("wal_64k_reused",),
 }
 INFO_RATIOS = (
     ("adaptor_scan", "adaptor catch-up scan / bare recv_batch (no target)", "wal_scan", "bare_scan"),
@@ -223,6 +226,8 @@ INFO_RATIOS = (
     ("adaptor_batched", "adaptor append_messages x1000 / bare append_batch x1000 (no target)",
      "wal_batched", "bare_batched"),
     ("single_vs_raw", "durable single append / raw 100 B pwrite+fdatasync (no target)", "wal_single", "raw_100"),
+    ("reused_64k_vs_raw", "64 KiB append, payload reused / raw (no target; without cache churn)", "wal_64k_reused",
+     "raw_64k"),
     ("raw_vs_sqlite", "raw pwrite+fdatasync / sqlite FULL (no target; bounds single)",
      "raw_100", "sqlite_full"),
     ("floor_vs_lmdb", "MutableMessage+Future floor / lmdb x1000 (no target; bounds pipelined)", "pipe_floor",
