@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from _localfs_util import build, msg, open_rw, read_all
 
-from wal.errors import CorruptedError
+from wal.errors import CorruptedError, WALTimeoutError
 from wal.options import DeliverPolicy
 from wal.walimpls.localfs import LocalFSMessageID
 from wal.walimpls.localfs._format import DATA_START, scan_segment
@@ -688,3 +688,56 @@ def test_read_only_follower_reports_a_zeroed_header_once_a_later_flush_vouches_f
         r.close()
     finally:
         opener.close()
+
+
+def test_a_follower_looking_past_zeros_while_the_writer_appends_there_sees_no_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower reads zeros at its frontier, then the writer appends two flushes (the second vouching for
+    everything before it) before the follower looks past the zeros: the vouching record is there, but so is a
+    valid record where the zeros were. That is the frontier moving, not damage (found by review)."""
+    from _localfs_util import open_ro
+
+    import wal.walimpls.localfs._scanner as sc
+    from wal.walimpls import ReadOption
+
+    monkeypatch.setattr(sc, "_ZERO_CHECK_FIRST", 0.05)
+    w_op = build(tmp_path, sync="always")
+    w = open_rw(w_op)
+    tt = [0]
+
+    def append(n: int) -> None:
+        for _ in range(n):
+            tt[0] += 1
+            w.append(msg(b"x" * 100, tt=tt[0]))
+
+    append(3)
+    r_op = build(tmp_path)
+    r = open_ro(r_op)
+    real = sc.find_valid_record_after
+    state = {"armed": False, "fired": False}
+
+    def racing(mv, pos, limit, after_id, *more):  # type: ignore[no-untyped-def]
+        if state["armed"] and not state["fired"]:  # the writer runs between the zeros and the look past them
+            state["fired"] = True
+            append(2)
+        return real(mv, pos, limit, after_id, *more)
+
+    monkeypatch.setattr(sc, "find_valid_record_after", racing)
+    try:
+        with r.read(ReadOption(name="t", deliver_policy=DeliverPolicy.all())) as s:
+            got = s.recv_batch(100, 1.0)
+            assert len(got) == 3
+            time.sleep(0.2)  # waited at the frontier past the first look's delay
+            with pytest.raises(WALTimeoutError):
+                s.recv_batch(100, 0.1)
+            state["armed"] = True
+            while len(got) < 5:
+                got += s.recv_batch(100, 2.0)
+        assert state["fired"]
+        assert [int(m.message_id.value) for m in got] == [1, 2, 3, 4, 5]  # type: ignore[attr-defined]
+    finally:
+        r.close()
+        r_op.close()
+        w.close()
+        w_op.close()

@@ -205,3 +205,84 @@ def test_an_interrupted_appender_hands_on_its_wake_up_and_its_lead(
     assert all(got.get(mid) == p for mid, p in acked.items())
     assert sorted(got) == list(range(1, 12 * 60 + 1))  # the interrupted appends were written too
     assert set(interrupted) <= set(got.values())
+
+
+@pytest.mark.timeout(60)
+def test_an_appender_interrupted_just_after_it_woke_still_passes_the_wake_up_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interrupt may also arrive after the waiter lock was taken, before the wake-up was passed on (a signal
+    is checked when ``_wake_one`` is entered): the rest of the settled batch must not sleep on."""
+    import sys
+
+    from wal.walimpls.localfs._wal import LocalFSWAL
+
+    real = LocalFSWAL._wake_one
+    fired = threading.Event()
+
+    def wake_one(self: LocalFSWAL) -> None:
+        if sys._getframe(1).f_code.co_name == "append_batch" and not fired.is_set():
+            fired.set()
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(LocalFSWAL, "_wake_one", wake_one)
+    opener = build(tmp_path, segment_bytes=1 << 16, sync="always")
+    w = open_rw(opener)
+    go = threading.Barrier(24)
+    outcomes: list[str] = []
+
+    def worker(i: int) -> None:
+        go.wait()
+        try:
+            w.append(msg(b"x" * 50, tt=i + 1))
+            outcomes.append("ok")
+        except KeyboardInterrupt:
+            outcomes.append("interrupted")
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(24)]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + 10
+    for th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
+    asleep = sum(th.is_alive() for th in threads)
+    assert fired.is_set(), "no appender was woken by another: nothing was tested"
+    assert asleep == 0, f"{asleep} appenders asleep after one was interrupted on waking"
+    assert sorted(outcomes) == ["interrupted"] + ["ok"] * 23
+    assert len(read_all(w, idle=0.1)) == 24
+    w.close()
+    opener.close()
+
+
+def test_ctrl_c_during_the_leaders_sync_reaches_the_caller_as_itself(tmp_path: Path) -> None:
+    """An interrupt while the leader writes or syncs leaves the flush's state unknown: the WAL closes as after an
+    I/O error (a reopen recovers, and nothing acknowledged is lost), but the interrupted caller gets its
+    KeyboardInterrupt, not a WALIOError (found by review)."""
+    from wal.errors import ShutdownError
+
+    class CtrlC(FileOps):
+        armed = False
+
+        def fdatasync(self, fd: int) -> None:
+            super().fdatasync(fd)
+            if self.armed:
+                self.armed = False
+                raise KeyboardInterrupt
+
+    fops = CtrlC()
+    opener = build(tmp_path, segment_bytes=1 << 16, sync="always", _file_ops=fops)
+    w = open_rw(opener)
+    acked = [int(w.append(msg(b"a%d" % i, tt=i + 1)).value) for i in range(5)]  # type: ignore[attr-defined]
+    fops.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        w.append(msg(b"interrupted", tt=10))
+    with pytest.raises(ShutdownError):
+        w.append(msg(b"after", tt=11))
+    opener.close()
+    opener2 = build(tmp_path, segment_bytes=1 << 16)
+    w2 = open_rw(opener2, "p1", 2)
+    got = [int(m.message_id.value) for m in read_all(w2, idle=0.1)]  # type: ignore[attr-defined]
+    assert got[:5] == acked
+    w2.close()
+    opener2.close()

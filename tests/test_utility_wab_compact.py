@@ -146,3 +146,19 @@ def test_a_rebuilt_message_sets_every_slot_of_the_original() -> None:
     rebuilt = expand(entry, SID)
     for name in ImmutableMessage.__slots__:
         assert getattr(rebuilt, name) == getattr(m, name), name
+
+
+def test_a_time_tick_too_large_for_the_queue_leaves_it_unchanged() -> None:
+    """The queue keeps time ticks in a typed array, which rejects a number out of range only when filled: the
+    push must fail before touching anything, so its parallel sequences stay in step (found by review)."""
+    import pytest
+
+    from wal.utility._wab_queue import WABQueue
+
+    q = WABQueue(MiB, 60.0, first_tick(), lambda: 0.0)
+    q.push([msg(2)])
+    with pytest.raises(OverflowError):
+        q.push([msg(3), msg(1 << 64)])
+    assert len(q._msgs) == len(q._tts) == len(q._sizes) == len(q._expire) == 2
+    q.push([msg(4)])
+    q._check()

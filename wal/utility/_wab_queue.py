@@ -121,9 +121,13 @@ class WABQueue:
         sizes = [  # entry_size, inlined
             len(m[2]) if m.__class__ is tuple else m.estimate_size() if m._props else len(m.payload) for m in msgs
         ]
+        # Typed arrays reject a number out of range (OverflowError) only when filled: build them first, so a
+        # failure leaves the queue unchanged and its parallel sequences in step.
+        new_tts = array("Q", tts)
+        new_sizes = array("q", sizes)
         self._msgs.extend(compact_batch(msgs, self._id_cls) if compact else msgs)
-        self._tts.extend(tts)
-        self._sizes.extend(sizes)
+        self._tts += new_tts
+        self._sizes += new_sizes
         self._expire.extend([self._now() + self._keepalive] * len(msgs))
         self._size += sum(sizes)
 

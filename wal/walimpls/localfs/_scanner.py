@@ -597,7 +597,12 @@ class LocalFSScanner(ScannerImpls):
             return False
         self._zero_gap = min(self._zero_gap * 2, _ZERO_CHECK_MAX)
         self._zero_next = now + self._zero_gap
-        return find_valid_record_after(mv, pos, limit, self._expect - 1) is not None
+        if find_valid_record_after(mv, pos, limit, self._expect - 1) is None:
+            return False
+        # The writer may have appended at ``pos`` and after it since the zeros were read: it writes in order, so
+        # once the vouching record is visible, a record written at ``pos`` is too. Then it was the frontier.
+        r = check_record(mv, pos, limit)
+        return r is None or r[1] != self._expect
 
     def _read(self, mv: memoryview, limit: int, exact: bool, max_n: int, out: list[ImmutableMessage]) -> None:
         """Decode valid records from ``pos`` on: the hot loop of every scan.

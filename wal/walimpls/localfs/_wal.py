@@ -158,7 +158,7 @@ class _Batch:
     ``Condition`` would).
     """
 
-    __slots__ = ("chained", "done", "err", "first", "heir", "items", "waiters")
+    __slots__ = ("chained", "done", "err", "first", "heir", "items", "leading", "waiters")
 
     def __init__(self, first: int) -> None:
         self.first = first  # the ID of ``items[0]``: IDs are handed out in queue order, so a batch's are contiguous
@@ -167,6 +167,7 @@ class _Batch:
         self.done = False
         self.chained = False  # its waiters are in the wake-up chain (``_woken``)
         self.heir: _thread.LockType | None = None  # the waiter handed the lead of this batch (set under the lock)
+        self.leading = False  # a thread has started to write it (``_lead``)
         self.err: WALIOError | None = None
 
 
@@ -317,12 +318,12 @@ class LocalFSWAL(_Base):
         else:
             try:
                 waiter.acquire()
-            except BaseException:  # a signal handler raised while this thread slept (KeyboardInterrupt)
+                self._wake_one()  # pass the wake-up on (see _finish)
+                if not b.done:  # woken with ``b`` not done: this thread leads it
+                    self._lead(b)
+            except BaseException:  # a signal handler raised (KeyboardInterrupt): hand on what is owed first
                 self._abandon(waiter, b)
                 raise
-            self._wake_one()  # pass the wake-up on (see _finish)
-            if not b.done:  # woken with ``b`` not done: this thread leads it
-                self._lead(b)
         if b.err is not None:
             raise WALIOError(str(b.err)) from b.err.__cause__
         return [fast_id(i) for i in range(first, mid)]
@@ -341,6 +342,7 @@ class LocalFSWAL(_Base):
         ``fdatasync``: they run while the leader waits for the disk, instead of holding the interpreter while the
         leader needs it between its write and its sync.
         """
+        b.leading = True
         rounds = 1
         synced: _Batch | None = None  # durable, its appenders not woken yet
         while True:
@@ -370,6 +372,10 @@ class LocalFSWAL(_Base):
                     self._finish(nxt, failed)  # queued behind a failed write: fails too, nothing of it was written
                 if heir is not None:
                     heir.release()
+                if err is not None and not isinstance(err, Exception):
+                    # An interrupt (Ctrl-C) during the write or sync: the flush's state is unknown, so the WAL is
+                    # closed as after an I/O error (reopen recovers), but this thread gets the interrupt itself.
+                    raise err
                 return
             synced, b = b, nxt
             rounds += 1
@@ -399,10 +405,12 @@ class LocalFSWAL(_Base):
             pass
 
     def _abandon(self, waiter: _thread.LockType, b: _Batch) -> None:
-        """Hand on what this sleeping appender owes before its interrupt propagates: the lead of ``b`` if it was
-        made heir, else its link in the wake-up chain. Without it, one Ctrl-C in the main thread would leave
-        other appenders asleep for good. ``b``'s records are queued and get written either way; the interrupted
-        caller just does not learn their IDs. Waits (a flush at most) without an interruptible lock: it polls.
+        """Hand on what this appender owes before its interrupt propagates (raised while it slept, or just after
+        it woke, before it passed the wake-up on or started to lead): the lead of ``b`` if it was made heir,
+        else its link in the wake-up chain (an extra wake-up is harmless: every chained waiter's batch is
+        settled). Without it, one Ctrl-C in the main thread would leave other appenders asleep for good. ``b``'s
+        records are queued and get written either way; the interrupted caller just does not learn their IDs.
+        Waits (a flush at most) without an interruptible lock: it polls.
         """
         while True:
             with self._lock:
@@ -413,7 +421,7 @@ class LocalFSWAL(_Base):
                 time.sleep(0.0005)
             except BaseException:  # a second interrupt: the first is raised once this is done
                 pass
-        if heir and not b.done:
+        if heir and not b.done and not b.leading:
             self._lead(b)
             return
         try:
