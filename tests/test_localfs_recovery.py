@@ -400,17 +400,26 @@ def test_damage_before_a_flush_written_onto_durable_data_is_corruption(tmp_path:
     assert seg.read_bytes() == before  # nothing cut: the acknowledged B, C, D are still there
 
 
+def _torn_and_damaged(tmp_path: Path, keep: int) -> tuple[Path, Path, int]:
+    """Two logs whose last flush wrote record A (the 11th) and later ones: in ``torn`` that flush was never synced,
+    in ``damaged`` a later flush vouches for it. A is zeroed after its first ``keep`` bytes in both; returns the
+    roots and A's offset."""
+    torn, damaged = tmp_path / "torn", tmp_path / "damaged"
+    _last_flush_unsynced(torn)
+    _last_flush_unsynced(damaged, then_synced=True)
+    off = 0
+    for root in (torn, damaged):
+        seg = _segments(root)[-1]
+        off, size = _records(seg)[10]
+        _zero(seg, off + keep, size - keep)
+    return torn, damaged, off
+
+
 def test_read_only_follower_agrees_with_recovery(tmp_path: Path) -> None:
     """A follower waits at a torn tail (the next writer cuts it) and fails at proven damage."""
     from _localfs_util import open_ro
 
-    torn, damaged = tmp_path / "torn", tmp_path / "damaged"
-    _last_flush_unsynced(torn)
-    _last_flush_unsynced(damaged, then_synced=True)
-    for root in (torn, damaged):  # A torn after its first 8 bytes (a zero header is always a follower's frontier)
-        seg = _segments(root)[-1]
-        off, size = _records(seg)[10]
-        _zero(seg, off + 8, size - 8)
+    torn, damaged, _ = _torn_and_damaged(tmp_path, 8)  # a zero header is a follower's frontier: keep 8 bytes
     opener = build(torn, segment_bytes=SEG)
     try:
         r = open_ro(opener)
@@ -512,13 +521,7 @@ def test_format_1_keeps_the_strict_rule(tmp_path: Path) -> None:
 def test_verify_and_repair_agree_with_recovery(tmp_path: Path) -> None:
     from wal.walimpls.localfs.tools import repair
 
-    torn, damaged = tmp_path / "torn", tmp_path / "damaged"
-    _last_flush_unsynced(torn)
-    _last_flush_unsynced(damaged, then_synced=True)
-    for root in (torn, damaged):
-        seg = _segments(root)[-1]
-        off, size = _records(seg)[10]
-        _zero(seg, off, size)
+    torn, damaged, _ = _torn_and_damaged(tmp_path, 0)
     seg = _segments(torn)[-1]
     a_off = _records(seg)[-1][0] + _records(seg)[-1][1]
     problems = verify(str(torn))
@@ -662,13 +665,7 @@ def test_read_only_follower_reports_a_zeroed_header_once_a_later_flush_vouches_f
     recovery says), within seconds instead of never; a torn tail of the same shape is still waited at."""
     from _localfs_util import open_ro
 
-    torn, damaged = tmp_path / "torn", tmp_path / "damaged"
-    _last_flush_unsynced(torn)
-    _last_flush_unsynced(damaged, then_synced=True)
-    for root in (torn, damaged):
-        seg = _segments(root)[-1]
-        off, size = _records(seg)[10]
-        _zero(seg, off, size)
+    torn, damaged, off = _torn_and_damaged(tmp_path, 0)
     opener = build(torn, segment_bytes=SEG)
     try:
         r = open_ro(opener)
