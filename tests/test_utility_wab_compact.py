@@ -8,11 +8,13 @@ import gc
 import itertools
 from typing import Any
 
+import pytest
 from _utility_msgs import UID
 
-from wal.message import ImmutableMessage, ImmutableTxnMessage, IntMessageID, MessageType, TxnContext
-from wal.utility import WriteAheadBuffer
-from wal.utility._wab_compact import compact_batch, expand, id_class_of
+from wal.message import ImmutableMessage, ImmutableTxnMessage, IntMessageID, MessageType, MutableMessage, TxnContext
+from wal.utility import TimeTickViolationError, WriteAheadBuffer
+from wal.utility._wab_compact import compact_batch, compact_written, expand, id_class_of
+from wal.utility._wab_queue import WABQueue
 from wal.utility._write_ahead_buffer import PENDING_MAX
 
 MiB = 1 << 20
@@ -151,10 +153,6 @@ def test_a_rebuilt_message_sets_every_slot_of_the_original() -> None:
 def test_a_time_tick_too_large_for_the_queue_leaves_it_unchanged() -> None:
     """The queue keeps time ticks in a typed array, which rejects a number out of range only when filled: the
     push must fail before touching anything, so its parallel sequences stay in step (found by review)."""
-    import pytest
-
-    from wal.utility._wab_queue import WABQueue
-
     q = WABQueue(MiB, 60.0, first_tick(), lambda: 0.0)
     q.push([msg(2)])
     with pytest.raises(OverflowError):
@@ -162,3 +160,103 @@ def test_a_time_tick_too_large_for_the_queue_leaves_it_unchanged() -> None:
     assert len(q._msgs) == len(q._tts) == len(q._sizes) == len(q._expire) == 2
     q.push([msg(4)])
     q._check()
+
+
+def written(n: int, tt: int = 10, **kw: Any) -> tuple[list[MutableMessage], list[IntMessageID]]:
+    """``n`` mutable messages stamped as the time-tick interceptor stamps them, and the IDs they were written at."""
+    msgs = []
+    for i in range(n):
+        m = MutableMessage(MessageType.INSERT if i % 2 else MessageType.DELETE, b"w%d" % i, None, f"v{i % 3}", **kw)
+        m.time_tick = tt + i
+        m.with_last_confirmed(SID(5))
+        m.wal_term = 2
+        msgs.append(m)
+    return msgs, [SID(next(_ids)) for _ in msgs]
+
+
+def test_compact_written_entries_stand_for_the_written_messages() -> None:
+    ctx = TxnContext(txn_id=7, keepalive=5.0)
+    msgs, ids = written(5, txn_ctx=ctx)
+    entries = compact_written(msgs, ids, SID)
+    assert entries is not None and all(type(e) is tuple for e in entries)
+    assert [fields(expand(e, SID)) for e in entries] == [
+        fields(m.into_immutable(r)) for m, r in zip(msgs, ids, strict=True)
+    ]
+
+
+def test_compact_written_declines_what_the_buffer_cannot_rebuild() -> None:
+    def case(change: Any) -> list[Any] | None:
+        msgs, ids = written(4)
+        change(msgs, ids)
+        return compact_written(msgs, ids, SID)
+
+    assert case(lambda msgs, ids: None) is not None
+    assert case(lambda msgs, ids: ids.__setitem__(2, UID(3))) is None  # an ID of another class
+    assert case(lambda msgs, ids: msgs[3].with_last_confirmed(UID(3))) is None  # a last-confirmed one too
+    assert case(lambda msgs, ids: msgs[1].with_last_confirmed_use_message_id()) is None  # "self"
+    assert case(lambda msgs, ids: msgs[0].properties.update(k="v")) is None  # properties are not carried
+    msgs, ids = written(2)
+    assert compact_written(msgs, ids, None) is None
+    assert compact_written([], [], SID) is None
+    with pytest.raises(ValueError):
+        compact_written(msgs, ids[:1], SID)
+
+
+def test_compact_written_with_the_shared_last_confirmed_id() -> None:
+    lc = SID(5)
+    msgs, ids = written(4)
+    for m in msgs:
+        m.with_last_confirmed(lc)
+    shared = compact_written(msgs, ids, SID, lc)
+    assert shared is not None and shared == compact_written(msgs, ids, SID)  # the same entries as the slow path
+    msgs[2].with_last_confirmed(SID(5))  # restamped by someone else: an equal ID, not the batch's object
+    assert compact_written(msgs, ids, SID, lc) is None
+    msgs[2].with_last_confirmed(lc)
+    assert compact_written(msgs, ids, SID, UID(5)) is None  # a shared ID the buffer cannot rebuild
+    msgs[1].properties.update(k="v")
+    assert compact_written(msgs, ids, SID, lc) is None
+
+
+def test_compact_push_is_all_or_nothing() -> None:
+    """A batch of compact entries only (the append path's) has its ticks checked and range-checked like any."""
+    q = WABQueue(MiB, 60.0, first_tick(), lambda: 0.0)
+    msgs, ids = written(3, tt=10)
+    (a, b, c) = compact_written(msgs, ids, SID) or []
+    with pytest.raises(TimeTickViolationError):
+        q.push([a, c, b], compact=True)  # out of order
+    with pytest.raises(TimeTickViolationError):
+        q.push([a, a], compact=True)  # a data tick never repeats
+    with pytest.raises(TimeTickViolationError):
+        q.push([(*a[:4], 0, *a[5:])], compact=True)  # at or below the last tick (1)
+    with pytest.raises(OverflowError):
+        q.push([a, b, (*c[:4], 1 << 64, *c[5:])], compact=True)
+    assert len(q._msgs) == len(q._tts) == len(q._sizes) == len(q._expire) == 1 and q.size == 0
+    q.push([a, b, c], compact=True)
+    q._check()
+    assert q._msgs[1:] == [a, b, c] and q.size == len(b"w0w1w2") and q.last_time_tick == 12
+
+
+def test_push_of_compact_entries_and_messages_together() -> None:
+    """What a fold pushes after a mixed batch: compact entries next to messages (a repeated tick, properties)."""
+    q = WABQueue(MiB, 60.0, first_tick(), lambda: 0.0)
+    msgs, ids = written(2, tt=10)
+    a, b = compact_written(msgs, ids, SID) or []
+    tick = ImmutableMessage(message_id=SID(50), message_type=MessageType.TIME_TICK, payload=b"", time_tick=10)
+    props = msg(12, props={"k": "v"})
+    plain = msg(13)
+    batch: list[Any] = [a, tick, b, props, plain]
+    want = [fields(expand(a, SID)), fields(tick), fields(expand(b, SID)), fields(props), fields(plain)]
+    with pytest.raises(TimeTickViolationError):
+        q.push([a, msg(10), b], compact=True)  # a data message may not repeat a tick
+    assert len(q) == 1
+    q.push(batch, compact=True)
+    q._check()
+    assert [type(e) for e in q._msgs[1:]] == [tuple, ImmutableMessage, tuple, ImmutableMessage, ImmutableMessage]
+    assert q.size == 2 + 2 + props.estimate_size() + len(plain.payload)
+    snap = q.snapshot_from_offset(1)
+    assert snap is not None and [fields(m) for m in snap.to_list()] == want
+    wab = WriteAheadBuffer("c", 64 * MiB, 3600.0, first_tick())
+    wab.append_batch_tick([a, tick, b], 11, SID(1))  # a small batch, repeated tick: straight to the queue
+    wab.append_batch_tick([props, plain], 13, SID(1))  # pending
+    r = wab.read_from_exclusive_time_tick(1, timeout=1.0)
+    assert [fields(m) for m in r.next_batch(10, timeout=1.0)] == want

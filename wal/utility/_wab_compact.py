@@ -47,7 +47,6 @@ _fields = attrgetter(
     "message_type._value_", "payload", "vchannel", "time_tick", "last_confirmed_message_id.value", "wal_term",
     "txn_ctx", "not_persisted",
 )
-_mprops = attrgetter("properties")
 
 
 def id_class_of(msg: ImmutableMessage) -> type[IntMessageID] | None:
@@ -86,18 +85,43 @@ def compact_batch(msgs: list[Any], id_cls: type[IntMessageID] | None) -> list[An
 
 
 def compact_written(
-    msgs: Sequence[MutableMessage], ids: Sequence[object], id_cls: type[IntMessageID] | None
+    msgs: Sequence[MutableMessage],
+    ids: Sequence[object],
+    id_cls: type[IntMessageID] | None,
+    shared_lc: object = None,
 ) -> list[Any] | None:
     """The compact entries of plain messages just written under ``ids``, straight from the mutable messages
     (no ``ImmutableMessage`` built): what the time-tick interceptor hands the buffer. None when they do not
     qualify (then it builds messages). Each message's last-confirmed ID is its own, as stamped (never "self").
+
+    ``shared_lc``: the last-confirmed ID every message was just stamped with (``_lc_self`` cleared), as the
+    time-tick interceptor stamps a plain batch: its value is read once, and each message is only checked to
+    still hold that very object (an inner interceptor could have restamped one: then no compact form).
     """
-    if id_cls is None or set(map(type, ids)) != {id_cls} or any(map(_mprops, msgs)):
+    if id_cls is None or not msgs:
         return None
+    if shared_lc is not None:
+        if shared_lc.__class__ is not id_cls:
+            return None
+        lcv = shared_lc.value
+        try:
+            out = [
+                (r.value, m.message_type._value_, m.payload, m.vchannel, m.time_tick, lcv, m.wal_term, m.txn_ctx,
+                 m.not_persisted)
+                for m, r in zip(msgs, ids, strict=True)
+                if r.__class__ is id_cls and m.last_confirmed_message_id is shared_lc and not m.properties
+            ]
+        except AttributeError:
+            return None
+        return out if len(out) == len(msgs) else None
+    # Checked inline, not over the batch in C (``set(map(type, ids))``, ``any(map(attrgetter(...), msgs))``): a
+    # slot read in a comprehension costs less than one through ``attrgetter``. Measured (valgrind, 1,024-message
+    # batch): 1,700 instructions per message; 2,100 with those checks in C; 3,200-3,700 with the tuples built by
+    # ``attrgetter`` and ``zip``.
     try:
-        out = [  # ``(r.value, *_fields(m))`` spelled out: the append path's, twice as fast (0.16 vs 0.31 us)
+        out = [  # ``(r.value, *_fields(m))`` spelled out
             (
-                r.value,  # type: ignore[attr-defined]
+                r.value,
                 m.message_type._value_,
                 m.payload,
                 m.vchannel,
@@ -108,7 +132,10 @@ def compact_written(
                 m.not_persisted,
             )
             for m, r in zip(msgs, ids, strict=True)
-            if m.last_confirmed_message_id.__class__ is id_cls and not m._lc_self
+            if r.__class__ is id_cls
+            and m.last_confirmed_message_id.__class__ is id_cls
+            and not m._lc_self
+            and not m.properties
         ]
     except AttributeError:
         return None

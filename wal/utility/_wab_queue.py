@@ -6,6 +6,7 @@ import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable
+from operator import itemgetter
 from operator import lt as _lt
 from typing import Any
 
@@ -22,6 +23,13 @@ def _size(m: ImmutableMessage) -> int:
     every appended message): ``estimate_size`` builds a generator and a read-only view per call.
     """
     return m.estimate_size() if m._props else len(m.payload)
+
+
+# Unsigned 64-bit numbers: "L" where it is 64 bits, as it fills from an int several times faster than "Q" (a direct
+# conversion, where "Q" goes through a byte-by-byte one); both reject a negative number or one of 2**64 or more.
+_U64 = "L" if array("L").itemsize == 8 else "Q"
+_tick_of = itemgetter(4)  # of a compact entry (see _wab_compact.Entry)
+_payload_of = itemgetter(2)
 
 # Evicted entries are kept in the lists until they are at least this many and half of the lists: compaction
 # copies the live tail into new lists, so its cost is amortised over the evictions that caused it.
@@ -86,8 +94,8 @@ class WABQueue:
         self._id_cls = id_class_of(first)
         # Numbers in arrays, not lists: an array is one object to the garbage collector, which walks every item
         # of a list on each full collection (hundreds of thousands here).
-        self._tts = array("Q")
-        self._sizes = array("q")
+        self._tts = array(_U64)
+        self._sizes = array(_U64)
         self._expire = array("d")
         self._base = 0  # offset of list index 0
         self._start = 0  # list index of the first live entry
@@ -109,26 +117,34 @@ class WABQueue:
         ``compact``: store the messages in their compact form when they all have one (the write-ahead buffer's
         choice; see ``_wab_compact``).
         """
+        if not msgs:
+            return
         last = self._tts[-1]
-        tts = [m[4] if m.__class__ is tuple else m.time_tick for m in msgs]  # entry_time_tick, inlined
-        if not all(map(_lt, [last, *tts[:-1]], tts)):  # strictly increasing: the usual case, checked in C
+        try:  # every entry compact (the append path's batches): ticks and sizes pulled out in C, stored as they are
+            tts = list(map(_tick_of, msgs))
+            sizes = list(map(len, map(_payload_of, msgs)))
+            store = msgs
+        except TypeError:  # a message among them (not subscriptable)
+            tts = [m[4] if m.__class__ is tuple else m.time_tick for m in msgs]  # entry_time_tick, inlined
+            sizes = [  # entry_size, inlined
+                len(m[2]) if m.__class__ is tuple else m.estimate_size() if m._props else len(m.payload) for m in msgs
+            ]
+            store = compact_batch(msgs, self._id_cls) if compact else msgs
+        if not (last < tts[0] and all(map(_lt, tts, tts[1:]))):  # strictly increasing: the usual case, checked in C
             for m, tt in zip(msgs, tts, strict=True):
                 if tt < last or (tt == last and entry_type(m) is not MessageType.TIME_TICK):
                     raise TimeTickViolationError(
                         f"write-ahead buffer: {entry_type(m).name} with time tick {tt} after time tick {last}"
                     )
                 last = tt
-        sizes = [  # entry_size, inlined
-            len(m[2]) if m.__class__ is tuple else m.estimate_size() if m._props else len(m.payload) for m in msgs
-        ]
         # Typed arrays reject a number out of range (OverflowError) only when filled: build them first, so a
         # failure leaves the queue unchanged and its parallel sequences in step.
-        new_tts = array("Q", tts)
-        new_sizes = array("q", sizes)
-        self._msgs.extend(compact_batch(msgs, self._id_cls) if compact else msgs)
+        new_tts = array(_U64, tts)
+        new_sizes = array(_U64, sizes)
+        self._msgs += store
         self._tts += new_tts
         self._sizes += new_sizes
-        self._expire.extend([self._now() + self._keepalive] * len(msgs))
+        self._expire += array("d", (self._now() + self._keepalive,)) * len(msgs)
         self._size += sum(sizes)
 
     def evict(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from operator import lt as _lt
 from typing import Any
 
@@ -17,9 +18,19 @@ __all__ = ["WriteAheadBuffer", "WriteAheadBufferReader"]
 
 _EMPTY: list[ImmutableMessage] = []
 _TT = MessageType.TIME_TICK
+_tick_of = itemgetter(4)  # of a compact entry (see _wab_compact.Entry)
 PENDING_MAX = 64
 """At most this many messages of :meth:`WriteAheadBuffer.append_batch_tick` wait outside the queue (its size and age
 bounds apply to them once queued: any read, a waiting reader, the next :meth:`~WriteAheadBuffer.append`)."""
+
+
+def _increasing(msgs: list[Any]) -> bool:
+    """Whether the entries' time ticks strictly increase (checked in C when they are all compact)."""
+    try:
+        tts = list(map(_tick_of, msgs))
+    except TypeError:  # a message among them (not subscriptable)
+        tts = list(map(entry_time_tick, msgs))
+    return all(map(_lt, tts, tts[1:]))
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -156,9 +167,8 @@ class WriteAheadBuffer:
                         f"write-ahead buffer {self.name!r}: message time tick {bad} outside ({last}, {time_tick}]"
                     )
                 pending = self._pending
-                if len(msgs) + len(pending) < PENDING_MAX and (
-                    len(msgs) == 1 or all(map(_lt, (tts := list(map(entry_time_tick, msgs)))[:-1], tts[1:]))
-                ):  # strictly increasing (checked in C): in order after the pending ones
+                if len(msgs) + len(pending) < PENDING_MAX and (len(msgs) == 1 or _increasing(msgs)):
+                    # in order after the pending ones
                     pending += msgs
                 else:  # a large batch, or a repeated tick (the queue's rule decides): straight to the queue
                     q = self._queue

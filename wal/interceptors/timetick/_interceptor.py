@@ -104,7 +104,7 @@ class TimeTickInterceptor:
         last_ok: ImmutableMessage | None = None
         err: BaseException | None = None
         if all_ok(results):  # the usual case
-            compact = compact_written(msgs, results, self._compact_ids)
+            compact = compact_written(msgs, results, self._compact_ids, lc)  # every message stamped with lc
             if compact is not None:  # no ImmutableMessage per message: the buffer's compact entries directly
                 written += compact
                 last_ok = last.into_immutable(results[-1])  # type: ignore[arg-type]  # for the acker only
