@@ -11,7 +11,7 @@ from _adaptor_fakes import FakeBuilder
 from wal import OpenOption, PChannelInfo, ReadOption
 from wal._types import AccessMode
 from wal.adaptor import adapt_impls_to_builder
-from wal.errors import AccessModeError, InvalidArgumentError, ShutdownError, WALTimeoutError
+from wal.errors import AccessModeError, InvalidArgumentError, InvalidMessageError, ShutdownError, WALTimeoutError
 from wal.message import MessageType, MutableMessage
 
 
@@ -85,6 +85,33 @@ def test_build_options_validated(fb: FakeBuilder) -> None:
             b.build(**bad)
     b.build(time_tick_interval=0.05, foo=1).close()
     assert fb.options[-1] == {"foo": 1}
+
+
+def test_append_async_checks_its_message_at_once_and_fails_its_future_once_closed(fb: FakeBuilder) -> None:
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+
+    class Sub(MutableMessage):
+        __slots__ = ()
+
+    with pytest.raises(InvalidMessageError):
+        w.append_async(b"not a message")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError):
+        w.append_async(MutableMessage(MessageType.TIME_TICK, b""))  # the WAL's own kind
+    assert w.append_async(Sub(MessageType.INSERT, b"sub", None, "v1")).result(5).message_id is not None
+
+    class ByValue(MutableMessage):  # __eq__ without __hash__: unhashable, must still be appendable
+        __slots__ = ()
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, MutableMessage) and bytes(self.payload) == bytes(other.payload)
+
+    a, b = ByValue(MessageType.INSERT, b"same", None, "v1"), ByValue(MessageType.INSERT, b"same", None, "v1")
+    rs = w.append_messages([a, b, a])  # the same object twice is still told apart from an equal one
+    assert len({r.message_id for r in rs}) == 3 and rs[0].time_tick < rs[1].time_tick < rs[2].time_tick
+    w.close()
+    assert isinstance(w.append_async(msg()).exception(0), ShutdownError)
+    op.close()
 
 
 def test_ro_wal_refuses_writes(fb: FakeBuilder) -> None:

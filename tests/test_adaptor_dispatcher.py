@@ -12,7 +12,7 @@ import pytest
 
 from wal._types import AppendResult
 from wal.adaptor._dispatcher import AppendDispatcher
-from wal.errors import ShutdownError
+from wal.errors import ShutdownError, WALError
 from wal.message import IntMessageID, MessageType, MutableMessage
 
 
@@ -49,8 +49,8 @@ def test_fifo_batches_and_results() -> None:
     assert seen == [b"%d" % i for i in range(300)]
     assert max(batches) > 1 and max(batches) <= 64
     d.close()
-    with pytest.raises(ShutdownError):
-        d.submit_one(m(0))
+    # submit_one is the WAL's append_async: a closed dispatcher answers with a failed future, not a raise.
+    assert isinstance(d.submit_one(m(0)).exception(0), ShutdownError)
 
 
 def test_triggers_merge_and_periodic_runs() -> None:
@@ -178,3 +178,166 @@ def test_run_group_timeout_when_queued_behind_a_slow_batch() -> None:
     finally:
         gate.set()
         d.close()
+
+
+# -- append_async: full batches run by their producer ---------------------------------------------------------------
+def _recording() -> tuple[list[tuple[str, int]], object]:
+    ran: list[tuple[str, int]] = []
+
+    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+        ran.append((threading.current_thread().name, len(ms)))
+        return [AppendResult(ID(int(x.payload))) for x in ms]
+
+    return ran, process
+
+
+def _ready() -> threading.Event:
+    ev = threading.Event()
+    ev.set()
+    return ev
+
+
+def test_the_producer_that_fills_a_batch_runs_it_in_its_own_thread() -> None:
+    ran, process = _recording()
+    d = AppendDispatcher("t", process, max_inflight=1000, max_batch=64, ready=_ready(), period=10)  # type: ignore[arg-type]
+    futs = [d.submit_one(m(i)) for i in range(64 * 3)]
+    assert [f.result(5).message_id for f in futs] == [ID(i) for i in range(64 * 3)]
+    mine = [n for name, n in ran if name == threading.current_thread().name]
+    assert 64 in mine  # at least one full batch ran here, not in the dispatcher thread
+    assert sum(n for _, n in ran) == 64 * 3
+    d.close()
+
+
+def test_the_thread_takes_a_lone_append_at_once_and_a_finished_burst_after_a_short_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import wal.adaptor._dispatcher as mod
+
+    monkeypatch.setattr(mod, "DEFER_STEP", 0.3)
+    monkeypatch.setattr(mod, "DEFER_MAX", 5.0)
+    ran, process = _recording()
+    d = AppendDispatcher("t", process, max_inflight=1000, max_batch=64, ready=_ready(), period=10)  # type: ignore[arg-type]
+    time.sleep(0.05)  # the thread is idle
+    t0 = time.monotonic()
+    assert d.submit_one(m(1)).result(5).message_id == ID(1)
+    assert time.monotonic() - t0 < 0.25  # no producer queued after it: not deferred
+    futs = [d.submit_one(m(i)) for i in range(10)]
+    t0 = time.monotonic()
+    assert [f.result(5).message_id for f in futs] == [ID(i) for i in range(10)]
+    assert time.monotonic() - t0 < 2.0  # the burst stopped growing: taken after a step or two, not DEFER_MAX
+    assert all(name.startswith("wal-append") for name, _ in ran)
+    d.close()
+
+
+def test_an_event_loop_thread_never_runs_a_batch_inline() -> None:
+    import asyncio
+
+    ran, process = _recording()
+    d = AppendDispatcher("t", process, max_inflight=1000, max_batch=8, ready=_ready(), period=10)  # type: ignore[arg-type]
+
+    async def produce() -> list[int]:
+        futs = [d.submit_one(m(i)) for i in range(40)]
+        return [(await asyncio.wrap_future(f)).message_id.value for f in futs]  # type: ignore[attr-defined]
+
+    assert asyncio.run(produce()) == list(range(40))
+    assert ran and all(name.startswith("wal-append") for name, _ in ran)
+    d.close()
+
+
+def test_an_interrupt_in_an_inline_batch_settles_the_batch_and_reaches_the_producer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import wal.adaptor._dispatcher as mod
+
+    boom = {"process": True, "settle": False}
+
+    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+        if boom["process"] and threading.current_thread() is threading.main_thread():
+            boom["process"] = False
+            raise KeyboardInterrupt  # Ctrl-C while the producer writes the batch
+        return [AppendResult(ID(int(x.payload))) for x in ms]
+
+    real = mod.complete_all
+
+    def complete_all(cond: object, futs: object, outs: object, *rest: object) -> None:
+        if boom["settle"] and threading.current_thread() is threading.main_thread():
+            boom["settle"] = False
+            raise KeyboardInterrupt  # Ctrl-C after the write, before the futures are settled
+        real(cond, futs, outs, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mod, "complete_all", complete_all)
+    monkeypatch.setattr(mod, "DEFER_MAX", 5.0)  # the thread leaves full batches to the producer
+    d = AppendDispatcher("t", process, max_inflight=1000, max_batch=4, ready=_ready(), period=10)
+    futs = [d.submit_one(m(i)) for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        futs.append(d.submit_one(m(3)))
+    for f in futs:  # settled, not left pending; a WALError for the other producers (caused by the interrupt)
+        e = f.exception(5)
+        assert isinstance(e, WALError) and isinstance(e.__cause__, KeyboardInterrupt)
+    boom["settle"] = True
+    futs = [d.submit_one(m(i)) for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        d.submit_one(m(3))
+    assert all(isinstance(f.exception(5), WALError) for f in futs)  # written, unknown outcome: failed
+    assert d.submit_one(m(9)).result(5).message_id == ID(9)  # the dispatcher still works
+    d.close()
+
+
+def test_close_and_trigger_do_not_wait_for_the_period_while_a_batch_runs_inline() -> None:
+    gate = threading.Event()
+    periodic_calls: list[bool] = []
+
+    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+        gate.wait(5)
+        return [AppendResult(ID(int(x.payload))) for x in ms]
+
+    d = AppendDispatcher(
+        "t", process, max_inflight=100, max_batch=8, ready=_ready(), periodic=periodic_calls.append, period=30
+    )
+    time.sleep(0.05)
+    t = threading.Thread(target=lambda: d.run_group([m(1)]))  # runs inline, held by the gate
+    t.start()
+    time.sleep(0.05)
+    d.trigger(True)
+    threading.Timer(0.1, gate.set).start()
+    deadline = time.monotonic() + 2
+    while not periodic_calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert periodic_calls == [True]  # served once the inline batch ended, not at the next period (30 s)
+    t.join(5)
+    gate.clear()
+    t = threading.Thread(target=lambda: d.run_group([m(2)]))
+    t.start()
+    time.sleep(0.05)
+    threading.Timer(0.1, gate.set).start()
+    t0 = time.monotonic()
+    d.close()
+    assert time.monotonic() - t0 < 2
+    t.join(5)
+
+
+def test_a_done_callback_may_close_the_dispatcher_of_its_inline_batch() -> None:
+    _, process = _recording()
+    d = AppendDispatcher("t", process, max_inflight=100, max_batch=4, ready=_ready(), period=10)  # type: ignore[arg-type]
+    closed = threading.Event()
+    futs = [d.submit_one(m(i)) for i in range(3)]
+    futs[0].add_done_callback(lambda f: (d.close(), closed.set()))
+    last = d.submit_one(m(3))  # fills the batch: this thread runs it, then its callbacks
+    assert closed.wait(5) and last.result(5).message_id == ID(3)
+
+
+def test_windowed_pipelining_is_not_held_back_when_no_producer_runs_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wal.adaptor._dispatcher as mod
+
+    monkeypatch.setattr(mod, "DEFER_STEP", 0.3)
+    monkeypatch.setattr(mod, "DEFER_MAX", 5.0)
+    _, process = _recording()
+    d = AppendDispatcher("t", process, max_inflight=100, max_batch=64, ready=_ready(), period=10)  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    window: list[object] = []
+    for i in range(24):  # at most 4 in flight, far below a full batch of 64
+        window.append(d.submit_one(m(i)))
+        if len(window) == 4:
+            assert window.pop(0).result(5).message_id is not None  # type: ignore[attr-defined]
+    assert time.monotonic() - t0 < 2.0  # taken at once each time, not after a deferral step (0.3 s)
+    d.close()

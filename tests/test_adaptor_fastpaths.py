@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import gc
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -16,7 +17,7 @@ import pytest
 from wal import OpenOption, PChannelInfo, registry
 from wal._types import AppendResult
 from wal.adaptor._dispatcher import AppendDispatcher
-from wal.adaptor._future import AppendFuture, complete_all, new_condition
+from wal.adaptor._future import AllSucceeded, AppendFuture, complete_all, future_class, new_condition, new_future
 from wal.errors import WALError
 from wal.interceptors.timetick import HybridClock
 from wal.message import IntMessageID, MessageType, MutableMessage
@@ -32,9 +33,13 @@ def m(i: int, vchannel: str = "v1") -> MutableMessage:
 
 
 # -- AppendFuture ------------------------------------------------------------------------------------------------
+def _fut(c: threading.Condition) -> AppendFuture[int]:
+    return new_future(future_class(c))
+
+
 def test_future_results_errors_timeouts_and_no_cancel() -> None:
     c = new_condition()
-    ok, bad, late = AppendFuture[int](c), AppendFuture[int](c), AppendFuture[int](c)
+    ok, bad, late = _fut(c), _fut(c), _fut(c)
     assert isinstance(ok, cf.Future) and ok.running() and not ok.done()
     assert not ok.cancel()  # queued appends cannot be withdrawn
     complete_all(c, [ok, bad], [7, ValueError("boom")])
@@ -52,7 +57,7 @@ def test_future_results_errors_timeouts_and_no_cancel() -> None:
 
 def test_future_wakes_waiter_despite_other_futures_notifying() -> None:
     c = new_condition()
-    target, other = AppendFuture[int](c), AppendFuture[int](c)
+    target, other = _fut(c), _fut(c)
     got: list[int] = []
     t = threading.Thread(target=lambda: got.append(target.result(5)))
     t.start()
@@ -67,7 +72,7 @@ def test_future_wakes_waiter_despite_other_futures_notifying() -> None:
 
 def test_future_callbacks_wait_as_completed_and_asyncio() -> None:
     c = new_condition()
-    a, b = AppendFuture[int](c), AppendFuture[int](c)
+    a, b = _fut(c), _fut(c)
     seen: list[int] = []
     a.add_done_callback(lambda f: seen.append(f.result()))
     threading.Timer(0.02, lambda: complete_all(c, [a, b], [1, 2])).start()
@@ -75,18 +80,58 @@ def test_future_callbacks_wait_as_completed_and_asyncio() -> None:
     assert done == {a, b} and not not_done and seen == [1]
     b.add_done_callback(lambda f: seen.append(f.result()))  # already done: runs at once
     assert seen == [1, 2]
-    x, y = AppendFuture[int](c), AppendFuture[int](c)
+    x, y = _fut(c), _fut(c)
     threading.Timer(0.02, lambda: complete_all(c, [y, x], [20, 10])).start()
     pair: list[cf.Future[int]] = [x, y]
     assert sorted(f.result() for f in cf.as_completed(pair, timeout=5)) == [10, 20]
 
-    z = AppendFuture[int](c)
+    z = _fut(c)
 
     async def main() -> int:
         threading.Timer(0.02, lambda: complete_all(c, [z], [5])).start()
         return await asyncio.wrap_future(z)
 
     assert asyncio.run(main()) == 5
+
+
+def test_future_is_settled_only_by_the_wal_and_all_succeeded_skips_nothing_it_must_do() -> None:
+    c = new_condition()
+    f, g, h = _fut(c), _fut(c), _fut(c)
+    assert f._condition is c and g._condition is c
+    with pytest.raises(cf.InvalidStateError):
+        f.set_result(1)
+    with pytest.raises(cf.InvalidStateError):
+        f.set_exception(ValueError("x"))
+    seen: list[int] = []
+    g.add_done_callback(lambda fut: seen.append(fut.result()))  # a callback and a waiter share one slot
+    waiter = threading.Thread(target=lambda: seen.append(100 + h.result(5)))
+    waiter.start()
+    time.sleep(0.02)
+    outs = AllSucceeded([1, 2, 3])
+    threading.Timer(0.01, lambda: complete_all(c, [f, g, h], outs)).start()
+    done, _ = cf.wait([f, g, h], timeout=5)
+    waiter.join(5)
+    assert done == {f, g, h} and f.result() == 1 and sorted(seen) == [2, 103]
+    assert "state=finished returned int" in repr(f)
+
+
+def test_a_queued_future_never_holds_its_message() -> None:
+    gate = threading.Event()
+
+    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+        gate.wait(5)
+        return [AppendResult(ID(int(x.payload))) for x in ms]
+
+    ready = threading.Event()
+    ready.set()
+    d = AppendDispatcher("t", process, max_inflight=100, max_batch=64, ready=ready, period=10)
+    msg = m(5)
+    f = d.submit_one(msg)
+    assert all(x is not msg for x in gc.get_referents(f))  # queued: the message waits beside it
+    gate.set()
+    assert f.result(5).message_id == ID(5)
+    assert all(x is not msg for x in gc.get_referents(f))
+    d.close()
 
 
 # -- dispatcher: inline groups --------------------------------------------------------------------------------------

@@ -18,11 +18,19 @@ import _thread
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
 from typing import Any, TypeVar
 
-__all__ = ["AppendFuture", "GroupWaiter", "complete_all", "new_condition"]
+__all__ = [
+    "AllSucceeded",
+    "AppendFuture",
+    "GroupWaiter",
+    "complete_all",
+    "future_class",
+    "new_condition",
+    "new_future",
+]
 
 T = TypeVar("T")
 
@@ -33,33 +41,35 @@ def new_condition() -> threading.Condition:
 
 
 class AppendFuture(Future[T]):
-    # Slots: with every field in a slot no per-instance __dict__ is built. The waiter and callback lists are
-    # made on first use (most appends never have either): fewer allocations, fewer garbage collections.
-    # ``msg``: the message of an ``append_async`` while it is queued (the future is the queue entry: no tuple).
-    __slots__ = ("_callbacks", "_condition", "_exception", "_result", "_state", "_w", "msg")
+    """Built by :func:`future_class`'s class, whose ``_condition`` is the WAL's shared condition."""
 
-    def __init__(self, cond: threading.Condition, msg: Any = None) -> None:  # no super().__init__(): it builds a
-        self.msg = msg  # Condition
-        self._condition = cond
+    # Slots: with every field in a slot no per-instance __dict__ is built, and each slot is one more field the
+    # garbage collector visits while thousands of futures wait to be read. ``_x``: None, or [waiters, callbacks]
+    # made on first use (most appends never have either).
+    __slots__ = ("_exception", "_result", "_state", "_x")
+    _condition: threading.Condition  # a class attribute of the WAL's future class
+
+    # ``_result``/``_exception`` are set when it is settled (both, by :func:`complete_all`): read only after.
+    _result: Any
+    _exception: BaseException | None
+
+    def __init__(self) -> None:  # no super().__init__(): it builds a Condition
         self._state = RUNNING
-        self._result = None
-        self._exception = None
-        self._w: list[Any] | None = None
-        self._callbacks: list[Callable[[Future[T]], object]] | None = None
+        self._x: list[list[Any]] | None = None
 
     @property
     def _waiters(self) -> list[Any]:  # type: ignore[override]  # concurrent.futures.wait/as_completed append to it under the condition
-        w = self._w
-        if w is None:
-            w = self._w = []
-        return w
+        x = self._x
+        if x is None:
+            x = self._x = [[], []]
+        return x[0]
 
     @property
     def _done_callbacks(self) -> list[Callable[[Future[T]], object]]:  # Future.add_done_callback appends to it
-        cbs = self._callbacks
-        if cbs is None:
-            cbs = self._callbacks = []
-        return cbs
+        x = self._x
+        if x is None:
+            x = self._x = [[], []]
+        return x[1]
 
     def _wait_finished(self, timeout: float | None) -> None:
         """Return once finished (lock not held on return); TimeoutError after ``timeout``."""
@@ -83,7 +93,13 @@ class AppendFuture(Future[T]):
             self._wait_finished(timeout)
         if self._exception is not None:
             raise self._exception
-        return self._result  # type: ignore[return-value]
+        return self._result  # type: ignore[no-any-return]
+
+    def set_result(self, result: T) -> None:
+        raise InvalidStateError("the future of an append is settled by the WAL")
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        raise InvalidStateError("the future of an append is settled by the WAL")
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if self._state != FINISHED:
@@ -91,33 +107,86 @@ class AppendFuture(Future[T]):
         return self._exception
 
 
-def complete_all(cond: threading.Condition, futs: Sequence[AppendFuture[Any]], outcomes: Sequence[object]) -> None:
+class AllSucceeded(list[Any]):
+    """Outcomes known to hold no exception (the adaptor's usual batch): :func:`complete_all` then skips the
+    per-future exception test."""
+
+    __slots__ = ()
+
+
+def future_class(cond: threading.Condition) -> type[AppendFuture[Any]]:
+    """The future class of one WAL: :class:`AppendFuture` with ``cond`` as the condition all its futures share
+    (a class attribute: nothing to store per future).
+
+    Its ``__init__`` is ``object.__init__`` (a C call, half the cost of a Python ``__init__`` per append): who
+    builds one sets ``_state`` and ``_x`` as :meth:`AppendFuture.__init__` does, or uses :func:`new_future`.
+    """
+    fields = {"__slots__": (), "_condition": cond, "__init__": object.__init__, "__module__": __name__}
+    return type("AppendFuture", (AppendFuture,), fields)
+
+
+def new_future(cls: type[AppendFuture[T]]) -> AppendFuture[T]:
+    """A running future of ``cls`` (a :func:`future_class`): what the dispatcher's hot path spells out."""
+    f = cls()
+    f._state = RUNNING
+    f._x = None
+    return f
+
+
+def complete_all(
+    cond: threading.Condition,
+    futs: Sequence[AppendFuture[Any]],
+    outcomes: Sequence[object],
+    callbacks: list[AppendFuture[Any]] | None = None,
+) -> None:
     """Settle ``futs[i]`` with ``outcomes[i]`` (an exception instance fails it) under one lock, one notify.
 
-    ``cond`` is the futures' shared condition. Futures already finished are skipped; done callbacks run after
-    the lock is released, as ``Future.set_result`` runs them.
+    ``cond`` is the futures' shared condition. Futures already finished are skipped (not checked when
+    ``outcomes`` is :class:`AllSucceeded`: a batch's own futures); done callbacks run after the lock is released,
+    as ``Future.set_result`` runs them, or, given ``callbacks``, are left to the caller: the futures whose
+    callbacks are due are appended to it.
     """
     called: list[AppendFuture[Any]] = []
     with cond:
-        for f, o in zip(futs, outcomes, strict=True):
-            f.msg = None  # done with it: a future kept by the caller does not keep the message alive
-            if f._state != RUNNING:
-                continue
-            if isinstance(o, BaseException):
-                f._exception = o
-                f._state = FINISHED
-                if f._w:
-                    for w in f._w:
-                        w.add_exception(f)
-            else:
+        if outcomes.__class__ is AllSucceeded:  # the usual batch
+            # No exception to test for, and every future is still running: an append's future is settled only
+            # here, once (set_result raises, cancel() is refused), and a batch's futures left the queue together.
+            special: list[AppendFuture[Any]] = []
+            for f, o in zip(futs, outcomes, strict=True):
                 f._result = o
+                f._exception = None
                 f._state = FINISHED
-                if f._w:
-                    for w in f._w:
-                        w.add_result(f)
-            if f._callbacks:
-                called.append(f)
+                if f._x is not None:  # rare: waited on, or with callbacks
+                    special.append(f)
+            for f in special:
+                for w in f._x[0]:  # type: ignore[index]
+                    w.add_result(f)
+                if f._x[1]:  # type: ignore[index]
+                    called.append(f)
+        else:
+            for f, o in zip(futs, outcomes, strict=True):
+                if f._state != RUNNING:
+                    continue
+                if isinstance(o, BaseException):
+                    f._result = None
+                    f._exception = o
+                    f._state = FINISHED  # last: result() reads the fields once it sees FINISHED, without the lock
+                    if f._x is not None:
+                        for w in f._x[0]:
+                            w.add_exception(f)
+                else:
+                    f._result = o
+                    f._exception = None
+                    f._state = FINISHED
+                    if f._x is not None:
+                        for w in f._x[0]:
+                            w.add_result(f)
+                if f._x is not None and f._x[1]:
+                    called.append(f)
         cond.notify_all()
+    if callbacks is not None:
+        callbacks += called
+        return
     for f in called:
         f._invoke_callbacks()  # type: ignore[attr-defined]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
 from operator import attrgetter
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from .._interfaces import WAL, Scanner, Txn
 from .._metrics import metrics
@@ -41,6 +41,7 @@ from ..message import MessageID, MessageType, MutableMessage
 from ..utility import WriteAheadBuffer
 from ..walimpls import ROWALImpls, WALImpls
 from ._dispatcher import AppendDispatcher
+from ._future import AllSucceeded
 from ._lifetime import Lifetime
 from ._options import AdaptorOptions
 from ._truncate import truncation_point
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["ROWALAdaptor", "WALAdaptor"]
 
 _payload = attrgetter("payload")
+_new_result = object.__new__
 _WAL_ONLY_TYPES = frozenset({MessageType.TIME_TICK, MessageType.TXN, MessageType.UNKNOWN})
 _FIRST_TICK_RETRY_FOR = 5.0
 # A backend refuses one message for what it is (too large, a foreign ID), before writing anything of its batch.
@@ -222,7 +224,12 @@ class WALAdaptor(ROWALAdaptor):
             ready=self._chain.ready(),
             periodic=self._periodic,
             period=opts.time_tick_interval,
+            check=self._check_msg,
+            refused_types=_WAL_ONLY_TYPES,
         )
+        # append_async is the dispatcher's submit_one itself (the same checks and errors as the method below,
+        # which stays for the class's readers): one Python call less per pipelined append.
+        self.append_async = self._dispatcher.submit_one  # type: ignore[method-assign]
         param.wal.set_result(self)
 
     # -- time-tick machinery ------------------------------------------------------------------------------------
@@ -370,18 +377,30 @@ class WALAdaptor(ROWALAdaptor):
             return [AppendResult(o, m.time_tick, o if lc is None else lc, m.txn_ctx, None)]
         for m in msgs:
             m.wal_term = term
-        if len(set(map(id, msgs))) != len(msgs):
+        try:
+            shared = len(set(msgs)) != len(msgs)  # by identity, unless a subclass defines __eq__ (then by ids)
+        except TypeError:  # a subclass with __eq__ and no __hash__
+            shared = len(set(map(id, msgs))) != len(msgs)
+        if shared:
             msgs = self._unshare(msgs)
         outcomes = self._append_chain(msgs)
         self._after_batch()
         if all_ok(outcomes):  # the usual case
             self._n_appends += len(msgs)
             self._n_bytes += sum(map(len, map(_payload, msgs)))
-            # last_confirmed_message_id None: the message's own ID
-            return [
-                AppendResult(o, m.time_tick, o if (lc := m.last_confirmed_message_id) is None else lc, m.txn_ctx, None)
-                for m, o in zip(msgs, cast("list[MessageID]", outcomes), strict=True)
-            ]
+            # last_confirmed_message_id None: the message's own ID. Built in place (what AppendResult's __init__
+            # does, without a call per message: measured 0.18 against 0.26 us per result).
+            results: list[AppendResult | BaseException] = AllSucceeded()
+            add = results.append
+            for m, o in zip(msgs, outcomes, strict=True):
+                r: AppendResult = _new_result(AppendResult)
+                r.message_id = o  # type: ignore[assignment]  # all_ok: a MessageID
+                r.time_tick = m.time_tick
+                r.last_confirmed_message_id = o if (lc := m.last_confirmed_message_id) is None else lc  # type: ignore[assignment]
+                r.txn_ctx = m.txn_ctx
+                r.extra = None
+                add(r)
+            return results
         out: list[AppendResult | BaseException] = []
         add = out.append
         for m, o in zip(msgs, outcomes, strict=True):
@@ -419,15 +438,10 @@ class WALAdaptor(ROWALAdaptor):
         return self.append_messages((msg,), timeout)[0]
 
     def append_async(self, msg: MutableMessage) -> Future[AppendResult]:
-        if msg.__class__ is not MutableMessage or msg.message_type in _WAL_ONLY_TYPES:  # the usual case: one check
-            self._check_msg(msg)
-        try:
-            # The dispatcher refuses work once closing, and the close drains what it accepted: no lifetime needed.
-            return self._dispatcher.submit_one(msg)
-        except Exception as e:
-            f: Future[AppendResult] = Future()
-            f.set_exception(e)
-            return f
+        # Shadowed per instance by the dispatcher's submit_one itself (see __init__). It checks the message with
+        # _check_msg, refuses work once closing (a failed future), and the close drains what it accepted: no
+        # lifetime call needed.
+        return self._dispatcher.submit_one(msg)
 
     def append_messages(self, msgs: Sequence[MutableMessage], timeout: float | None = None) -> list[AppendResult]:
         for m in msgs:
