@@ -99,6 +99,7 @@ class AppendDispatcher:
         self._room_waiters = 0
         self._notify_mark = 0  # queue length when a producer last woke the thread
         self._inline_runs = 0  # batches of futures run by their producers (the thread defers only after one)
+        self._unclaimed = False  # a producer left a full batch it may not run (an asyncio loop's thread)
         self._room = max_inflight  # submit_one's bound: 0 once closing (one test for both on the hot path)
         self._wake_at = 1  # queue length at which a producer wakes the idle thread (more while it gathers)
         self._closing = False
@@ -109,8 +110,14 @@ class AppendDispatcher:
 
     # -- producers ----------------------------------------------------------------------------------------------
     def _admit(self, n: int, deadline: float | None) -> None:
-        """Wait (lock held) until ``n`` more messages fit; a group larger than the bound is let in alone."""
-        while not self._closing and self._inflight and self._inflight + n > self._max_inflight:
+        """Wait (lock held) until ``n`` more messages fit; a group larger than the bound is let in alone. The
+        thread itself (a done callback that appends) is let in at once: only it could free the room."""
+        while (
+            not self._closing
+            and self._inflight
+            and self._inflight + n > self._max_inflight
+            and threading.current_thread() is not self._thread
+        ):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise WALTimeoutError(f"append: {self._inflight} appends in flight, no room in time")
@@ -128,36 +135,40 @@ class AppendDispatcher:
         """
         n = len(msgs)
         deadline = None if timeout is None else time.monotonic() + timeout
-        waiter = None
-        with self._lock:
-            if self._closing or (self._inflight and self._inflight + n > self._max_inflight):
-                self._admit(n, deadline)
-            self._inflight += n
-            # Not inline while the thread waits for an inline batch to end (periodic work is due): it takes this
-            # one, else back-to-back inline callers would wake it once per batch without it ever getting a turn.
-            inline = (
-                timeout is None
-                and not self._busy
-                and not self._queue
-                and not self._waits_for_inline
-                and self._ready.is_set()
-            )
-            if inline:
-                self._busy = True
-            else:
-                waiter = GroupWaiter()
-                self._queue.extend(((msgs, waiter), None))
-                self._groups += 1
-                if self._idle and len(self._queue) >= 2 * self._wake_at:  # one wake-up (see submit_one)
-                    self._idle = False
-                    self._has_work.notify()
-        if waiter is None:
-            try:
+        waiter = GroupWaiter() if timeout is not None else None  # built before anything is counted
+        owned = False  # this call set _busy to run inline (no call between the two: a signal cannot split them)
+        try:
+            with self._lock:
+                if self._closing or (self._inflight and self._inflight + n > self._max_inflight):
+                    self._admit(n, deadline)
+                # Not inline while the thread waits for an inline batch to end (periodic work is due): it takes
+                # this one, else back-to-back inline callers would wake it once per batch without it ever getting
+                # a turn.
+                if (
+                    waiter is None
+                    and not self._busy
+                    and not self._queue
+                    and not self._waits_for_inline
+                    and self._ready.is_set()
+                ):
+                    self._inflight += n
+                    self._busy = owned = True
+                else:
+                    if waiter is None:
+                        waiter = GroupWaiter()
+                    self._inflight += n
+                    self._groups += 1  # before the extend (a call): an interrupt after it leaves both counted
+                    self._queue.extend(((msgs, waiter), None))
+                    if self._idle and len(self._queue) >= 2 * self._wake_at:  # one wake-up (see submit_one)
+                        self._idle = False
+                        self._has_work.notify()
+            if owned:
                 try:
                     outcomes: object = self._process(msgs)
                 except BaseException as e:  # the processor promised not to raise
                     outcomes = [e] * n
-            finally:
+        finally:
+            if owned:
                 with self._lock:
                     self._busy = False
                     self._inflight -= n
@@ -166,10 +177,12 @@ class AppendDispatcher:
                     if self._idle and (self._queue or self._waits_for_inline):  # else it sleeps on
                         self._idle = False
                         self._has_work.notify()
+        if owned:
             for o in outcomes:  # type: ignore[attr-defined]
                 if isinstance(o, BaseException):
                     raise o
         else:
+            assert waiter is not None
             outcomes = waiter.wait(None if deadline is None else deadline - time.monotonic())
             if isinstance(outcomes, BaseException):
                 raise outcomes
@@ -200,6 +213,8 @@ class AppendDispatcher:
             queue = self._queue
             queue.extend((fut, msg))  # one call: entry and message go in together
             if len(queue) < self._batch_len or self._busy or not self._may_run_inline():
+                if len(queue) >= self._batch_len and not self._busy:
+                    self._unclaimed = True  # a full batch no producer here may run: the thread takes it at once
                 if self._idle:  # one wake-up: until the thread runs, later producers see it as not idle
                     self._idle = False
                     self._notify_mark = len(queue)
@@ -216,7 +231,7 @@ class AppendDispatcher:
         taken stays pending for ever.
         """
         owned = False
-        progress = [0]  # items of the taken queue given to a batch so far
+        done = [0]  # futures of the taken queue counted out of _inflight by their batch (see _run_batch)
         callbacks: list[AppendFuture[Any]] = []
         try:
             with self._lock:
@@ -227,10 +242,10 @@ class AppendDispatcher:
                 taken = self._queue
                 self._queue = fresh
                 self._busy = owned = True
-            self._run_taken(taken, callbacks, progress)
+            self._run_taken(taken, callbacks, done)
         except BaseException:
             if owned:
-                self._fail_taken(taken, progress[0])
+                self._fail_taken(taken, done[0])
             raise
         finally:
             if owned:
@@ -241,30 +256,29 @@ class AppendDispatcher:
                     if self._idle and (self._queue or self._waits_for_inline):
                         self._idle = False
                         self._has_work.notify()
-        for f in callbacks:  # after the batch is over: a callback may append, or close the WAL
-            f._invoke_callbacks()  # type: ignore[attr-defined]
+                for f in callbacks:  # after the batch is over: a callback may append, or close the WAL
+                    f._invoke_callbacks()  # type: ignore[attr-defined]
 
-    def _run_taken(self, taken: deque[Any], callbacks: list[AppendFuture[Any]], progress: list[int]) -> None:
+    def _run_taken(self, taken: deque[Any], callbacks: list[AppendFuture[Any]], done: list[int]) -> None:
         """Run the futures a producer took (entries and messages, interleaved), a batch at a time."""
         items = list(taken)
         step = self._batch_len
         for i in range(0, len(items), step):
             chunk = items[i : i + step]
             batch: list[_Entry] = chunk[0::2]
-            progress[0] = i + len(chunk)
-            self._run_batch(batch, chunk[1::2], len(batch), False, callbacks)
+            self._run_batch(batch, chunk[1::2], len(batch), False, callbacks, done, inline=True)
 
-    def _fail_taken(self, taken: deque[Any], started: int) -> None:
-        """After an interrupt: fail the taken futures not settled; those never given to a batch leave the
-        in-flight count (a batch's own are counted out by :meth:`_run_batch`)."""
+    def _fail_taken(self, taken: deque[Any], done: int) -> None:
+        """After an interrupt: fail the taken futures not settled, and count out of ``_inflight`` those no batch
+        counted out (``done`` of them were)."""
         items = list(taken)
         self._fail_unsettled(items[0::2])
-        never = len(items[started:]) // 2
-        if never:
-            with self._lock:
-                self._inflight -= never
-                if self._room_waiters:
-                    self._has_room.notify_all()
+        with self._fcond:  # wake result() waiters even if an interrupted settle skipped its notify
+            self._fcond.notify_all()
+        with self._lock:
+            self._inflight -= len(items) // 2 - done
+            if self._room_waiters:
+                self._has_room.notify_all()
 
     def _take(self, queue: deque[Any]) -> list[Any]:
         """Up to one batch of a queue of futures only: entries and messages, interleaved (lock held)."""
@@ -333,6 +347,7 @@ class AppendDispatcher:
                             # producer that finds no room runs queued batches itself: see submit_one.)
                             if (
                                 self._groups
+                                or self._unclaimed
                                 or self._waits_for_inline
                                 or now >= next_tick
                                 or (self._inline_runs == seen_inline and len(queue) < self._batch_len)
@@ -356,9 +371,12 @@ class AppendDispatcher:
                             left = None
                     self._idle = True
                     self._waits_for_inline = left is None
-                    self._has_work.wait(left)
+                    # Never without a deadline: a notify cut short by a signal in the notifier (Condition.notify
+                    # is Python code) would otherwise be lost for good.
+                    self._has_work.wait(self._period if left is None else left)
                     self._idle = False
                 self._waits_for_inline = False
+                self._unclaimed = False
                 self._busy = True
                 if self._abort:
                     self._fail_queued()
@@ -387,9 +405,10 @@ class AppendDispatcher:
                             self._groups -= 1
                 stop = self._closing and not queue
                 trig, self._triggered = self._triggered, None
+            callbacks: list[AppendFuture[Any]] = []
             try:
                 try:
-                    woken = self._run_batch(batch, msgs, n, groups > 0) if batch else 0
+                    woken = self._run_batch(batch, msgs, n, groups > 0, callbacks) if batch else 0
                 except Exception:  # a bug, not an append's failure: fail the batch, keep the thread alive
                     self._fail_unsettled(batch)
                     woken = 0
@@ -402,9 +421,13 @@ class AppendDispatcher:
                     except Exception:  # a failed tick must not kill appends; the next one retries
                         pass
                     next_tick = now + self._period
+                elif self._periodic is None and now >= next_tick:
+                    next_tick = now + self._period  # nothing periodic to run: do not wake for it again at once
             finally:
                 with self._lock:
                     self._busy = False
+            for f in callbacks:  # after the batch is over: a callback may append, or close the WAL
+                f._invoke_callbacks()  # type: ignore[attr-defined]
             if stop:
                 return
 
@@ -415,12 +438,15 @@ class AppendDispatcher:
         n: int,
         maybe_groups: bool = True,
         callbacks: list[AppendFuture[Any]] | None = None,
+        done: list[int] | None = None,
+        inline: bool = False,
     ) -> int:
         """Run one batch (``msgs``: its messages, in order) and settle it; returns how many synchronous callers
         (group waiters) it woke. ``maybe_groups`` False: every entry is a future.
 
-        ``callbacks`` (a producer running the batch inline): the futures whose done callbacks are due are put
-        there, to be run once the batch is over; an interrupt (Ctrl-C) raised in the backend fails the batch's
+        ``callbacks``: the futures whose done callbacks are due are put there, to be run once the batch is over
+        (a callback may append, or close the WAL); ``done[0]`` grows by ``n`` with the in-flight count going down;
+        ``inline`` (a producer runs the batch): an interrupt (Ctrl-C) raised in the backend fails the batch's
         futures with a :class:`WALError` caused by it, then reaches the producer."""
         interrupt: BaseException | None = None
         waiters: list[tuple[GroupWaiter, object]] = []
@@ -430,7 +456,7 @@ class AppendDispatcher:
                 outcomes = self._process(msgs)
             except BaseException as ex:  # the processor promised not to raise; fail the batch, do not hang callers
                 outcomes = [ex] * len(msgs)
-                if callbacks is not None and not isinstance(ex, Exception):
+                if inline and not isinstance(ex, Exception):
                     interrupt = ex
                     failed = WALError("append interrupted while its batch was written: it may or may not be persisted")
                     failed.__cause__ = ex
@@ -458,6 +484,8 @@ class AppendDispatcher:
         finally:
             with self._lock:
                 self._inflight -= n
+                if done is not None:  # no call since the line above: the two cannot be split
+                    done[0] += n
                 if self._room_waiters:
                     self._has_room.notify_all()
         for w, o in waiters:
