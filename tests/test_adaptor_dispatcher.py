@@ -4,6 +4,7 @@ inspector/notifier: one thread per WAL instead of a process-wide inspector).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import threading
 import time
 from collections.abc import Sequence
@@ -280,6 +281,7 @@ def test_an_interrupt_in_an_inline_batch_settles_the_batch_and_reaches_the_produ
         d.submit_one(m(3))
     assert all(isinstance(f.exception(5), WALError) for f in futs)  # written, unknown outcome: failed
     assert d.submit_one(m(9)).result(5).message_id == ID(9)  # the dispatcher still works
+    assert d._inflight == 0  # nothing leaked from the in-flight count by the interrupts
     d.close()
 
 
@@ -340,4 +342,27 @@ def test_windowed_pipelining_is_not_held_back_when_no_producer_runs_batches(monk
         if len(window) == 4:
             assert window.pop(0).result(5).message_id is not None  # type: ignore[attr-defined]
     assert time.monotonic() - t0 < 2.0  # taken at once each time, not after a deferral step (0.3 s)
+    d.close()
+
+
+def test_done_callbacks_run_by_the_thread_may_append_even_when_the_wal_is_full() -> None:
+    import asyncio
+
+    _, process = _recording()
+    d = AppendDispatcher("t", process, max_inflight=4, max_batch=4, ready=_ready(), period=10)  # type: ignore[arg-type]
+    got: list[object] = []
+
+    async def produce() -> list[object]:  # an asyncio thread never runs a batch: the dispatcher thread does
+        fs = [d.submit_one(m(i)) for i in range(4)]  # the WAL is full (max_inflight=4)
+        fs[0].add_done_callback(lambda f: got.append(d.submit_one(m(10))))  # not waited on: the thread runs it
+        fs[1].add_done_callback(lambda f: got.append(d.run_group([m(11)])[0].message_id))  # a sync append
+        return [f.result(5).message_id for f in fs]  # type: ignore[attr-defined]
+
+    assert asyncio.run(produce()) == [ID(i) for i in range(4)]
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(got) == 2 and ID(11) in got
+    fut = next(g for g in got if isinstance(g, cf.Future))
+    assert fut.result(5).message_id == ID(10)
     d.close()

@@ -141,15 +141,18 @@ class AppendDispatcher:
             with self._lock:
                 if self._closing or (self._inflight and self._inflight + n > self._max_inflight):
                     self._admit(n, deadline)
+                # The thread itself (a done callback that appends) runs its group inline, once no producer runs
+                # a batch: queued, it would wait for itself.
+                in_thread = threading.current_thread() is self._thread
+                while in_thread and self._busy:
+                    self._has_work.wait(0.01)
                 # Not inline while the thread waits for an inline batch to end (periodic work is due): it takes
                 # this one, else back-to-back inline callers would wake it once per batch without it ever getting
                 # a turn.
                 if (
                     waiter is None
                     and not self._busy
-                    and not self._queue
-                    and not self._waits_for_inline
-                    and self._ready.is_set()
+                    and (in_thread or (not self._queue and not self._waits_for_inline and self._ready.is_set()))
                 ):
                     self._inflight += n
                     self._busy = owned = True
