@@ -49,7 +49,9 @@ def test_many_threads_many_rounds_every_append_acknowledged_once(tmp_path: Path)
             assert not t.is_alive()
         total = n_threads * per
         assert ops.syncs - base < total // 3  # shared syncs (segments also roll constantly)
-        assert len(ops.threads) > 2  # leadership moved between appenders (heirs), not one thread for ever
+        # Leadership moved between appenders (heirs), not one thread for ever. At least two leaders, not three: on a
+        # loaded 2-core machine two threads can take every turn (seen once in CI with valgrind running beside it).
+        assert len(ops.threads) >= 2
         all_ids = sorted(i for ids in results.values() for i in ids)
         assert all_ids == list(range(1, total + 1))
         got = read_all(w)
