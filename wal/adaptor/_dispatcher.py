@@ -56,6 +56,11 @@ def _accept_any(msg: object) -> object:
     return msg
 
 
+def _interrupted() -> WALError:
+    """The outcome of an append whose batch an interrupt (Ctrl-C) cut short."""
+    return WALError("append interrupted while its batch was written: it may or may not be persisted")
+
+
 # One message of append_async: its future; a synchronous caller's group: (messages, its GroupWaiter)
 # (``run_group``). The queue holds each entry followed by its message (None for a group): one ``extend`` per
 # entry, which a signal cannot split, and a future never holds its message.
@@ -173,13 +178,8 @@ class AppendDispatcher:
         finally:
             if owned:
                 with self._lock:
-                    self._busy = False
                     self._inflight -= n
-                    if self._room_waiters:
-                        self._has_room.notify_all()
-                    if self._idle and (self._queue or self._waits_for_inline):  # else it sleeps on
-                        self._idle = False
-                        self._has_work.notify()
+                    self._end_inline()
         if owned:
             for o in outcomes:  # type: ignore[attr-defined]
                 if isinstance(o, BaseException):
@@ -253,14 +253,19 @@ class AppendDispatcher:
         finally:
             if owned:
                 with self._lock:
-                    self._busy = False
-                    if self._room_waiters:
-                        self._has_room.notify_all()
-                    if self._idle and (self._queue or self._waits_for_inline):
-                        self._idle = False
-                        self._has_work.notify()
+                    self._end_inline()
                 for f in callbacks:  # after the batch is over: a callback may append, or close the WAL
                     f._invoke_callbacks()  # type: ignore[attr-defined]
+
+    def _end_inline(self) -> None:
+        """A caller's inline run is over (lock held): free the turn, wake who waits for room, and the thread if it
+        has queued work or is owed its turn (else it sleeps on)."""
+        self._busy = False
+        if self._room_waiters:
+            self._has_room.notify_all()
+        if self._idle and (self._queue or self._waits_for_inline):
+            self._idle = False
+            self._has_work.notify()
 
     def _run_taken(self, taken: deque[Any], callbacks: list[AppendFuture[Any]], done: list[int]) -> None:
         """Run the futures a producer took (entries and messages, interleaved), a batch at a time."""
@@ -295,7 +300,7 @@ class AppendDispatcher:
     def _fail_unsettled(self, batch: list[Any]) -> None:
         left = [f for f in batch if isinstance(f, AppendFuture) and f._state == RUNNING]
         if left:
-            err = WALError("append interrupted while its batch was written: it may or may not be persisted")
+            err = _interrupted()
             complete_all(self._fcond, left, [err] * len(left))
 
     def _may_run_inline(self) -> bool:
@@ -461,7 +466,7 @@ class AppendDispatcher:
                 outcomes = [ex] * len(msgs)
                 if inline and not isinstance(ex, Exception):
                     interrupt = ex
-                    failed = WALError("append interrupted while its batch was written: it may or may not be persisted")
+                    failed = _interrupted()
                     failed.__cause__ = ex
                     outcomes = [failed] * len(msgs)
             if not groups:  # only single messages (the append_async case): outcomes map one to one

@@ -128,8 +128,7 @@ def future_class(cond: threading.Condition) -> type[AppendFuture[Any]]:
 def new_future(cls: type[AppendFuture[T]]) -> AppendFuture[T]:
     """A running future of ``cls`` (a :func:`future_class`): what the dispatcher's hot path spells out."""
     f = cls()
-    f._state = RUNNING
-    f._x = None
+    AppendFuture.__init__(f)
     return f
 
 

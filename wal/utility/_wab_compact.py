@@ -16,13 +16,15 @@ new object per read: the buffer never holds it again).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from ..message import ImmutableMessage, IntMessageID, MessageType, MutableMessage
 from ..message._message import _EMPTY as _EMPTY_PROPS
 
 __all__ = [
+    "COMPACT_PAYLOAD",
+    "COMPACT_TICK",
     "Entry",
     "compact_batch",
     "compact_written",
@@ -37,6 +39,11 @@ __all__ = [
 Entry = ImmutableMessage | tuple[Any, ...]
 """A stored message: as built, or compact ``(id, type, payload, vchannel, time tick, last-confirmed id, term, txn
 context, not persisted)`` (ids as ints, the type as its value)."""
+
+COMPACT_TICK = itemgetter(4)
+"""The time tick of a compact entry (raises TypeError on an ``ImmutableMessage``: not subscriptable)."""
+COMPACT_PAYLOAD = itemgetter(2)
+"""The payload of a compact entry."""
 
 _BY_VALUE: dict[int, MessageType] = {int(t): t for t in MessageType}
 _new = object.__new__

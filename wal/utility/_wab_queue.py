@@ -6,14 +6,21 @@ import time
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable
-from operator import itemgetter
 from operator import lt as _lt
 from typing import Any
 
 from ..errors import InvalidArgumentError
 from ..message import ImmutableMessage, MessageType
 from ._errors import EvictedError, TimeTickViolationError
-from ._wab_compact import compact_batch, entry_time_tick, entry_type, expand_all, id_class_of
+from ._wab_compact import (
+    COMPACT_PAYLOAD,
+    COMPACT_TICK,
+    compact_batch,
+    entry_time_tick,
+    entry_type,
+    expand_all,
+    id_class_of,
+)
 
 __all__ = ["WABQueue", "WABSnapshot"]
 
@@ -28,8 +35,6 @@ def _size(m: ImmutableMessage) -> int:
 # Unsigned 64-bit numbers: "L" where it is 64 bits, as it fills from an int several times faster than "Q" (a direct
 # conversion, where "Q" goes through a byte-by-byte one); both reject a negative number or one of 2**64 or more.
 _U64 = "L" if array("L").itemsize == 8 else "Q"
-_tick_of = itemgetter(4)  # of a compact entry (see _wab_compact.Entry)
-_payload_of = itemgetter(2)
 
 # Evicted entries are kept in the lists until they are at least this many and half of the lists: compaction
 # copies the live tail into new lists, so its cost is amortised over the evictions that caused it.
@@ -121,8 +126,8 @@ class WABQueue:
             return
         last = self._tts[-1]
         try:  # every entry compact (the append path's batches): ticks and sizes pulled out in C, stored as they are
-            tts = list(map(_tick_of, msgs))
-            sizes = list(map(len, map(_payload_of, msgs)))
+            tts = list(map(COMPACT_TICK, msgs))
+            sizes = list(map(len, map(COMPACT_PAYLOAD, msgs)))
             store = msgs
         except TypeError:  # a message among them (not subscriptable)
             tts = [m[4] if m.__class__ is tuple else m.time_tick for m in msgs]  # entry_time_tick, inlined

@@ -5,20 +5,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from operator import itemgetter
 from operator import lt as _lt
 from typing import Any
 
 from ..errors import InvalidArgumentError, ShutdownError, WALTimeoutError
 from ..message import ImmutableMessage, IntMessageID, MessageID, MessageType
-from ._wab_compact import entry_time_tick, expand, id_class_of
+from ._wab_compact import COMPACT_TICK, entry_time_tick, expand, id_class_of
 from ._wab_queue import WABQueue, WABSnapshot
 
 __all__ = ["WriteAheadBuffer", "WriteAheadBufferReader"]
 
 _EMPTY: list[ImmutableMessage] = []
 _TT = MessageType.TIME_TICK
-_tick_of = itemgetter(4)  # of a compact entry (see _wab_compact.Entry)
 PENDING_MAX = 64
 """At most this many messages of :meth:`WriteAheadBuffer.append_batch_tick` wait outside the queue (its size and age
 bounds apply to them once queued: any read, a waiting reader, the next :meth:`~WriteAheadBuffer.append`)."""
@@ -27,7 +25,7 @@ bounds apply to them once queued: any read, a waiting reader, the next :meth:`~W
 def _increasing(msgs: list[Any]) -> bool:
     """Whether the entries' time ticks strictly increase (checked in C when they are all compact)."""
     try:
-        tts = list(map(_tick_of, msgs))
+        tts = list(map(COMPACT_TICK, msgs))
     except TypeError:  # a message among them (not subscriptable)
         tts = list(map(entry_time_tick, msgs))
     return all(map(_lt, tts, tts[1:]))
