@@ -17,7 +17,16 @@ import pytest
 from wal import OpenOption, PChannelInfo, registry
 from wal._types import AppendResult
 from wal.adaptor._dispatcher import AppendDispatcher
-from wal.adaptor._future import AllSucceeded, AppendFuture, complete_all, future_class, new_condition, new_future
+from wal.adaptor._future import (
+    AllSucceeded,
+    Appended,
+    AppendFuture,
+    complete_all,
+    complete_appended,
+    future_class,
+    new_condition,
+    new_future,
+)
 from wal.errors import WALError
 from wal.interceptors.timetick import HybridClock
 from wal.message import IntMessageID, MessageType, MutableMessage
@@ -113,6 +122,80 @@ def test_future_is_settled_only_by_the_wal_and_all_succeeded_skips_nothing_it_mu
     waiter.join(5)
     assert done == {f, g, h} and f.result() == 1 and sorted(seen) == [2, 103]
     assert "state=finished returned int" in repr(f)
+
+
+def test_appended_futures_build_their_results_when_read() -> None:
+    """A batch that all succeeded settles its futures with the fields of each result (``Appended``); the
+    AppendResult is built on the first read, the same object afterwards, equal to what the eager path builds."""
+    from wal.message import TxnContext
+
+    c = new_condition()
+    futs = [_fut(c) for _ in range(4)]
+    msgs = [m(i) for i in range(4)]
+    for i, x in enumerate(msgs):
+        x.time_tick = 100 + i
+    msgs[1].last_confirmed_message_id = ID(1)
+    msgs[2].txn_ctx = TxnContext(7, 5.0)
+    ids = [ID(10 + i) for i in range(4)]
+    seen: list[AppendResult] = []
+    futs[3].add_done_callback(lambda f: seen.append(f.result()))
+    waiter = threading.Thread(target=lambda: seen.append(futs[0].result(5)))
+    waiter.start()
+    time.sleep(0.02)
+    deferred: list[AppendFuture[object]] = []
+    complete_appended(c, futs, Appended(ids, msgs), deferred)
+    waiter.join(5)
+    assert deferred == [futs[3]] and len(seen) == 1  # the callback is left to the caller, as complete_all does
+    for f in deferred:
+        f._invoke_callbacks()  # type: ignore[attr-defined]
+    want = [
+        AppendResult(ids[0], 100, ids[0], None, None),
+        AppendResult(ids[1], 101, ID(1), None, None),
+        AppendResult(ids[2], 102, ids[2], msgs[2].txn_ctx, None),
+        AppendResult(ids[3], 103, ids[3], None, None),
+    ]
+    got = [f.result() for f in futs]
+    assert got == want and all(type(r) is AppendResult for r in got)
+    assert all(f.result() is r for f, r in zip(futs, got, strict=True))  # built once
+    assert seen == [want[0], want[3]]
+    assert all(f.exception() is None and f.done() and not f.cancelled() for f in futs)
+    assert "state=finished returned AppendResult" in repr(_settled_lazily(c))
+
+    z = _fut(c)
+
+    async def main() -> object:
+        threading.Timer(0.02, lambda: complete_appended(c, [z], Appended([ID(3)], [m(3)]))).start()
+        return await asyncio.wrap_future(z)
+
+    r = asyncio.run(main())
+    assert type(r) is AppendResult and r.message_id == ID(3) and r.last_confirmed_message_id == ID(3)
+
+
+def _settled_lazily(c: threading.Condition) -> AppendFuture[object]:
+    f = _fut(c)
+    complete_appended(c, [f], Appended([ID(1)], [m(1)]))
+    return f
+
+
+def test_pipelined_results_are_built_on_read_and_match_the_log(full_wal: object) -> None:
+    """Through a WAL: every append_async result (built on read) names the message as the log holds it."""
+    from wal import ReadOption
+
+    w = full_wal
+    futs = [w.append_async(m(i)) for i in range(2500)]  # type: ignore[attr-defined]
+    rs = [f.result(10) for f in futs]
+    assert all(type(r) is AppendResult and r.txn_ctx is None and r.extra is None for r in rs)
+    assert all(f.result() is r for f, r in zip(futs, rs, strict=True))
+    by_id = {}
+    with w.read(ReadOption()) as s:  # type: ignore[attr-defined]
+        while len(by_id) < len(rs):
+            x = s.recv(timeout=5)
+            if x.message_type is MessageType.INSERT:
+                by_id[x.message_id] = x
+    for i, r in enumerate(rs):
+        x = by_id[r.message_id]
+        assert bytes(x.payload) == b"%d" % i and x.time_tick == r.time_tick
+        assert r.last_confirmed_message_id == x.last_confirmed_message_id
 
 
 def test_a_queued_future_never_holds_its_message() -> None:

@@ -35,9 +35,9 @@ from typing import Any
 from .._types import AppendResult
 from ..errors import ShutdownError, WALError, WALTimeoutError
 from ..message import MessageType, MutableMessage
-from ._future import AppendFuture, GroupWaiter, complete_all, future_class, new_condition
+from ._future import Appended, AppendFuture, GroupWaiter, complete_all, complete_appended, future_class, new_condition
 
-__all__ = ["AppendDispatcher", "BatchProcessor"]
+__all__ = ["AppendDispatcher", "BatchProcessor", "FuturesProcessor"]
 
 DEFER_STEP = 0.0002
 """How long the thread waits at a time while producers are still queuing futures (see ``AppendDispatcher._run``)."""
@@ -50,6 +50,10 @@ GATHER_SECONDS = 0.0005
 
 BatchProcessor = Callable[[Sequence[MutableMessage]], list[AppendResult | BaseException]]
 """Appends a batch and returns one outcome per message; must not raise (failures are per message)."""
+
+FuturesProcessor = Callable[[Sequence[MutableMessage]], list[AppendResult | BaseException] | Appended]
+"""A :data:`BatchProcessor` for a batch of futures only, which may return :class:`~._future.Appended` (every
+message succeeded; the futures build their results when read)."""
 
 
 def _accept_any(msg: object) -> object:
@@ -80,8 +84,10 @@ class AppendDispatcher:
         period: float = 0.2,
         check: Callable[[object], object] = _accept_any,
         refused_types: frozenset[MessageType] = frozenset(),
+        process_futures: FuturesProcessor | None = None,
     ) -> None:
         self._process = process
+        self._process_futures: FuturesProcessor = process if process_futures is None else process_futures
         self._check = check  # raises for a message submit_one must refuse (called unless the usual kind)
         self._refused_types = refused_types
         self._max_inflight = max_inflight
@@ -461,7 +467,7 @@ class AppendDispatcher:
         try:
             groups = maybe_groups and any(e.__class__ is tuple for e in batch)
             try:
-                outcomes = self._process(msgs)
+                outcomes = self._process(msgs) if groups else self._process_futures(msgs)
             except BaseException as ex:  # the processor promised not to raise; fail the batch, do not hang callers
                 outcomes = [ex] * len(msgs)
                 if inline and not isinstance(ex, Exception):
@@ -487,7 +493,9 @@ class AppendDispatcher:
                     i += len(group)
                     err = next((o for o in got if isinstance(o, BaseException)), None)
                     waiters.append((waiter, err if err is not None else got))
-            if futs:
+            if outcomes.__class__ is Appended:  # futures only, all succeeded
+                complete_appended(self._fcond, batch, outcomes, callbacks)  # type: ignore[arg-type]
+            elif futs:
                 complete_all(self._fcond, futs, settled, callbacks)
         finally:
             with self._lock:

@@ -22,17 +22,35 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
 from typing import Any, TypeVar
 
+from .._types import AppendResult
+
 __all__ = [
     "AllSucceeded",
     "AppendFuture",
+    "Appended",
     "GroupWaiter",
     "complete_all",
+    "complete_appended",
     "future_class",
     "new_condition",
     "new_future",
 ]
 
 T = TypeVar("T")
+
+_new = object.__new__
+
+
+class _Lazy:
+    """The ``_result`` of a future settled by :func:`complete_appended` until ``result()`` builds it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not built yet>"
+
+
+_LAZY: Any = _Lazy()
 
 
 def new_condition() -> threading.Condition:
@@ -43,15 +61,19 @@ def new_condition() -> threading.Condition:
 class AppendFuture(Future[T]):
     """Built by :func:`future_class`'s class, whose ``_condition`` is the WAL's shared condition."""
 
-    # Slots: with every field in a slot no per-instance __dict__ is built, and each slot is one more field the
-    # garbage collector visits while thousands of futures wait to be read. ``_x``: None, or [waiters, callbacks]
-    # made on first use (most appends never have either).
-    __slots__ = ("_exception", "_result", "_state", "_x")
+    # Slots: with every field in a slot no per-instance __dict__ is built. ``_x``: None, or [waiters, callbacks]
+    # made on first use (most appends never have either). ``_id``/``_tt``/``_lc``/``_txn``: the fields of the
+    # result of a future settled by :func:`complete_appended` (``_result`` is ``_LAZY`` until ``result()``).
+    __slots__ = ("_exception", "_id", "_lc", "_result", "_state", "_tt", "_txn", "_x")
     _condition: threading.Condition  # a class attribute of the WAL's future class
 
     # ``_result``/``_exception`` are set when it is settled (both, by :func:`complete_all`): read only after.
     _result: Any
     _exception: BaseException | None
+    _id: Any
+    _tt: int
+    _lc: Any
+    _txn: Any
 
     def __init__(self) -> None:  # no super().__init__(): it builds a Condition
         self._state = RUNNING
@@ -93,7 +115,21 @@ class AppendFuture(Future[T]):
             self._wait_finished(timeout)
         if self._exception is not None:
             raise self._exception
-        return self._result  # type: ignore[no-any-return]
+        r = self._result
+        if r is _LAZY:  # built on first read, in the reader's thread (two racing readers build equal ones)
+            r = _new(AppendResult)  # AppendResult.__init__, spelled out (a call less)
+            r.message_id = self._id
+            r.time_tick = self._tt
+            r.last_confirmed_message_id = self._lc
+            r.txn_ctx = self._txn
+            r.extra = None
+            self._result = r
+        return r  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        if self._state == FINISHED and self._exception is None:
+            self.result()  # built, so that it shows the result's type as a stock future does
+        return super().__repr__()
 
     def set_result(self, result: T) -> None:
         raise InvalidStateError("the future of an append is settled by the WAL")
@@ -105,6 +141,23 @@ class AppendFuture(Future[T]):
         if self._state != FINISHED:
             self._wait_finished(timeout)
         return self._exception
+
+
+class Appended(list[Any]):
+    """The message IDs of a batch of ``append_async`` futures that all succeeded, with ``msgs``, the messages as
+    written (stamped): :func:`complete_appended` settles the futures from both without building any result.
+
+    Why: an :class:`AppendResult` built per message while the batch is settled lives as long as its future, and
+    thousands of them wait in a pipelining caller's window: each is one more object the garbage collector walks
+    in every young collection, and which pushes the next one sooner. Built on ``result()``, it is usually freed
+    at once with its future.
+    """
+
+    __slots__ = ("msgs",)
+
+    def __init__(self, ids: Sequence[object], msgs: Sequence[Any]) -> None:
+        super().__init__(ids)
+        self.msgs = msgs
 
 
 class AllSucceeded(list[Any]):
@@ -157,11 +210,7 @@ def complete_all(
                 f._state = FINISHED
                 if f._x is not None:  # rare: waited on, or with callbacks
                     special.append(f)
-            for f in special:
-                for w in f._x[0]:  # type: ignore[index]
-                    w.add_result(f)
-                if f._x[1]:  # type: ignore[index]
-                    called.append(f)
+            _tell_waiters(special, called)
         else:
             for f, o in zip(futs, outcomes, strict=True):
                 if f._state != RUNNING:
@@ -183,6 +232,48 @@ def complete_all(
                 if f._x is not None and f._x[1]:
                     called.append(f)
         cond.notify_all()
+    _run_callbacks(called, callbacks)
+
+
+def complete_appended(
+    cond: threading.Condition,
+    futs: Sequence[AppendFuture[Any]],
+    appended: Appended,
+    callbacks: list[AppendFuture[Any]] | None = None,
+) -> None:
+    """:func:`complete_all` for a batch that all succeeded: each future keeps its result's fields (its message's
+    time tick, last-confirmed ID (its own ID when None) and txn context) and builds the result when read.
+    A batch's futures are all still running (see :func:`complete_all`)."""
+    called: list[AppendFuture[Any]] = []
+    with cond:
+        special: list[AppendFuture[Any]] = []
+        for f, m, o in zip(futs, appended.msgs, appended, strict=True):
+            f._id = o
+            f._tt = m.time_tick
+            f._lc = o if (lc := m.last_confirmed_message_id) is None else lc
+            f._txn = m.txn_ctx
+            f._result = _LAZY
+            f._exception = None
+            f._state = FINISHED  # last: result() reads the fields once it sees FINISHED, without the lock
+            if f._x is not None:  # rare: waited on, or with callbacks
+                special.append(f)
+        _tell_waiters(special, called)
+        cond.notify_all()
+    _run_callbacks(called, callbacks)
+
+
+def _tell_waiters(succeeded: list[AppendFuture[Any]], called: list[AppendFuture[Any]]) -> None:
+    """For futures just settled with a result (condition held) that someone waits on or has callbacks for: tell
+    the ``concurrent.futures.wait``/``as_completed`` waiters, and put those with callbacks in ``called``."""
+    for f in succeeded:
+        for w in f._x[0]:  # type: ignore[index]
+            w.add_result(f)
+        if f._x[1]:  # type: ignore[index]
+            called.append(f)
+
+
+def _run_callbacks(called: list[AppendFuture[Any]], callbacks: list[AppendFuture[Any]] | None) -> None:
+    """Run the done callbacks of ``called`` (condition released), or leave them to the caller in ``callbacks``."""
     if callbacks is not None:
         callbacks += called
         return

@@ -41,7 +41,7 @@ from ..message import MessageID, MessageType, MutableMessage
 from ..utility import WriteAheadBuffer
 from ..walimpls import ROWALImpls, WALImpls
 from ._dispatcher import AppendDispatcher
-from ._future import AllSucceeded
+from ._future import AllSucceeded, Appended
 from ._lifetime import Lifetime
 from ._options import AdaptorOptions
 from ._truncate import truncation_point
@@ -226,6 +226,7 @@ class WALAdaptor(ROWALAdaptor):
             period=opts.time_tick_interval,
             check=self._check_msg,
             refused_types=_WAL_ONLY_TYPES,
+            process_futures=self._process_futures,
         )
         # append_async is the dispatcher's submit_one itself (the same checks and errors as the method below,
         # which stays for the class's readers): one Python call less per pipelined append.
@@ -375,16 +376,7 @@ class WALAdaptor(ROWALAdaptor):
             self._n_bytes += len(m.payload)
             lc = m.last_confirmed_message_id
             return [AppendResult(o, m.time_tick, o if lc is None else lc, m.txn_ctx, None)]
-        for m in msgs:
-            m.wal_term = term
-        try:
-            shared = len(set(msgs)) != len(msgs)  # by identity, unless a subclass defines __eq__ (then by ids)
-        except TypeError:  # a subclass with __eq__ and no __hash__
-            shared = len(set(map(id, msgs))) != len(msgs)
-        if shared:
-            msgs = self._unshare(msgs)
-        outcomes = self._append_chain(msgs)
-        self._after_batch()
+        msgs, outcomes = self._run_chain(msgs)
         if all_ok(outcomes):  # the usual case
             self._n_appends += len(msgs)
             self._n_bytes += sum(map(len, map(_payload, msgs)))
@@ -401,6 +393,12 @@ class WALAdaptor(ROWALAdaptor):
                 r.extra = None
                 add(r)
             return results
+        return self._outcomes(msgs, outcomes)
+
+    def _outcomes(
+        self, msgs: Sequence[MutableMessage], outcomes: list[AppendOutcome]
+    ) -> list[AppendResult | BaseException]:
+        """One result or exception per message, for a batch where some failed."""
         out: list[AppendResult | BaseException] = []
         add = out.append
         for m, o in zip(msgs, outcomes, strict=True):
@@ -412,6 +410,35 @@ class WALAdaptor(ROWALAdaptor):
                 self._n_appends += 1
                 self._n_bytes += len(m.payload)
         return out
+
+    def _run_chain(self, msgs: Sequence[MutableMessage]) -> tuple[Sequence[MutableMessage], list[AppendOutcome]]:
+        """Stamp the term, append through the chain, feed the write-ahead buffer: the messages as written (copies
+        where one object came twice) and their outcomes."""
+        term = self._term
+        for m in msgs:
+            m.wal_term = term
+        try:
+            shared = len(set(msgs)) != len(msgs)  # by identity, unless a subclass defines __eq__ (then by ids)
+        except TypeError:  # a subclass with __eq__ and no __hash__
+            shared = len(set(map(id, msgs))) != len(msgs)
+        if shared:
+            msgs = self._unshare(msgs)
+        outcomes = self._append_chain(msgs)
+        self._after_batch()
+        return msgs, outcomes
+
+    def _process_futures(self, msgs: Sequence[MutableMessage]) -> list[AppendResult | BaseException] | Appended:
+        """:meth:`_process_batch` for a batch of ``append_async`` futures: when every message succeeded, their
+        IDs and the messages as written (:class:`Appended`), from which each future builds its result when read.
+        """
+        if len(msgs) == 1:
+            return self._process_batch(msgs)
+        written, outcomes = self._run_chain(msgs)
+        if not all_ok(outcomes):
+            return self._outcomes(written, outcomes)
+        self._n_appends += len(written)
+        self._n_bytes += sum(map(len, map(_payload, written)))
+        return Appended(outcomes, written)
 
     @staticmethod
     def _unshare(msgs: Sequence[MutableMessage]) -> list[MutableMessage]:
