@@ -61,6 +61,15 @@ def _api_code(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+def _no_stream_yet(exc: BaseException) -> bool:
+    """A publish that no stream answered: nothing was stored. Seen on a replicated stream just created, before
+    its leader is elected (the server then has no interest on the subject yet)."""
+    import nats.errors
+    import nats.js.errors
+
+    return isinstance(exc, (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError))
+
+
 class _Entry:
     __slots__ = ("attempt", "conflicts", "done", "flag", "headers", "msg_id", "payload", "seq", "wake")
 
@@ -360,6 +369,7 @@ class Publisher:
         stored record must still be ours. The record is a compare-and-set on the fence subject (expected last
         subject sequence), so two writers opening at once cannot both pass the check.
         """
+        deadline = time.monotonic() + self._opts.request_timeout * 3
         while True:
             fseq, term, writer = await read_fence(self._js, self._names)
             if term > self._term:
@@ -382,6 +392,9 @@ class Publisher:
             except Exception as e:
                 if _api_code(e) in _CONFLICT_CODES:
                     continue  # another writer fenced meanwhile: read again
+                if _no_stream_yet(e) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)  # nothing stored: read the fence again and retry
+                    continue
                 raise
             self._fence_seq = int(ack.seq)
             self._fence_str = str(self._fence_seq)
