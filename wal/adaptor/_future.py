@@ -67,7 +67,8 @@ class AppendFuture(Future[T]):
     __slots__ = ("_exception", "_id", "_lc", "_result", "_state", "_tt", "_txn", "_x")
     _condition: threading.Condition  # a class attribute of the WAL's future class
 
-    # ``_result``/``_exception`` are set when it is settled (both, by :func:`complete_all`): read only after.
+    # ``_result``/``_exception`` are set when it is settled (both, by :func:`complete_all` or
+    # :func:`complete_appended`): read only after.
     _result: Any
     _exception: BaseException | None
     _id: Any
