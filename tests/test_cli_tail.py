@@ -15,8 +15,10 @@ from _cli_util import PY, child_env, fill, start_writer, stop_writer, writer_app
 
 class _Tail:
     def __init__(self, root: Path, *args: str) -> None:
+        # faulthandler: a tail that does not exit is sent SIGABRT, which dumps every thread's stack (see interrupt)
+        env = {**child_env(), "PYTHONFAULTHANDLER": "1"}
         self.p = subprocess.Popen([PY, "-m", "wal", "tail", "--root", str(root), "--channel", "p1", *args],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.out: queue.Queue[str] = queue.Queue()
         self.err: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
@@ -40,10 +42,16 @@ class _Tail:
         self.p.send_signal(signal.SIGINT)
         try:
             _out, err = self.p.communicate(timeout=15)
-        finally:
-            if self.p.poll() is None:
-                self.p.kill()
-                self.p.communicate()
+        except subprocess.TimeoutExpired:
+            # Still running 15 s after Ctrl-C: fail with where each of its threads is (faulthandler's dump).
+            self.p.send_signal(signal.SIGABRT)
+            try:
+                _out, err = self.p.communicate(timeout=15)
+            finally:
+                if self.p.poll() is None:
+                    self.p.kill()
+                    self.p.communicate()
+            raise AssertionError(f"wal tail did not exit 15 s after SIGINT; its threads:\n{err[-8000:]}") from None
         assert "Traceback" not in err, err
         return self.p.returncode
 
