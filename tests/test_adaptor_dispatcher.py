@@ -5,6 +5,7 @@ inspector/notifier: one thread per WAL instead of a process-wide inspector).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import threading
 import time
 from collections.abc import Sequence
@@ -365,4 +366,42 @@ def test_done_callbacks_run_by_the_thread_may_append_even_when_the_wal_is_full()
     assert len(got) == 2 and ID(11) in got
     fut = next(g for g in got if isinstance(g, cf.Future))
     assert fut.result(5).message_id == ID(10)
+    d.close()
+
+
+def test_periodic_work_due_while_a_producer_runs_batches_is_run_by_that_producer() -> None:
+    """The thread does not take a turn of its own for the periodic work while a producer runs batches inline (it
+    would stall the producer until the thread has run the work and the queue): the producer runs it at the end of
+    its run, and the ticks keep their period. Once producers stop, the thread runs them again."""
+    calls: list[tuple[str, float]] = []
+
+    def periodic(persisted: bool) -> None:
+        calls.append((threading.current_thread().name, time.monotonic()))
+        time.sleep(0.005)  # a tick's append and sync
+
+    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+        time.sleep(0.002)  # a batch's write and sync
+        return [AppendResult(ID(int(x.payload))) for x in ms]
+
+    d = AppendDispatcher(
+        "t", process, max_inflight=64, max_batch=16, ready=_ready(), periodic=periodic, period=0.05
+    )
+    me = threading.current_thread().name
+    window: list[cf.Future[AppendResult]] = []
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < 1.0:  # a pipelining producer: 48 in flight, batches of 16
+        window.append(d.submit_one(m(i)))
+        i += 1
+        if len(window) > 48:
+            assert window.pop(0).result(5).message_id is not None
+    during = [c for c in calls if c[1] >= t0 + 0.1]
+    assert sum(1 for name, _ in during if name == me) >= 5, during  # the producer ran them (about 18)
+    times = [t for _, t in calls if t0 + 0.1 <= t <= t0 + 1.0]
+    assert max(b - a for a, b in itertools.pairwise(times)) < 0.5  # period 0.05 s: none skipped for long
+    for f in window:
+        f.result(5)
+    n = len(calls)
+    time.sleep(0.3)  # no producer any more: the thread runs them
+    assert any(name.startswith("wal-append") for name, _ in calls[n:])
     d.close()
