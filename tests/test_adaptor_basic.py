@@ -363,3 +363,57 @@ def test_fenced_backend_makes_the_wal_unavailable(fb: FakeBuilder) -> None:
         assert [bytes(m.payload) for m in data(s, 1)] == [b"p0"]
     w.close()
     op.close()
+
+
+def test_lifetime_an_interrupt_as_a_call_enters_or_leaves_never_leaves_it_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C can land between any two bytecodes: right after the call is registered, or in its exit before the
+    waiters are told. Either way close() must not wait for it for ever."""
+    from wal.adaptor._lifetime import Lifetime
+
+    lt = Lifetime("t")
+    real_enter = Lifetime._enter
+
+    def enter_then_interrupted(self: Lifetime, token: object) -> None:
+        real_enter(self, token)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Lifetime, "_enter", enter_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with lt.call():
+            pass
+    monkeypatch.undo()
+    assert lt.wait(timeout=0.5)  # nothing left counted
+
+    # An interrupt that cuts the exit short after the call is unregistered: the notify is lost, wait still returns.
+    def leave_without_notify(self: Lifetime, token: object) -> None:
+        self._calls.discard(token)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Lifetime, "_leave", leave_without_notify)
+    entered = threading.Event()
+    release = threading.Event()
+
+    def call() -> None:
+        try:
+            with lt.call():
+                entered.set()
+                release.wait(5)
+        except KeyboardInterrupt:
+            pass
+
+    t = threading.Thread(target=call)
+    t.start()
+    assert entered.wait(5)
+    assert not lt.wait(timeout=0.05)  # in flight
+    threading.Timer(0.05, release.set).start()
+    t0 = time.monotonic()
+    assert lt.wait()  # returns although nobody notified
+    assert time.monotonic() - t0 < 2
+    t.join(5)
+    monkeypatch.undo()
+    assert lt.stop() and not lt.stop()
+    with pytest.raises(ShutdownError):
+        with lt.call():
+            pass

@@ -1,8 +1,16 @@
-"""Working/stopped state plus a count of calls in flight, so that close can wait for them (Milvus ``Lifetime``)."""
+"""Working/stopped state plus the calls in flight, so that close can wait for them (Milvus ``Lifetime``).
+
+Why a set of per-call tokens rather than a counter: a Ctrl-C (``KeyboardInterrupt``) can be raised between any
+two bytecodes of the main thread. With a counter, one landing after the increment and before the ``try`` that
+undoes it leaves the call counted for ever, and ``close()`` then waits for ever. Here the call is registered
+inside the ``try`` and removed in one C call (``set.discard``, a no-op if it was never added), so no point of an
+interrupt leaves a finished call registered; a notify lost to an interrupt only delays ``wait`` by one poll.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,38 +18,42 @@ from ..errors import ShutdownError
 
 __all__ = ["Lifetime"]
 
+_POLL = 0.1
+"""``wait`` re-checks at least this often (seconds): a notify cut short by an interrupt is not waited for."""
+
 
 class Lifetime:
     def __init__(self, what: str) -> None:
         self._what = what
         self._cond = threading.Condition(threading.Lock())
         self._stopped = False
-        self._inflight = 0
+        self._calls: set[object] = set()
 
     @property
     def stopped(self) -> bool:
         return self._stopped
 
-    def add(self) -> None:
-        """Enter a call; raises :class:`ShutdownError` once stopped."""
+    def _enter(self, token: object) -> None:
+        """Register a call; raises :class:`ShutdownError` once stopped."""
         with self._cond:
             if self._stopped:
                 raise ShutdownError(f"{self._what} is closed")
-            self._inflight += 1
+            self._calls.add(token)
 
-    def done(self) -> None:
-        with self._cond:
-            self._inflight -= 1
-            if self._inflight == 0:
+    def _leave(self, token: object) -> None:
+        self._calls.discard(token)  # first, in one C call: nothing after it can leave the call registered
+        if not self._calls:
+            with self._cond:
                 self._cond.notify_all()
 
     @contextmanager
     def call(self) -> Iterator[None]:
-        self.add()
+        token = object()
         try:
+            self._enter(token)
             yield
         finally:
-            self.done()
+            self._leave(token)
 
     def stop(self) -> bool:
         """Refuse new calls; True for the first caller only (who then owns the close)."""
@@ -51,6 +63,12 @@ class Lifetime:
             return first
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until no call is in flight."""
+        """Wait until no call is in flight (False if ``timeout`` passed first)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            return self._cond.wait_for(lambda: self._inflight == 0, timeout)
+            while self._calls:
+                left = _POLL if deadline is None else min(deadline - time.monotonic(), _POLL)
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
