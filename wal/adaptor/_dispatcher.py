@@ -19,6 +19,8 @@ commit across threads: see :meth:`AppendDispatcher._gather`).
 Pipelined ``append_async`` works the same way: the producer whose message fills a batch runs it inline (see
 :meth:`AppendDispatcher._may_run_inline`), and the thread leaves queued futures to their producers while they
 keep queuing (at most :data:`DEFER_MAX`): it takes a lone append at once, a burst once it stops growing.
+Periodic work that falls due while they do is run by the producer at the end of its inline run
+(:meth:`AppendDispatcher._run_periodic`), so the thread needs no turn of its own every period.
 """
 
 from __future__ import annotations
