@@ -390,3 +390,63 @@ def test_restart_keeps_messages_and_time_ticks(make_opener: Callable[..., Any], 
     assert sorted(map(str, got)) == sorted(map(str, [*first, "first-of-2"]))
     assert got[-1] == "first-of-2"
     w2.close()
+
+
+@pytest.mark.timeout(120)
+def test_pipelining_producers_that_run_the_periodic_ticks_lose_nothing(make_opener: Callable[..., Any]) -> None:
+    """Producers of ``append_async`` that fill batches run them in their own threads, and the periodic ticks that
+    fall due as a batch ends (small batches and a 10 ms tick interval: ~100 batches and a few producer-run ticks
+    per second here, the thread running the others), beside a synchronous appender: readers that tail, stall out
+    of a small write-ahead buffer or read RO still see every message exactly once in time-tick order, and the WAL
+    keeps persisting ticks while data is written."""
+    op = make_opener(**{**SMALL_WAB, "time_tick_interval": 0.01}, max_append_batch=16, max_inflight_appends=256)
+    w = op.open(OpenOption(PChannelInfo("pipe-ticks", 1)))
+    ro = op.open(OpenOption(PChannelInfo("pipe-ticks", 1, AccessMode.RO)))
+    readers = [
+        Reader(w.read(ReadOption(name="fast"))),
+        Reader(w.read(ReadOption(name="slow")), stall_every=200, stall=0.2),
+        Reader(ro.read(ReadOption(name="ro"))),
+    ]
+    for r in readers:
+        r.start()
+    ticks_before = w.sync_operator.persisted_ticks
+    expected: list[str] = []
+    lock = threading.Lock()
+
+    def producer(p: int) -> None:
+        window: list[Any] = []
+        for i in range(1000):
+            k = f"p{p}/{i}"
+            window.append(w.append_async(insert(k, f"v{i % 3}")))
+            with lock:
+                expected.append(k)
+            if len(window) > 200:
+                window.pop(0).result(10)
+        for f in window:
+            f.result(10)
+
+    def sync_appender() -> None:
+        for i in range(20):
+            k = f"s/{i}"
+            w.append(insert(k))
+            with lock:
+                expected.append(k)
+            time.sleep(0.03)
+
+    ts = [threading.Thread(target=producer, args=(p,)) for p in range(2)] + [threading.Thread(target=sync_appender)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert w.sync_operator.persisted_ticks - ticks_before >= 2  # ticks kept coming while data was written
+    w.append(insert("end"))
+    expected.append("end")
+    for r in readers:
+        r.wait_for("end")
+        assert len(r.keys) == len(set(r.keys)), f"{r.s.name}: duplicates"
+        assert sorted(r.keys) == sorted(expected), f"{r.s.name}: lost or extra"
+    ro.close()
+    w.close()
+    for r in readers:
+        r.join(5)
+        assert not r.is_alive() and r.error is None, r.error
