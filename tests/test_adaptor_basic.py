@@ -365,55 +365,77 @@ def test_fenced_backend_makes_the_wal_unavailable(fb: FakeBuilder) -> None:
     op.close()
 
 
-def test_lifetime_an_interrupt_as_a_call_enters_or_leaves_never_leaves_it_counted(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A Ctrl-C can land between any two bytecodes: right after the call is registered, or in its exit before the
-    waiters are told. Either way close() must not wait for it for ever."""
+def test_lifetime_calls_stop_and_wait() -> None:
     from wal.adaptor._lifetime import Lifetime
 
     lt = Lifetime("t")
-    real_enter = Lifetime._enter
-
-    def enter_then_interrupted(self: Lifetime, token: object) -> None:
-        real_enter(self, token)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Lifetime, "_enter", enter_then_interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        with lt.call():
-            pass
-    monkeypatch.undo()
-    assert lt.wait(timeout=0.5)  # nothing left counted
-
-    # An interrupt that cuts the exit short after the call is unregistered: the notify is lost, wait still returns.
-    def leave_without_notify(self: Lifetime, token: object) -> None:
-        self._calls.discard(token)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Lifetime, "_leave", leave_without_notify)
     entered = threading.Event()
     release = threading.Event()
 
     def call() -> None:
-        try:
-            with lt.call():
-                entered.set()
-                release.wait(5)
-        except KeyboardInterrupt:
-            pass
+        with lt.call():
+            entered.set()
+            release.wait(5)
 
     t = threading.Thread(target=call)
     t.start()
     assert entered.wait(5)
     assert not lt.wait(timeout=0.05)  # in flight
-    threading.Timer(0.05, release.set).start()
-    t0 = time.monotonic()
-    assert lt.wait()  # returns although nobody notified
-    assert time.monotonic() - t0 < 2
-    t.join(5)
-    monkeypatch.undo()
-    assert lt.stop() and not lt.stop()
+    assert lt.stop() and not lt.stop()  # the first stop owns the close
     with pytest.raises(ShutdownError):
         with lt.call():
             pass
+    threading.Timer(0.05, release.set).start()
+    assert lt.wait(timeout=5)
+    assert not lt._calls  # the refused call left nothing behind
+    t.join(5)
+
+
+# An interrupt landing in a weakref callback (a thread ending) is "ignored" by Python: expected here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_lifetime_interrupts_at_any_bytecode_never_leave_a_call_counted() -> None:
+    """A Ctrl-C can land between any two bytecodes of the main thread, inside the lifetime's own code too; none
+    may leave a finished call counted (close() would wait for it for ever). Real signals at random moments (a
+    timer thread sends SIGUSR1, whose handler raises KeyboardInterrupt) into a loop of calls. The counter under a
+    condition it replaced left a call counted, or the condition's lock held, in ~30% of such trials."""
+    import random
+    import signal
+
+    from wal.adaptor._lifetime import Lifetime
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    main = threading.main_thread().ident
+    assert main is not None and threading.current_thread() is threading.main_thread()
+    rng = random.Random(5)
+    old = signal.signal(signal.SIGUSR1, interrupt)
+    trials = left = stuck = 0
+    try:
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            lt = Lifetime("t")
+            timer = threading.Timer(rng.uniform(1e-4, 2e-3), signal.pthread_kill, (main, signal.SIGUSR1))
+            # A trial blocked in a lock: interrupted again by wall time, and counted as hung.
+            rescue = threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGUSR1))
+            try:
+                timer.start()
+                rescue.start()
+                try:
+                    for _ in range(200_000):
+                        with lt.call():
+                            pass
+                except KeyboardInterrupt:
+                    pass
+                stuck += not rescue.is_alive()
+                rescue.cancel()
+                timer.join()
+            except KeyboardInterrupt:  # landed in the handler's own except clause
+                rescue.cancel()
+                timer.join()
+            trials += 1
+            left += bool(lt._calls)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert (left, stuck) == (0, 0), f"of {trials} interrupted trials, {left} left a call counted, {stuck} hung"
+    assert trials >= 50

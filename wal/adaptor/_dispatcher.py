@@ -191,6 +191,7 @@ class AppendDispatcher:
                     outcomes = [e] * n
         finally:
             if owned:
+                self._busy = False  # first, one store: an interrupt below must not leave the turn taken for good
                 with self._lock:
                     self._inflight -= n
                     self._end_inline()
@@ -269,18 +270,20 @@ class AppendDispatcher:
             raise
         finally:
             if owned:
+                self._busy = False  # first, one store: an interrupt below must not leave the turn taken for good
                 with self._lock:
                     self._end_inline()
                 for f in callbacks:  # after the batch is over: a callback may append, or close the WAL
                     f._invoke_callbacks()  # type: ignore[attr-defined]
 
     def _end_inline(self) -> None:
-        """A caller's inline run is over (lock held): free the turn, wake who waits for room, and the thread if it
-        has queued work or is owed its turn (else it sleeps on)."""
-        self._busy = False
+        """A caller's inline run is over and its turn freed (``_busy`` cleared just before, without the lock: a
+        Ctrl-C landing in this call or while it waits for the lock must not leave the turn taken for good). Lock
+        held: wake who waits for room, and the thread if it has queued work, is owed its turn, or has periodic work
+        due that this run did not do (it waited for the run to do it: see ``_run``), else it sleeps on."""
         if self._room_waiters:
             self._has_room.notify_all()
-        if self._idle and (self._queue or self._waits_for_inline):
+        if self._idle and (self._queue or self._waits_for_inline or time.monotonic() >= self._next_tick):
             self._idle = False
             self._has_work.notify()
 
@@ -585,3 +588,10 @@ class AppendDispatcher:
             self._has_room.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join()
+            return
+        # A done callback run by the thread closes the WAL: the thread ends only after this returns, so wait here
+        # for a producer's inline run (a batch, a tick) to end before the WAL goes on to close what it uses.
+        # Producers start no new run once closing.
+        with self._lock:
+            while self._busy:
+                self._has_work.wait(0.005)

@@ -1,10 +1,12 @@
 """Working/stopped state plus the calls in flight, so that close can wait for them (Milvus ``Lifetime``).
 
-Why a set of per-call tokens rather than a counter: a Ctrl-C (``KeyboardInterrupt``) can be raised between any
-two bytecodes of the main thread. With a counter, one landing after the increment and before the ``try`` that
-undoes it leaves the call counted for ever, and ``close()`` then waits for ever. Here the call is registered
-inside the ``try`` and removed in one C call (``set.discard``, a no-op if it was never added), so no point of an
-interrupt leaves a finished call registered; a notify lost to an interrupt only delays ``wait`` by one poll.
+Why no lock and a set of per-call tokens: a Ctrl-C (``KeyboardInterrupt``) can be raised between any two
+bytecodes of the main thread, and also inside ``Condition.__enter__``/``__exit__`` (Python code): with a counter
+under a condition, one landing after the increment and before the ``try`` left the call counted, and one landing
+inside the condition left its lock held; either way ``close()`` then waited for ever. Here a call is registered
+and removed by one C call each (``set.add``, ``set.discard``: a no-op if it was never added), both inside the
+``try``, and nothing takes a lock; ``wait`` polls. A call that registers after ``stop`` sees the flag and backs
+out, and ``stop`` sets the flag before anyone waits, so no call slips past a close.
 """
 
 from __future__ import annotations
@@ -18,57 +20,43 @@ from ..errors import ShutdownError
 
 __all__ = ["Lifetime"]
 
-_POLL = 0.1
-"""``wait`` re-checks at least this often (seconds): a notify cut short by an interrupt is not waited for."""
+_POLL = 0.002
+"""How often ``wait`` looks at the calls in flight (seconds): only a close waits, and only for calls in flight."""
 
 
 class Lifetime:
     def __init__(self, what: str) -> None:
         self._what = what
-        self._cond = threading.Condition(threading.Lock())
         self._stopped = False
+        self._first = threading.Lock()  # taken by the first stop(): its caller owns the close
         self._calls: set[object] = set()
 
     @property
     def stopped(self) -> bool:
         return self._stopped
 
-    def _enter(self, token: object) -> None:
-        """Register a call; raises :class:`ShutdownError` once stopped."""
-        with self._cond:
-            if self._stopped:
-                raise ShutdownError(f"{self._what} is closed")
-            self._calls.add(token)
-
-    def _leave(self, token: object) -> None:
-        self._calls.discard(token)  # first, in one C call: nothing after it can leave the call registered
-        if not self._calls:
-            with self._cond:
-                self._cond.notify_all()
-
     @contextmanager
     def call(self) -> Iterator[None]:
+        """Run a call; raises :class:`ShutdownError` once stopped."""
         token = object()
         try:
-            self._enter(token)
+            self._calls.add(token)  # registered first, then the flag read: stop() sets it before waiting
+            if self._stopped:
+                raise ShutdownError(f"{self._what} is closed")
             yield
         finally:
-            self._leave(token)
+            self._calls.discard(token)
 
     def stop(self) -> bool:
         """Refuse new calls; True for the first caller only (who then owns the close)."""
-        with self._cond:
-            first = not self._stopped
-            self._stopped = True
-            return first
+        self._stopped = True
+        return self._first.acquire(False)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until no call is in flight (False if ``timeout`` passed first)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._calls:
-                left = _POLL if deadline is None else min(deadline - time.monotonic(), _POLL)
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+        while self._calls:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL)
+        return True

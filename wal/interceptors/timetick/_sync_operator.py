@@ -1,6 +1,7 @@
 """The time-tick sync (Milvus ``timetick_sync_operator.go``): turns acknowledged appends into a tick.
 
-Called only from the WAL's dispatcher thread, in three modes:
+Called by whoever holds the WAL's append turn (the dispatcher thread, or a caller running a batch inline:
+see ``wal/adaptor/_dispatcher.py``), one at a time, in three modes:
 
 - ``BATCH`` after every appended batch: a not-persisted tick that hands the batch to the write-ahead buffer, so
   tailing readers see a message as soon as its append is acknowledged;
