@@ -439,3 +439,37 @@ def test_lifetime_interrupts_at_any_bytecode_never_leave_a_call_counted() -> Non
         signal.signal(signal.SIGUSR1, old)
     assert (left, stuck) == (0, 0), f"of {trials} interrupted trials, {left} left a call counted, {stuck} hung"
     assert trials >= 50
+
+
+def test_close_from_a_done_callback_while_another_thread_closes_does_not_deadlock(fb: FakeBuilder) -> None:
+    """One thread closes the WAL (and waits for the append thread to end) while a done callback run by that
+    append thread closes it too: the second close must return, not wait for the first."""
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    first_close_started = threading.Event()
+    second_returned = threading.Event()
+
+    ran_in: list[str] = []
+
+    def close_again(_: object) -> None:
+        ran_in.append(threading.current_thread().name)
+        first_close_started.wait(5)
+        time.sleep(0.1)  # the first close is now waiting for this thread
+        w.close()
+        second_returned.set()
+
+    f = w.append_async(MutableMessage(MessageType.INSERT, b"x", vchannel="v1"))  # a lone append: the thread runs it
+    f.add_done_callback(close_again)
+
+    def close_first() -> None:
+        first_close_started.set()
+        w.close()
+
+    closer = threading.Thread(target=close_first, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive(), "close deadlocked with a close from a done callback"
+    assert second_returned.is_set()
+    assert ran_in and ran_in[0].startswith("wal-append"), ran_in  # the scenario: the callback ran in that thread
+    assert f.result(1).message_id is not None
+    op.close()

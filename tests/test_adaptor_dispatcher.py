@@ -565,3 +565,69 @@ def test_interrupts_in_a_pipelining_main_thread_never_wedge_the_dispatcher() -> 
         signal.signal(signal.SIGUSR1, old)
     assert not problems, problems
     assert rounds >= 20
+
+
+def test_done_callbacks_of_futures_failed_by_a_broken_batch_run_once_the_thread_freed_its_turn() -> None:
+    """A processor that breaks its promise (a bug) fails the batch's futures; their done callbacks must run
+    after the thread freed its turn, like any callback: one that closes the WAL would otherwise wait for the
+    thread's own turn for ever."""
+    seen: list[bool] = []
+    closed = threading.Event()
+
+    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+        return []  # one outcome per message was promised
+
+    d = AppendDispatcher("t", process, max_inflight=100, max_batch=4, ready=_ready(), period=10)
+    f = d.submit_one(m(0))  # a lone append: the thread takes it
+
+    def close_from_callback(_: object) -> None:
+        seen.append(d._busy)
+        d.close()
+        closed.set()
+
+    f.add_done_callback(close_from_callback)
+    assert isinstance(f.exception(5), WALError)
+    assert closed.wait(5), "close from the callback hung"
+    assert seen == [False]
+    d._thread.join(5)
+    assert not d._thread.is_alive()
+
+
+def test_done_callbacks_of_futures_failed_after_an_interrupt_run_once_the_turn_is_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An interrupt in a producer's inline run fails the futures it took; their callbacks run after the turn is
+    freed (one that closes the WAL or appends synchronously would wait for the turn)."""
+
+    def interrupted(self: AppendDispatcher, *args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AppendDispatcher, "_run_taken", interrupted)
+    _, process = _recording()
+    d = AppendDispatcher("t", process, max_inflight=100, max_batch=4, ready=_ready(), period=10)  # type: ignore[arg-type]
+    seen: list[bool] = []
+    futs = []
+    with pytest.raises(KeyboardInterrupt):
+        for i in range(4):  # one tight loop: the 4th fills the batch and runs it here before the thread wakes
+            futs.append(d.submit_one(m(i)))
+            futs[-1].add_done_callback(lambda _: seen.append(d._busy))
+    assert len(futs) == 3  # the 4th call ran the batch and was interrupted
+    assert all(isinstance(f.exception(5), WALError) for f in futs)
+    assert seen and not any(seen), seen
+    d.close()
+
+
+def test_a_done_callback_of_a_future_failed_by_close_may_close_too() -> None:
+    """Futures still queued when a WAL that never became ready closes are failed by the thread; a callback of
+    theirs that closes the WAL again must not deadlock on the dispatcher's lock."""
+    ready = threading.Event()  # never set
+    _, process = _recording()
+    d = AppendDispatcher("t", process, max_inflight=100, max_batch=4, ready=ready, period=10)  # type: ignore[arg-type]
+    f = d.submit_one(m(0))
+    again = threading.Event()
+    f.add_done_callback(lambda _: (d.close(), again.set()))
+    closer = threading.Thread(target=d.close, daemon=True)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive() and again.is_set()
+    assert isinstance(f.exception(1), ShutdownError)

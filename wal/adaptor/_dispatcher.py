@@ -65,6 +65,11 @@ def _accept_any(msg: object) -> object:
     return msg
 
 
+def _invoke_callbacks(futs: list[AppendFuture[Any]]) -> None:
+    for f in futs:
+        f._invoke_callbacks()  # type: ignore[attr-defined]
+
+
 def _interrupted() -> WALError:
     """The outcome of an append whose batch an interrupt (Ctrl-C) cut short."""
     return WALError("append interrupted while its batch was written: it may or may not be persisted")
@@ -266,7 +271,7 @@ class AppendDispatcher:
                 self._run_periodic(False, now)
         except BaseException:
             if owned:
-                self._fail_taken(taken, done[0])
+                self._fail_taken(taken, done[0], callbacks)
             raise
         finally:
             if owned:
@@ -296,11 +301,11 @@ class AppendDispatcher:
             batch: list[_Entry] = chunk[0::2]
             self._run_batch(batch, chunk[1::2], len(batch), False, callbacks, done, inline=True)
 
-    def _fail_taken(self, taken: deque[Any], done: int) -> None:
-        """After an interrupt: fail the taken futures not settled, and count out of ``_inflight`` those no batch
-        counted out (``done`` of them were)."""
+    def _fail_taken(self, taken: deque[Any], done: int, callbacks: list[AppendFuture[Any]]) -> None:
+        """After an interrupt: fail the taken futures not settled (their callbacks left in ``callbacks``, run once
+        the turn is free), and count out of ``_inflight`` those no batch counted out (``done`` of them were)."""
         items = list(taken)
-        self._fail_unsettled(items[0::2])
+        self._fail_unsettled(items[0::2], callbacks)
         with self._fcond:  # wake result() waiters even if an interrupted settle skipped its notify
             self._fcond.notify_all()
         with self._lock:
@@ -317,11 +322,13 @@ class AppendDispatcher:
         popleft = queue.popleft
         return [popleft() for _ in range(self._batch_len)]
 
-    def _fail_unsettled(self, batch: list[Any]) -> None:
+    def _fail_unsettled(self, batch: list[Any], callbacks: list[AppendFuture[Any]]) -> None:
+        """Fail the futures of ``batch`` still running; their done callbacks are left in ``callbacks`` (the caller
+        holds the turn: a callback may append, or close the WAL, which waits for the turn)."""
         left = [f for f in batch if isinstance(f, AppendFuture) and f._state == RUNNING]
         if left:
             err = _interrupted()
-            complete_all(self._fcond, left, [err] * len(left))
+            complete_all(self._fcond, left, [err] * len(left), callbacks)
 
     def _may_run_inline(self) -> bool:
         """Whether the producer whose message fills a batch runs that batch itself (lock held), as a synchronous
@@ -361,11 +368,13 @@ class AppendDispatcher:
             if self._ready.wait(0.05):
                 break
             with self._lock:
-                if self._closing:
-                    self._fail_queued()
-                    return
+                failed = self._fail_queued() if self._closing else None
+            if failed is not None:
+                _invoke_callbacks(failed)
+                return
         self._next_tick = time.monotonic() + self._period
         seen_inline = 0  # _inline_runs when the thread last took a batch
+        aborted: list[AppendFuture[Any]] = []
         while True:
             with self._lock:
                 # Queued futures (no group): their producers run full batches themselves (see submit_one). The
@@ -426,8 +435,8 @@ class AppendDispatcher:
                 self._busy = True
                 self._runner_ticks = False
                 if self._abort:
-                    self._fail_queued()
-                    return
+                    aborted = self._fail_queued()
+                    break  # out of the loop, lock released, to run their callbacks
                 seen_inline = self._inline_runs
                 groups = self._groups
                 if not groups:  # futures only (append_async): one message each, taken in C
@@ -457,7 +466,7 @@ class AppendDispatcher:
                 try:
                     woken = self._run_batch(batch, msgs, n, groups > 0, callbacks) if batch else 0
                 except Exception:  # a bug, not an append's failure: fail the batch, keep the thread alive
-                    self._fail_unsettled(batch)
+                    self._fail_unsettled(batch, callbacks)
                     woken = 0
                 if woken >= 2:
                     self._gather(woken)
@@ -473,6 +482,7 @@ class AppendDispatcher:
                 f._invoke_callbacks()  # type: ignore[attr-defined]
             if stop:
                 return
+        _invoke_callbacks(aborted)
 
     def _run_batch(
         self,
@@ -558,7 +568,9 @@ class AppendDispatcher:
                 self._idle = False
             self._wake_at = 1
 
-    def _fail_queued(self) -> None:
+    def _fail_queued(self) -> list[AppendFuture[Any]]:
+        """Fail what is queued (lock held); returns the futures whose done callbacks are due, for the caller to run
+        once the lock is released (a callback may close the WAL, which takes it)."""
         err = ShutdownError("wal is closed")
         futs: list[AppendFuture[Any]] = []
         waiters: list[GroupWaiter] = []
@@ -573,10 +585,12 @@ class AppendDispatcher:
             m, waiter = e
             waiters.append(waiter)
             self._inflight -= len(m)
-        complete_all(self._fcond, futs, [err] * len(futs))
+        called: list[AppendFuture[Any]] = []
+        complete_all(self._fcond, futs, [err] * len(futs), called)
         for w in waiters:
             w.settle(err)
         self._has_room.notify_all()
+        return called
 
     def close(self, drain: bool = True) -> None:
         """Stop accepting; finish what is queued (``drain``) or fail it with ShutdownError; join the thread."""
@@ -591,7 +605,11 @@ class AppendDispatcher:
             return
         # A done callback run by the thread closes the WAL: the thread ends only after this returns, so wait here
         # for a producer's inline run (a batch, a tick) to end before the WAL goes on to close what it uses.
-        # Producers start no new run once closing.
+        # Producers start no new run once closing. (The thread runs callbacks only without the turn.)
         with self._lock:
             while self._busy:
                 self._has_work.wait(0.005)
+
+    def in_thread(self) -> bool:
+        """Whether the caller is this dispatcher's thread (running a done callback)."""
+        return threading.current_thread() is self._thread

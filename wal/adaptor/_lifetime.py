@@ -20,7 +20,7 @@ from ..errors import ShutdownError
 
 __all__ = ["Lifetime"]
 
-_POLL = 0.002
+_POLL = 0.01
 """How often ``wait`` looks at the calls in flight (seconds): only a close waits, and only for calls in flight."""
 
 

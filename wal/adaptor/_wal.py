@@ -162,12 +162,17 @@ class ROWALAdaptor(WAL):
     # -- close ------------------------------------------------------------------------------------------------
     def close(self) -> None:
         if not self._lifetime.stop():
-            self._closed.wait()
+            if self._may_wait_for_close():
+                self._closed.wait()
             return
         try:
             self._close_inner()
         finally:
             self._closed.set()
+
+    def _may_wait_for_close(self) -> bool:
+        """Whether a second close may wait for the first to finish (not when the first waits for this caller)."""
+        return True
 
     def _close_inner(self) -> None:
         self._unavailable.set()
@@ -541,6 +546,11 @@ class WALAdaptor(ROWALAdaptor):
         self._chain.close()
         if self._cleanup is not None:
             self._cleanup(self)
+
+    def _may_wait_for_close(self) -> bool:
+        # A done callback run by the dispatcher thread while another thread closes the WAL: that close waits for
+        # the thread to end, so this one must return at once.
+        return not self._dispatcher.in_thread()
 
     def _close_time_tick(self) -> None:
         self._wab.close()
