@@ -37,7 +37,16 @@ from typing import Any
 from .._types import AppendResult
 from ..errors import ShutdownError, WALError, WALTimeoutError
 from ..message import MessageType, MutableMessage
-from ._future import Appended, AppendFuture, GroupWaiter, complete_all, complete_appended, future_class, new_condition
+from ._future import (
+    Appended,
+    AppendFuture,
+    GroupWaiter,
+    complete_all,
+    complete_appended,
+    future_class,
+    invoke_callbacks,
+    new_condition,
+)
 
 __all__ = ["AppendDispatcher", "BatchProcessor", "FuturesProcessor"]
 
@@ -63,11 +72,6 @@ message succeeded; the futures build their results when read)."""
 
 def _accept_any(msg: object) -> object:
     return msg
-
-
-def _invoke_callbacks(futs: list[AppendFuture[Any]]) -> None:
-    for f in futs:
-        f._invoke_callbacks()  # type: ignore[attr-defined]
 
 
 def _interrupted() -> WALError:
@@ -278,8 +282,7 @@ class AppendDispatcher:
                 self._busy = False  # first, one store: an interrupt below must not leave the turn taken for good
                 with self._lock:
                     self._end_inline()
-                for f in callbacks:  # after the batch is over: a callback may append, or close the WAL
-                    f._invoke_callbacks()  # type: ignore[attr-defined]
+                invoke_callbacks(callbacks)  # after the batch is over: a callback may append, or close the WAL
 
     def _end_inline(self) -> None:
         """A caller's inline run is over and its turn freed (``_busy`` cleared just before, without the lock: a
@@ -370,7 +373,7 @@ class AppendDispatcher:
             with self._lock:
                 failed = self._fail_queued() if self._closing else None
             if failed is not None:
-                _invoke_callbacks(failed)
+                invoke_callbacks(failed)
                 return
         self._next_tick = time.monotonic() + self._period
         seen_inline = 0  # _inline_runs when the thread last took a batch
@@ -478,11 +481,10 @@ class AppendDispatcher:
             finally:
                 with self._lock:
                     self._busy = False
-            for f in callbacks:  # after the batch is over: a callback may append, or close the WAL
-                f._invoke_callbacks()  # type: ignore[attr-defined]
+            invoke_callbacks(callbacks)  # after the batch is over: a callback may append, or close the WAL
             if stop:
                 return
-        _invoke_callbacks(aborted)
+        invoke_callbacks(aborted)
 
     def _run_batch(
         self,
@@ -600,7 +602,7 @@ class AppendDispatcher:
             self._abort = not drain
             self._has_work.notify_all()
             self._has_room.notify_all()
-        if threading.current_thread() is not self._thread:
+        if not self.in_thread():
             self._thread.join()
             return
         # A done callback run by the thread closes the WAL: the thread ends only after this returns, so wait here

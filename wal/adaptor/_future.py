@@ -32,6 +32,7 @@ __all__ = [
     "complete_all",
     "complete_appended",
     "future_class",
+    "invoke_callbacks",
     "new_condition",
     "new_future",
 ]
@@ -278,7 +279,12 @@ def _run_callbacks(called: list[AppendFuture[Any]], callbacks: list[AppendFuture
     if callbacks is not None:
         callbacks += called
         return
-    for f in called:
+    invoke_callbacks(called)
+
+
+def invoke_callbacks(futs: list[AppendFuture[Any]]) -> None:
+    """Run the done callbacks of settled futures whose callbacks were left to the caller (see ``callbacks``)."""
+    for f in futs:
         f._invoke_callbacks()  # type: ignore[attr-defined]
 
 
