@@ -25,7 +25,8 @@ except Exception:
 
 class Log:
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        self.lock = threading.RLock()  # ``with lock`` (C), not ``with cond`` (Python): a Ctrl-C cannot leave it held
+        self.cond = threading.Condition(self.lock)
         self.entries: list[ImmutableMessage] = []
 
 
@@ -44,7 +45,7 @@ class FakeScanner(ScannerImpls):
         return self.recv_batch(1, timeout)[0]
 
     def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
-        with self._log.cond:
+        with self._log.lock:
             ok = self._log.cond.wait_for(lambda: self._done.is_set() or self._pos < len(self._log.entries), timeout)
             if self._done.is_set():
                 raise ShutdownError("closed")
@@ -61,7 +62,7 @@ class FakeScanner(ScannerImpls):
         return None
 
     def close(self) -> None:
-        with self._log.cond:
+        with self._log.lock:
             self._done.set()
             self._log.cond.notify_all()
 
@@ -87,7 +88,7 @@ class FakeWAL(WALImpls):
         if self._b.read_failures is not None:
             self._b.read_failures(opt)
         p = opt.deliver_policy
-        with self._log.cond:
+        with self._log.lock:
             n = len(self._log.entries)
         if p.kind is DeliverPolicyKind.ALL:
             start = 0
@@ -111,7 +112,7 @@ class FakeWAL(WALImpls):
         self._b.append_batches.append(len(msgs))
         if self._b.append_hook is not None:
             self._b.append_hook(msgs)
-        with self._log.cond:
+        with self._log.lock:
             ids: list[MessageID] = []
             for m in msgs:
                 mid = FakeID(len(self._log.entries))
@@ -121,7 +122,7 @@ class FakeWAL(WALImpls):
             return ids
 
     def last_time_tick(self) -> int:
-        with self._log.cond:
+        with self._log.lock:
             return max((m.time_tick for m in self._log.entries), default=0)
 
     def truncate(self, message_id: MessageID) -> None:

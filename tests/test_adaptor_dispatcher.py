@@ -519,21 +519,16 @@ def test_interrupts_in_a_pipelining_main_thread_never_wedge_the_dispatcher() -> 
     afterwards close returns and every future it got is settled. A broad check, not a sharp one: the window the
     test above pins down was hit about once in 500 rounds like these (~170 in this test's 3 s)."""
     import random
-    import signal
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    from _interrupts import returns_within, run_interrupted, sigusr1_interrupts
 
     def periodic(persisted: bool) -> None:
         sum(range(200))  # some Python work to be interrupted in
 
-    main = threading.main_thread().ident
-    assert main is not None and threading.current_thread() is threading.main_thread()
     rng = random.Random(11)
-    old = signal.signal(signal.SIGUSR1, interrupt)
     rounds = 0
     problems: list[str] = []
-    try:
+    with sigusr1_interrupts() as main:
         end = time.monotonic() + 3.0
         while time.monotonic() < end:
             _, process = _recording()
@@ -541,28 +536,18 @@ def test_interrupts_in_a_pipelining_main_thread_never_wedge_the_dispatcher() -> 
                 "t", process, max_inflight=32, max_batch=2, ready=_ready(), periodic=periodic, period=0.002,  # type: ignore[arg-type]
             )
             futs: list[cf.Future[AppendResult]] = []
-            timer = threading.Timer(rng.uniform(1e-4, 3e-3), signal.pthread_kill, (main, signal.SIGUSR1))
-            try:
-                timer.start()
-                try:
-                    for i in range(20_000):
-                        futs.append(d.submit_one(m(i)))
-                except KeyboardInterrupt:
-                    pass
-                timer.join()
-            except KeyboardInterrupt:  # landed in the handler's own except clause
-                timer.join()
+
+            def pipeline() -> None:
+                for i in range(20_000):
+                    futs.append(d.submit_one(m(i)))
+
+            run_interrupted(main, rng.uniform(1e-4, 3e-3), pipeline)
             rounds += 1
-            closer = threading.Thread(target=d.close, daemon=True)
-            closer.start()
-            closer.join(5)
-            if closer.is_alive():
+            if not returns_within(d.close, 5):
                 problems.append(f"round {rounds}: close hangs (turn taken: {d._busy})")
                 continue
             if any(not f.done() for f in futs):
                 problems.append(f"round {rounds}: futures left pending")
-    finally:
-        signal.signal(signal.SIGUSR1, old)
     assert not problems, problems
     assert rounds >= 20
 

@@ -99,6 +99,7 @@ class AppendDispatcher:
         check: Callable[[object], object] = _accept_any,
         refused_types: frozenset[MessageType] = frozenset(),
         process_futures: FuturesProcessor | None = None,
+        on_interrupt: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._process = process
         self._process_futures: FuturesProcessor = process if process_futures is None else process_futures
@@ -109,6 +110,7 @@ class AppendDispatcher:
         self._ready = ready
         self._periodic = periodic
         self._period = period
+        self._on_interrupt = on_interrupt
         self._lock = threading.Lock()
         self._has_work = threading.Condition(self._lock)
         self._has_room = threading.Condition(self._lock)
@@ -198,6 +200,7 @@ class AppendDispatcher:
                     outcomes: object = self._process(msgs)
                 except BaseException as e:  # the processor promised not to raise
                     outcomes = [e] * n
+                    self._cut_short(e)
         finally:
             if owned:
                 self._busy = False  # first, one store: an interrupt below must not leave the turn taken for good
@@ -309,7 +312,7 @@ class AppendDispatcher:
         the turn is free), and count out of ``_inflight`` those no batch counted out (``done`` of them were)."""
         items = list(taken)
         self._fail_unsettled(items[0::2], callbacks)
-        with self._fcond:  # wake result() waiters even if an interrupted settle skipped its notify
+        with self._fcond.lock:  # wake result() waiters even if an interrupted settle skipped its notify
             self._fcond.notify_all()
         with self._lock:
             self._inflight -= len(items) // 2 - done
@@ -357,7 +360,19 @@ class AppendDispatcher:
             self._periodic(persisted)
         except Exception:  # a failed tick must not kill appends; the next one retries
             pass
-        self._next_tick = now + self._period
+        except BaseException as ex:  # Ctrl-C, SystemExit: the tick's bookkeeping may be cut short
+            self._cut_short(ex)
+            if threading.current_thread() is not self._thread:
+                raise  # a producer's run: the interrupt is its caller's; the thread lives on to fail what comes
+        finally:
+            self._next_tick = now + self._period
+
+    def _cut_short(self, ex: BaseException) -> None:
+        """``ex`` escaped the processor or the periodic work. One that is not an ``Exception`` (Ctrl-C,
+        SystemExit) may have cut their bookkeeping short (a time tick allocated and never acknowledged holds every
+        later one back), so the owner is told (the WAL stops writing, see ``WALAdaptor._on_interrupt``)."""
+        if self._on_interrupt is not None and not isinstance(ex, Exception):
+            self._on_interrupt(ex)
 
     def trigger(self, persisted: bool) -> None:
         """Run the periodic work now (``persisted`` is passed on; a True request wins over a False one)."""
@@ -511,8 +526,10 @@ class AppendDispatcher:
                 outcomes = self._process(msgs) if groups else self._process_futures(msgs)
             except BaseException as ex:  # the processor promised not to raise; fail the batch, do not hang callers
                 outcomes = [ex] * len(msgs)
-                if inline and not isinstance(ex, Exception):
-                    interrupt = ex
+                if not isinstance(ex, Exception):  # Ctrl-C, SystemExit: never raised in another thread's result()
+                    self._cut_short(ex)
+                    if inline:
+                        interrupt = ex
                     failed = _interrupted()
                     failed.__cause__ = ex
                     outcomes = [failed] * len(msgs)

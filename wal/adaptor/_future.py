@@ -29,6 +29,7 @@ __all__ = [
     "AppendFuture",
     "Appended",
     "GroupWaiter",
+    "SharedCondition",
     "complete_all",
     "complete_appended",
     "future_class",
@@ -54,9 +55,19 @@ class _Lazy:
 _LAZY: Any = _Lazy()
 
 
-def new_condition() -> threading.Condition:
-    """The condition shared by the futures of one WAL (reentrant: ``concurrent.futures.wait`` needs that)."""
-    return threading.Condition(threading.RLock())
+class SharedCondition(threading.Condition):
+    """The condition shared by the futures of one WAL, with its reentrant lock (``concurrent.futures.wait``
+    needs that) as ``lock``: the WAL's own code enters ``with cond.lock``, whose C ``__enter__``/``__exit__`` a
+    Ctrl-C cannot split, where ``with cond`` runs Python ones that it can (leaving the lock held for good)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        super().__init__(self.lock)
+
+
+def new_condition() -> SharedCondition:
+    """The condition shared by the futures of one WAL."""
+    return SharedCondition()
 
 
 class AppendFuture(Future[T]):
@@ -66,7 +77,7 @@ class AppendFuture(Future[T]):
     # made on first use (most appends never have either). ``_id``/``_tt``/``_lc``/``_txn``: the fields of the
     # result of a future settled by :func:`complete_appended` (``_result`` is ``_LAZY`` until ``result()``).
     __slots__ = ("_exception", "_id", "_lc", "_result", "_state", "_tt", "_txn", "_x")
-    _condition: threading.Condition  # a class attribute of the WAL's future class
+    _condition: SharedCondition  # a class attribute of the WAL's future class
 
     # ``_result``/``_exception`` are set when it is settled (both, by :func:`complete_all` or
     # :func:`complete_appended`): read only after.
@@ -97,7 +108,7 @@ class AppendFuture(Future[T]):
 
     def _wait_finished(self, timeout: float | None) -> None:
         """Return once finished (lock not held on return); TimeoutError after ``timeout``."""
-        with self._condition:
+        with self._condition.lock:
             deadline = None
             while self._state != FINISHED:
                 if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
@@ -169,7 +180,7 @@ class AllSucceeded(list[Any]):
     __slots__ = ()
 
 
-def future_class(cond: threading.Condition) -> type[AppendFuture[Any]]:
+def future_class(cond: SharedCondition) -> type[AppendFuture[Any]]:
     """The future class of one WAL: :class:`AppendFuture` with ``cond`` as the condition all its futures share
     (a class attribute: nothing to store per future).
 
@@ -188,7 +199,7 @@ def new_future(cls: type[AppendFuture[T]]) -> AppendFuture[T]:
 
 
 def complete_all(
-    cond: threading.Condition,
+    cond: SharedCondition,
     futs: Sequence[AppendFuture[Any]],
     outcomes: Sequence[object],
     callbacks: list[AppendFuture[Any]] | None = None,
@@ -201,7 +212,7 @@ def complete_all(
     callbacks are due are appended to it.
     """
     called: list[AppendFuture[Any]] = []
-    with cond:
+    with cond.lock:
         if outcomes.__class__ is AllSucceeded:  # the usual batch
             # No exception to test for, and every future is still running: an append's future is settled only
             # here, once (set_result raises, cancel() is refused), and a batch's futures left the queue together.
@@ -238,7 +249,7 @@ def complete_all(
 
 
 def complete_appended(
-    cond: threading.Condition,
+    cond: SharedCondition,
     futs: Sequence[AppendFuture[Any]],
     appended: Appended,
     callbacks: list[AppendFuture[Any]] | None = None,
@@ -247,7 +258,7 @@ def complete_appended(
     time tick, last-confirmed ID (its own ID when None) and txn context) and builds the result when read.
     A batch's futures are all still running (see :func:`complete_all`)."""
     called: list[AppendFuture[Any]] = []
-    with cond:
+    with cond.lock:
         special: list[AppendFuture[Any]] = []
         for f, m, o in zip(futs, appended.msgs, appended, strict=True):
             f._id = o

@@ -26,6 +26,7 @@ from ..errors import (
     InvalidMessageError,
     InvalidMessageIDError,
     ShutdownError,
+    WALError,
     WALLockedError,
     WALTimeoutError,
 )
@@ -203,7 +204,10 @@ class WALAdaptor(ROWALAdaptor):
         super().__init__(impls, opts, cleanup)
         self._wimpls = impls
         self._term = impls.channel.term
-        self._fenced: FencedError | None = None
+        # Set once this WAL writes no more: fenced by a newer term (readers go on), or an interrupt cut its append
+        # bookkeeping short (``_broken`` too: readers end; see _on_interrupt).
+        self._write_error: WALError | None = None
+        self._broken = False
         param = InterceptorBuildParam(channel=self._channel, options=opts)
         self._init_time_tick(param)
         interceptors = [b.build(param) for b in builders]
@@ -232,6 +236,7 @@ class WALAdaptor(ROWALAdaptor):
             check=self._check_msg,
             refused_types=_WAL_ONLY_TYPES,
             process_futures=self._process_futures,
+            on_interrupt=self._on_interrupt,
         )
         # append_async is the dispatcher's submit_one itself (the same checks and errors as the method below,
         # which stays for the class's readers): one Python call less per pipelined append.
@@ -301,6 +306,8 @@ class WALAdaptor(ROWALAdaptor):
             pass  # the buffer closed under a late batch; nothing reads it any more
 
     def _tailing_source(self) -> WriteAheadBuffer | None:
+        if self._broken:
+            raise self._refusal()
         return self._wab
 
     @property
@@ -316,14 +323,14 @@ class WALAdaptor(ROWALAdaptor):
         """The end of the chain: persisted messages go to the backend as one group commit; a not-persisted tick
         takes its last-confirmed ID as its ID and is never written.
         """
-        if self._fenced is not None:
-            return [self._fenced] * len(msgs)
+        if self._write_error is not None:
+            return [self._refusal()] * len(msgs)
         persisted = msgs if len(msgs) == 1 and not msgs[0].not_persisted else [m for m in msgs if not m.not_persisted]
         try:
             got = self._wimpls.append_batch(persisted) if persisted else []
         except FencedError as e:
             # A newer term owns the channel: writing is over for this WAL (readers keep working).
-            self._fenced = e
+            self._write_error = e
             self._unavailable.set()
             return [e] * len(msgs)
         except _REFUSED_MESSAGE as e:
@@ -338,13 +345,41 @@ class WALAdaptor(ROWALAdaptor):
             return list(got)
         return self._map_outcomes(msgs, list(got))
 
+    def _refusal(self) -> WALError:
+        """A fresh copy of ``_write_error`` (raising one instance again and again would pile up its traceback)."""
+        e = self._write_error
+        assert e is not None
+        out = type(e)(*e.args)
+        out.__cause__ = e.__cause__
+        return out
+
+    def _on_interrupt(self, ex: BaseException) -> None:
+        """Ctrl-C or SystemExit escaped the interceptor chain or the periodic tick (the dispatcher calls this, in
+        the thread that ran them). Their bookkeeping may be cut short anywhere: a time tick allocated and never
+        acknowledged holds every later one back (appends went on being acknowledged while tailing readers never
+        received them), and the write-ahead buffer may hold a batch half handed over. So this WAL is done: appends
+        and new reads fail with this error, and open scanners end with it after delivering what they had
+        released. What was acknowledged is in the backend; reopening the WAL (recovery) is the way back.
+        """
+        if self._write_error is None or not self._broken:
+            err = WALError(f"a {type(ex).__name__} cut this WAL's append bookkeeping short: reopen it")
+            err.__cause__ = ex
+            self._write_error = err
+            self._broken = True
+        self._unavailable.set()
+        with self._scanners_lock:
+            scanners = list(self._scanners.values())
+        for sc in scanners:
+            sc._fail(self._refusal())
+        self._wab.close()  # after the scanners failed: one closed under a reader first would end without the error
+
     def _append_alone(self, m: MutableMessage) -> AppendOutcome:
-        if self._fenced is not None:
-            return self._fenced
+        if self._write_error is not None:
+            return self._refusal()
         try:
             return self._wimpls.append(m)
         except FencedError as e:
-            self._fenced = e
+            self._write_error = e
             self._unavailable.set()
             return e
         except Exception as e:

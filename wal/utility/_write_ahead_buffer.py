@@ -55,7 +55,9 @@ class WriteAheadBuffer:
         if first_time_tick.message_type is not MessageType.TIME_TICK:
             raise InvalidArgumentError(f"write-ahead buffer {name!r} must start from a TIME_TICK message")
         self.name = name
-        self._lock = threading.Lock()  # the condition's; ``with self._lock`` skips Condition.__enter__
+        # The condition's lock, entered as ``with self._lock``: a C __enter__/__exit__ that a Ctrl-C cannot leave
+        # held, unlike the condition's Python ones (and a call less).
+        self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue = WABQueue(capacity_bytes, keepalive, first_time_tick, now)
         self._id_cls = id_class_of(first_time_tick)  # rebuilds the queue's compact entries (see _wab_compact)
@@ -81,7 +83,7 @@ class WriteAheadBuffer:
 
     @property
     def last_time_tick_message(self) -> ImmutableMessage:
-        with self._cond:
+        with self._lock:
             return self._tick()
 
     def _tick(self) -> ImmutableMessage:
@@ -115,7 +117,7 @@ class WriteAheadBuffer:
         tick to readers that have caught up.
         """
         tt = time_tick_msg.time_tick
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
             last = self._last_tt
@@ -189,7 +191,7 @@ class WriteAheadBuffer:
         ``timeout`` seconds, ``ShutdownError`` when closed.
         """
         deadline = _deadline(timeout)
-        with self._cond:
+        with self._lock:
             while True:
                 if self._closed:
                     raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
@@ -223,7 +225,7 @@ class WriteAheadBuffer:
         self, reader: WriteAheadBufferReader, deadline: float | None
     ) -> WABSnapshot | ImmutableMessage:
         """The reader's next snapshot, or the newest (not stored) tick when nothing is stored after the reader."""
-        with self._cond:
+        with self._lock:
             while True:
                 if self._closed:
                     raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
@@ -238,19 +240,19 @@ class WriteAheadBuffer:
 
     def close(self) -> None:
         """Wake and fail every blocked reader; later calls raise ``ShutdownError``."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._cond.notify_all()
 
     def __len__(self) -> int:
-        with self._cond:
+        with self._lock:
             if self._pending:
                 self._fold()
             return len(self._queue)
 
     @property
     def size(self) -> int:
-        with self._cond:
+        with self._lock:
             if self._pending:
                 self._fold()
             return self._queue.size

@@ -23,7 +23,8 @@ class TxnManager:
     def __init__(self, clock: HybridClock, default_keepalive: float = 10.0) -> None:
         self._clock = clock
         self._default_keepalive = default_keepalive
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # ``with lock`` (C), not ``with cond`` (Python): a Ctrl-C cannot leave it held
+        self._cond = threading.Condition(self._lock)
         self._sessions: dict[int, TxnSession] = {}
         self._closing = False
         self._cleaning = 0  # cleanup_txn_until calls running cleanups outside the lock
@@ -37,7 +38,7 @@ class TxnManager:
             keepalive = self._default_keepalive
         if keepalive < 0.001:
             raise InvalidArgumentError(f"txn keepalive must be at least 1 ms, got {keepalive} s")
-        with self._cond:
+        with self._lock:
             if self._closing:
                 raise TxnExpiredError("txn manager is closing: no new transactions")
             s = TxnSession(TxnContext(self._clock.allocate(), keepalive), time_tick)
@@ -45,7 +46,7 @@ class TxnManager:
             return s
 
     def get_session(self, txn_id: int) -> TxnSession:
-        with self._cond:
+        with self._lock:
             s = self._sessions.get(txn_id)
         if s is None:
             raise TxnExpiredError(f"txn {txn_id} is unknown: expired, finished, or never begun on this WAL")
@@ -55,7 +56,7 @@ class TxnManager:
         """Forget every session expired or done at ``time_tick``, running its cleanups."""
         if not self._sessions:  # after every batch: no lock when there is no txn (a racing begin waits a tick)
             return
-        with self._cond:
+        with self._lock:
             gone = [s for s in self._sessions.values() if s.is_expired_or_done(time_tick)]
             if not gone:
                 return
@@ -66,14 +67,14 @@ class TxnManager:
             for s in gone:
                 s.cleanup()
         finally:
-            with self._cond:
+            with self._lock:
                 self._cleaning -= 1
                 self._cond.notify_all()
 
     def graceful_close(self, timeout: float | None = None) -> bool:
         """Refuse new transactions, then wait until the open ones are gone; False if ``timeout`` passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             self._closing = True
             while self._sessions or self._cleaning:
                 left = None if deadline is None else deadline - time.monotonic()

@@ -20,11 +20,12 @@ class TxnSession:
     every body message in flight has been written, so the commit is appended after its whole body.
     """
 
-    __slots__ = ("_cleanups", "_cond", "_expired", "_in_flight", "_last_tt", "_state", "txn_ctx")
+    __slots__ = ("_cleanups", "_cond", "_expired", "_in_flight", "_last_tt", "_lock", "_state", "txn_ctx")
 
     def __init__(self, txn_ctx: TxnContext, time_tick: int) -> None:
         self.txn_ctx = txn_ctx
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # ``with lock`` (C), not ``with cond`` (Python): a Ctrl-C cannot leave it held
+        self._cond = threading.Condition(self._lock)
         self._state = TxnState.BEGIN
         self._last_tt = time_tick
         self._in_flight = 0
@@ -46,32 +47,32 @@ class TxnSession:
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def begin_done(self) -> None:
         """The begin message is written: body messages may come."""
-        with self._cond:
+        with self._lock:
             self._expect(TxnState.BEGIN, "finish its begin")
             self._state = TxnState.IN_FLIGHT
 
     def begin_rollback(self) -> None:
         """The begin message failed: the transaction is over."""
-        with self._cond:
+        with self._lock:
             self._state = TxnState.ROLLBACKED
             fns = self._take_cleanups()
         _run(fns)
 
     def add_new_message(self, time_tick: int) -> None:
         """A body message with ``time_tick`` is about to be written."""
-        with self._cond:
+        with self._lock:
             self._check_expired(time_tick)
             self._expect(TxnState.IN_FLIGHT, "add a message")
             self._in_flight += 1
 
     def add_new_message_done_and_keepalive(self, time_tick: int) -> None:
-        with self._cond:
+        with self._lock:
             if time_tick > self._last_tt:
                 self._last_tt = time_tick
             self._message_finished()
 
     def add_new_message_fail(self) -> None:
-        with self._cond:
+        with self._lock:
             self._message_finished()
 
     def _message_finished(self) -> None:
@@ -81,7 +82,7 @@ class TxnSession:
 
     def request_commit_and_wait(self, time_tick: int, timeout: float | None = None) -> None:
         """Move to ON_COMMIT, then wait until no body message is in flight."""
-        with self._cond:
+        with self._lock:
             self._check_expired(time_tick)
             self._expect(TxnState.IN_FLIGHT, "commit")
             self._state = TxnState.ON_COMMIT
@@ -95,21 +96,21 @@ class TxnSession:
                 self._cond.wait(left)
 
     def commit_done(self) -> None:
-        with self._cond:
+        with self._lock:
             self._expect(TxnState.ON_COMMIT, "finish its commit")
             self._state = TxnState.COMMITTED
             fns = self._take_cleanups()
         _run(fns)
 
     def request_rollback(self, time_tick: int) -> None:
-        with self._cond:
+        with self._lock:
             self._check_expired(time_tick)
             if self._state is not TxnState.IN_FLIGHT and self._state is not TxnState.BEGIN:
                 raise InvalidTxnStateError(f"txn {self.txn_id} cannot roll back in state {self._state.name}")
             self._state = TxnState.ON_ROLLBACK
 
     def rollback_done(self) -> None:
-        with self._cond:
+        with self._lock:
             self._expect(TxnState.ON_ROLLBACK, "finish its rollback")
             self._state = TxnState.ROLLBACKED
             fns = self._take_cleanups()
@@ -121,7 +122,7 @@ class TxnSession:
 
         ON_COMMIT and ON_ROLLBACK sessions are kept until they finish or expire, so cleanups never run early.
         """
-        with self._cond:
+        with self._lock:
             return self._is_expired_or_done(time_tick)
 
     def _is_expired_or_done(self, time_tick: int) -> bool:
@@ -133,12 +134,12 @@ class TxnSession:
 
     def register_cleanup(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once when the transaction ends (committed, rolled back or expired and cleaned up)."""
-        with self._cond:
+        with self._lock:
             self._cleanups.append(fn)
 
     def cleanup(self) -> None:
         """Run the cleanups not run yet (the manager calls it when it forgets the session)."""
-        with self._cond:
+        with self._lock:
             fns = self._take_cleanups()
         _run(fns)
 

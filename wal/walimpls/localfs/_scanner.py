@@ -373,7 +373,7 @@ class LocalFSScanner(ScannerImpls):
                     if left <= 0:
                         raise WALTimeoutError(f"localfs scanner {self._name!r}: no message within {timeout} s")
                     wait = min(wait, left)
-                with hub.cond:
+                with hub.lock:
                     if hub.version == version and not self._closed:
                         hub.cond.wait(wait)
                 backoff = min(backoff * 2, _MAX_BACKOFF) if hub.version == version else 0.001

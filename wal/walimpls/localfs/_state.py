@@ -109,11 +109,12 @@ class Hub:
     def __init__(self, name: str, directory: str) -> None:
         self.name = name
         self.directory = directory
-        self.cond = threading.Condition(threading.Lock())
+        self.lock = threading.Lock()  # ``with lock`` (C), not ``with cond`` (Python): a Ctrl-C cannot leave it held
+        self.cond = threading.Condition(self.lock)
         self.version = 0
         self.watchers = 0
 
     def bump(self) -> None:
-        with self.cond:
+        with self.lock:
             self.version += 1
             self.cond.notify_all()

@@ -50,7 +50,8 @@ class _Log:
     """One channel: the messages, the highest term seen, and who writes."""
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        self.lock = threading.RLock()  # ``with lock`` (C), not ``with cond`` (Python): a Ctrl-C cannot leave it held
+        self.cond = threading.Condition(self.lock)
         self.messages: list[ImmutableMessage] = []
         self.base = 0  # ID of messages[0]; truncate drops a prefix
         self.term = 0
@@ -74,7 +75,7 @@ class MemoryScanner(PullScanner):
     def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
         log = self._log
         deadline = None if timeout is None else time.monotonic() + timeout
-        with log.cond:
+        with log.lock:
             while True:
                 if self.closed:
                     raise self._error or ShutdownError(f"scanner {self.name!r} is closed")
@@ -91,7 +92,7 @@ class MemoryScanner(PullScanner):
                 log.cond.wait(remaining)
 
     def _on_close(self) -> None:
-        with self._log.cond:
+        with self._log.lock:
             self._log.cond.notify_all()
 
 
@@ -129,7 +130,7 @@ class MemoryWAL(WALImpls):
             if not isinstance(m, MutableMessage):
                 raise InvalidMessageError(f"append takes a MutableMessage, got {type(m).__name__}")
         log = self._log
-        with log.cond:
+        with log.lock:
             self._check_writable()
             ids: list[MessageID] = []
             for m in msgs:
@@ -151,7 +152,7 @@ class MemoryWAL(WALImpls):
         if not isinstance(message_id, MemoryMessageID):
             raise InvalidMessageIDError(f"truncate takes a memory MessageID, got {message_id!r}")
         log = self._log
-        with log.cond:
+        with log.lock:
             self._check_writable()
             cut = min(message_id.value, log.end) - log.base
             if cut > 0:
@@ -163,7 +164,7 @@ class MemoryWAL(WALImpls):
             raise InvalidArgumentError(f"read takes a walimpls ReadOption, got {type(opt).__name__}")
         log = self._log
         p = opt.deliver_policy
-        with log.cond:
+        with log.lock:
             if p.kind is DeliverPolicyKind.ALL:
                 start = log.base
             elif p.kind is DeliverPolicyKind.LATEST:
@@ -188,7 +189,7 @@ class MemoryWAL(WALImpls):
             self._scanners.clear()
         for s in scanners:
             s.close()
-        with self._log.cond:
+        with self._log.lock:
             if self._log.writer is self:
                 self._log.writer = None
         self._opener._forget(self)
@@ -209,7 +210,7 @@ class MemoryOpener(OpenerImpls):
             if self._closed:
                 raise ShutdownError("memory opener is closed")
             log = self._logs.setdefault(ch.name, _Log())
-            with log.cond:
+            with log.lock:
                 if ch.access_mode is AccessMode.RW:
                     if ch.term < log.term:
                         raise FencedError(
