@@ -1,14 +1,23 @@
-"""A tiny in-process backend for adaptor tests (independent of the real memory backend), with fault hooks."""
+"""A tiny in-process backend for adaptor tests (independent of the real memory backend), with fault hooks; and
+the message helpers those tests share."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from wal._types import AccessMode, OpenOption, PChannelInfo
 from wal.errors import AccessModeError, ShutdownError, WALTimeoutError
-from wal.message import ImmutableMessage, IntMessageID, MessageID, MutableMessage, register_message_id_unmarshaler
+from wal.message import (
+    ImmutableMessage,
+    IntMessageID,
+    MessageID,
+    MessageType,
+    MutableMessage,
+    register_message_id_unmarshaler,
+)
 from wal.options import DeliverPolicyKind
 from wal.walimpls import OpenerBuilderImpls, OpenerImpls, ReadOption, ScannerImpls, WALImpls
 
@@ -25,7 +34,7 @@ except Exception:
 
 class Log:
     def __init__(self) -> None:
-        self.lock = threading.RLock()  # ``with lock`` (C), not ``with cond`` (Python): a Ctrl-C cannot leave it held
+        self.lock = threading.RLock()  # entered as ``with self.lock``: docs/ARCHITECTURE.md, "Interrupts"
         self.cond = threading.Condition(self.lock)
         self.entries: list[ImmutableMessage] = []
 
@@ -175,3 +184,19 @@ class FakeBuilder(OpenerBuilderImpls):
         o = FakeOpener()
         self.openers.append(o)
         return o
+
+
+def msg(i: int = 0, v: str = "v1") -> MutableMessage:
+    """An INSERT whose payload and ``id`` property say ``i``."""
+    return MutableMessage(MessageType.INSERT, b"p%d" % i, {"id": str(i)}, vchannel=v)
+
+
+def data(s: Any, n: int, timeout: float = 5.0) -> list[Any]:
+    """The next ``n`` non-tick messages of scanner ``s``, all within ``timeout`` seconds."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        m = s.recv(max(0.0, deadline - time.monotonic()))
+        if m.message_type is not MessageType.TIME_TICK:
+            out.append(m)
+    return out

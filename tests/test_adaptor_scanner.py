@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from _adaptor_fakes import FakeBuilder, FakeScanner
+from _adaptor_fakes import FakeBuilder, FakeScanner, data
 
 from wal import AccessMode, OpenOption, PChannelInfo, ReadOption
 from wal.adaptor import adapt_impls_to_builder
@@ -18,16 +18,6 @@ from wal.options import DeliverPolicy
 
 def ins(i: int) -> MutableMessage:
     return MutableMessage(MessageType.INSERT, b"p%d" % i, {"i": str(i)}, vchannel="v1")
-
-
-def data(s: Any, n: int, timeout: float = 5.0) -> list[ImmutableMessage]:
-    out: list[ImmutableMessage] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        m = s.recv(max(0.0, deadline - time.monotonic()))
-        if m.message_type is not MessageType.TIME_TICK:
-            out.append(m)
-    return out
 
 
 def test_read_error_retried_with_backoff_then_clean_close() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from _adaptor_fakes import FakeBuilder
+from _adaptor_fakes import FakeBuilder, data
 
 from wal import AccessMode, OpenOption, PChannelInfo, ReadOption, registry
 from wal.adaptor import adapt_impls_to_builder
@@ -211,13 +211,7 @@ def test_parallel_channels_terms_txns_and_stalled_readers(make_opener: Callable[
 
 
 def read_all(s: Any, n: int, timeout: float = 10.0) -> list[ImmutableMessage]:
-    out: list[ImmutableMessage] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        m = s.recv(max(0.0, deadline - time.monotonic()))
-        if m.message_type is not MessageType.TIME_TICK:
-            out.append(m)
-    return out
+    return data(s, n, timeout)
 
 
 def assert_nothing_more(s: Any, wait: float = 0.3) -> None:

@@ -111,7 +111,7 @@ class AppendDispatcher:
         self._periodic = periodic
         self._period = period
         self._on_interrupt = on_interrupt
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # not a Lock: docs/ARCHITECTURE.md, "Interrupts"
         self._has_work = threading.Condition(self._lock)
         self._has_room = threading.Condition(self._lock)
         self._queue: deque[Any] = deque()  # entry, message, entry, message... (see _Entry)

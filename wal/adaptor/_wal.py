@@ -93,6 +93,8 @@ class ROWALAdaptor(WAL):
         self._scanners_lock = threading.Lock()
         self._scanner_seq = itertools.count()
         self._closed = threading.Event()
+        self._close_cut_short = False
+        self._close_retry = threading.Lock()
 
     # -- ROWAL ------------------------------------------------------------------------------------------------
     @property
@@ -165,9 +167,17 @@ class ROWALAdaptor(WAL):
         if not self._lifetime.stop():
             if self._may_wait_for_close():
                 self._closed.wait()
+            if self._close_cut_short:  # the first close did not finish (a Ctrl-C): finish it; every step may rerun
+                with self._close_retry:
+                    if self._close_cut_short:
+                        self._close_inner()
+                        self._close_cut_short = False
             return
         try:
             self._close_inner()
+        except BaseException:
+            self._close_cut_short = True  # else the backend stays open, its channel locked, until the process ends
+            raise
         finally:
             self._closed.set()
 
@@ -205,9 +215,8 @@ class WALAdaptor(ROWALAdaptor):
         self._wimpls = impls
         self._term = impls.channel.term
         # Set once this WAL writes no more: fenced by a newer term (readers go on), or an interrupt cut its append
-        # bookkeeping short (``_broken`` too: readers end; see _on_interrupt).
+        # bookkeeping short (its cause is that interrupt: readers end too; see _on_interrupt).
         self._write_error: WALError | None = None
-        self._broken = False
         param = InterceptorBuildParam(channel=self._channel, options=opts)
         self._init_time_tick(param)
         interceptors = [b.build(param) for b in builders]
@@ -287,6 +296,8 @@ class WALAdaptor(ROWALAdaptor):
         return out
 
     def _periodic(self, persisted: bool) -> None:
+        if self._write_error is not None and self._stopped_by_interrupt():
+            self._finish_stop(self._write_error)  # repairs a stop a second Ctrl-C cut short (see _on_interrupt)
         self._flush_metrics()
         self._sync_op.sync(SyncMode.FORCE if persisted else SyncMode.PERIODIC)
 
@@ -306,7 +317,7 @@ class WALAdaptor(ROWALAdaptor):
             pass  # the buffer closed under a late batch; nothing reads it any more
 
     def _tailing_source(self) -> WriteAheadBuffer | None:
-        if self._broken:
+        if self._stopped_by_interrupt():
             raise self._refusal()
         return self._wab
 
@@ -346,32 +357,53 @@ class WALAdaptor(ROWALAdaptor):
         return self._map_outcomes(msgs, list(got))
 
     def _refusal(self) -> WALError:
-        """A fresh copy of ``_write_error`` (raising one instance again and again would pile up its traceback)."""
+        """The error of a refused append or read: a fresh copy of ``_write_error`` (raising one instance again and
+        again would pile up its traceback). A WAL an interrupt stopped finishes stopping here (see _on_interrupt)."""
         e = self._write_error
         assert e is not None
         out = type(e)(*e.args)
         out.__cause__ = e.__cause__
+        if self._stopped_by_interrupt():
+            self._finish_stop(e)
         return out
+
+    def _stopped_by_interrupt(self) -> bool:
+        c = None if self._write_error is None else self._write_error.__cause__
+        return c is not None and not isinstance(c, Exception)
 
     def _on_interrupt(self, ex: BaseException) -> None:
         """Ctrl-C or SystemExit escaped the interceptor chain or the periodic tick (the dispatcher calls this, in
         the thread that ran them). Their bookkeeping may be cut short anywhere: a time tick allocated and never
-        acknowledged holds every later one back (appends went on being acknowledged while tailing readers never
+        acknowledged holds back every later one (appends went on being acknowledged while tailing readers never
         received them), and the write-ahead buffer may hold a batch half handed over. So this WAL is done: appends
         and new reads fail with this error, and open scanners end with it after delivering what they had
         released. What was acknowledged is in the backend; reopening the WAL (recovery) is the way back.
+
+        One store decides it (``_write_error``, whose cause is ``ex``); the rest (:meth:`_finish_stop`) is redone by
+        every refused append or read and by the periodic work, so a second Ctrl-C cutting it short is repaired
+        within a tick period.
         """
-        if self._write_error is None or not self._broken:
+        err = self._write_error
+        if err is None or not self._stopped_by_interrupt():
             err = WALError(f"a {type(ex).__name__} cut this WAL's append bookkeeping short: reopen it")
             err.__cause__ = ex
             self._write_error = err
-            self._broken = True
-        self._unavailable.set()
+        self._finish_stop(err)
+
+    def _finish_stop(self, err: WALError) -> None:
+        """Make an interrupt's stop visible (idempotent): unavailable, scanners ended with ``err``, buffer closed."""
+        if not self._unavailable.is_set():
+            self._unavailable.set()
         with self._scanners_lock:
             scanners = list(self._scanners.values())
         for sc in scanners:
-            sc._fail(self._refusal())
+            copy = WALError(*err.args)
+            copy.__cause__ = err.__cause__
+            sc._fail(copy)
         self._wab.close()  # after the scanners failed: one closed under a reader first would end without the error
+
+    def is_available(self) -> bool:
+        return self._write_error is None and not self._unavailable.is_set()
 
     def _append_alone(self, m: MutableMessage) -> AppendOutcome:
         if self._write_error is not None:
@@ -591,7 +623,7 @@ class WALAdaptor(ROWALAdaptor):
         self._wab.close()
 
     def close(self) -> None:
-        if not self._lifetime.stopped:
+        if not self._lifetime.stopped and not self._stopped_by_interrupt():  # stopped: no txn can end any more
             try:
                 self._chain.graceful_close()
             except Exception:

@@ -55,9 +55,8 @@ class WriteAheadBuffer:
         if first_time_tick.message_type is not MessageType.TIME_TICK:
             raise InvalidArgumentError(f"write-ahead buffer {name!r} must start from a TIME_TICK message")
         self.name = name
-        # The condition's lock, entered as ``with self._lock``: a C __enter__/__exit__ that a Ctrl-C cannot leave
-        # held, unlike the condition's Python ones (and a call less).
-        self._lock = threading.Lock()
+        # The condition's lock: an RLock, entered as ``with self._lock`` (see docs/ARCHITECTURE.md, "Interrupts").
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._queue = WABQueue(capacity_bytes, keepalive, first_time_tick, now)
         self._id_cls = id_class_of(first_time_tick)  # rebuilds the queue's compact entries (see _wab_compact)

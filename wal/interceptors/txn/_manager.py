@@ -23,7 +23,7 @@ class TxnManager:
     def __init__(self, clock: HybridClock, default_keepalive: float = 10.0) -> None:
         self._clock = clock
         self._default_keepalive = default_keepalive
-        self._lock = threading.Lock()  # ``with lock`` (C), not ``with cond`` (Python): a Ctrl-C cannot leave it held
+        self._lock = threading.RLock()  # entered as ``with self._lock``: docs/ARCHITECTURE.md, "Interrupts"
         self._cond = threading.Condition(self._lock)
         self._sessions: dict[int, TxnSession] = {}
         self._closing = False

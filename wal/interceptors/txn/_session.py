@@ -24,7 +24,7 @@ class TxnSession:
 
     def __init__(self, txn_ctx: TxnContext, time_tick: int) -> None:
         self.txn_ctx = txn_ctx
-        self._lock = threading.Lock()  # ``with lock`` (C), not ``with cond`` (Python): a Ctrl-C cannot leave it held
+        self._lock = threading.RLock()  # entered as ``with self._lock``: docs/ARCHITECTURE.md, "Interrupts"
         self._cond = threading.Condition(self._lock)
         self._state = TxnState.BEGIN
         self._last_tt = time_tick

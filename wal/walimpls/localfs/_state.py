@@ -109,7 +109,7 @@ class Hub:
     def __init__(self, name: str, directory: str) -> None:
         self.name = name
         self.directory = directory
-        self.lock = threading.Lock()  # ``with lock`` (C), not ``with cond`` (Python): a Ctrl-C cannot leave it held
+        self.lock = threading.RLock()  # entered as ``with self.lock``: docs/ARCHITECTURE.md, "Interrupts"
         self.cond = threading.Condition(self.lock)
         self.version = 0
         self.watchers = 0

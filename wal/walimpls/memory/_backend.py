@@ -50,7 +50,7 @@ class _Log:
     """One channel: the messages, the highest term seen, and who writes."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()  # ``with lock`` (C), not ``with cond`` (Python): a Ctrl-C cannot leave it held
+        self.lock = threading.RLock()  # entered as ``with self.lock``: docs/ARCHITECTURE.md, "Interrupts"
         self.cond = threading.Condition(self.lock)
         self.messages: list[ImmutableMessage] = []
         self.base = 0  # ID of messages[0]; truncate drops a prefix
