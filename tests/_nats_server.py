@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,10 +38,39 @@ def find_nats_server() -> str | None:
     return shutil.which("nats-server")
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port that is free now, below the kernel's ephemeral range.
+
+    Why not port 0: the kernel hands out ephemeral ports to outgoing connections too (every client of these
+    servers makes some), so a port picked that way was taken by a connection before the server bound it, now and
+    then (seen: nats-server failing with "address already in use" on its monitor port). Outgoing connections never
+    get a port below the ephemeral range; only another explicit bind can collide, and the bind test checks that.
+    """
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(10_000, low)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port below {low}")
 
 
 class NatsServer:
