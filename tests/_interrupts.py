@@ -7,9 +7,11 @@ thread at whatever bytecode that thread is running, as Python's own SIGINT handl
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 
 def _raise(signum: int, frame: object) -> None:
@@ -51,3 +53,32 @@ def returns_within(fn: Callable[[], object], seconds: float) -> bool:
     t.start()
     t.join(seconds)
     return not t.is_alive()
+
+
+@contextmanager
+def interrupt_at_line(func: Callable[..., object], text: str) -> Iterator[list[bool]]:
+    """While inside, the first time ``func`` (in this thread) is about to run a line containing ``text``, a
+    KeyboardInterrupt is raised there: a Ctrl-C landing at that exact point, deterministically. Yields a
+    one-item list that turns True once it fired."""
+    code = func.__code__
+    with open(code.co_filename) as f:
+        lines = f.read().splitlines()
+    fired = [False]
+
+    def local(frame: FrameType, event: str, arg: object) -> object:
+        if fired[0]:
+            return None
+        if event == "line" and text in lines[frame.f_lineno - 1]:
+            fired[0] = True
+            raise KeyboardInterrupt(f"at {text!r}")
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: object) -> object:
+        return local if frame.f_code is code and not fired[0] else None
+
+    old = sys.gettrace()
+    sys.settrace(tracer)  # type: ignore[arg-type]
+    try:
+        yield fired
+    finally:
+        sys.settrace(old)

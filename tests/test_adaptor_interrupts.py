@@ -9,7 +9,7 @@ import time
 
 import pytest
 from _adaptor_fakes import FakeBuilder, data, msg
-from _interrupts import returns_within, run_interrupted, sigusr1_interrupts
+from _interrupts import interrupt_at_line, returns_within, run_interrupted, sigusr1_interrupts
 
 from wal import OpenOption, PChannelInfo, ReadOption, registry
 from wal.adaptor import adapt_impls_to_builder
@@ -331,4 +331,116 @@ def test_closing_a_wal_an_interrupt_stopped_does_not_wait_for_its_transactions(f
     t0 = time.monotonic()
     w.close()
     assert time.monotonic() - t0 < 1.0
+    op.close()
+
+
+def test_a_ctrl_c_that_cuts_a_readers_fold_of_the_buffer_short_stops_the_wal() -> None:
+    """Readers fold the write-ahead buffer's pending messages into its queue in their own thread. A Ctrl-C
+    between the push and the clearing of the pending list left them queued and pending: the next fold queued them
+    twice, out of order, and from then on every tailing reader died and appends failed while the WAL said it was
+    available (seen with real signals by a review's fuzzer, about once in 14,000 interrupted ``recv`` calls).
+    Now the WAL stops, loudly, and a reopened one reads every acknowledged message back."""
+    from wal.utility._write_ahead_buffer import WriteAheadBuffer
+
+    op = registry.must_get_builder("memory").build(time_tick_interval=0.01)
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    s = w.read(ReadOption())
+    w.append(msg(0))
+    assert bytes(data(s, 1)[0].payload) == b"p0"
+    for i in range(1, 4):
+        w.append(msg(i))  # pending in the buffer, folded when a reader looks
+    assert w._wab._pending
+    with interrupt_at_line(WriteAheadBuffer._fold, "self._pending = []") as fired, pytest.raises(KeyboardInterrupt):
+        while True:
+            s.recv(1)
+    assert fired[0]
+    assert not w.is_available()
+    with pytest.raises(WALError) as err:
+        w.append(msg(4))
+    assert isinstance(err.value.__cause__, KeyboardInterrupt)
+    with pytest.raises(WALError):
+        w.read(ReadOption())
+    w.close()
+    with op.open(OpenOption(PChannelInfo("c", 2))) as w2, w2.read(ReadOption()) as s2:
+        assert [bytes(m.payload) for m in data(s2, 4)] == [b"p0", b"p1", b"p2", b"p3"]
+    op.close()
+
+
+def test_a_scanner_close_cut_short_never_makes_later_refusals_or_closes_wait(fb: FakeBuilder) -> None:
+    """A second Ctrl-C inside the scanner close that stopping the WAL runs left the scanner closing but never
+    done; a later close of it waited for ``done`` for ever, and every refused append (which redoes the stop) hung
+    with it, as did the WAL's close."""
+    from wal.adaptor._scanner import ScannerAdaptor
+
+    boom = _InterruptOn(KeyboardInterrupt, MessageType.INSERT, b"p1")
+    op = adapt_impls_to_builder(fb, boom).build(time_tick_interval=0.05)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    s = w.read(ReadOption())
+    w.append(msg(0))
+    with interrupt_at_line(ScannerAdaptor.close, "self._done.set()") as fired, pytest.raises(KeyboardInterrupt):
+        w.append(msg(1))  # the first Ctrl-C in the chain, the second as the WAL ends its scanner
+    assert fired[0] and not s.done().is_set()
+    out: list[object] = []
+
+    def append_elsewhere() -> None:
+        try:
+            w.append(msg(2))
+        except WALError as e:
+            out.append(e)
+
+    assert returns_within(append_elsewhere, 5), "a refused append hangs"
+    assert isinstance(out[0], WALError)
+    assert returns_within(w.close, 5), "close hangs"
+    assert s.done().is_set()
+    op.close()
+
+
+def test_a_memory_backend_close_cut_short_is_finished_by_the_next_close() -> None:
+    """The memory backend marked itself closed first; a close cut short after that left the channel taken by
+    the closed writer, and the next close returned at once: reopening raised WALLockedError."""
+    from wal.walimpls.memory._backend import MemoryWAL
+
+    op = registry.must_get_builder("memory").build()
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    w.append(msg(0))
+    with interrupt_at_line(MemoryWAL.close, "for s in scanners") as fired, pytest.raises(KeyboardInterrupt):
+        w.close()
+    assert fired[0]
+    assert returns_within(w.close, 5)
+    with op.open(OpenOption(PChannelInfo("c", 2))) as w2, w2.read(ReadOption()) as s2:
+        assert bytes(data(s2, 1)[0].payload) == b"p0"
+    op.close()
+
+
+def test_a_close_cut_short_while_the_append_thread_drains_waits_for_the_drain_when_finished() -> None:
+    """In 3.11 a ``Thread.join`` a Ctrl-C cuts short marks the thread ended, so the close that finished the
+    interrupted one went on (final tick, buffer, backend and interceptors closed) while the append thread was
+    still writing what was queued: those appends failed with ShutdownError instead of being written. Closers now
+    wait for the thread's own end event. A real signal lands in the first close while a slow backend drains."""
+    op = registry.must_get_builder("memory").build(max_append_batch=1)
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    d = w._dispatcher
+    process = d._process_futures
+
+    def slow(msgs):  # 20 ms a batch
+        time.sleep(0.02)
+        return process(msgs)
+
+    d._process_futures = slow
+    d._may_run_inline = lambda: False  # the append thread runs every batch (as for a producer in an event loop)
+    futs = [w.append_async(msg(i)) for i in range(30)]
+    with sigusr1_interrupts() as main:
+        import signal
+
+        timer = threading.Timer(0.1, signal.pthread_kill, (main, signal.SIGUSR1))
+        timer.start()
+        try:
+            w.close()  # joins the drain (~0.6 s): the signal lands in it
+        except KeyboardInterrupt:
+            pass
+        timer.join()
+    w.close()
+    assert all(f.exception(5) is None for f in futs), [f.exception(0) for f in futs if f.exception(0)][:3]
+    with op.open(OpenOption(PChannelInfo("c", 2))) as w2, w2.read(ReadOption()) as s2:
+        assert len(data(s2, 30)) == 30
     op.close()

@@ -134,6 +134,9 @@ class AppendDispatcher:
         self._closing = False
         self._abort = False
         self._triggered: bool | None = None  # a sync asked for out of period; True = persisted
+        # Set as the thread ends. Closers wait for it, not join(): in 3.11 a join that a Ctrl-C cuts short marks
+        # the thread ended, and every later join (a close finishing the one cut short) returns at once.
+        self._exited = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"wal-append-{name}", daemon=True)
         self._thread.start()
 
@@ -382,6 +385,12 @@ class AppendDispatcher:
 
     # -- the thread ---------------------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._exited.set()
+
+    def _serve(self) -> None:
         while not self._ready.is_set():
             if self._ready.wait(0.05):
                 break
@@ -620,7 +629,7 @@ class AppendDispatcher:
             self._has_work.notify_all()
             self._has_room.notify_all()
         if not self.in_thread():
-            self._thread.join()
+            self._exited.wait()
             return
         # A done callback run by the thread closes the WAL: the thread ends only after this returns, so wait here
         # for a producer's inline run (a batch, a tick) to end before the WAL goes on to close what it uses.

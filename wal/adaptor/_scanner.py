@@ -176,9 +176,8 @@ class ScannerAdaptor(Scanner):
                     self._fail(e)
 
     def close(self) -> None:
-        if self._closing.is_set():
-            self._done.wait()
-            return
+        # Every step may run again, and no close waits for another: a close a Ctrl-C cut short (between these
+        # steps) is finished by the next one, where waiting for it to set ``_done`` would wait for ever.
         self._closing.set()
         with self._backend_lock:
             b, self._backend = self._backend, None

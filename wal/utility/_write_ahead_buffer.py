@@ -56,6 +56,8 @@ class WriteAheadBuffer:
             raise InvalidArgumentError(f"write-ahead buffer {name!r} must start from a TIME_TICK message")
         self.name = name
         # The condition's lock: an RLock, entered as ``with self._lock`` (see docs/ARCHITECTURE.md, "Interrupts").
+        # Told of a Ctrl-C (or SystemExit) that cut a fold short (see _fold); the WAL sets it.
+        self.on_interrupt: Callable[[BaseException], None] | None = None
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._queue = WABQueue(capacity_bytes, keepalive, first_time_tick, now)
@@ -97,12 +99,22 @@ class WriteAheadBuffer:
         return t
 
     def _fold(self) -> None:
-        """Queue the pending messages (lock held): before anything reads the queue or changes it otherwise."""
+        """Queue the pending messages (lock held): before anything reads the queue or changes it otherwise.
+
+        Readers fold too, in their own threads, where a Ctrl-C may land: one that cuts the fold short can leave
+        the queue's parallel arrays out of step, or the messages both queued and pending (queued twice by the next
+        fold). The buffer cannot be trusted after that, so ``on_interrupt`` (the WAL: it stops, loudly) is told.
+        """
         if self._pending:
-            q = self._queue
-            q.push(self._pending, compact=True)
-            self._pending = []
-            q.evict()
+            try:
+                q = self._queue
+                q.push(self._pending, compact=True)
+                self._pending = []
+                q.evict()
+            except BaseException as e:
+                if not isinstance(e, Exception) and self.on_interrupt is not None:
+                    self.on_interrupt(e)
+                raise
 
     @property
     def closed(self) -> bool:

@@ -181,9 +181,9 @@ class MemoryWAL(WALImpls):
         return s
 
     def close(self) -> None:
+        # Every step may run again: a close a Ctrl-C cut short is finished by the next one (the channel would
+        # otherwise stay taken by this writer).
         with self._lock:
-            if self._closed:
-                return
             self._closed = True
             scanners = list(self._scanners)
             self._scanners.clear()
