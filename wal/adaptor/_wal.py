@@ -219,7 +219,6 @@ class WALAdaptor(ROWALAdaptor):
         self._write_error: WALError | None = None
         param = InterceptorBuildParam(channel=self._channel, options=opts)
         self._init_time_tick(param)
-        self._wab.on_interrupt = self._on_interrupt  # a reader's Ctrl-C that cut the buffer's fold short
         interceptors = [b.build(param) for b in builders]
         tt_ic = next((ic for ic in interceptors if isinstance(ic, TimeTickInterceptor)), None)
         self._sync_op = TimeTickSyncOperator(

@@ -115,12 +115,17 @@ class WABQueue:
         self._expire.append(self._now() + self._keepalive)
         self._size += size
 
-    def push(self, msgs: list[Any], compact: bool = False) -> None:
+    def push(self, msgs: list[Any], compact: bool = False, consume: bool = False) -> None:
         """Append in order. A data message must be above the last time tick; a tick may repeat it.
 
         All or nothing: a message out of order leaves the queue unchanged. ``msgs`` may hold compact entries;
         ``compact``: store the messages in their compact form when they all have one (the write-ahead buffer's
-        choice; see ``_wab_compact``).
+        choice; see ``_wab_compact``); ``consume``: empty ``msgs`` once they are queued.
+
+        All or nothing under Ctrl-C too: the queue changes only in the last statements, which call nothing until
+        ``msgs.clear()`` (CPython acts on a pending signal only at calls and backward jumps), so an interrupt
+        lands before any change or after all of them, the clearing of ``msgs`` included: a reader's fold
+        (``WriteAheadBuffer._fold``) never queues a batch twice or leaves the parallel arrays out of step.
         """
         if not msgs:
             return
@@ -146,11 +151,16 @@ class WABQueue:
         # failure leaves the queue unchanged and its parallel sequences in step.
         new_tts = array(_U64, tts)
         new_sizes = array(_U64, sizes)
+        new_expire = array("d", (self._now() + self._keepalive,)) * len(msgs)
+        added = sum(sizes)
+        # From here to the clear: no call (see above).
         self._msgs += store
         self._tts += new_tts
         self._sizes += new_sizes
-        self._expire += array("d", (self._now() + self._keepalive,)) * len(msgs)
-        self._size += sum(sizes)
+        self._expire += new_expire
+        self._size += added
+        if consume:
+            msgs.clear()
 
     def evict(self) -> None:
         """Drop expired entries, then the oldest while over capacity; never the last one."""

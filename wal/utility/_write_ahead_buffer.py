@@ -56,8 +56,6 @@ class WriteAheadBuffer:
             raise InvalidArgumentError(f"write-ahead buffer {name!r} must start from a TIME_TICK message")
         self.name = name
         # The condition's lock: an RLock, entered as ``with self._lock`` (see docs/ARCHITECTURE.md, "Interrupts").
-        # Told of a Ctrl-C (or SystemExit) that cut a fold short (see _fold); the WAL sets it.
-        self.on_interrupt: Callable[[BaseException], None] | None = None
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._queue = WABQueue(capacity_bytes, keepalive, first_time_tick, now)
@@ -101,20 +99,14 @@ class WriteAheadBuffer:
     def _fold(self) -> None:
         """Queue the pending messages (lock held): before anything reads the queue or changes it otherwise.
 
-        Readers fold too, in their own threads, where a Ctrl-C may land: one that cuts the fold short can leave
-        the queue's parallel arrays out of step, or the messages both queued and pending (queued twice by the next
-        fold). The buffer cannot be trusted after that, so ``on_interrupt`` (the WAL: it stops, loudly) is told.
+        Readers fold too, in their own threads, where a Ctrl-C may land: the push empties the pending list in the
+        same uninterruptible step that queues it (``consume``), so an interrupt leaves them either queued or
+        pending, never both (the next fold would queue them twice, out of order). ``evict`` is safe to cut short.
         """
         if self._pending:
-            try:
-                q = self._queue
-                q.push(self._pending, compact=True)
-                self._pending = []
-                q.evict()
-            except BaseException as e:
-                if not isinstance(e, Exception) and self.on_interrupt is not None:
-                    self.on_interrupt(e)
-                raise
+            q = self._queue
+            q.push(self._pending, compact=True, consume=True)
+            q.evict()
 
     @property
     def closed(self) -> bool:
@@ -184,8 +176,7 @@ class WriteAheadBuffer:
                 else:  # a large batch, or a repeated tick (the queue's rule decides): straight to the queue
                     q = self._queue
                     if pending:
-                        q.push(pending, compact=True)
-                        self._pending = []
+                        q.push(pending, compact=True, consume=True)
                     q.push(msgs, compact=True)  # all or nothing
                     q.evict()
             self._last_tick = None
