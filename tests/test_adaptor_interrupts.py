@@ -453,3 +453,31 @@ def test_a_close_cut_short_while_the_append_thread_drains_waits_for_the_drain_wh
     with op.open(OpenOption(PChannelInfo("c", 2))) as w2, w2.read(ReadOption()) as s2:
         assert len(data(s2, 30)) == 30
     op.close()
+
+
+@pytest.mark.parametrize(
+    ("sync", "line"),
+    [
+        ("always", "self._close_scanners()"),  # after the flush is drained
+        ("interval", "self._syncer_done.wait()"),  # while the syncer may still be in its fdatasync
+        ("always", "self._write_close_summary()"),
+        ("always", "self._close_fds()"),  # files half closed, the channel still locked
+    ],
+)
+def test_a_localfs_close_cut_short_is_finished_by_the_next_close(tmp_path, sync: str, line: str) -> None:
+    """localfs's close marked itself closing first and returned at once when called again; a Ctrl-C inside it
+    left its files open and the channel locked (a review: 8 of 4,517 interrupted closes with sync="always", 222
+    of 7,102 with "interval"), and reopening it in the same process raised WALLockedError."""
+    from wal.walimpls.localfs._wal import LocalFSWAL
+
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20, sync=sync)
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    for i in range(3):
+        w.append(msg(i))
+    with interrupt_at_line(LocalFSWAL._close_steps, line) as fired, pytest.raises(KeyboardInterrupt):
+        w.close()
+    assert fired[0]
+    assert returns_within(w.close, 5)
+    with op.open(OpenOption(PChannelInfo("c", 2))) as w2, w2.read(ReadOption()) as s2:
+        assert [bytes(m.payload) for m in data(s2, 3)] == [b"p0", b"p1", b"p2"]
+    op.close()

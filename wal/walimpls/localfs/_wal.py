@@ -137,8 +137,7 @@ class LocalFSROWAL(_Base):
             raise WALIOError(f"localfs channel {self._channel}: {e}") from e
 
     def close(self) -> None:
-        if self._closed:
-            return
+        # Every step may run again: a close a Ctrl-C cut short is finished by the next one.
         self._closed = True
         self._close_scanners()
         self._opener._release(self)
@@ -219,6 +218,12 @@ class LocalFSWAL(_Base):
             raise
         self._syncer: threading.Thread | None = None
         self._stop_syncer = threading.Event()
+        # Set as the syncer ends: close waits for it, not join() (in 3.11 a join a Ctrl-C cut short marks the
+        # thread ended, and the close that finishes the interrupted one would go on while it still syncs).
+        self._syncer_done = threading.Event()
+        self._close_drained = False  # close waited for the running flush and holds ``_flushing`` for good
+        self._close_cut_short = False  # a close raised (a Ctrl-C): the next close finishes it
+        self._released = False  # files closed, channel released: nothing left for a close to do
         if opts.sync == "interval":
             self._syncer = threading.Thread(target=self._sync_loop, name=f"wal-localfs-sync-{channel.name}",
                                             daemon=True)
@@ -583,6 +588,12 @@ class LocalFSWAL(_Base):
 
     # -- interval sync -----------------------------------------------------------------------------------------------
     def _sync_loop(self) -> None:
+        try:
+            self._sync_rounds()
+        finally:
+            self._syncer_done.set()
+
+    def _sync_rounds(self) -> None:
         interval = self._opts.sync_interval
         while not self._stop_syncer.wait(interval):
             with self._lock:
@@ -678,30 +689,43 @@ class LocalFSWAL(_Base):
         return self._max_tt
 
     def close(self) -> None:
-        cv = self._cv
-        with cv:
-            if self._closing:
-                return
+        with self._lock:
+            if self._released or (self._closing and not self._close_cut_short):
+                return  # closed, or being closed by another call
             self._closing = True  # also after an I/O error closed it: scanners and the syncer still stop here
-            while self._flushing and self._err is None:  # a batch is only ever open behind a running flush,
-                cv.wait()  # whose leader (or its heir) writes it before clearing _flushing
-            self._flushing = True  # keep the syncer out for good
+            self._close_cut_short = False
+        try:
+            self._close_steps()
+        except BaseException:
+            self._close_cut_short = True  # a Ctrl-C: the channel stays locked until a close gets through
+            raise
+
+    def _close_steps(self) -> None:
+        """The close, in steps that may all run again (a close a Ctrl-C cut short is finished by the next)."""
+        cv = self._cv
+        with self._lock:
+            if not self._close_drained:
+                while self._flushing and self._err is None:  # a batch is only ever open behind a running flush,
+                    cv.wait()  # whose leader (or its heir) writes it before clearing _flushing
+                self._flushing = True  # keep the syncer out for good
+                self._close_drained = True
         self._stop_syncer.set()
         if self._syncer is not None:
-            self._syncer.join()
+            self._syncer_done.wait()
         self._close_scanners()
         try:
             if self._err is None:
-                self._write_close_summary()
+                self._write_close_summary()  # again, if a close cut short wrote it already
         except OSError as e:
             log.error("localfs channel %s: clean close failed (%s); the next open recovers", self._channel, e)
         finally:
-            with cv:
+            with self._lock:
                 self._closed = True
             self._close_fds()
             self._log.retire()
             self._opener._release(self)
             self._hub.bump()
+            self._released = True
 
     def _write_close_summary(self) -> None:
         fops = self._fops
