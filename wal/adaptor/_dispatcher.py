@@ -365,7 +365,7 @@ class AppendDispatcher:
             pass
         except BaseException as ex:  # Ctrl-C, SystemExit: the tick's bookkeeping may be cut short
             self._cut_short(ex)
-            if threading.current_thread() is not self._thread:
+            if not self.in_thread():
                 raise  # a producer's run: the interrupt is its caller's; the thread lives on to fail what comes
         finally:
             self._next_tick = now + self._period

@@ -77,6 +77,13 @@ def _retry_first_tick(fn: Callable[[], MessageID]) -> MessageID:
             backoff = min(backoff * 2, 1.0)
 
 
+def _copy_error(e: WALError) -> WALError:
+    """A fresh instance of ``e`` with its cause: raising one instance again and again would pile up its traceback."""
+    out = type(e)(*e.args)
+    out.__cause__ = e.__cause__
+    return out
+
+
 class ROWALAdaptor(WAL):
     """A read-only WAL: scanners follow the backend only (catch-up), every write raises."""
 
@@ -357,15 +364,13 @@ class WALAdaptor(ROWALAdaptor):
         return self._map_outcomes(msgs, list(got))
 
     def _refusal(self) -> WALError:
-        """The error of a refused append or read: a fresh copy of ``_write_error`` (raising one instance again and
-        again would pile up its traceback). A WAL an interrupt stopped finishes stopping here (see _on_interrupt)."""
+        """The error of a refused append or read: a fresh copy of ``_write_error``. A WAL an interrupt stopped
+        finishes stopping here (see _on_interrupt)."""
         e = self._write_error
         assert e is not None
-        out = type(e)(*e.args)
-        out.__cause__ = e.__cause__
         if self._stopped_by_interrupt():
             self._finish_stop(e)
-        return out
+        return _copy_error(e)
 
     def _stopped_by_interrupt(self) -> bool:
         c = None if self._write_error is None else self._write_error.__cause__
@@ -397,9 +402,7 @@ class WALAdaptor(ROWALAdaptor):
         with self._scanners_lock:
             scanners = list(self._scanners.values())
         for sc in scanners:
-            copy = WALError(*err.args)
-            copy.__cause__ = err.__cause__
-            sc._fail(copy)
+            sc._fail(_copy_error(err))
         self._wab.close()  # after the scanners failed: one closed under a reader first would end without the error
 
     def is_available(self) -> bool:
