@@ -214,15 +214,25 @@ def _txn_manager(w):
     return w._txns._lock, w._txns._cond
 
 
-@pytest.mark.parametrize("where", [_wab_lock, _dispatcher_room, _txn_manager])
-def test_a_ctrl_c_while_a_wait_takes_its_lock_back_never_releases_another_threads_hold(where) -> None:
+def _localfs_writer(w):
+    return w._impls._lock, w._impls._cv  # the close waits on it for the flush in progress
+
+
+@pytest.mark.parametrize(
+    ("backend", "where"),
+    [("memory", _wab_lock), ("memory", _dispatcher_room), ("memory", _txn_manager), ("localfs", _localfs_writer)],
+)
+def test_a_ctrl_c_while_a_wait_takes_its_lock_back_never_releases_another_threads_hold(
+    backend, where, tmp_path
+) -> None:
     """A thread notified in ``Condition.wait`` takes the lock back; with a plain Lock a real Ctrl-C can cut that
     short, and ``with lock`` then released the lock *another* thread held (its own exit then failed with
     "release unlocked lock"; in the write-ahead buffer that left a batch pushed but reported failed, and the WAL
     refused every later append while it said it was available). The WAL's conditions use RLocks, whose
     re-acquire cannot be interrupted. The main thread waits on each real condition; a second thread holds its
     lock, notifies, interrupts the main thread, holds on, then lets go."""
-    op = registry.must_get_builder("memory").build(time_tick_interval=30)
+    extra = {"root": str(tmp_path)} if backend == "localfs" else {}
+    op = registry.must_get_builder(backend).build(time_tick_interval=30, **extra)
     w = op.open(OpenOption(PChannelInfo("c", 1)))
     lock, cond = where(w)
     holder: list[str] = []

@@ -187,7 +187,7 @@ class LocalFSWAL(_Base):
         self._fops = fops
         self._opts = opts
         self._lock_fd: int | None = lock_fd
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # not a Lock: docs/ARCHITECTURE.md, "Interrupts"
         self._cv = threading.Condition(self._lock)  # notified whenever a flush or sync ends (close waits on it)
         self._seg_lock = threading.Lock()  # rolls and retention change the segment list
         self._open_batch: _Batch | None = None  # records queued for the next group commit
