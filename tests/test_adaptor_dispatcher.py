@@ -32,7 +32,7 @@ def test_fifo_batches_and_results() -> None:
     seen: list[bytes] = []
     batches: list[int] = []
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         batches.append(len(ms))
         time.sleep(0.001)
         out: list[AppendResult | BaseException] = []
@@ -67,7 +67,9 @@ def test_triggers_merge_and_periodic_runs() -> None:
 
     ready = threading.Event()
     ready.set()
-    d = AppendDispatcher("t", lambda ms: [], max_inflight=10, max_batch=10, ready=ready, periodic=periodic, period=60)
+    d = AppendDispatcher(
+        "t", lambda ms, units: [], max_inflight=10, max_batch=10, ready=ready, periodic=periodic, period=60
+    )
     d.trigger(False)  # the thread runs it and blocks in the gate
     time.sleep(0.1)
     d.trigger(True)
@@ -81,7 +83,7 @@ def test_triggers_merge_and_periodic_runs() -> None:
     d.close()
 
     ticks: list[bool] = []
-    d = AppendDispatcher("t", lambda ms: [], max_inflight=10, max_batch=10, ready=ready, periodic=ticks.append,
+    d = AppendDispatcher("t", lambda ms, units: [], max_inflight=10, max_batch=10, ready=ready, periodic=ticks.append,
                          period=0.02)
     time.sleep(0.3)
     d.close()
@@ -90,7 +92,7 @@ def test_triggers_merge_and_periodic_runs() -> None:
 
 def test_close_without_ready_fails_queued() -> None:
     ready = threading.Event()
-    d = AppendDispatcher("t", lambda ms: [], max_inflight=10, max_batch=10, ready=ready)
+    d = AppendDispatcher("t", lambda ms, units: [], max_inflight=10, max_batch=10, ready=ready)
     f = d.submit_one(m(1))
     d.close()
     assert isinstance(f.exception(2), ShutdownError)
@@ -105,7 +107,7 @@ def test_run_group_inline_without_future_and_first_error_raised() -> None:
     """``run_group`` with nothing queued runs in the caller's thread and returns the results directly."""
     threads: list[str] = []
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         threads.append(threading.current_thread().name)
         return _ids(ms)
 
@@ -132,7 +134,7 @@ def test_queued_groups_get_their_own_results_and_share_batches() -> None:
     batch runs share later batches (several groups per batch), and nothing hangs."""
     batches: list[int] = []
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         batches.append(len(ms))
         time.sleep(0.002)  # a backend write + sync
         return _ids(ms)
@@ -166,7 +168,7 @@ def test_queued_groups_get_their_own_results_and_share_batches() -> None:
 def test_run_group_timeout_when_queued_behind_a_slow_batch() -> None:
     gate = threading.Event()
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         gate.wait(5)
         return _ids(ms)
 
@@ -188,7 +190,7 @@ def test_run_group_timeout_when_queued_behind_a_slow_batch() -> None:
 def _recording() -> tuple[list[tuple[str, int]], object]:
     ran: list[tuple[str, int]] = []
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         ran.append((threading.current_thread().name, len(ms)))
         return [AppendResult(ID(int(x.payload))) for x in ms]
 
@@ -255,7 +257,7 @@ def test_an_interrupt_in_an_inline_batch_settles_the_batch_and_reaches_the_produ
 
     boom = {"process": True, "settle": False}
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         if boom["process"] and threading.current_thread() is threading.main_thread():
             boom["process"] = False
             raise KeyboardInterrupt  # Ctrl-C while the producer writes the batch
@@ -292,7 +294,7 @@ def test_close_and_trigger_do_not_wait_for_the_period_while_a_batch_runs_inline(
     gate = threading.Event()
     periodic_calls: list[bool] = []
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         gate.wait(5)
         return [AppendResult(ID(int(x.payload))) for x in ms]
 
@@ -381,7 +383,7 @@ def test_periodic_work_due_while_a_producer_runs_batches_is_run_by_that_producer
         calls.append((threading.current_thread().name, time.monotonic()))
         time.sleep(0.005)  # a tick's append and sync
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         time.sleep(0.002)  # a batch's write and sync
         return [AppendResult(ID(int(x.payload))) for x in ms]
 
@@ -457,7 +459,7 @@ def test_close_from_a_done_callback_of_the_thread_waits_for_a_producer_run() -> 
     cb_started = threading.Event()
     order: list[str] = []
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         if threading.current_thread() is threading.main_thread():  # the producer's inline run
             in_run.set()
             gate.wait(5)
@@ -559,7 +561,7 @@ def test_done_callbacks_of_futures_failed_by_a_broken_batch_run_once_the_thread_
     seen: list[bool] = []
     closed = threading.Event()
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         return []  # one outcome per message was promised
 
     d = AppendDispatcher("t", process, max_inflight=100, max_batch=4, ready=_ready(), period=10)

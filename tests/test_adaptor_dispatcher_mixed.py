@@ -29,7 +29,7 @@ def test_mixed_futures_and_groups_in_order_with_own_results() -> None:
     batches: list[int] = []
     gate = threading.Event()
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         gate.wait(10)
         batches.append(len(ms))
         seen.extend(int(x.payload) for x in ms)

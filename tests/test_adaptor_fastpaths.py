@@ -201,7 +201,7 @@ def test_pipelined_results_are_built_on_read_and_match_the_log(full_wal: object)
 def test_a_queued_future_never_holds_its_message() -> None:
     gate = threading.Event()
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         gate.wait(5)
         return [AppendResult(ID(int(x.payload))) for x in ms]
 
@@ -222,7 +222,7 @@ def test_group_runs_inline_when_idle_and_queued_when_busy() -> None:
     threads: list[str] = []
     gate = threading.Event()
 
-    def process(ms: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         threads.append(threading.current_thread().name)
         if ms[0].payload == b"slow":
             gate.wait(5)
@@ -439,3 +439,65 @@ def test_a_refused_message_does_not_fail_the_appends_batched_with_it(tmp_path: P
     assert refused[0] == 200, "every oversized message is refused"
     assert not wrong, f"{len(wrong)} valid appends failed with another caller's error, e.g. {wrong[0]!r}"
     assert ok[0] > 0
+
+
+def test_a_group_with_a_refused_message_stores_none_of_it(tmp_path: Path) -> None:
+    """``append_messages`` raises the first error of its group and returns no result: had the rest of the group
+    been stored, the caller could not know it, and a retry would store it twice. A group with a message the
+    backend refuses is therefore written whole or not at all, alone and when batched with other callers' groups
+    (which must still be stored whole)."""
+    import threading
+
+    from wal import OpenOption, PChannelInfo, ReadOption
+    from wal.errors import InvalidArgumentError
+    from wal.message import MessageType, MutableMessage
+    from wal.registry import must_get_builder
+
+    op = must_get_builder("localfs").build(root=str(tmp_path), max_message_bytes=4096, time_tick_interval=0.05)
+    w = op.open(OpenOption(PChannelInfo("p", 1)))
+
+    def m(p: bytes) -> MutableMessage:
+        return MutableMessage(MessageType.INSERT, p, vchannel="v")
+
+    with pytest.raises(InvalidArgumentError, match="max_message_bytes"):
+        w.append_messages([m(b"alone-1"), m(b"x" * 10_000), m(b"alone-2")])
+    stored_ok: list[bytes] = []
+    wrong: list[BaseException] = []
+    refused = [0]
+
+    def good(k: int) -> None:
+        for n in range(150):
+            group = [m(b"good-%d-%d-%d" % (k, n, j)) for j in range(3)]
+            try:
+                rs = w.append_messages(group)
+                assert len(rs) == 3
+                stored_ok.extend(g.payload for g in group)
+            except BaseException as e:
+                wrong.append(e)
+
+    def bad() -> None:
+        for n in range(150):
+            try:
+                w.append_messages([m(b"bad-%d-a" % n), m(b"x" * 10_000), m(b"bad-%d-b" % n)])
+            except InvalidArgumentError:
+                refused[0] += 1
+
+    ts = [threading.Thread(target=good, args=(k,)) for k in range(3)] + [threading.Thread(target=bad)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    w.append(m(b"end"))
+    s = w.read(ReadOption())
+    got: list[bytes] = []
+    while (p := bytes((x := s.recv(10)).payload)) != b"end":
+        if x.message_type is MessageType.INSERT:
+            got.append(p)
+    s.close()
+    w.close()
+    op.close()
+    assert not wrong, wrong[:3]
+    assert refused[0] == 150
+    leaked = [p for p in got if p.startswith((b"alone", b"bad"))]
+    assert not leaked, f"{len(leaked)} messages of refused groups were stored, e.g. {leaked[:3]}"
+    assert sorted(got) == sorted(stored_ok)

@@ -491,3 +491,43 @@ def test_a_localfs_close_cut_short_is_finished_by_the_next_close(tmp_path, sync:
     with op.open(OpenOption(PChannelInfo("c", 2))) as w2, w2.read(ReadOption()) as s2:
         assert [bytes(m.payload) for m in data(s2, 3)] == [b"p0", b"p1", b"p2"]
     op.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_an_append_thread_that_fails_stops_the_wal_instead_of_stranding_appends(backend, tmp_path) -> None:
+    """The append thread ending on an error of its own (a bug; found with an option the OS wait could not take)
+    left queued futures pending for ever while ``is_available()`` said True. Now they and every later append fail
+    with an error caused by it, the WAL says it is unavailable, and a reopened WAL reads every acknowledged
+    message back."""
+    extra = {"root": str(tmp_path)} if backend == "localfs" else {}
+    op = registry.must_get_builder(backend).build(time_tick_interval=0.05, **extra)
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    acked = [w.append(msg(i)).message_id for i in range(5)]
+    d = w._dispatcher
+
+    def broken(timeout=None):
+        raise OverflowError("timeout value is too large")
+
+    with d._lock:
+        d._has_work.wait = broken  # the thread's next wait fails
+        d._has_work.notify()
+    assert d._exited.wait(5), "the thread ended"
+    f = w.append_async(msg(99))
+    with pytest.raises(WALError) as err:
+        f.result(timeout=5)
+    assert isinstance(err.value.__cause__, OverflowError)
+    assert not w.is_available()
+    with pytest.raises(WALError):
+        w.append(msg(100), timeout=5)
+    assert returns_within(w.close, 5)
+    w2 = op.open(OpenOption(PChannelInfo("c", 2)))
+    s = w2.read(ReadOption())
+    got = []
+    while len(got) < len(acked):
+        m = s.recv(5)
+        if m.message_type is MessageType.INSERT:
+            got.append(m.message_id)
+    assert got == acked
+    s.close()
+    w2.close()
+    op.close()

@@ -96,13 +96,16 @@ class Txn(Closeable):
     def txn_ctx(self) -> Any: ...
 
     @abstractmethod
-    def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult: ...
+    def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult:
+        """Append ``msg`` to the transaction (on the transaction's vchannel); readers see it only once committed."""
 
     @abstractmethod
-    def commit(self, timeout: float | None = None) -> AppendResult: ...
+    def commit(self, timeout: float | None = None) -> AppendResult:
+        """Commit: readers then get the transaction once, as one TXN message. Raises once it expired."""
 
     @abstractmethod
-    def rollback(self, timeout: float | None = None) -> AppendResult: ...
+    def rollback(self, timeout: float | None = None) -> AppendResult:
+        """Roll back: no reader ever gets the transaction's messages."""
 
     def close(self) -> None:
         """Roll back if still open (a no-op after commit or rollback)."""
@@ -146,7 +149,9 @@ class WAL(ROWAL):
 
     @abstractmethod
     def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult:
-        """Append one message and wait until it is stored (durably, under ``sync="always"``)."""
+        """Append one message and wait until it is stored (durably, under ``sync="always"``).
+
+        ``timeout`` bounds the wait, not the append: after ``WALTimeoutError`` the message may still be stored."""
 
     @abstractmethod
     def append_async(self, msg: MutableMessage) -> Future[AppendResult]:
@@ -156,7 +161,9 @@ class WAL(ROWAL):
     def append_messages(
         self, msgs: Sequence[MutableMessage], timeout: float | None = None
     ) -> list[AppendResult]:
-        """Append several messages in order as one group commit; results are in the same order."""
+        """Append several messages in order as one group commit; results are in the same order.
+
+        If the backend refuses one of them (too large, say), none is stored and its error is raised."""
 
     @abstractmethod
     def get_latest_mvcc_timestamp(self, vchannel: str) -> int:
@@ -175,7 +182,10 @@ class Opener(Closeable):
     """Opens WALs on one backend; closing it closes every WAL it opened."""
 
     @abstractmethod
-    def open(self, opt: OpenOption) -> WAL: ...
+    def open(self, opt: OpenOption) -> WAL:
+        """Open ``opt.channel``: read-write (the default; one writer per channel, a lower term is fenced) or
+        read-only (``AccessMode.RO``, any number, beside the writer). Writable WALs are typed ``WAL``; a read-only
+        one refuses every write with ``AccessModeError``."""
 
 
 class OpenerBuilder(ABC):

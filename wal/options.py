@@ -33,20 +33,24 @@ class DeliverPolicy:
 
     @classmethod
     def all(cls) -> DeliverPolicy:
+        """From the first message the backend still has."""
         return cls(DeliverPolicyKind.ALL)
 
     @classmethod
     def latest(cls) -> DeliverPolicy:
+        """Only messages appended after ``read()`` returns."""
         return cls(DeliverPolicyKind.LATEST)
 
     @classmethod
     def start_from(cls, message_id: MessageID) -> DeliverPolicy:
+        """From ``message_id`` on, that message included."""
         if not isinstance(message_id, MessageID):
             raise InvalidArgumentError(f"start_from needs a MessageID, got {type(message_id).__name__}")
         return cls(DeliverPolicyKind.START_FROM, message_id)
 
     @classmethod
     def start_after(cls, message_id: MessageID) -> DeliverPolicy:
+        """From the message after ``message_id``."""
         if not isinstance(message_id, MessageID):
             raise InvalidArgumentError(f"start_after needs a MessageID, got {type(message_id).__name__}")
         return cls(DeliverPolicyKind.START_AFTER, message_id)
@@ -78,14 +82,17 @@ class DeliverFilter:
 
     @classmethod
     def time_tick_gt(cls, time_tick: int) -> DeliverFilter:
+        """Keep messages (outside a txn) and commits whose time tick is above ``time_tick``."""
         return cls(DeliverFilterKind.TIME_TICK_GT, time_tick=_check_tt(time_tick))
 
     @classmethod
     def time_tick_gte(cls, time_tick: int) -> DeliverFilter:
+        """Keep messages (outside a txn) and commits whose time tick is at or above ``time_tick``."""
         return cls(DeliverFilterKind.TIME_TICK_GTE, time_tick=_check_tt(time_tick))
 
     @classmethod
     def message_type(cls, *types: MessageType) -> DeliverFilter:
+        """Keep messages of these types (and every system type, which this filter never drops)."""
         if not types:
             raise InvalidArgumentError("message_type filter needs at least one type")
         out = set()

@@ -25,6 +25,7 @@ Periodic work that falls due while they do is run by the producer at the end of 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from asyncio import _get_running_loop as _running_loop
@@ -50,6 +51,8 @@ from ._future import (
 
 __all__ = ["AppendDispatcher", "BatchProcessor", "FuturesProcessor"]
 
+log = logging.getLogger(__name__)
+
 DEFER_STEP = 0.0002
 """How long the thread waits at a time while producers are still queuing futures (see ``AppendDispatcher._run``)."""
 
@@ -62,12 +65,15 @@ DEFER_TICK_MAX = 0.02
 GATHER_SECONDS = 0.0005
 """How long the thread waits, after waking several synchronous callers, for them to queue again."""
 
-BatchProcessor = Callable[[Sequence[MutableMessage]], list[AppendResult | BaseException]]
-"""Appends a batch and returns one outcome per message; must not raise (failures are per message)."""
+BatchProcessor = Callable[[Sequence[MutableMessage], Sequence[int]], list[AppendResult | BaseException]]
+"""Appends a batch and returns one outcome per message; must not raise (failures are per message). The second
+argument splits the batch into its callers' units, in order, as message counts (empty: every message is one):
+a synchronous caller's group is written whole or not at all, so that its caller, who gets one error for the
+group, never leaves part of it stored (a retry would store that part twice)."""
 
 FuturesProcessor = Callable[[Sequence[MutableMessage]], list[AppendResult | BaseException] | Appended]
-"""A :data:`BatchProcessor` for a batch of futures only, which may return :class:`~._future.Appended` (every
-message succeeded; the futures build their results when read)."""
+"""Appends a batch of futures only (every message its own unit, see :data:`BatchProcessor`); may return
+:class:`~._future.Appended` (every message succeeded; the futures build their results when read)."""
 
 
 def _accept_any(msg: object) -> object:
@@ -101,8 +107,11 @@ class AppendDispatcher:
         process_futures: FuturesProcessor | None = None,
         on_interrupt: Callable[[BaseException], None] | None = None,
     ) -> None:
+        self._name = name
         self._process = process
-        self._process_futures: FuturesProcessor = process if process_futures is None else process_futures
+        self._process_futures: FuturesProcessor = (
+            (lambda msgs: process(msgs, ())) if process_futures is None else process_futures
+        )
         self._check = check  # raises for a message submit_one must refuse (called unless the usual kind)
         self._refused_types = refused_types
         self._max_inflight = max_inflight
@@ -132,6 +141,7 @@ class AppendDispatcher:
         self._room = max_inflight  # submit_one's bound: 0 once closing (one test for both on the hot path)
         self._wake_at = 1  # queue length at which a producer wakes the idle thread (more while it gathers)
         self._closing = False
+        self._died_of: BaseException | None = None  # what ended the thread early (a bug: see _run)
         self._abort = False
         self._triggered: bool | None = None  # a sync asked for out of period; True = persisted
         # Set as the thread ends. Closers wait for it, not join(): in 3.11 a join that a Ctrl-C cuts short marks
@@ -159,7 +169,14 @@ class AppendDispatcher:
             finally:
                 self._room_waiters -= 1
         if self._closing:
-            raise ShutdownError("wal is closed")
+            raise self._closed_error()
+
+    def _closed_error(self) -> WALError:
+        if self._died_of is None:
+            return ShutdownError("wal is closed")
+        err = WALError(f"the append thread failed ({type(self._died_of).__name__}: {self._died_of}): reopen the wal")
+        err.__cause__ = self._died_of
+        return err
 
     def run_group(self, msgs: Sequence[MutableMessage], timeout: float | None = None) -> list[AppendResult]:
         """Append ``msgs`` together, in order, and wait for their results (raising the first error), without a
@@ -200,7 +217,7 @@ class AppendDispatcher:
                         self._has_work.notify()
             if owned:
                 try:
-                    outcomes: object = self._process(msgs)
+                    outcomes: object = self._process(msgs, (n,))
                 except BaseException as e:  # the processor promised not to raise
                     outcomes = [e] * n
                     self._cut_short(e)
@@ -387,8 +404,25 @@ class AppendDispatcher:
     def _run(self) -> None:
         try:
             self._serve()
+        except BaseException as ex:  # logged, not raised: the WAL reports it (is_available(), its appends' errors)
+            log.error("wal %s: the append thread failed; the wal stops", self._name, exc_info=ex)
+            self._died(ex)
         finally:
             self._exited.set()
+
+    def _died(self, ex: BaseException) -> None:
+        """The thread ends on an error of its own (a bug; a Ctrl-C lands only in the main thread): nothing would
+        take queued appends any more, and their callers would wait for ever. Fail them and every later append with
+        an error caused by ``ex``, and tell the owner (the WAL stops, as after an interrupt)."""
+        called: list[AppendFuture[Any]] = []
+        with self._lock:
+            self._died_of = ex
+            self._closing = True
+            self._room = 0
+            called = self._fail_queued()
+        invoke_callbacks(called)
+        if self._on_interrupt is not None:
+            self._on_interrupt(ex)
 
     def _serve(self) -> None:
         while not self._ready.is_set():
@@ -532,7 +566,11 @@ class AppendDispatcher:
         try:
             groups = maybe_groups and any(e.__class__ is tuple for e in batch)
             try:
-                outcomes = self._process(msgs) if groups else self._process_futures(msgs)
+                if groups:
+                    units = [len(e[0]) if e.__class__ is tuple else 1 for e in batch]
+                    outcomes = self._process(msgs, units)
+                else:
+                    outcomes = self._process_futures(msgs)
             except BaseException as ex:  # the processor promised not to raise; fail the batch, do not hang callers
                 outcomes = [ex] * len(msgs)
                 if not isinstance(ex, Exception):  # Ctrl-C, SystemExit: never raised in another thread's result()
@@ -599,7 +637,7 @@ class AppendDispatcher:
     def _fail_queued(self) -> list[AppendFuture[Any]]:
         """Fail what is queued (lock held); returns the futures whose done callbacks are due, for the caller to run
         once the lock is released (a callback may close the WAL, which takes it)."""
-        err = ShutdownError("wal is closed")
+        err = self._closed_error()
         futs: list[AppendFuture[Any]] = []
         waiters: list[GroupWaiter] = []
         self._groups = 0

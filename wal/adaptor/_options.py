@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._checks import seconds
 from ..errors import InvalidArgumentError
 from ..interceptors import InterceptorBuilder
 
@@ -21,12 +22,6 @@ class AdaptorOptions:
     interceptors: tuple[InterceptorBuilder, ...] = ()
     max_inflight_appends: int = 4096
     max_append_batch: int = 1024
-
-
-def _positive_number(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-        raise InvalidArgumentError(f"build option {name} must be a positive number, got {v!r}")
-    return float(v)
 
 
 def _positive_int(name: str, v: Any) -> int:
@@ -45,7 +40,7 @@ def split_options(options: Mapping[str, Any]) -> tuple[AdaptorOptions, dict[str,
         )
     for name in ("write_ahead_buffer_keepalive", "time_tick_interval", "txn_keepalive"):
         if name in rest:
-            kw[name] = _positive_number(name, rest.pop(name))
+            kw[name] = seconds(rest.pop(name), f"build option {name}")
     for name in ("max_inflight_appends", "max_append_batch"):
         if name in rest:
             kw[name] = _positive_int(name, rest.pop(name))

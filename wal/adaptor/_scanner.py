@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from .._checks import seconds
 from .._interfaces import Scanner
 from .._metrics import metrics
 from .._types import PChannelInfo, ReadOption
@@ -138,7 +139,7 @@ class ScannerAdaptor(Scanner):
             metrics.scanner_lag_seconds.observe(max(0.0, lag))
 
     def _recv_wait(self, timeout: float | None) -> ImmutableMessage:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + seconds(timeout, "recv timeout", zero=True)
         with self._recv_lock:
             pending = self._pending
             tried = False  # recv(0) still looks once at what the source already has

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from .._checks import seconds
 from .._interfaces import Txn
 from .._types import AppendResult
 from ..errors import InvalidArgumentError, InvalidTxnStateError
@@ -18,10 +19,8 @@ __all__ = ["TxnHandle"]
 
 class TxnHandle(Txn):
     def __init__(self, wal: WAL, vchannel: str, keepalive: float | None, timeout: float | None = None) -> None:
-        if keepalive is not None and (isinstance(keepalive, bool) or not isinstance(keepalive, int | float)):
-            raise InvalidArgumentError(f"keepalive must be a number of seconds, got {keepalive!r}")
-        if keepalive is not None and keepalive < 0.001:
-            raise InvalidArgumentError(f"keepalive must be at least 1 ms, got {keepalive!r}")
+        if keepalive is not None and seconds(keepalive, "txn keepalive") < 0.001:
+            raise InvalidArgumentError(f"txn keepalive must be at least 1 ms, got {keepalive!r}")
         self._wal = wal
         self._vchannel = vchannel
         self._lock = threading.Lock()

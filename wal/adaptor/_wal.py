@@ -16,6 +16,7 @@ from functools import partial
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
+from .._checks import seconds
 from .._interfaces import WAL, Scanner, Txn
 from .._metrics import metrics
 from .._types import AccessMode, AppendResult, PChannelInfo, ReadOption
@@ -241,6 +242,7 @@ class WALAdaptor(ROWALAdaptor):
         self._append_chain = self._bind_chain(interceptors, tt_ic)
         self._n_appends = 0  # appends and bytes not yet added to the metrics (added by the periodic tick)
         self._n_bytes = 0
+        self._units: Sequence[int] = ()  # the batch's callers' units while it runs (see _append_units)
         self._dispatcher = AppendDispatcher(
             f"{self._channel}",
             self._process_batch,
@@ -355,8 +357,8 @@ class WALAdaptor(ROWALAdaptor):
             if len(persisted) == 1:
                 return [e] * len(msgs)
             # One caller's bad message (too large, a foreign ID...) must not fail the others grouped with it: the
-            # backends check every message before writing any, so nothing was written; append them one by one.
-            return self._map_outcomes(msgs, [self._append_alone(m) for m in persisted])
+            # backends check every message before writing any, so nothing was written; append caller by caller.
+            return self._map_outcomes(msgs, self._append_units(msgs))
         except Exception as e:
             return [e] * len(msgs)
         if len(got) == len(msgs):
@@ -378,11 +380,12 @@ class WALAdaptor(ROWALAdaptor):
 
     def _on_interrupt(self, ex: BaseException) -> None:
         """Ctrl-C or SystemExit escaped the interceptor chain or the periodic tick (the dispatcher calls this, in
-        the thread that ran them). Their bookkeeping may be cut short anywhere: a time tick allocated and never
-        acknowledged holds back every later one (appends went on being acknowledged while tailing readers never
-        received them), and the write-ahead buffer may hold a batch half handed over. So this WAL is done: appends
-        and new reads fail with this error, and open scanners end with it after delivering what they had
-        released. What was acknowledged is in the backend; reopening the WAL (recovery) is the way back.
+        the thread that ran them), or the append thread itself failed (``AppendDispatcher._died``). Their
+        bookkeeping may be cut short anywhere: a time tick allocated and never acknowledged holds back every later
+        one (appends went on being acknowledged while tailing readers never received them), and the write-ahead
+        buffer may hold a batch half handed over. So this WAL is done: appends and new reads fail with this error,
+        and open scanners end with it after delivering what they had released. What was acknowledged is in the
+        backend; reopening the WAL (recovery) is the way back.
 
         One store decides it (``_write_error``, whose cause is ``ex``); the rest (:meth:`_finish_stop`) is redone by
         every refused append or read and by the periodic work, so a second Ctrl-C cutting it short is repaired
@@ -408,17 +411,32 @@ class WALAdaptor(ROWALAdaptor):
     def is_available(self) -> bool:
         return self._write_error is None and not self._unavailable.is_set()
 
-    def _append_alone(self, m: MutableMessage) -> AppendOutcome:
+    def _append_units(self, msgs: Sequence[MutableMessage]) -> list[AppendOutcome]:
+        """The persisted messages of a refused batch, appended again a caller's unit at a time (see
+        :data:`~._dispatcher.BatchProcessor`): a group with a bad message fails whole, nothing of it written."""
+        units = self._units
+        if sum(units) != len(msgs):  # no units, or the chain changed the batch: every message alone
+            units = [1] * len(msgs)
+        out: list[AppendOutcome] = []
+        i = 0
+        for n in units:
+            part = [m for m in msgs[i : i + n] if not m.not_persisted]
+            i += n
+            if part:
+                out += self._append_unit(part)
+        return out
+
+    def _append_unit(self, part: Sequence[MutableMessage]) -> list[AppendOutcome]:
         if self._write_error is not None:
-            return self._refusal()
+            return [self._refusal()] * len(part)
         try:
-            return self._wimpls.append(m)
+            return list(self._wimpls.append_batch(part))
         except FencedError as e:
             self._write_error = e
             self._unavailable.set()
-            return e
+            return [e] * len(part)
         except Exception as e:
-            return e
+            return [e] * len(part)
 
     @staticmethod
     def _map_outcomes(msgs: Sequence[MutableMessage], persisted: list[AppendOutcome]) -> list[AppendOutcome]:
@@ -434,7 +452,9 @@ class WALAdaptor(ROWALAdaptor):
                 out.append(next(outs))
         return out
 
-    def _process_batch(self, msgs: Sequence[MutableMessage]) -> list[AppendResult | BaseException]:
+    def _process_batch(
+        self, msgs: Sequence[MutableMessage], units: Sequence[int] = ()
+    ) -> list[AppendResult | BaseException]:
         term = self._term
         if len(msgs) == 1:  # a synchronous append: no loops, comprehensions or extra calls
             m = msgs[0]
@@ -451,7 +471,11 @@ class WALAdaptor(ROWALAdaptor):
             self._n_bytes += len(m.payload)
             lc = m.last_confirmed_message_id
             return [AppendResult(o, m.time_tick, o if lc is None else lc, m.txn_ctx, None)]
-        msgs, outcomes = self._run_chain(msgs)
+        self._units = units  # for _final_batch, should the backend refuse the batch (one batch at a time)
+        try:
+            msgs, outcomes = self._run_chain(msgs)
+        finally:
+            self._units = ()
         if all_ok(outcomes):  # the usual case
             self._count(msgs)
             # last_confirmed_message_id None: the message's own ID. Built in place (what AppendResult's __init__
@@ -549,6 +573,8 @@ class WALAdaptor(ROWALAdaptor):
         return self._dispatcher.submit_one(msg)
 
     def append_messages(self, msgs: Sequence[MutableMessage], timeout: float | None = None) -> list[AppendResult]:
+        if timeout is not None:
+            timeout = seconds(timeout, "append timeout", zero=True)
         for m in msgs:
             if m.__class__ is not MutableMessage or m.message_type in _WAL_ONLY_TYPES:  # the usual case: one check
                 self._check_msg(m)

@@ -37,6 +37,7 @@ def register_builder(builder: OpenerBuilderImpls) -> None:
 
 
 def registered_names() -> list[str]:
+    """The names of the registered backends, sorted (what ``must_get_builder`` accepts)."""
     with _lock:
         return sorted(_builders)
 

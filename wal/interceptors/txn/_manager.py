@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from ..._checks import seconds
 from ...errors import InvalidArgumentError, TxnExpiredError
 from ...message import TxnContext
 from ..timetick._clock import HybridClock
@@ -36,7 +37,7 @@ class TxnManager:
         """
         if not keepalive:
             keepalive = self._default_keepalive
-        if keepalive < 0.001:
+        if seconds(keepalive, "txn keepalive") < 0.001:
             raise InvalidArgumentError(f"txn keepalive must be at least 1 ms, got {keepalive} s")
         with self._lock:
             if self._closing:

@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ..._checks import seconds
 from ..._types import AccessMode, OpenOption
 from ...errors import FencedError, InvalidArgumentError, ShutdownError, WALIOError, WALLockedError
 from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls
@@ -62,23 +63,21 @@ class Options:
         sync = options.get("sync", "always")
         if sync not in _SYNC_MODES:
             raise InvalidArgumentError(f"localfs option sync must be one of {', '.join(_SYNC_MODES)}, got {sync!r}")
-        interval = options.get("sync_interval", 0.01)
-        if not isinstance(interval, int | float) or isinstance(interval, bool) or not interval > 0:
-            raise InvalidArgumentError(f"localfs option sync_interval must be a positive number, got {interval!r}")
+        interval = seconds(options.get("sync_interval", 0.01), "localfs option sync_interval")
         rb = options.get("retention_bytes")
         if rb is not None and (not isinstance(rb, int) or isinstance(rb, bool) or rb < 0):
             raise InvalidArgumentError(f"localfs option retention_bytes must be an int >= 0 or None, got {rb!r}")
         rs = options.get("retention_seconds")
-        if rs is not None and (not isinstance(rs, int | float) or isinstance(rs, bool) or rs < 0):
-            raise InvalidArgumentError(f"localfs option retention_seconds must be >= 0 or None, got {rs!r}")
+        if rs is not None:
+            rs = seconds(rs, "localfs option retention_seconds (or None)", zero=True)
         mmb = _int(options, "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
         if not 1 <= mmb <= MAX_SEGMENT_BYTES - DATA_START - 64:
             raise InvalidArgumentError(f"localfs option max_message_bytes out of range: {mmb}")
         fops = options.get("_file_ops", DEFAULT_FILE_OPS)
         if not isinstance(fops, FileOps):
             raise InvalidArgumentError(f"localfs option _file_ops must be a FileOps, got {type(fops).__name__}")
-        return cls(root=os.path.abspath(os.fspath(root)), segment_bytes=seg, sync=sync, sync_interval=float(interval),
-                   retention_bytes=rb, retention_seconds=None if rs is None else float(rs), max_message_bytes=mmb,
+        return cls(root=os.path.abspath(os.fspath(root)), segment_bytes=seg, sync=sync, sync_interval=interval,
+                   retention_bytes=rb, retention_seconds=rs, max_message_bytes=mmb,
                    file_ops=fops)
 
 

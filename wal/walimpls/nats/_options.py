@@ -7,6 +7,7 @@ import ssl
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..._checks import seconds
 from ...errors import InvalidArgumentError
 
 __all__ = ["NatsOptions", "parse_options"]
@@ -100,9 +101,7 @@ def parse_options(options: dict[str, Any]) -> NatsOptions:
                 raise InvalidArgumentError(f"nats: servers must be a URL or a list of URLs, got {v!r}")
             kw[k] = servers
         elif k in _FLOATS:
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-                raise InvalidArgumentError(f"nats: option {k} must be a non-negative number of seconds, got {v!r}")
-            kw[k] = float(v)
+            kw[k] = seconds(v, f"nats: option {k}", zero=True)
         elif k in _INTS:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise InvalidArgumentError(f"nats: option {k} must be an int, got {v!r}")

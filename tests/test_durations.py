@@ -1,0 +1,88 @@
+"""Durations a user passes (build options, timeouts, keepalives) are checked where they are given.
+
+NaN passes every comparison and infinity overflows the OS waits and the hybrid clock: accepted, an infinite
+``time_tick_interval`` ended the append thread (appends then waited for ever while the WAL said it was
+available), ``sync_interval=inf`` ended localfs's syncer, and ``begin_txn(keepalive=nan)`` left every reader of
+the WAL failing with "cannot convert float NaN to integer"."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import wal.walimpls.nats as wn
+from wal import OpenOption, PChannelInfo, ReadOption, registry
+from wal._checks import MAX_SECONDS
+from wal.errors import InvalidArgumentError
+from wal.message import MessageType, MutableMessage
+
+BAD = [math.nan, math.inf, -math.inf, -1, MAX_SECONDS * 2, "1", None, True]
+BAD_TIMEOUTS = [math.nan, math.inf, -1, -0.001, MAX_SECONDS * 2, "1", True]
+
+
+def _build(backend: str, tmp_path: Path, **kw: Any) -> Any:
+    extra = {"root": str(tmp_path)} if backend == "localfs" else {}
+    return registry.must_get_builder(backend).build(**extra, **kw)
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+@pytest.mark.parametrize("name", ["time_tick_interval", "write_ahead_buffer_keepalive", "txn_keepalive"])
+@pytest.mark.parametrize("bad", [*BAD, 0])
+def test_adaptor_duration_options_are_finite_positive_and_bounded(backend, name, bad, tmp_path) -> None:
+    with pytest.raises(InvalidArgumentError, match=name):
+        _build(backend, tmp_path, **{name: bad})
+
+
+@pytest.mark.parametrize(("name", "zero_ok"), [("sync_interval", False), ("retention_seconds", True)])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1, MAX_SECONDS * 2, "1", True, 0])
+def test_localfs_duration_options(name, zero_ok, bad, tmp_path) -> None:
+    if bad == 0 and zero_ok:
+        _build("localfs", tmp_path, **{name: bad}).close()
+        return
+    with pytest.raises(InvalidArgumentError, match=name):
+        _build("localfs", tmp_path, **{name: bad})
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1, "1"])
+def test_nats_duration_options(bad) -> None:
+    with pytest.raises(InvalidArgumentError, match="connect_timeout"):
+        wn.NatsOpenerBuilder().build(servers="nats://127.0.0.1:1", connect_timeout=bad)
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_bad_timeouts_and_keepalives_are_refused_and_leave_the_wal_working(backend, tmp_path) -> None:
+    op = _build(backend, tmp_path, time_tick_interval=0.02)
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    s = w.read(ReadOption())
+    m = MutableMessage(MessageType.INSERT, b"x", vchannel="v")
+    for bad in BAD_TIMEOUTS:
+        with pytest.raises(InvalidArgumentError, match="append timeout"):
+            w.append(m, timeout=bad)
+        with pytest.raises(InvalidArgumentError, match="append timeout"):
+            w.append_messages([m], timeout=bad)
+        with pytest.raises(InvalidArgumentError, match="recv timeout"):
+            while True:  # the ticks already released are delivered first; the check comes with the first wait
+                s.recv(bad)
+        with pytest.raises(InvalidArgumentError, match="keepalive"):
+            w.begin_txn("v", keepalive=bad)
+    with pytest.raises(InvalidArgumentError, match="keepalive"):
+        w.txn_manager.begin_new_txn(1, math.nan)  # the interceptors' own entry checks too
+    # nothing of the above reached the WAL's state: a txn and appends work, and the reader gets them
+    with w.begin_txn("v", keepalive=5) as t:
+        t.append(MutableMessage(MessageType.INSERT, b"in-txn", vchannel="v"))
+    last = w.append(MutableMessage(MessageType.INSERT, b"after", vchannel="v"), timeout=5)
+    got = []
+    while True:
+        x = s.recv(5)
+        if x.message_type in (MessageType.INSERT, MessageType.TXN):
+            got.append(x.message_type)
+        if x.message_id == last.message_id:
+            break
+    assert got == [MessageType.TXN, MessageType.INSERT]
+    assert w.is_available()
+    s.close()
+    w.close()
+    op.close()
