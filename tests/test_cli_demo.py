@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 import time
 from pathlib import Path
 
-from _cli_util import wal_cmd
+from _cli_util import child_env, wal_cmd
 
 
 def test_demo_exits_0_and_prints_the_summary(tmp_path: Path) -> None:
@@ -25,6 +27,11 @@ def test_demo_exits_0_and_prints_the_summary(tmp_path: Path) -> None:
     assert "SIGKILL writer 1" in out
     assert not (old / "stale").exists() and (old / "demo").is_dir()
     assert took < 45  # the demo targets < 30 s; room for a loaded CI machine
+    # The closing hint is a command that works from where the demo ran (make demo's venv is not on PATH).
+    hint = out.split("(try: ")[1].split(";")[0]
+    r = subprocess.run(shlex.split(hint), cwd=str(tmp_path), capture_output=True, text=True, env=child_env(),
+                       timeout=60)
+    assert r.returncode == 0 and "channel demo" in r.stdout, (hint, r.stderr)
     assert wal_cmd("verify", "--root", str(old)).returncode == 0
 
 
@@ -32,13 +39,15 @@ def test_demo_refuses_to_wipe_a_directory_it_did_not_make(tmp_path: Path) -> Non
     precious = tmp_path / "data"
     precious.mkdir()
     (precious / "keep.txt").write_text("mine")
-    r = wal_cmd("demo", "--root", str(precious))
+    r = wal_cmd("demo", "--root", str(precious), "--channel", "mine")
     assert r.returncode == 2 and "refusing to wipe" in r.stderr
+    r = wal_cmd("demo", "--root", str(tmp_path / "new"), "--channel", "../x")
+    assert r.returncode == 2 and "--channel" in r.stderr and not (tmp_path / "new").exists()
     assert (precious / "keep.txt").read_text() == "mine"
 
 
 def test_bench_quick_prints_a_table(tmp_path: Path) -> None:
-    r = wal_cmd("bench", "--quick", "--dir", str(tmp_path), timeout=120)
+    r = wal_cmd("bench", "--quick", "--root", str(tmp_path), "--channel", "b", timeout=120)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["scenario", "ops", "seconds", "ops/s", "MB/s", "p50", "ms", "p99", "ms"]

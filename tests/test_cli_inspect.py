@@ -221,3 +221,64 @@ def test_verify_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
         os.close(leader)
     assert p.returncode == 0
     assert b"verifying" in err and b"100%" in err
+
+
+def test_a_directory_that_is_not_a_channel_is_a_usage_error_and_stays_untouched(tmp_path: Path) -> None:
+    """`repair` used to write a LOCK into any directory named as a channel, report "verify ok" and so make it a
+    channel that `info` then listed."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    for sub in ("repair", "verify", "info", "dump"):
+        r = wal_cmd(sub, "--root", str(tmp_path), "--channel", "x")
+        assert r.returncode == 2 and "not a localfs channel" in r.stderr, (sub, r.stdout, r.stderr)
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["notes.txt"]
+    assert "no channels under" in wal_cmd("info", "--root", str(tmp_path)).stdout
+
+
+def test_a_root_one_level_too_high_gets_a_hint(tmp_path: Path) -> None:
+    fill(tmp_path / "data", "p1", 3)
+    for sub in ("info", "verify"):
+        r = wal_cmd(sub, "--root", str(tmp_path))
+        assert r.returncode == 0 and f"pass --root {tmp_path / 'data'}" in r.stdout, (sub, r.stdout)
+
+
+def test_info_says_when_the_term_file_is_damaged(tmp_path: Path) -> None:
+    fill(tmp_path, "p1", 3)
+    (tmp_path / "p1" / "TERM").write_bytes(b"garbage")
+    r = wal_cmd("info", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 0 and "damaged TERM file" in r.stdout, r.stdout
+    r = wal_cmd("info", "--root", str(tmp_path), "--channel", "p1", "--json")
+    assert json.loads(r.stdout)["term"] is None
+
+
+def test_info_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    for k in range(40):
+        fill(tmp_path, f"c{k}", 1)
+    import subprocess
+
+    from _cli_util import PY, child_env
+
+    p = subprocess.run(f"'{PY}' -m wal info --root '{tmp_path}' | head -1", shell=True, capture_output=True,
+                       text=True, env=child_env(), timeout=60)
+    assert p.stdout.startswith("channel c0") and "Broken pipe" not in p.stderr and "Traceback" not in p.stderr
+
+
+def test_dump_and_tail_escape_what_a_terminal_would_act_on(tmp_path: Path) -> None:
+    """Stored bytes come from whoever could append: an escape sequence, a bell or a newline in a vchannel,
+    property or text payload must reach the terminal as visible escapes, not as actions or forged lines."""
+    from wal import OpenOption, PChannelInfo, registry
+    from wal.message import MessageType, MutableMessage
+
+    evil = "\x1b]0;owned\x07\x1b[2J\x1b[31mred\nforged line\x9b1m\u202eevil"
+    with registry.must_get_builder("localfs").build(root=str(tmp_path)) as op, \
+            op.open(OpenOption(PChannelInfo("esc", 1))) as w:
+        w.append(MutableMessage(MessageType.INSERT, evil.encode(), {"k": evil}, "v" + evil))
+    for fmt in (("--payload", "text"), ("--payload", "text", "--json")):
+        r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "esc", *fmt)
+        assert r.returncode == 0, r.stderr
+        bad = [c for c in r.stdout if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F or c == "\u202e"]
+        assert not bad, (fmt, bad)
+        assert "forged line" in r.stdout and not any(ln.startswith("forged") for ln in r.stdout.splitlines())
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "esc", "--payload", "text", "--json")
+    rec = next(json.loads(ln) for ln in r.stdout.splitlines() if '"INSERT"' in ln)
+    assert rec["payload"] == evil and rec["properties"]["k"] == evil  # JSON keeps the exact text

@@ -24,7 +24,7 @@ from .._types import AccessMode, AppendResult, OpenOption, PChannelInfo, ReadOpt
 from ..errors import WALTimeoutError
 from ..message import MessageType, MutableMessage
 from ..options import DeliverPolicy
-from ._common import EXIT_CODES_HELP, format_table, percentile
+from ._common import EXIT_CODES_HELP, channel_name, format_table, percentile
 
 __all__ = ["bench"]
 
@@ -65,9 +65,9 @@ def _msg(payload: bytes) -> MutableMessage:
     return MutableMessage(MessageType.INSERT, payload, None, "v1")
 
 
-def durable_single(root: str, n: int, payload: bytes) -> Result:
+def durable_single(root: str, channel: str, n: int, payload: bytes) -> Result:
     lat: list[float] = []
-    with _wal(root, "single") as w:
+    with _wal(root, f"{channel}-single") as w:
         w.append(_msg(payload))  # warm-up: first segment, first tick
         t0 = time.perf_counter()
         for _ in range(n):
@@ -85,9 +85,9 @@ def _latency_recorder(into: list[float], start: float) -> Callable[[Future[Appen
     return done
 
 
-def pipelined(root: str, n: int, payload: bytes) -> Result:
+def pipelined(root: str, channel: str, n: int, payload: bytes) -> Result:
     lat: list[float] = []
-    with _wal(root, "pipelined") as w:
+    with _wal(root, f"{channel}-pipelined") as w:
         w.append(_msg(payload))
         inflight: deque[Future[AppendResult]] = deque()
         t0 = time.perf_counter()
@@ -104,9 +104,9 @@ def pipelined(root: str, n: int, payload: bytes) -> Result:
     return Result("append_async pipelined", n, secs, len(payload), lat)
 
 
-def group_commit(root: str, per_thread: int, payload: bytes) -> Result:
+def group_commit(root: str, channel: str, per_thread: int, payload: bytes) -> Result:
     lats: list[list[float]] = [[] for _ in range(THREADS)]
-    with _wal(root, "group") as w:
+    with _wal(root, f"{channel}-group") as w:
         w.append(_msg(payload))
         go = threading.Barrier(THREADS + 1)
 
@@ -130,8 +130,8 @@ def group_commit(root: str, per_thread: int, payload: bytes) -> Result:
                   [x for lst in lats for x in lst])
 
 
-def catch_up_scan(root: str, n: int, payload: bytes) -> Result:
-    with _wal(root, "scan", sync="never") as w:
+def catch_up_scan(root: str, channel: str, n: int, payload: bytes) -> Result:
+    with _wal(root, f"{channel}-scan", sync="never") as w:
         batch = [payload] * 1000
         left = n
         while left > 0:
@@ -140,7 +140,7 @@ def catch_up_scan(root: str, n: int, payload: bytes) -> Result:
     # A fresh read-only opener: nothing cached, every message comes from the files.
     opener = registry.must_get_builder("localfs").build(root=root)
     try:
-        ro = opener.open(OpenOption(channel=PChannelInfo("scan", 0, AccessMode.RO)))
+        ro = opener.open(OpenOption(channel=PChannelInfo(f"{channel}-scan", 0, AccessMode.RO)))
         got = 0
         t0 = time.perf_counter()
         with ro.read(ReadOption(deliver_policy=DeliverPolicy.all())) as s:
@@ -161,9 +161,12 @@ def catch_up_scan(root: str, n: int, payload: bytes) -> Result:
 @click.option("--quick", is_flag=True, help="a smaller run (a few seconds).")
 @click.option("--payload-bytes", type=click.IntRange(min=1, max=1 << 20), default=100, show_default=True,
               help="size of each message's payload.")
-@click.option("--dir", "base", type=click.Path(file_okay=False, exists=True), default=None,
-              help="where to make the temporary directory (default: the system's temp dir; pick the disk to test).")
-def bench(quick: bool, payload_bytes: int, base: str | None) -> None:
+@click.option("--root", "--dir", "base", type=click.Path(file_okay=False, exists=True), default=None,
+              help="where to make the run's temporary WAL root, removed after (default: the system's temp dir; "
+                   "pick the disk to test). --dir is its older name.")
+@click.option("--channel", default="bench", show_default=True, metavar="NAME", callback=channel_name,
+              help="prefix of the scenarios' channel names (NAME-single, NAME-pipelined, NAME-group, NAME-scan).")
+def bench(quick: bool, payload_bytes: int, base: str | None, channel: str) -> None:
     """A short run of the main scenarios on localfs (sync="always" unless said), with a table of results.
 
     \b
@@ -179,7 +182,7 @@ def bench(quick: bool, payload_bytes: int, base: str | None) -> None:
         click.echo(f"localfs in {root}, {payload_bytes} B payloads{' (quick)' if quick else ''}", err=True)
         for fn, n in ((durable_single, sizes[0]), (pipelined, sizes[1]), (group_commit, sizes[2]),
                       (catch_up_scan, sizes[3])):
-            r = fn(root, n, payload)
+            r = fn(root, channel, n, payload)
             results.append(r)
             click.echo(f"  {r.scenario}: done", err=True)
     click.echo(format_table(("scenario", "ops", "seconds", "ops/s", "MB/s", "p50 ms", "p99 ms"),

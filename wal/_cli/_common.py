@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -15,6 +17,7 @@ import click
 from .._types import validate_channel_name
 from ..errors import InvalidArgumentError, WALError
 from ..message import ImmutableMessage, ImmutableTxnMessage, MessageType, physical_ms
+from ..walimpls.localfs import tools as fstools
 
 __all__ = [
     "EXIT_CODES_HELP",
@@ -22,13 +25,16 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "channel_dir_or_fail",
+    "channel_name",
     "channel_option",
     "configure_logging",
     "fail",
     "format_table",
+    "json_line",
     "message_line",
     "message_record",
     "percentile",
+    "printable",
     "reports_errors",
     "root_option",
     "time_of",
@@ -66,6 +72,15 @@ def channel_option(required: bool) -> Callable[[F], F]:
     )
 
 
+def channel_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A click callback: ``value`` if it is a valid channel name, else a usage error (exit 2)."""
+    try:
+        validate_channel_name(value)
+    except InvalidArgumentError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
 def channel_dir_or_fail(root: str, channel: str) -> str:
     """The channel's directory; a bad or unknown name is a usage error (exit 2), said before any work."""
     try:
@@ -78,6 +93,10 @@ def channel_dir_or_fail(root: str, channel: str) -> str:
                                  param_hint="--channel")
     if not os.path.isdir(path):
         raise click.BadParameter(f"no channel {channel!r} under {root}", param_hint="--channel")
+    if not fstools.is_channel_dir(path):
+        raise click.BadParameter(
+            f"{path} is a directory but not a localfs channel (no LOCK, TERM or segment)", param_hint="--channel"
+        )
     return path
 
 
@@ -117,6 +136,29 @@ def time_of(time_tick: int) -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
+# What stored text must not send to a terminal as it is: C0 and C1 controls (escape sequences, a newline that
+# forges an output line), DEL, and the invisible or direction-changing characters that make text read differently
+# from what it is. Messages come from whoever could append; dump and tail print them.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(c: re.Match[str]) -> str:
+    ch = c.group()
+    return _NAMED.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+
+
+def printable(text: str) -> str:
+    """``text`` with what a terminal would act on (see ``_UNSAFE``) shown as backslash escapes."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def json_line(obj: object) -> str:
+    """One JSON line, non-ASCII text kept readable, with the characters of ``_UNSAFE`` that JSON leaves raw
+    (DEL, C1 controls, direction marks) escaped as ``\\uXXXX``."""
+    return _UNSAFE.sub(lambda c: f"\\u{ord(c.group()):04x}", json.dumps(obj, ensure_ascii=False))
+
+
 def _payload(m: ImmutableMessage, mode: str) -> str:
     data = bytes(m.payload)
     if mode == "hex":
@@ -152,16 +194,16 @@ MESSAGE_HEADER = (
 
 def message_line(m: ImmutableMessage, payload: str | None = None) -> str:
     """One line per message, aligned under :data:`MESSAGE_HEADER` (a TXN adds one indented line per body message)."""
-    props = " ".join(f"{k}={v}" for k, v in sorted(m.properties.items()))
+    props = printable(" ".join(f"{k}={v}" for k, v in sorted(m.properties.items())))
     mtype = m.message_type.name
     if m.txn_ctx is not None:  # the transaction first, in the properties column (txn IDs are long)
         props = f"[txn {m.txn_ctx.txn_id}] {props}"
     line = (
         f"{m.message_id.marshal():>10}  {m.time_tick:>20}  {time_of(m.time_tick) or '-':<24}  {mtype:<17}  "
-        f"{m.vchannel or '*':<12}  {len(m.payload):>7}  {props}"
+        f"{printable(m.vchannel) or '*':<12}  {len(m.payload):>7}  {props}"
     ).rstrip()
     if payload is not None and m.message_type is not MessageType.TXN:
-        line += f"\n{'':>10}  payload: {_payload(m, payload) if len(m.payload) else '(empty)'}"
+        line += f"\n{'':>10}  payload: {printable(_payload(m, payload)) if len(m.payload) else '(empty)'}"
     if isinstance(m, ImmutableTxnMessage):
         for b in m.messages:
             line += "\n" + "\n".join("    " + part for part in message_line(b, payload).splitlines())

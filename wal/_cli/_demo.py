@@ -26,7 +26,7 @@ from .. import registry
 from .._types import OpenOption, PChannelInfo
 from ..errors import FencedError
 from ..walimpls.localfs import tools as fstools
-from ._common import EXIT_CODES_HELP, EXIT_FAILURE, format_table, percentile
+from ._common import EXIT_CODES_HELP, EXIT_FAILURE, channel_name, format_table, percentile
 from ._demo_proc import parse_payload
 
 __all__ = ["demo"]
@@ -157,7 +157,9 @@ def _prepare_root(root: str) -> None:
               help="how long the first writer runs before it is killed.")
 @click.option("--rate", type=click.FloatRange(min=10, max=5000), default=250.0, show_default=True,
               help="appends per second of each writer.")
-def demo(root: str, seconds: float, rate: float) -> None:
+@click.option("--channel", default=CHANNEL, show_default=True, metavar="NAME", callback=channel_name,
+              help="the channel the demo writes.")
+def demo(root: str, seconds: float, rate: float, channel: str) -> None:
     """Run the main job on localfs and check its guarantees (finishes in well under 30 s).
 
     \b
@@ -177,9 +179,9 @@ def demo(root: str, seconds: float, rate: float) -> None:
     def say(what: str) -> None:
         click.echo(f"[{time.monotonic() - t_start:5.1f}s] {what}")
 
-    say(f"WAL root {root}, channel {CHANNEL!r}, backend localfs (sync=always)")
+    say(f"WAL root {root}, channel {channel!r}, backend localfs (sync=always)")
     txn_at = max(1, int(rate * seconds / 3))
-    w1 = _Child(["writer", root, CHANNEL, "1", str(rate), "0", "0", str(txn_at)])
+    w1 = _Child(["writer", root, channel, "1", str(rate), "0", "0", str(txn_at)])
     follower: _Child | None = None
     w2: _Child | None = None
     try:
@@ -187,7 +189,7 @@ def demo(root: str, seconds: float, rate: float) -> None:
         if ready is None:
             raise _abort(f"writer did not start:\n{w1.stderr_tail()}")
         say(f"writer 1 (pid {w1.proc.pid}) opened the channel with term 1 in {ready.split()[1]} ms")
-        follower = _Child(["follower", root, CHANNEL])
+        follower = _Child(["follower", root, channel])
         if follower.wait_for(lambda ln: ln == "ready", 15) is None:
             raise _abort(f"follower did not start:\n{follower.stderr_tail()}")
         say(f"follower (pid {follower.proc.pid}) tails it read-only")
@@ -203,7 +205,7 @@ def demo(root: str, seconds: float, rate: float) -> None:
         say(f"SIGKILL writer 1 after {n1} acknowledged appends ({n1 / max(w1_secs, 1e-3):.0f}/s)")
 
         n2_target = max(10, int(rate * 0.8))
-        w2 = _Child(["writer", root, CHANNEL, "2", str(rate), "1000000", str(n2_target), "-1"])
+        w2 = _Child(["writer", root, channel, "2", str(rate), "1000000", str(n2_target), "-1"])
         ready2 = w2.wait_for(lambda ln: ln.startswith("ready"), 15)
         recovered_at = time.monotonic()
         if ready2 is None:
@@ -220,7 +222,7 @@ def demo(root: str, seconds: float, rate: float) -> None:
                   f"{n2}/{n2_target} acks, exit {w2.proc.returncode}")
         say(f"writer 2 appended {n2} more and closed")
 
-        _check_fenced(run, root)
+        _check_fenced(run, root, channel)
         last_id = max(run.acks) if run.acks else 0
         got_last = follower.wait_for(lambda ln: ln.startswith("msg ") and int(ln.split()[1]) >= last_id, 10)
         follower.proc.send_signal(signal.SIGTERM)
@@ -228,10 +230,10 @@ def demo(root: str, seconds: float, rate: float) -> None:
         run.check("follower caught up with the last acknowledged message", got_last is not None, f"id {last_id}")
         say(f"follower stopped after {sum(1 for ln in follower.lines if ln.startswith(('msg', 'txn')))} messages")
 
-        _check_read_back(run, root)
+        _check_read_back(run, root, channel)
         _check_follower(run, follower.lines)
         t_verify = time.monotonic()
-        problems = fstools.verify(root, CHANNEL)
+        problems = fstools.verify(root, channel)
         verify_ms = (time.monotonic() - t_verify) * 1000
         run.check("verify finds the files clean", not problems, "; ".join(map(str, problems[:3])))
         say(f"verify: {'clean' if not problems else f'{len(problems)} problem(s)'} ({verify_ms:.0f} ms)")
@@ -246,8 +248,19 @@ def demo(root: str, seconds: float, rate: float) -> None:
     if failed:
         click.echo(f"\nFAILED: {len(failed)} check(s) did not pass", err=True)
         raise click.exceptions.Exit(EXIT_FAILURE)
+    cmd = _wal_command()
     click.echo(f"\nall {len(run.checks)} checks passed in {time.monotonic() - t_start:.1f} s; the files are in {root} "
-               f"(try: wal info --root {root}; wal dump --root {root} --channel {CHANNEL} --limit 20)")
+               f"(try: {cmd} info --root {root}; {cmd} dump --root {root} --channel {channel} --limit 20)")
+
+
+def _wal_command() -> str:
+    """How to run this same ``wal`` from where the user is: ``make demo`` runs it from a venv not on PATH."""
+    on_path = shutil.which("wal")
+    here = os.path.join(os.path.dirname(sys.executable), "wal")
+    if on_path is not None and os.path.realpath(on_path) == os.path.realpath(here):
+        return "wal"
+    rel = os.path.relpath(sys.executable)
+    return f"{sys.executable if rel.startswith('..') else rel} -m wal"
 
 
 def _abort(message: str) -> click.exceptions.Exit:
@@ -255,22 +268,22 @@ def _abort(message: str) -> click.exceptions.Exit:
     return click.exceptions.Exit(EXIT_FAILURE)
 
 
-def _check_fenced(run: _Run, root: str) -> None:
+def _check_fenced(run: _Run, root: str, channel: str) -> None:
     name = "a writer with the old term 1 is fenced"
     with registry.must_get_builder("localfs").build(root=root) as opener:
         try:
-            opener.open(OpenOption(channel=PChannelInfo(name=CHANNEL, term=1)))
+            opener.open(OpenOption(channel=PChannelInfo(name=channel, term=1)))
         except FencedError:
             run.check(name, True)
             return
     run.check(name, False, "term 1 could still open the channel")
 
 
-def _check_read_back(run: _Run, root: str) -> None:
+def _check_read_back(run: _Run, root: str, channel: str) -> None:
     """Every acked append is in the log with its own payload (raw records, transaction parts included)."""
     stored: dict[int, int] = {}
     ids: list[int] = []
-    for m in fstools.iter_messages(root, CHANNEL):
+    for m in fstools.iter_messages(root, channel):
         mid = int(m.message_id.marshal())
         ids.append(mid)
         p = parse_payload(m.payload)

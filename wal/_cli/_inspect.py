@@ -24,6 +24,7 @@ from ._common import (
     channel_option,
     fail,
     format_table,
+    json_line,
     message_line,
     message_record,
     reports_errors,
@@ -69,8 +70,25 @@ def info(root: str, channel: str | None, as_json: bool) -> None:
         channel_dir_or_fail(root, channel)
     names = [channel] if channel is not None else fstools.list_channels(root)
     if not names:
-        click.echo(f"no channels under {root}")
+        click.echo(f"no channels under {root}{_elsewhere(root)}")
         return
+    try:
+        _info(root, names, as_json)
+    except BrokenPipeError:  # `wal info ... | head`
+        _quiet_broken_pipe()
+
+
+def _elsewhere(root: str) -> str:
+    """A hint when ``root`` holds no channel but a directory right under it does (a --root one level too high)."""
+    try:
+        subs = sorted(e.path for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return ""
+    found = [p for p in subs if fstools.list_channels(p)]
+    return f" (channels found under {found[0]}: pass --root {found[0]})" if found else ""
+
+
+def _info(root: str, names: list[str], as_json: bool) -> None:
     for k, name in enumerate(names):
         ci = fstools.channel_info(root, name)
         segs = ci.segments
@@ -90,7 +108,7 @@ def info(root: str, channel: str | None, as_json: bool) -> None:
             click.echo()
         writer = "yes (a writer holds the lock)" if ci.writer_locked else "no"
         click.echo(f"channel {ci.name}")
-        click.echo(f"  term            {ci.term}")
+        click.echo(f"  term            {'damaged TERM file (run wal verify)' if ci.term is None else ci.term}")
         click.echo(f"  writer running  {writer}")
         click.echo(f"  segments        {len(segs)} ({_human_bytes(total_bytes)} on disk)")
         click.echo(f"  messages        {total_msgs}")
@@ -138,7 +156,7 @@ def dump(root: str, channel: str, from_id: str | None, limit: int | None, as_jso
             return
         for m in fstools.iter_messages(root, channel, start):
             if as_json:
-                click.echo(json.dumps(message_record(m, payload), ensure_ascii=False))
+                click.echo(json_line(message_record(m, payload)))
             else:
                 click.echo(message_line(m, payload))
             n += 1
@@ -196,7 +214,7 @@ def verify(root: str, channel: str | None, quiet: bool) -> None:
         if problems:
             click.echo(f"{len(problems)} problem(s) in {what}", err=True)
         else:
-            click.echo(f"ok: {what}, no problems" if names else f"ok: no channels under {root}")
+            click.echo(f"ok: {what}, no problems" if names else f"ok: no channels under {root}{_elsewhere(root)}")
     if problems:
         raise click.exceptions.Exit(EXIT_FAILURE)
 

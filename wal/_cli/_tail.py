@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from types import FrameType
@@ -18,6 +17,7 @@ from ._common import (
     EXIT_CODES_HELP,
     MESSAGE_HEADER,
     channel_dir_or_fail,
+    json_line,
     message_line,
     message_record,
     reports_errors,
@@ -79,7 +79,7 @@ def tail(root: str, channel: str, start: str, as_json: bool, payload: str | None
                 break
             if m.message_type is MessageType.TIME_TICK and not time_ticks:
                 continue
-            click.echo(json.dumps(message_record(m, payload), ensure_ascii=False) if as_json
+            click.echo(json_line(message_record(m, payload)) if as_json
                        else message_line(m, payload))
             sys.stdout.flush()
             shown += 1

@@ -4,7 +4,7 @@ Each channel is a directory ``<root>/<channel>/`` of preallocated segment files 
 so ``ls`` order is log order), a sparse index beside each (``.idx``), a ``LOCK`` file (one writer, ``flock``)
 and a ``TERM`` file (the persisted term, never going back). Records carry a CRC32C over header and body; opening
 for writing recovers: a torn tail is cut (overwritten with zeros) and logged, damage before it raises
-:class:`~wal.errors.CorruptedError` with file and offset. Byte layouts: ``docs/FORMAT.md`` (format version 1).
+:class:`~wal.errors.CorruptedError` with file and offset. Byte layouts: ``docs/FORMAT.md`` (format version 2).
 
 Build options (``registry.get_impls_builder("localfs").build(**options)``):
 
@@ -13,9 +13,10 @@ Build options (``registry.get_impls_builder("localfs").build(**options)``):
 - ``segment_bytes`` (64 MiB): size each segment is preallocated to (``posix_fallocate``); a segment rolls when
   the next record does not fit. 4096 ... 2**32-1. A single record larger than that gets a segment of its own.
 - ``sync``: ``"always"`` (default): an append returns after its bytes are on disk (``fdatasync``), shared by
-  every concurrent append (group commit). ``"interval"``: appends return after the write; a sync runs at most
-  every ``sync_interval`` seconds (default 0.01), so a crash of the machine (not of the process) may lose that
-  long. ``"never"``: the OS decides when; segments are still synced when closed cleanly.
+  every concurrent append (group commit). ``"interval"``: appends return after the write; a sync runs every
+  ``sync_interval`` seconds (default 0.01) while writes are unsynced (one per interval at most), so a crash of
+  the machine (not of the process) may lose that long. ``"never"``: the OS decides when; in every mode a segment
+  is synced when it is sealed and when the channel is closed cleanly.
 - ``retention_bytes`` / ``retention_seconds`` (None): delete the oldest sealed segments while the channel is
   larger than that / sealed longer ago than that (checked at each roll and on open). ``truncate(id)`` deletes
   sealed segments whose messages all come before ``id``. Files are deleted, never truncated: a reader that has

@@ -54,6 +54,7 @@ __all__ = [
     "SegmentInfo",
     "channel_info",
     "find_time_tick",
+    "is_channel_dir",
     "iter_messages",
     "list_channels",
     "repair",
@@ -75,7 +76,7 @@ class SegmentInfo:
 @dataclass(frozen=True)
 class ChannelInfo:
     name: str
-    term: int  # 0 when no writer ever opened the channel
+    term: int | None  # 0 when no writer ever opened the channel; None when its TERM file is damaged
     segments: list[SegmentInfo]
     writer_locked: bool
 
@@ -103,7 +104,8 @@ class RepairReport:
         return bool(self.cut or self.rebuilt_indexes or self.sealed)
 
 
-def _is_channel_dir(path: str) -> bool:
+def is_channel_dir(path: str) -> bool:
+    """Whether ``path`` is a localfs channel's directory: not a link, holding a LOCK, TERM or segment file."""
     if os.path.islink(path):  # never followed: a link could lead the tools outside root
         return False
     try:
@@ -119,7 +121,7 @@ def list_channels(root: str) -> list[str]:
         names = os.listdir(root)
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if _is_channel_dir(os.path.join(root, n)))
+    return sorted(n for n in names if is_channel_dir(os.path.join(root, n)))
 
 
 def _chdir(root: str, channel: str) -> str:
@@ -129,6 +131,8 @@ def _chdir(root: str, channel: str) -> str:
         raise InvalidArgumentError(f"channel {channel!r} under {root} is a symbolic link; refusing to follow it")
     if not os.path.isdir(path):
         raise InvalidArgumentError(f"no localfs channel {channel!r} under {root}")
+    if not is_channel_dir(path):  # repair would otherwise write a LOCK into any directory and call it a channel
+        raise InvalidArgumentError(f"{path} is a directory but not a localfs channel (no LOCK, TERM or segment)")
     return path
 
 
@@ -149,10 +153,10 @@ def _writer_locked(chdir: str, fops: FileOps = DEFAULT_FILE_OPS) -> bool:
     return False
 
 
-def _term(chdir: str) -> int:
+def _term(chdir: str) -> int | None:
     try:
         with open(os.path.join(chdir, TERM_NAME), "rb") as f:
-            return parse_term(f.read()) or 0
+            return parse_term(f.read())
     except FileNotFoundError:
         return 0
 
