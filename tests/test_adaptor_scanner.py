@@ -238,3 +238,69 @@ def test_recv_survives_a_message_taken_by_a_concurrent_lock_free_recv() -> None:
     finally:
         w.close()
         op.close()
+
+
+def _open(backend: str, tmp_path: Any, **kw: Any) -> Any:
+    from wal import registry
+
+    extra = {"root": str(tmp_path), "segment_bytes": 1 << 20} if backend == "localfs" else {}
+    return registry.must_get_builder(backend).build(**extra, **kw)
+
+
+def _txns(s: Any, until_id: Any) -> list[list[tuple[str, bytes]]]:
+    out = []
+    while True:
+        m = s.recv(10)
+        if m.message_type is MessageType.TXN:
+            out.append([(x.message_type.name, bytes(x.payload)) for x in m.messages])
+        if m.message_id == until_id:
+            return out
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_a_type_filter_that_drops_some_of_a_txns_body_still_gets_the_txn(backend: str, tmp_path: Any) -> None:
+    """Every body message renews the txn's keepalive. A reader whose type filter dropped the bodies before its
+    txn buffer saw only the last one it kept, expired the txn early and never delivered it (invariant 5), tailing
+    and catching up alike. The TXN is delivered with the body the filter keeps."""
+    from wal.options import DeliverFilter
+
+    op = _open(backend, tmp_path, time_tick_interval=0.01)
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    only_deletes = ReadOption(deliver_policy=DeliverPolicy.all(), deliver_filters=[DeliverFilter.message_type(
+        MessageType.DELETE)])
+    tailing = w.read(only_deletes)
+    everything = w.read(ReadOption())
+    with w.begin_txn("v", keepalive=0.15) as t:
+        for i in range(4):  # alive for 0.4 s, longer than its keepalive, through INSERTs only
+            t.append(MutableMessage(MessageType.INSERT, b"i%d" % i))
+            time.sleep(0.1)
+        t.append(MutableMessage(MessageType.DELETE, b"d"))
+    end = w.append(MutableMessage(MessageType.INSERT, b"end", vchannel="v")).message_id
+    assert _txns(everything, end) == [[("INSERT", b"i0"), ("INSERT", b"i1"), ("INSERT", b"i2"), ("INSERT", b"i3"),
+                                       ("DELETE", b"d")]]
+    assert _txns(tailing, end) == [[("DELETE", b"d")]]
+    assert _txns(w.read(only_deletes), end) == [[("DELETE", b"d")]]  # catching up from the backend
+    w.close()
+    op.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_a_txn_message_on_another_vchannel_than_its_begin_is_refused(backend: str, tmp_path: Any) -> None:
+    """A reader selecting the txn's vchannel would drop such a body and expire the txn before its commit; Milvus
+    keeps a txn on one vchannel. Raw BEGIN/body/COMMIT messages (a Milvus client's way) are checked too."""
+    from wal.errors import InvalidArgumentError
+
+    op = _open(backend, tmp_path, time_tick_interval=0.05)
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    begin = w.append(MutableMessage(MessageType.BEGIN_TXN, b"", vchannel="v1"))
+    ctx = begin.txn_ctx
+    with pytest.raises(InvalidArgumentError, match="vchannel"):
+        w.append(MutableMessage(MessageType.INSERT, b"x", vchannel="v2", txn_ctx=ctx))
+    with pytest.raises(InvalidArgumentError, match="vchannel"):
+        w.append(MutableMessage(MessageType.COMMIT_TXN, b"", vchannel="v2", txn_ctx=ctx))
+    w.append(MutableMessage(MessageType.INSERT, b"y", vchannel="v1", txn_ctx=ctx))
+    commit = w.append(MutableMessage(MessageType.COMMIT_TXN, b"", vchannel="v1", txn_ctx=ctx))
+    s = w.read(ReadOption(vchannel="v1"))
+    assert _txns(s, commit.message_id) == [[("INSERT", b"y")]]
+    w.close()
+    op.close()

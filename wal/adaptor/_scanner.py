@@ -71,7 +71,7 @@ class ScannerAdaptor(Scanner):
         self._pending: deque[ImmutableMessage] = deque()
         self._lag_countdown = 1  # deliveries until the next lag sample
         self._reorder = ReorderBuffer()
-        self._txn = TxnBuffer()
+        self._txn = TxnBuffer(self._filter)
         self._last_delivered_tt = 0
         self._recv_lock = threading.Lock()
         self._done = threading.Event()
@@ -306,8 +306,8 @@ class ScannerAdaptor(Scanner):
                 continue
             if v and m.vchannel and m.vchannel != v:
                 continue
-            if filt is not None and not filt(m):
-                continue
+            if filt is not None and not filt(m) and (m.txn_ctx is None or m.message_type.is_system):
+                continue  # a txn's body goes on to the txn buffer, which filters it (see TxnBuffer)
             run.append(m)
         if run:
             self._reorder.push_many(run)

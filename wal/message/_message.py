@@ -419,7 +419,7 @@ class ImmutableTxnMessage(ImmutableMessage):
 class ImmutableTxnMessageBuilder:
     """Collects a transaction's messages as a scanner reads them, until its commit arrives (or it expires)."""
 
-    __slots__ = ("_begin", "_body", "_size")
+    __slots__ = ("_begin", "_body", "_last_tt", "_size")
 
     def __init__(self, begin: ImmutableMessage) -> None:
         if begin.message_type is not MessageType.BEGIN_TXN or begin.txn_ctx is None:
@@ -427,15 +427,19 @@ class ImmutableTxnMessageBuilder:
         self._begin = begin
         self._body: list[ImmutableMessage] = []
         self._size = 0
+        self._last_tt = begin.time_tick  # of the last message seen, kept or not: the keepalive counts from it
 
     @property
     def txn_ctx(self) -> TxnContext:
         assert self._begin.txn_ctx is not None
         return self._begin.txn_ctx
 
-    def add(self, msg: ImmutableMessage) -> ImmutableTxnMessageBuilder:
-        self._body.append(msg)
-        self._size += msg.estimate_size()
+    def add(self, msg: ImmutableMessage, keep: bool = True) -> ImmutableTxnMessageBuilder:
+        """Add a body message; ``keep`` False (a reader's filter drops it) only renews the keepalive."""
+        self._last_tt = max(self._last_tt, msg.time_tick)
+        if keep:
+            self._body.append(msg)
+            self._size += msg.estimate_size()
         return self
 
     def estimate_size(self) -> int:
@@ -443,8 +447,7 @@ class ImmutableTxnMessageBuilder:
 
     def expired_time_tick(self) -> int:
         """The time tick at which the transaction is expired: last activity plus the keepalive."""
-        last = self._body[-1].time_tick if self._body else self._begin.time_tick
-        return add_physical_ms(last, self.txn_ctx.keepalive_ms)
+        return add_physical_ms(self._last_tt, self.txn_ctx.keepalive_ms)
 
     def messages(self) -> tuple[ImmutableMessage, list[ImmutableMessage]]:
         return self._begin, list(self._body)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..message import ImmutableMessage, ImmutableTxnMessageBuilder, MessageType
 
 __all__ = ["TxnBuffer"]
@@ -12,12 +14,17 @@ class TxnBuffer:
 
     A transaction whose begin was never seen (the scanner started in its middle) is dropped: its commit's
     last-confirmed ID lies at or before the begin, so a reader that needs it starts earlier.
+
+    ``body_filter``: which body messages the delivered TXN keeps (the scanner's deliver filters). Every body message
+    must still come here, filtered or not: each one renews the transaction's keepalive, and a buffer that saw only
+    some of them expired the transaction before its commit arrived.
     """
 
-    __slots__ = ("_builders",)
+    __slots__ = ("_builders", "_keep")
 
-    def __init__(self) -> None:
+    def __init__(self, body_filter: Callable[[ImmutableMessage], bool] | None = None) -> None:
         self._builders: dict[int, ImmutableTxnMessageBuilder] = {}
+        self._keep = body_filter
 
     def handle_immutable_messages(self, msgs: list[ImmutableMessage], time_tick: int) -> list[ImmutableMessage]:
         """Return what is deliverable from ``msgs`` (time-tick ordered), then drop txns expired at ``time_tick``.
@@ -52,7 +59,7 @@ class TxnBuffer:
             else:
                 b = builders.get(ctx.txn_id)
                 if b is not None:
-                    b.add(m)
+                    b.add(m, self._keep is None or self._keep(m))
         if builders:
             expired = [tid for tid, b in builders.items() if b.expired_time_tick() <= time_tick]
             for tid in expired:

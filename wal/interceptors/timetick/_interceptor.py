@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ...errors import InvalidTxnStateError
+from ...errors import InvalidArgumentError, InvalidTxnStateError
 from ...message import ImmutableMessage, IntMessageID, MessageID, MessageType, MutableMessage
 from ...utility._wab_compact import compact_written
 from .._chain import all_ok, batch_to_single
@@ -32,6 +32,15 @@ _SPECIAL = frozenset({_TT, _BEGIN, _COMMIT, _ROLLBACK})
 # (index in the batch, message, its acker (a run's last message carries the run's), txn session, plain?)
 _Entry = tuple[int, MutableMessage, "Acker | None", "TxnSession | None", bool]
 _COMMIT_WAIT = 5.0
+
+
+def _same_vchannel(m: MutableMessage, s: TxnSession) -> None:
+    """A txn lives on one vchannel: a reader selecting or filtering it must see all of its messages or none (a
+    body on another vchannel was dropped by a reader of the txn's, whose buffer then expired the txn early)."""
+    if m.vchannel != s.vchannel:
+        raise InvalidArgumentError(
+            f"txn {s.txn_id} is on vchannel {s.vchannel!r}; its {m.message_type.name} is on {m.vchannel!r}"
+        )
 
 
 class TimeTickInterceptor:
@@ -181,10 +190,11 @@ class TimeTickInterceptor:
             try:
                 if mt is _BEGIN:
                     ka = m.txn_ctx.keepalive if m.txn_ctx is not None else None
-                    session = self._txns.begin_new_txn(tt, ka)
+                    session = self._txns.begin_new_txn(tt, ka, m.vchannel)
                     m.with_txn_context(session.txn_ctx)
                 elif m.txn_ctx is not None:
                     session = self._txns.get_session(m.txn_ctx.txn_id)
+                    _same_vchannel(m, session)
                     session.add_new_message(tt)
             except Exception as e:
                 acker.ack(error=e)
@@ -278,6 +288,7 @@ class TimeTickInterceptor:
             if m.txn_ctx is None:
                 raise InvalidTxnStateError(f"{m.message_type.name} without a txn context")
             s = self._txns.get_session(m.txn_ctx.txn_id)
+            _same_vchannel(m, s)
             if commit:
                 s.request_commit_and_wait(tt, _COMMIT_WAIT)
             else:

@@ -30,7 +30,7 @@ class TxnManager:
         self._closing = False
         self._cleaning = 0  # cleanup_txn_until calls running cleanups outside the lock
 
-    def begin_new_txn(self, time_tick: int, keepalive: float | None = None) -> TxnSession:
+    def begin_new_txn(self, time_tick: int, keepalive: float | None = None, vchannel: str = "") -> TxnSession:
         """A session for a transaction whose begin message has ``time_tick``.
 
         ``keepalive`` None or 0 means the default; below 1 ms raises ``InvalidArgumentError``.
@@ -42,7 +42,7 @@ class TxnManager:
         with self._lock:
             if self._closing:
                 raise TxnExpiredError("txn manager is closing: no new transactions")
-            s = TxnSession(TxnContext(self._clock.allocate(), keepalive), time_tick)
+            s = TxnSession(TxnContext(self._clock.allocate(), keepalive), time_tick, vchannel)
             self._sessions[s.txn_id] = s
             return s
 

@@ -20,10 +20,13 @@ class TxnSession:
     every body message in flight has been written, so the commit is appended after its whole body.
     """
 
-    __slots__ = ("_cleanups", "_cond", "_expired", "_in_flight", "_last_tt", "_lock", "_state", "txn_ctx")
+    __slots__ = (
+        "_cleanups", "_cond", "_expired", "_in_flight", "_last_tt", "_lock", "_state", "txn_ctx", "vchannel"
+    )
 
-    def __init__(self, txn_ctx: TxnContext, time_tick: int) -> None:
+    def __init__(self, txn_ctx: TxnContext, time_tick: int, vchannel: str = "") -> None:
         self.txn_ctx = txn_ctx
+        self.vchannel = vchannel  # every message of the txn is on it (readers select and filter by txn)
         self._lock = threading.RLock()  # entered as ``with self._lock``: docs/ARCHITECTURE.md, "Interrupts"
         self._cond = threading.Condition(self._lock)
         self._state = TxnState.BEGIN
