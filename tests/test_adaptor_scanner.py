@@ -11,7 +11,7 @@ from _adaptor_fakes import FakeBuilder, FakeScanner, data
 
 from wal import AccessMode, OpenOption, PChannelInfo, ReadOption
 from wal.adaptor import adapt_impls_to_builder
-from wal.errors import CorruptedError, ShutdownError, WALIOError
+from wal.errors import CorruptedError, InvalidMessageIDError, ShutdownError, WALIOError
 from wal.message import ImmutableMessage, MessageType, MutableMessage
 from wal.options import DeliverPolicy
 
@@ -302,5 +302,46 @@ def test_a_txn_message_on_another_vchannel_than_its_begin_is_refused(backend: st
     commit = w.append(MutableMessage(MessageType.COMMIT_TXN, b"", vchannel="v1", txn_ctx=ctx))
     s = w.read(ReadOption(vchannel="v1"))
     assert _txns(s, commit.message_id) == [[("INSERT", b"y")]]
+    w.close()
+    op.close()
+
+
+@pytest.mark.parametrize("err", [CorruptedError("bad segment"), InvalidMessageIDError("not mine")])
+def test_a_read_no_retry_can_fix_ends_the_scanner_with_its_error(err: Exception) -> None:
+    """The scanner retried every failed backend read() for ever: a start ID the backend refused, or a damaged
+    file, left a reader whose recv only timed out while error() said None and done() never came."""
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build()
+
+    def fail(_o: Any) -> None:
+        raise err
+
+    fb.openers[0].read_failures = fail
+    w = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    with pytest.raises(type(err)):
+        w.read(ReadOption())  # the first backend read is opened by read() itself
+    assert fb.openers[0].read_calls == 1
+    fb.openers[0].read_failures = None
+    s = w.read(ReadOption())  # a later one: the scanner opens the backend again in recv (as after a failed read)
+    fb.openers[0].read_failures = fail
+    s._backend.close()
+    s._backend = None
+    with pytest.raises(type(err)):
+        s.recv(5)
+    assert s.done().is_set() and s.error() is err and fb.openers[0].read_calls == 3
+    w.close()
+    op.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_reading_from_another_backends_message_id_is_refused(backend: str, tmp_path: Any) -> None:
+    from wal.message import unmarshal_message_id
+
+    op = _open(backend, tmp_path)
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    other = "memory" if backend == "localfs" else "localfs"
+    for policy in (DeliverPolicy.start_from, DeliverPolicy.start_after):
+        with pytest.raises(InvalidMessageIDError, match=other):
+            w.read(ReadOption(deliver_policy=policy(unmarshal_message_id(other, "1"))))
     w.close()
     op.close()

@@ -132,3 +132,28 @@ def test_writer_side_scanner_agrees(tmp_path: Path, where: str) -> None:
         assert ei.value.offset == off
         _got, err = _drain(open_ro(opener), timeout=5.0)
         assert isinstance(err, CorruptedError) and err.offset == off
+
+
+def test_latest_before_the_writer_ever_wrote_gets_everything_appended_after_read(tmp_path: Path) -> None:
+    """A follower started before its writer (`wal tail --from latest`): its start used to be fixed only at the
+    first recv, at the end of the log then, so whatever the writer appended in between was lost."""
+    from wal import AccessMode, OpenOption, PChannelInfo, ReadOption, registry
+    from wal.message import MessageType, MutableMessage
+    from wal.options import DeliverPolicy
+
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), time_tick_interval=0.02)
+    ro = op.open(OpenOption(PChannelInfo("orders", 1, AccessMode.RO)))
+    s = ro.read(ReadOption(deliver_policy=DeliverPolicy.latest()))
+    w = op.open(OpenOption(PChannelInfo("orders", 1)))
+    last = [w.append(MutableMessage(MessageType.INSERT, b"m%d" % i)).message_id for i in range(3)][-1]
+    got = []
+    while True:
+        m = s.recv(10)
+        if m.message_type is MessageType.INSERT:
+            got.append(bytes(m.payload))
+        if m.message_id == last:
+            break
+    assert got == [b"m0", b"m1", b"m2"]
+    s.close()
+    w.close()
+    op.close()

@@ -25,7 +25,14 @@ from .._checks import seconds
 from .._interfaces import Scanner
 from .._metrics import metrics
 from .._types import PChannelInfo, ReadOption
-from ..errors import CorruptedError, ShutdownError, WALTimeoutError
+from ..errors import (
+    CorruptedError,
+    InvalidArgumentError,
+    InvalidMessageError,
+    InvalidMessageIDError,
+    ShutdownError,
+    WALTimeoutError,
+)
 from ..message import ImmutableMessage, MessageType, physical_ms
 from ..options import DeliverPolicy, DeliverPolicyKind, filter_func
 from ..utility import (
@@ -45,6 +52,10 @@ __all__ = ["ScannerAdaptor"]
 BATCH = 512
 WAKE_SLICE = 0.1  # a tailing recv re-checks for close this often
 _TT = MessageType.TIME_TICK
+
+
+# Errors of a backend's read() that no retry can fix: the scanner ends with them instead of retrying for ever.
+_NOT_TRANSIENT = (CorruptedError, InvalidArgumentError, InvalidMessageError, InvalidMessageIDError)
 
 
 class ScannerAdaptor(Scanner):
@@ -198,9 +209,9 @@ class ScannerAdaptor(Scanner):
         try:
             opt = ImplsReadOption(name=self._name, deliver_policy=self._policy, vchannel=self._vchannel or None)
             b = self._impls.read(opt)
-        except ShutdownError:
-            raise
-        except Exception:
+        except (ShutdownError, *_NOT_TRANSIENT):
+            raise  # retrying cannot help: the scanner ends with it (see _recv_wait)
+        except Exception:  # an I/O error, a broker away: retried with backoff
             self._backoff = min(max(self._backoff * 2, 0.02), 2.0)
             self._next_attempt = time.monotonic() + self._backoff
             return

@@ -125,6 +125,9 @@ class ROWALAdaptor(WAL):
         opt = opt if opt is not None else ReadOption()
         if not isinstance(opt, ReadOption):
             raise InvalidMessageError(f"read takes a ReadOption, got {type(opt).__name__}")
+        mid = opt.deliver_policy.message_id
+        if mid is not None and mid.wal_name != self.wal_name:
+            raise InvalidMessageIDError(f"read from a {mid.wal_name} message ID on a {self.wal_name} wal: {mid!r}")
         with self._lifetime.call():
             seq = next(self._scanner_seq)
             name = opt.name or f"{self._channel.name}/{self._channel.term}/{seq}"

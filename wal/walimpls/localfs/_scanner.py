@@ -29,7 +29,7 @@ from typing import Protocol
 
 from ...errors import CorruptedError, ShutdownError, WALIOError, WALTimeoutError
 from ...message import ImmutableMessage, MessageType
-from ...options import DeliverPolicyKind
+from ...options import DeliverPolicy, DeliverPolicyKind
 from .._interfaces import ReadOption, ScannerImpls
 from ._fileops import FileOps
 from ._format import (
@@ -390,7 +390,8 @@ class LocalFSScanner(ScannerImpls):
             self._enter(self._skip_unrelated(seg), DATA_START, 0)
         elif kind is DeliverPolicyKind.LATEST:
             seg = src.last()
-            if seg is None:
+            if seg is None:  # nothing written yet (a follower before its writer): all that comes is after read()
+                self._policy = DeliverPolicy.all()
                 return False
             limit, exact, _sealed, last = seg.status()
             if exact and last >= 0:
