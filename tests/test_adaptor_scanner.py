@@ -345,3 +345,27 @@ def test_reading_from_another_backends_message_id_is_refused(backend: str, tmp_p
             w.read(ReadOption(deliver_policy=policy(unmarshal_message_id(other, "1"))))
     w.close()
     op.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_changing_a_payload_buffer_after_append_changes_nothing_readers_get(backend: str, tmp_path: Any) -> None:
+    """Readers share the stored payload object: a bytearray or memoryview changed by the caller after append
+    showed tailing readers (and the memory backend's log) other bytes than the files hold under the same ID."""
+    op = _open(backend, tmp_path, time_tick_interval=0.02)
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    tailing = w.read(ReadOption())
+    buf = bytearray(b"original")
+    view_of = bytearray(b"original")
+    ids = [w.append(MutableMessage(MessageType.INSERT, buf)).message_id,
+           w.append_async(MutableMessage(MessageType.INSERT, memoryview(view_of))).result(5).message_id]
+    buf[:] = b"MUTATED!"
+    view_of[:] = b"MUTATED!"
+    for s in (tailing, w.read(ReadOption())):
+        got = {}
+        while len(got) < 2:
+            m = s.recv(10)
+            if m.message_type is MessageType.INSERT:
+                got[m.message_id] = bytes(m.payload)
+        assert got == dict.fromkeys(ids, b"original")
+    w.close()
+    op.close()

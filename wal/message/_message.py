@@ -48,11 +48,17 @@ K_TXN = "_tx"
 K_NOT_PERSISTED = "_np"
 
 
-def _check_payload(payload: object) -> None:
+def _own_payload(payload: object) -> bytes:
+    """``payload`` as bytes the message owns. A ``bytearray`` or ``memoryview`` is copied: readers of the WAL
+    share the stored payload object, so one the caller changed after appending showed tailing readers other bytes
+    than the log holds under the same message ID."""
+    if payload.__class__ is bytes:
+        return payload
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise InvalidMessageError(
             f"payload must be bytes, bytearray or memoryview, got {type(payload).__name__}"
         )
+    return bytes(payload)
 
 
 def validate_properties(properties: Mapping[str, str]) -> dict[str, str]:
@@ -78,7 +84,9 @@ class MutableMessage:
     after ``append`` returns, ``msg.time_tick`` is the tick it was written with. Reusing a message object for a
     second append re-stamps it.
 
-    ``vchannel`` ``""`` (or None) means the message is for every vchannel of the pchannel.
+    ``vchannel`` ``""`` (or None) means the message is for every vchannel of the pchannel. A ``bytearray`` or
+    ``memoryview`` payload is copied when the message is built: later changes to that buffer do not reach the WAL
+    (assigning ``payload`` afterwards is not checked; give it ``bytes``).
     """
 
     __slots__ = (
@@ -104,7 +112,6 @@ class MutableMessage:
         *,
         txn_ctx: TxnContext | None = None,
     ) -> None:
-        _check_payload(payload)
         if not isinstance(message_type, MessageType):
             try:
                 message_type = MessageType(message_type)
@@ -115,7 +122,7 @@ class MutableMessage:
         if txn_ctx is not None and not isinstance(txn_ctx, TxnContext):
             raise InvalidMessageError(f"txn_ctx must be a TxnContext, got {type(txn_ctx).__name__}")
         self.message_type: MessageType = message_type
-        self.payload: bytes | bytearray | memoryview = payload
+        self.payload: bytes | bytearray | memoryview = _own_payload(payload)
         self.properties: dict[str, str] = validate_properties(properties) if properties else {}
         self.vchannel: str = vchannel or ""
         self.txn_ctx: TxnContext | None = txn_ctx
