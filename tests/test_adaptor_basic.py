@@ -458,3 +458,60 @@ def test_close_from_a_done_callback_while_another_thread_closes_does_not_deadloc
     assert ran_in and ran_in[0].startswith("wal-append"), ran_in  # the scenario: the callback ran in that thread
     assert f.result(1).message_id is not None
     op.close()
+
+
+def test_a_txn_block_that_ended_its_txn_itself_exits_cleanly(fb: FakeBuilder) -> None:
+    """``with w.begin_txn(...) as t: ... t.commit()`` raised InvalidTxnStateError on leaving the block (its exit
+    committed again); after a failed commit, a rollback said the txn was "committed or rolled back"."""
+    from wal.errors import InvalidTxnStateError, TxnExpiredError
+
+    op = adapt_impls_to_builder(fb).build(time_tick_interval=0.01)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    with w.begin_txn("v") as t:
+        t.append(MutableMessage(MessageType.INSERT, b"a"))
+        t.commit()
+    assert t.finished
+    with w.begin_txn("v") as t:
+        t.rollback()
+    t = w.begin_txn("v", keepalive=0.02)
+    t.append(MutableMessage(MessageType.INSERT, b"b"))
+    time.sleep(0.2)  # expires
+    with pytest.raises(TxnExpiredError):
+        t.commit()
+    with pytest.raises(InvalidTxnStateError, match="commit failed"):
+        t.rollback()
+    w.close()
+    op.close()
+
+
+def test_bad_arguments_of_reads_and_appends_are_wal_errors(fb: FakeBuilder) -> None:
+    """Each raised a bare AttributeError or TypeError (or was accepted and failed later, in recv)."""
+    from wal.options import DeliverFilter, DeliverPolicy
+
+    for bad in (
+        {"deliver_policy": "all"},
+        {"deliver_filters": [None]},
+        {"deliver_filters": DeliverFilter.time_tick_gt(1)},  # one filter, not a list
+        {"deliver_filters": "x"},
+        {"vchannel": 3},
+        {"name": b"s"},
+    ):
+        with pytest.raises(InvalidArgumentError):
+            ReadOption(**bad)  # type: ignore[arg-type]
+    ReadOption(DeliverPolicy.latest(), (DeliverFilter.time_tick_gt(1),), "v", "s")  # a tuple is a list too
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    with pytest.raises(InvalidMessageError):
+        w.append_messages(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidMessageError):
+        w.append_messages(MutableMessage(MessageType.INSERT, b"one"))  # type: ignore[arg-type]
+    rs = w.append_messages(MutableMessage(MessageType.INSERT, b"%d" % i) for i in range(3))  # type: ignore[arg-type]
+    assert len(rs) == 3
+    t = w.begin_txn("v")
+    with pytest.raises(InvalidMessageError):
+        t.append(None)  # type: ignore[arg-type]
+    t.rollback()
+    w.close()
+    with pytest.raises(ShutdownError):
+        w.append_messages([])  # a closed WAL says so, even for nothing to append
+    op.close()

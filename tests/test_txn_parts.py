@@ -208,3 +208,13 @@ def test_manager_cleanup_may_call_back_into_manager() -> None:
     m.cleanup_txn_until(add_physical_ms(0, 1))
     assert seen == [0]
     assert time.monotonic() - t0 < 3
+
+
+def test_a_txn_begun_while_the_wal_closes_is_refused_with_shutdown_error() -> None:
+    """It said TxnExpiredError, which reads as the caller's txn having timed out; the WAL is closing."""
+    from wal.errors import ShutdownError
+
+    m = TxnManager(HybridClock())
+    m.graceful_close(0.01)
+    with pytest.raises(ShutdownError, match="closing"):
+        m.begin_new_txn(1)

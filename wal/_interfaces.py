@@ -107,16 +107,21 @@ class Txn(Closeable):
     def rollback(self, timeout: float | None = None) -> AppendResult:
         """Roll back: no reader ever gets the transaction's messages."""
 
+    @property
+    def finished(self) -> bool:
+        """Whether ``commit`` or ``rollback`` was called already (whether it succeeded or not)."""
+        return False
+
     def close(self) -> None:
         """Roll back if still open (a no-op after commit or rollback)."""
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if et is None:
-            self.commit()
-        else:
+        if et is not None:
             self.close()
+        elif not self.finished:  # the block may have committed or rolled back itself
+            self.commit()
 
 
 class ROWAL(Closeable):

@@ -83,6 +83,23 @@ class ReadOption:
     vchannel: str | None = None
     name: str | None = None
 
+    def __post_init__(self) -> None:
+        # Checked here, where the mistake is made: a bad filter otherwise failed at the first recv, in the reader's
+        # loop, and a non-str vchannel selected everything on one backend and nothing on another.
+        if not isinstance(self.deliver_policy, DeliverPolicy):
+            raise InvalidArgumentError(
+                f"deliver_policy must be a DeliverPolicy (DeliverPolicy.all(), ...), got {self.deliver_policy!r}"
+            )
+        fs = self.deliver_filters
+        if isinstance(fs, DeliverFilter) or not isinstance(fs, Sequence) or isinstance(fs, str | bytes):
+            raise InvalidArgumentError(f"deliver_filters must be a list of DeliverFilter, got {fs!r}")
+        bad = [f for f in fs if not isinstance(f, DeliverFilter)]
+        if bad:
+            raise InvalidArgumentError(f"deliver_filters holds something that is not a DeliverFilter: {bad[0]!r}")
+        for what, v in (("vchannel", self.vchannel), ("name", self.name)):
+            if v is not None and not isinstance(v, str):
+                raise InvalidArgumentError(f"{what} must be a str or None, got {v!r}")
+
 
 @dataclass(slots=True)
 class AppendResult:

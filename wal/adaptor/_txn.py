@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .._checks import seconds
 from .._interfaces import Txn
 from .._types import AppendResult
-from ..errors import InvalidArgumentError, InvalidTxnStateError
+from ..errors import InvalidArgumentError, InvalidMessageError, InvalidTxnStateError
 from ..message import NON_TXN_ID, MessageType, MutableMessage, TxnContext
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ class TxnHandle(Txn):
         self._vchannel = vchannel
         self._lock = threading.Lock()
         self._finished = False
+        self._ending = ""  # what ended it, for the error of a later call
         begin = MutableMessage(MessageType.BEGIN_TXN, b"", vchannel=vchannel)
         if keepalive is not None:
             # The requested keepalive rides on the begin; the WAL replaces the context with the real one.
@@ -38,12 +39,18 @@ class TxnHandle(Txn):
     def txn_ctx(self) -> TxnContext:
         return self._ctx
 
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
     def _check_open(self) -> None:
         if self._finished:
-            raise InvalidTxnStateError(f"txn {self._ctx.txn_id} is already committed or rolled back")
+            raise InvalidTxnStateError(f"txn {self._ctx.txn_id} is already {self._ending}")
 
     def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult:
         self._check_open()
+        if not isinstance(msg, MutableMessage):
+            raise InvalidMessageError(f"a txn appends a MutableMessage, got {type(msg).__name__}")
         if msg.message_type.is_system:
             raise InvalidArgumentError(f"cannot append a {msg.message_type.name} inside a transaction")
         if msg.vchannel and msg.vchannel != self._vchannel:
@@ -53,11 +60,17 @@ class TxnHandle(Txn):
         return self._wal.append(msg, timeout)
 
     def _finish(self, mtype: MessageType, timeout: float | None) -> AppendResult:
+        verb = "committed" if mtype is MessageType.COMMIT_TXN else "rolled back"
         with self._lock:
             self._check_open()
             self._finished = True
+            self._ending = verb
         m = MutableMessage(mtype, b"", vchannel=self._vchannel, txn_ctx=self._ctx)
-        return self._wal.append(m, timeout)
+        try:
+            return self._wal.append(m, timeout)
+        except BaseException as e:  # expired, closed, timed out (then perhaps stored): no second ending either way
+            self._ending = f"ended: its {'commit' if verb == 'committed' else 'rollback'} failed ({e})"
+            raise
 
     def commit(self, timeout: float | None = None) -> AppendResult:
         return self._finish(MessageType.COMMIT_TXN, timeout)

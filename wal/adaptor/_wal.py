@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from functools import partial
 from operator import attrgetter
@@ -83,6 +83,13 @@ def _copy_error(e: WALError) -> WALError:
     out = type(e)(*e.args)
     out.__cause__ = e.__cause__
     return out
+
+
+def _message_list(msgs: object) -> list[MutableMessage]:
+    """``append_messages``'s argument as a list: any iterable of messages is taken (a generator too, once)."""
+    if isinstance(msgs, MutableMessage | str | bytes) or not isinstance(msgs, Iterable):
+        raise InvalidMessageError(f"append_messages takes a list of MutableMessage, got {type(msgs).__name__}")
+    return list(msgs)
 
 
 class ROWALAdaptor(WAL):
@@ -578,15 +585,17 @@ class WALAdaptor(ROWALAdaptor):
     def append_messages(self, msgs: Sequence[MutableMessage], timeout: float | None = None) -> list[AppendResult]:
         if timeout is not None:
             timeout = seconds(timeout, "append timeout", zero=True)
+        if msgs.__class__ is not list and msgs.__class__ is not tuple:
+            msgs = _message_list(msgs)
         for m in msgs:
             if m.__class__ is not MutableMessage or m.message_type in _WAL_ONLY_TYPES:  # the usual case: one check
                 self._check_msg(m)
-        if not msgs:
-            return []
         # No lifetime call (two locks and a notify per append): as for append_async, the dispatcher refuses work
         # once closing and its close waits for what it accepted, an inline batch included.
         if self._lifetime.stopped:
             raise ShutdownError(f"wal {self._channel} is closed")
+        if not msgs:
+            return []
         try:
             if not self._ready.is_set():
                 self._wait_ready(timeout)

@@ -6,13 +6,18 @@ import threading
 import time
 
 from ..._checks import seconds
-from ...errors import InvalidArgumentError, TxnExpiredError
+from ...errors import InvalidArgumentError, ShutdownError, TxnExpiredError
 from ...message import TxnContext
 from ..timetick._clock import HybridClock
 from ._session import TxnSession
 
 __all__ = ["TxnManager"]
 
+
+
+class _Closing(ShutdownError, TxnExpiredError):
+    """A txn begun while the WAL closes: a ShutdownError (the WAL's contract for a closing object), and the
+    TxnExpiredError Milvus's manager returns then."""
 
 class TxnManager:
     """Creates, finds and forgets :class:`TxnSession` objects; thread-safe.
@@ -41,7 +46,7 @@ class TxnManager:
             raise InvalidArgumentError(f"txn keepalive must be at least 1 ms, got {keepalive} s")
         with self._lock:
             if self._closing:
-                raise TxnExpiredError("txn manager is closing: no new transactions")
+                raise _Closing("the wal is closing: no new transactions")
             s = TxnSession(TxnContext(self._clock.allocate(), keepalive), time_tick, vchannel)
             self._sessions[s.txn_id] = s
             return s
