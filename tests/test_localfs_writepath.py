@@ -60,7 +60,9 @@ def test_big_bytes_payload_gets_its_own_iovec_and_the_same_bytes_as_a_copied_one
         ops.iovecs.clear()
         w.append(msg(big, tt=5, vchannel="v1"))  # bytes: written from this object
         assert ops.iovecs == [3]  # head, payload, padding
-        w.append(msg(bytearray(big), tt=6, vchannel="v1"))  # mutable: copied into the record
+        mutable = msg(b"", tt=6, vchannel="v1")
+        mutable.payload = bytearray(big)  # assigned after building (built with one, it is copied to bytes then)
+        w.append(mutable)  # mutable: copied into the record
         assert ops.iovecs == [3, 1]
         w.append_batch([msg(big, tt=7, vchannel="v1"), msg(b"small", tt=8), msg(big, tt=9, vchannel="v1")])
         assert ops.iovecs == [3, 1, 3 + 1 + 3]
@@ -90,7 +92,8 @@ def test_encode_and_stamp_match_one_contiguous_record(payload: bytes) -> None:
     assert r is not None and r[:2] == (size, 77) and r[2] == 42
     assert rec[REC_FLAGS_OFF] == FLUSH_START
     assert body == (payload if len(payload) >= BIG_PAYLOAD else b"")  # only big bytes payloads stay out of the head
-    m2 = msg(bytearray(payload), tt=42, vchannel="vch", props={"k": "v"})
+    m2 = msg(b"", tt=42, vchannel="vch", props={"k": "v"})
+    m2.payload = bytearray(payload)  # assigned after building: a mutable payload the encoder must copy
     head2, body2, pad2, end2, size2 = encode_record(m2, 1 << 30)
     assert size2 == size
     stamp_record(head2, body2, end2, 77, FLUSH_START)
