@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: test lint unit demo bench clean
 
+# editable_mode=compat: the install is a path in a .pth file, which mypy follows (it cannot see an import hook)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# compat: the editable install is a path in a .pth file, which mypy follows (it cannot see an import hook)
 	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
