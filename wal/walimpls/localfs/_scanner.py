@@ -495,6 +495,11 @@ class LocalFSScanner(ScannerImpls):
             if step == _RETRY:
                 continue
             nxt = self._source.after(seg)
+            if nxt is not None and nxt.first_id != self._expect:
+                # Look again before calling it a gap: a directory listing made while the writer created segments
+                # can hold a newer one and miss the one before it (readdir returns entries created during it, or
+                # not); a listing started after this one holds every segment created before the newer one.
+                nxt = self._source.after(seg)
             if nxt is None:
                 break
             if nxt.first_id > self._expect and self._first_kept() >= nxt.first_id:
