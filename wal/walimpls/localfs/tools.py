@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..._types import validate_channel_name
-from ...errors import CorruptedError, InvalidArgumentError, WALLockedError, WALTimeoutError
+from ...errors import CorruptedError, InvalidArgumentError, WALIOError, WALLockedError, WALTimeoutError
 from ...message import ImmutableMessage, MessageID
 from ...options import DeliverPolicy
 from .._interfaces import ReadOption
@@ -167,7 +167,14 @@ def channel_info(root: str, channel: str) -> ChannelInfo:
     Raises :class:`~wal.errors.CorruptedError` when the files cannot be understood (``verify`` says more).
     """
     chdir = _chdir(root, channel)
-    rec = recover(DEFAULT_FILE_OPS, chdir, write=False)
+    for attempt in range(5):
+        try:
+            rec = recover(DEFAULT_FILE_OPS, chdir, write=False)
+            break
+        except FileNotFoundError:  # a live writer's retention or roll changed the files under the listing
+            if attempt == 4:
+                raise WALIOError(f"{chdir}: segments kept changing while being read; try again") from None
+            time.sleep(0.01)
     segs = [
         SegmentInfo(
             path=s.path, first_id=s.first_id, last_id=s.last_id, first_time_tick=s.first_tt, last_time_tick=s.max_tt,
@@ -195,7 +202,7 @@ def verify(
     for ch in channels:
         chdir = _chdir(root, ch)
         work.append((chdir, list_segments(DEFAULT_FILE_OPS, chdir)))
-    total = sum(os.path.getsize(p) for _, segs in work for _, p in segs)
+    total = sum(_size(p) for _, segs in work for _, p in segs)
     done = 0
     problems: list[Problem] = []
     for chdir, segs in work:
@@ -208,12 +215,25 @@ def verify(
         prev_last: int | None = None
         for i, (fid, path) in enumerate(segs):
             is_last = i == len(segs) - 1
-            last = _verify_segment(path, fid, is_last, locked, prev_last, problems)
+            try:
+                last = _verify_segment(path, fid, is_last, locked, prev_last, problems)
+            except FileNotFoundError:  # deleted since the listing: a live writer's retention or truncate
+                if not locked:
+                    problems.append(Problem(path, None, "segment disappeared while being verified"))
+                last = None  # no continuity check across it
             prev_last = last
-            done += os.path.getsize(path)
+            done += _size(path)
             if progress is not None:
                 progress(done, total)
     return problems
+
+
+def _size(path: str) -> int:
+    """The file's size, 0 once it is gone (a live writer deletes segments while the tools read)."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 def _verify_segment(
@@ -285,6 +305,8 @@ def _verify_index(
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
+        if not os.path.exists(seg_path):  # deleted with its segment since the segment was checked
+            return
         problems.append(Problem(path, None, "index file is missing (rebuilt on open or by repair)"))
         return
     idx = parse_index(raw, fid)
