@@ -312,6 +312,7 @@ def test_full_wal_fault_surfaces_and_loses_nothing(tmp_path: Path, name: str, fa
     warm = _Appender(append, 1, 0)
     warm.run(limit=20)
     assert not warm.errors, warm.errors
+    reader = w.read(ReadOption())  # open before the fault: it must end loudly, not wait for ever
     armed = _arm(fops, fault)
     app = _Appender(append, 3, 10_000)
     app.acked.update(warm.acked)
@@ -323,6 +324,18 @@ def test_full_wal_fault_surfaces_and_loses_nothing(tmp_path: Path, name: str, fa
         assert isinstance(e, WALError), f"{name}: {type(e).__name__} is not a WALError: {e!r}"
     with pytest.raises(WALError):
         w.append(MutableMessage(MessageType.INSERT, b"after-fault", None, "v1"), timeout=5)
+    # The backend closed itself: the WAL says so (it said available while every append failed) and its readers
+    # end with the error (they waited for ever).
+    assert not w.is_available() and w.available().is_set(), name
+    ended: BaseException | None = None
+    while ended is None:
+        try:
+            reader.recv(timeout=10)  # what it had, then the error; a timeout (nothing more, no error) fails
+        except WALTimeoutError:
+            raise AssertionError(f"{name}: the reader neither got more nor ended") from None
+        except WALError as e:
+            ended = e
+    assert reader.done().is_set() and reader.error() is not None, name
     w.close()
     opener.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("wal-localfs-sync")]

@@ -28,6 +28,7 @@ from ..errors import (
     InvalidMessageIDError,
     ShutdownError,
     WALError,
+    WALIOError,
     WALLockedError,
     WALTimeoutError,
 )
@@ -370,6 +371,7 @@ class WALAdaptor(ROWALAdaptor):
             # backends check every message before writing any, so nothing was written; append caller by caller.
             return self._map_outcomes(msgs, self._append_units(msgs))
         except Exception as e:
+            self._check_backend()
             return [e] * len(msgs)
         if len(got) == len(msgs):
             return list(got)
@@ -446,7 +448,19 @@ class WALAdaptor(ROWALAdaptor):
             self._unavailable.set()
             return [e] * len(part)
         except Exception as e:
+            self._check_backend()
             return [e] * len(part)
+
+    def _check_backend(self) -> None:
+        """After an append the backend failed: if it stopped writing for good (``WALImpls.failure``), so does this
+        WAL (unavailable, scanners ended and later appends refused with that error; a reopen recovers). Before,
+        it said it was available while every append failed and its readers waited for ever."""
+        f = self._wimpls.failure()
+        if f is None or self._write_error is not None:
+            return
+        err = f if isinstance(f, WALError) else WALIOError(f"{type(f).__name__}: {f}")
+        self._write_error = err
+        self._finish_stop(err)
 
     @staticmethod
     def _map_outcomes(msgs: Sequence[MutableMessage], persisted: list[AppendOutcome]) -> list[AppendOutcome]:

@@ -123,6 +123,16 @@ class WALImpls(ROWALImpls):
         """
         return [self.append(m) for m in msgs]
 
+    def failure(self) -> BaseException | None:
+        """The error that ended this channel's writing for good, or None while it may still write.
+
+        The adaptor asks after an append failed. A backend that closed itself (localfs after an I/O error: the
+        kernel may have dropped pages it had accepted) returns that error, and the WAL becomes unavailable, ends
+        its scanners with it and refuses later appends with it, so that callers reopen; an error that may pass
+        (a broker away for a moment) leaves this None and the WAL available.
+        """
+        return None
+
     def last_time_tick(self) -> int:
         """The largest time tick of any message stored in this channel (0 when empty or unknown).
 

@@ -435,6 +435,9 @@ class LocalFSWAL(_Base):
             pass  # already woken (or never chained): its wake-up is to be passed on
         self._wake_one()
 
+    def failure(self) -> BaseException | None:
+        return self._err
+
     def _fail(self, err: BaseException) -> None:
         """An I/O error closes the WAL: after a failed fdatasync the kernel may have dropped the data."""
         if self._err is None:
