@@ -97,6 +97,17 @@ def test_cut_mid_record_is_torn_tail(crash: Path, caplog: pytest.LogCaptureFixtu
     assert any("torn" in r.getMessage() and str(off) in r.getMessage() for r in caplog.records)
 
 
+def test_a_segment_cut_at_a_record_boundary_is_logged(crash: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cut exactly between records looks like a clean end; the file being shorter than its preallocation is the
+    only trace. Recovery restored the size silently: now it says records past the cut may be lost."""
+    last = _segments(crash)[-1]
+    off, _size = _records(last)[-1]
+    os.truncate(last, off)  # the last record is gone, the one before ends exactly here
+    with caplog.at_level(logging.WARNING, logger="wal.localfs"):
+        assert _reopen_payloads(crash) == [_payload(i) for i in range(199)]
+    assert any("cut from outside" in r.getMessage() and str(off) in r.getMessage() for r in caplog.records)
+
+
 def test_zeroed_half_record_is_torn_tail(crash: Path, caplog: pytest.LogCaptureFixture) -> None:
     last = _segments(crash)[-1]
     off, size = _records(last)[-1]

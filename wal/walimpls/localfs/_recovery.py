@@ -246,6 +246,10 @@ def recover(fops: FileOps, chdir: str, *, write: bool, segment_bytes: int = 0) -
             if hdr.first_id != fid:
                 raise CorruptedError(f"{path}: header says first ID {hdr.first_id}", path=path, offset=0)
             if write and size < hdr.capacity:  # someone cut the file: restore the preallocation
+                # A writer never makes a segment shorter than its preallocation: this is damage from outside, and
+                # records past the cut (if any were there) are gone. Say so; the data up to the cut is kept.
+                log.warning("localfs: %s is %d bytes, shorter than its preallocated %d: cut from outside; "
+                            "records past byte %d, if any, are lost", path, size, hdr.capacity, size)
                 fops.fallocate(fd, 0, hdr.capacity)
                 size = fops.fstat_size(fd)
             seal = Summary.unpack(fops.pread(fd, SUMMARY.size, SEAL_OFF), 0, SEAL_MAGIC)
