@@ -16,7 +16,7 @@ import pytest
 
 from wal._types import AppendResult
 from wal.adaptor._dispatcher import AppendDispatcher
-from wal.errors import ShutdownError, WALError
+from wal.errors import PartialAppendError, ShutdownError, WALError
 from wal.message import IntMessageID, MessageType, MutableMessage
 
 
@@ -118,8 +118,12 @@ def test_run_group_inline_without_future_and_first_error_raised() -> None:
         got = d.run_group([m(1), m(2)])
         assert [r.message_id for r in got] == [ID(1), ID(2)]
         assert threads == [threading.current_thread().name]
-        with pytest.raises(ValueError, match="-5"):
+        with pytest.raises(PartialAppendError) as err:  # one stored, two refused: each outcome is reported
             d.run_group([m(3), MutableMessage(MessageType.INSERT, b"-5"), MutableMessage(MessageType.INSERT, b"-6")])
+        assert isinstance(err.value.__cause__, ValueError) and "-5" in str(err.value.__cause__)
+        assert err.value.results[0].message_id == ID(3) and isinstance(err.value.results[2], ValueError)
+        with pytest.raises(ValueError, match="-5"):  # nothing stored: the first error itself
+            d.run_group([MutableMessage(MessageType.INSERT, b"-5"), MutableMessage(MessageType.INSERT, b"-6")])
         got = d.run_group([m(7)], timeout=5)  # with a timeout: queued, run by the append thread, same results
         assert [r.message_id for r in got] == [ID(7)]
         assert threads[-1] != threading.current_thread().name

@@ -501,3 +501,35 @@ def test_a_group_with_a_refused_message_stores_none_of_it(tmp_path: Path) -> Non
     leaked = [p for p in got if p.startswith((b"alone", b"bad"))]
     assert not leaked, f"{len(leaked)} messages of refused groups were stored, e.g. {leaked[:3]}"
     assert sorted(got) == sorted(stored_ok)
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])  # run inline by the caller; queued for the append thread
+def test_a_group_the_txn_rules_refuse_in_part_reports_each_outcome(timeout: float | None) -> None:
+    """The transaction rules refuse a message alone (here a body of a txn the WAL does not know), and what the
+    group holds besides is stored: append_messages raised only the refusal, so the caller could not tell what was
+    stored and a retry duplicated it. It raises PartialAppendError with every message's outcome."""
+    from wal import OpenOption, PChannelInfo, ReadOption
+    from wal.errors import PartialAppendError, TxnExpiredError
+    from wal.message import MessageType, MutableMessage, TxnContext
+    from wal.registry import must_get_builder
+
+    op = must_get_builder("memory").build(time_tick_interval=0.05)
+    w = op.open(OpenOption(PChannelInfo("p", 1)))
+    orphan = MutableMessage(MessageType.INSERT, b"orphan", txn_ctx=TxnContext(123456789, 1.0))
+    group = [MutableMessage(MessageType.INSERT, b"a"), orphan, MutableMessage(MessageType.INSERT, b"b")]
+    with pytest.raises(PartialAppendError) as err:
+        w.append_messages(group, timeout=timeout)
+    results = err.value.results
+    assert isinstance(err.value.__cause__, TxnExpiredError) and results[1] is err.value.__cause__
+    stored = {r.message_id for r in (results[0], results[2])}  # type: ignore[union-attr]
+    end = w.append(MutableMessage(MessageType.INSERT, b"end")).message_id
+    s = w.read(ReadOption())
+    got = set()
+    while (m := s.recv(10)).message_id != end:
+        if m.message_type is MessageType.INSERT:
+            got.add(m.message_id)
+    assert got == stored
+    with pytest.raises(TxnExpiredError):  # nothing of a group stored: its own error, as before
+        w.append_messages([orphan], timeout=timeout)
+    w.close()
+    op.close()

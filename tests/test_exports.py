@@ -28,8 +28,8 @@ EXPECTED = {
     "wal.walimpls.memory": {"WAL_NAME", "MemoryMessageID", "MemoryOpener", "MemoryOpenerBuilder"},
     "wal.errors": {
         "AccessModeError", "CorruptedError", "FencedError", "InvalidArgumentError", "InvalidMessageError",
-        "InvalidMessageIDError", "InvalidTxnStateError", "ShutdownError", "TxnExpiredError", "UnknownBackendError",
-        "WALError", "WALIOError", "WALLockedError", "WALTimeoutError",
+        "InvalidMessageIDError", "InvalidTxnStateError", "PartialAppendError", "ShutdownError", "TxnExpiredError",
+        "UnknownBackendError", "WALError", "WALIOError", "WALLockedError", "WALTimeoutError",
     },
 }
 

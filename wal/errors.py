@@ -17,6 +17,7 @@ __all__ = [
     "InvalidMessageError",
     "InvalidMessageIDError",
     "InvalidTxnStateError",
+    "PartialAppendError",
     "ShutdownError",
     "TxnExpiredError",
     "UnknownBackendError",
@@ -85,6 +86,17 @@ class UnknownBackendError(WALError, KeyError):
 
 class AccessModeError(WALError):
     """A write (append, truncate, MVCC query) was made on a read-only WAL."""
+
+
+class PartialAppendError(WALError):
+    """Some messages of one ``append_messages`` group were stored and others refused: the transaction rules refuse
+    a message alone (a body or commit of a txn that expired), and what came before it in the group may be written
+    already. ``results`` holds one entry per message of the group, in order: its ``AppendResult``, or the exception
+    that refused it (the first of which is also ``__cause__``), so that a retry can leave out what was stored."""
+
+    def __init__(self, message: str, results: list[object]) -> None:
+        super().__init__(message)
+        self.results = results
 
 
 class WALTimeoutError(WALError, TimeoutError):

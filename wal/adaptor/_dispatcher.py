@@ -36,7 +36,7 @@ from concurrent.futures._base import RUNNING
 from typing import Any
 
 from .._types import AppendResult
-from ..errors import ShutdownError, WALError, WALTimeoutError
+from ..errors import PartialAppendError, ShutdownError, WALError, WALTimeoutError
 from ..message import MessageType, MutableMessage
 from ._future import (
     Appended,
@@ -78,6 +78,21 @@ FuturesProcessor = Callable[[Sequence[MutableMessage]], list[AppendResult | Base
 
 def _accept_any(msg: object) -> object:
     return msg
+
+
+def _group_outcome(got: Sequence[object]) -> Sequence[object] | BaseException:
+    """What a synchronous group's caller gets: its results, the error when nothing of it was stored, or a
+    :class:`~wal.errors.PartialAppendError` carrying every outcome when some of it was."""
+    err = next((o for o in got if isinstance(o, BaseException)), None)
+    if err is None:
+        return got
+    stored = sum(1 for o in got if not isinstance(o, BaseException))
+    if not stored:
+        return err
+    p = PartialAppendError(f"{stored} of {len(got)} messages of the group were stored, the others refused: {err}",
+                           list(got))
+    p.__cause__ = err
+    return p
 
 
 def _interrupted() -> WALError:
@@ -228,9 +243,9 @@ class AppendDispatcher:
                     self._inflight -= n
                     self._end_inline()
         if owned:
-            for o in outcomes:  # type: ignore[attr-defined]
-                if isinstance(o, BaseException):
-                    raise o
+            outcome = _group_outcome(outcomes)  # type: ignore[arg-type]
+            if isinstance(outcome, BaseException):
+                raise outcome
         else:
             assert waiter is not None
             outcomes = waiter.wait(None if deadline is None else deadline - time.monotonic())
@@ -596,8 +611,7 @@ class AppendDispatcher:
                     group, waiter = e
                     got = outcomes[i : i + len(group)]
                     i += len(group)
-                    err = next((o for o in got if isinstance(o, BaseException)), None)
-                    waiters.append((waiter, err if err is not None else got))
+                    waiters.append((waiter, _group_outcome(got)))
             if outcomes.__class__ is Appended:  # futures only, all succeeded
                 complete_appended(self._fcond, batch, outcomes, callbacks)  # type: ignore[arg-type]
             elif futs:
