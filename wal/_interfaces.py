@@ -168,7 +168,9 @@ class WAL(ROWAL):
     ) -> list[AppendResult]:
         """Append several messages in order as one group commit; results are in the same order.
 
-        If the backend refuses one of them (too large, say), none is stored and its error is raised."""
+        If the backend refuses one of them (too large, say), none is stored and its error is raised. The
+        transaction rules refuse a message alone: when others of the group were stored, ``PartialAppendError``
+        is raised with every message's outcome."""
 
     @abstractmethod
     def get_latest_mvcc_timestamp(self, vchannel: str) -> int:
