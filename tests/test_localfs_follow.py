@@ -232,3 +232,37 @@ def test_a_listing_that_missed_a_segment_created_during_it_is_not_corruption(tmp
     rop.close()
     w.close()
     wop.close()
+
+
+def test_latest_is_not_fooled_by_a_listing_that_missed_the_newest_segment(tmp_path: Path) -> None:
+    """The same readdir race at ``read(latest())``: a listing without the newest segment started the reader at the
+    end of the one before, so it delivered the newest segment's messages, all appended before read() returned."""
+    from wal.options import DeliverPolicy
+    from wal.walimpls.localfs import FileOps
+
+    class OneRacyListing(FileOps):
+        hide: str | None = None
+
+        def list_files(self, path: str) -> list[str]:
+            names = super().list_files(path)
+            if self.hide is not None and self.hide in names:
+                names.remove(self.hide)
+                self.hide = None
+            return names
+
+    wop = build(tmp_path, segment_bytes=4096)
+    w = open_rw(wop)
+    ids = [int(w.append(msg(b"p" * 3500, tt=1 + k)).value) for k in range(3)]  # a segment each
+    fops = OneRacyListing()
+    fops.hide = f"{ids[-1]:020d}.seg"
+    rop = build(tmp_path, _file_ops=fops)
+    ro = open_ro(rop)
+    s = ro.read(ReadOption(name="latest", deliver_policy=DeliverPolicy.latest()))
+    after = int(w.append(msg(b"after", tt=10)).value)
+    got = [int(x.message_id.value) for x in s.recv_batch(10, 5.0)]
+    assert got == [after], got
+    s.close()
+    ro.close()
+    rop.close()
+    w.close()
+    wop.close()

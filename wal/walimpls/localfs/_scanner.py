@@ -390,6 +390,9 @@ class LocalFSScanner(ScannerImpls):
             self._enter(self._skip_unrelated(seg), DATA_START, 0)
         elif kind is DeliverPolicyKind.LATEST:
             seg = src.last()
+            again = src.last()  # a listing made while the writer rolled may miss the newest segment (see _fill)
+            if again is not None and (seg is None or again.first_id > seg.first_id):
+                seg = again
             if seg is None:  # nothing written yet (a follower before its writer): all that comes is after read()
                 self._policy = DeliverPolicy.all()
                 return False
