@@ -13,7 +13,7 @@ from _localfs_util import PY, build, child_env, msg, open_ro, open_rw
 
 from wal.errors import WALTimeoutError
 from wal.walimpls import ReadOption
-from wal.walimpls.localfs import _opener
+from wal.walimpls.localfs import FileOps, _opener
 
 CHILD = str(Path(__file__).with_name("_localfs_child.py"))
 
@@ -196,26 +196,27 @@ def test_follower_survives_retention_deleting_its_segments(tmp_path: Path) -> No
         w.close()
 
 
+class _OneRacyListing(FileOps):
+    """Hides ``hide`` from one directory listing: what readdir returns while the writer creates segments."""
+
+    hide: str | None = None
+
+    def list_files(self, path: str) -> list[str]:
+        names = super().list_files(path)
+        if self.hide is not None and self.hide in names:
+            names.remove(self.hide)
+            self.hide = None  # one listing only
+        return names
+
+
 def test_a_listing_that_missed_a_segment_created_during_it_is_not_corruption(tmp_path: Path) -> None:
     """A directory listing made while the writer rolls can hold a newer segment and miss the one before it (ext4
     readdir during creations; seen in ~30% of listings of a busy directory by the review's readdir_race.py). The
     follower took that one listing for a gap, raised CorruptedError and its scanner was dead, though the log was
     intact. Now it looks again before calling a gap corruption."""
-    from wal.walimpls.localfs import FileOps
-
-    class OneRacyListing(FileOps):
-        hide: str | None = None
-
-        def list_files(self, path: str) -> list[str]:
-            names = super().list_files(path)
-            if self.hide is not None and self.hide in names:
-                names.remove(self.hide)
-                self.hide = None  # one listing only
-            return names
-
     wop = build(tmp_path, segment_bytes=4096)
     w = open_rw(wop)
-    fops = OneRacyListing()
+    fops = _OneRacyListing()
     rop = build(tmp_path, _file_ops=fops)
     ro = open_ro(rop)
     s = ro.read(ReadOption(name="follower"))
@@ -238,22 +239,10 @@ def test_latest_is_not_fooled_by_a_listing_that_missed_the_newest_segment(tmp_pa
     """The same readdir race at ``read(latest())``: a listing without the newest segment started the reader at the
     end of the one before, so it delivered the newest segment's messages, all appended before read() returned."""
     from wal.options import DeliverPolicy
-    from wal.walimpls.localfs import FileOps
-
-    class OneRacyListing(FileOps):
-        hide: str | None = None
-
-        def list_files(self, path: str) -> list[str]:
-            names = super().list_files(path)
-            if self.hide is not None and self.hide in names:
-                names.remove(self.hide)
-                self.hide = None
-            return names
-
     wop = build(tmp_path, segment_bytes=4096)
     w = open_rw(wop)
     ids = [int(w.append(msg(b"p" * 3500, tt=1 + k)).value) for k in range(3)]  # a segment each
-    fops = OneRacyListing()
+    fops = _OneRacyListing()
     fops.hide = f"{ids[-1]:020d}.seg"
     rop = build(tmp_path, _file_ops=fops)
     ro = open_ro(rop)

@@ -429,7 +429,6 @@ class AppendDispatcher:
         """The thread ends on an error of its own (a bug; a Ctrl-C lands only in the main thread): nothing would
         take queued appends any more, and their callers would wait for ever. Fail them and every later append with
         an error caused by ``ex``, and tell the owner (the WAL stops, as after an interrupt)."""
-        called: list[AppendFuture[Any]] = []
         with self._lock:
             self._died_of = ex
             self._closing = True

@@ -60,16 +60,16 @@ class TxnHandle(Txn):
         return self._wal.append(msg, timeout)
 
     def _finish(self, mtype: MessageType, timeout: float | None) -> AppendResult:
-        verb = "committed" if mtype is MessageType.COMMIT_TXN else "rolled back"
+        commit = mtype is MessageType.COMMIT_TXN
         with self._lock:
             self._check_open()
             self._finished = True
-            self._ending = verb
+            self._ending = "committed" if commit else "rolled back"
         m = MutableMessage(mtype, b"", vchannel=self._vchannel, txn_ctx=self._ctx)
         try:
             return self._wal.append(m, timeout)
         except BaseException as e:  # expired, closed, timed out (then perhaps stored): no second ending either way
-            self._ending = f"ended: its {'commit' if verb == 'committed' else 'rollback'} failed ({e})"
+            self._ending = f"ended: its {'commit' if commit else 'rollback'} failed ({e})"
             raise
 
     def commit(self, timeout: float | None = None) -> AppendResult:
