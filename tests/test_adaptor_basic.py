@@ -11,7 +11,15 @@ from _adaptor_fakes import FakeBuilder, data, msg
 from wal import OpenOption, PChannelInfo, ReadOption
 from wal._types import AccessMode
 from wal.adaptor import adapt_impls_to_builder
-from wal.errors import AccessModeError, InvalidArgumentError, InvalidMessageError, ShutdownError, WALTimeoutError
+from wal.errors import (
+    AccessModeError,
+    InvalidArgumentError,
+    InvalidMessageError,
+    ShutdownError,
+    WALError,
+    WALIOError,
+    WALTimeoutError,
+)
 from wal.message import MessageType, MutableMessage
 
 
@@ -225,7 +233,7 @@ def test_read_failures_retried(fb: FakeBuilder) -> None:
     def fail(_opt) -> None:
         if fails[0] < 2:
             fails[0] += 1
-            raise RuntimeError("read failed")
+            raise WALIOError("read failed")
 
     fb.openers[0].read_failures = fail
     for mode in (AccessMode.RO, AccessMode.RW):
@@ -514,4 +522,23 @@ def test_bad_arguments_of_reads_and_appends_are_wal_errors(fb: FakeBuilder) -> N
     w.close()
     with pytest.raises(ShutdownError):
         w.append_messages([])  # a closed WAL says so, even for nothing to append
+    op.close()
+
+
+@pytest.mark.parametrize("bad", ["one short", "None"])
+def test_a_backend_returning_the_wrong_ids_gets_a_clear_error(fb: FakeBuilder, bad: str) -> None:
+    """``append_batch`` must return one ID per message; anything else used to surface as a bare StopIteration
+    (or "NoneType has no len()") from deep inside the adaptor."""
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    backend = fb.openers[0].wals[-1]
+    orig = backend.append_batch
+    backend.append_batch = (  # type: ignore[method-assign]
+        (lambda msgs: orig(msgs)[:-1]) if bad == "one short" else (lambda msgs: [orig(msgs)][1:] or None)
+    )
+    for call in (lambda: w.append_messages([msg(1), msg(2)]), lambda: w.append(msg(3))):
+        with pytest.raises(WALError, match=r"fakewal backend.s append_batch returned .*\(a bug in the backend\)"):
+            call()
+    backend.append_batch = orig  # type: ignore[method-assign]
+    assert w.append(msg(4)).message_id is not None  # the WAL goes on
     op.close()

@@ -11,7 +11,14 @@ from _adaptor_fakes import FakeBuilder, FakeScanner, data
 
 from wal import AccessMode, OpenOption, PChannelInfo, ReadOption
 from wal.adaptor import adapt_impls_to_builder
-from wal.errors import CorruptedError, InvalidMessageIDError, ShutdownError, WALIOError
+from wal.errors import (
+    CorruptedError,
+    InvalidMessageIDError,
+    ShutdownError,
+    UnknownBackendError,
+    WALIOError,
+    WALTimeoutError,
+)
 from wal.message import ImmutableMessage, MessageType, MutableMessage
 from wal.options import DeliverPolicy
 
@@ -24,7 +31,7 @@ def test_read_error_retried_with_backoff_then_clean_close() -> None:
     """C.3: the backend read always fails; the scanner keeps retrying; close ends it without an error."""
     fb = FakeBuilder()
     op = adapt_impls_to_builder(fb).build()
-    fb.openers[0].read_failures = lambda _o: (_ for _ in ()).throw(RuntimeError("read failed"))
+    fb.openers[0].read_failures = lambda _o: (_ for _ in ()).throw(WALIOError("read failed"))
     w = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
     s = w.read(ReadOption())
     with pytest.raises(TimeoutError):
@@ -82,6 +89,123 @@ def test_transient_backend_error_resumes_without_loss_or_duplicates() -> None:
     assert s.error() is None
     ro.close()
     w.close()
+
+
+class _FailAlways(FakeScanner):
+    """Raises ``err`` on every recv_batch (a backend reader that breaks as soon as it is used)."""
+
+    def __init__(self, inner: FakeScanner, err: BaseException) -> None:
+        self.__dict__.update(inner.__dict__)
+        self._err = err
+
+    def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
+        raise self._err
+
+
+def _ro_reader(fb: FakeBuilder, err: BaseException, policy: DeliverPolicy, *, times: int = 1) -> tuple[Any, Any, Any]:
+    """A writer with 3 messages and an RO WAL whose first ``times`` backend readers fail at once with ``err``."""
+    op = adapt_impls_to_builder(fb).build(time_tick_interval=0.05)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    w.append_messages([ins(i) for i in range(3)])
+    ro = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    wal = fb.openers[0].wals[-1]
+    orig = wal.read
+    n = [0]
+
+    def read(opt: Any) -> Any:
+        n[0] += 1
+        return _FailAlways(orig(opt), err) if n[0] <= times else orig(opt)
+
+    wal.read = read  # type: ignore[method-assign]
+    return w, ro, ro.read(ReadOption(deliver_policy=policy))
+
+
+def test_latest_read_that_fails_raises_from_read_instead_of_starting_later() -> None:
+    """Retried later, a latest() read would start after what was appended in between: read() raises instead."""
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    ro = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    fb.openers[0].read_failures = lambda _o: (_ for _ in ()).throw(WALIOError("broker away"))
+    with pytest.raises(WALIOError, match="broker away"):
+        ro.read(ReadOption(deliver_policy=DeliverPolicy.latest()))
+    assert fb.openers[0].read_calls == 1
+    fb.openers[0].read_failures = None
+    s = ro.read(ReadOption(deliver_policy=DeliverPolicy.latest()))  # the caller's retry
+    w.append(ins(7))
+    assert [m.properties["i"] for m in data(s, 1)] == ["7"]
+    op.close()
+
+
+def test_latest_reader_failing_before_its_first_message_ends_loudly() -> None:
+    """Where the backend's latest() reader started is unknown once it failed: reopening with latest() again
+    skipped messages appended in between, silently. Now the scanner ends with an error saying so."""
+    fb = FakeBuilder()
+    w, ro, s = _ro_reader(fb, WALIOError("connection reset"), DeliverPolicy.latest())
+    w.append(ins(9))  # appended after read() returned: must not vanish without a word
+    with pytest.raises(WALIOError, match="latest\\(\\) read cannot be resumed") as e:
+        data(s, 1)
+    assert isinstance(e.value.__cause__, WALIOError)
+    assert s.done().is_set() and s.error() is e.value
+    assert fb.openers[0].read_calls == 1
+    ro.close()
+    w.close()
+
+
+@pytest.mark.parametrize(
+    "err", [ValueError("undecodable row"), KeyError("x"), UnknownBackendError("no unmarshaler for 'x'")],
+    ids=["ValueError", "KeyError", "UnknownBackendError"],
+)
+def test_a_backend_bug_in_recv_ends_the_scanner_instead_of_reopening_for_ever(err: BaseException) -> None:
+    """Not a WALError or OSError: the same read would fail again (it spun at ~15,000 reopens a second, silent)."""
+    fb = FakeBuilder()
+    w, ro, s = _ro_reader(fb, err, DeliverPolicy.all(), times=100)
+    with pytest.raises(type(err)):
+        data(s, 3)
+    assert s.error() is err
+    assert fb.openers[0].read_calls == 1
+    ro.close()
+    w.close()
+
+
+def test_transient_recv_failures_reopen_with_backoff() -> None:
+    fb = FakeBuilder()
+    w, ro, s = _ro_reader(fb, WALIOError("disk hiccup"), DeliverPolicy.all(), times=10_000)
+    with pytest.raises(TimeoutError):
+        s.recv(1.0)
+    assert 2 <= fb.openers[0].read_calls <= 12  # 20, 40, 80... ms apart: 6 in the first second
+    assert s.error() is None and not s.done().is_set()
+    ro.close()
+    w.close()
+
+
+def test_a_backends_builtin_timeout_error_is_a_timeout_not_a_failure() -> None:
+    """The contract says WALTimeoutError; a builtin TimeoutError used to reopen the reader on every timeout."""
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build(time_tick_interval=0.05)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    ro = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    wal = fb.openers[0].wals[-1]
+    orig = wal.read
+
+    class _BuiltinTimeout(FakeScanner):
+        def __init__(self, inner: FakeScanner) -> None:
+            self.__dict__.update(inner.__dict__)
+
+        def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
+            try:
+                return super().recv_batch(max_messages, timeout)
+            except WALTimeoutError:
+                raise TimeoutError("builtin") from None
+
+    wal.read = lambda opt: _BuiltinTimeout(orig(opt))  # type: ignore[method-assign]
+    s = ro.read(ReadOption(deliver_policy=DeliverPolicy.latest()))
+    with pytest.raises(TimeoutError):
+        s.recv(0.3)
+    w.append(ins(5))
+    assert [m.properties["i"] for m in data(s, 1)] == ["5"]
+    assert fb.openers[0].read_calls == 1 and s.error() is None
+    op.close()
 
 
 def test_corruption_ends_the_scanner_with_its_error() -> None:

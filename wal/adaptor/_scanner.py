@@ -31,6 +31,9 @@ from ..errors import (
     InvalidMessageError,
     InvalidMessageIDError,
     ShutdownError,
+    UnknownBackendError,
+    WALError,
+    WALIOError,
     WALTimeoutError,
 )
 from ..message import ImmutableMessage, MessageType, physical_ms
@@ -55,7 +58,16 @@ _TT = MessageType.TIME_TICK
 
 
 # Errors of a backend's read() that no retry can fix: the scanner ends with them instead of retrying for ever.
-_NOT_TRANSIENT = (CorruptedError, InvalidArgumentError, InvalidMessageError, InvalidMessageIDError)
+# (UnknownBackendError: a message ID whose backend registered no unmarshaler.)
+_NOT_TRANSIENT = (CorruptedError, InvalidArgumentError, InvalidMessageError, InvalidMessageIDError, UnknownBackendError)
+
+
+def _transient(e: Exception) -> bool:
+    """Whether a backend read error may pass, so the read is retried with backoff: an I/O error or a broker away
+    (a ``WALError`` or an ``OSError``). Anything else is a bug in the backend (a decoder that raises on a stored
+    message, an ID with no unmarshaler): the same read would fail again, so the scanner ends with it, loudly,
+    instead of reopening for ever."""
+    return isinstance(e, WALError | OSError) and not isinstance(e, _NOT_TRANSIENT)
 
 
 class ScannerAdaptor(Scanner):
@@ -107,7 +119,9 @@ class ScannerAdaptor(Scanner):
             self._last_consumed = tick
             self._tail_from = tick.time_tick
         else:
-            self._open_backend()  # fixes latest() now; a failure is retried by recv with backoff
+            # Fixes latest() now, so a failure raises here: retried later, latest() would start later and lose
+            # what was appended in between. Any other policy is retried by recv, with backoff.
+            self._open_backend(retry=opt.deliver_policy.kind is not DeliverPolicyKind.LATEST)
 
     # -- public -----------------------------------------------------------------------------------------------
     @property
@@ -179,7 +193,7 @@ class ScannerAdaptor(Scanner):
                         self._pull_tailing(left)
                     else:
                         self._pull_catchup(left)
-                except WALTimeoutError:
+                except TimeoutError:  # a WALTimeoutError, or a backend's builtin one
                     continue  # re-checks close and the deadline
                 except ShutdownError:
                     if not self._closing.is_set():
@@ -204,29 +218,36 @@ class ScannerAdaptor(Scanner):
         self.close()
 
     # -- catch-up ---------------------------------------------------------------------------------------------
-    def _open_backend(self) -> None:
+    def _open_backend(self, retry: bool = True) -> None:
         self.read_attempts += 1
         try:
             opt = ImplsReadOption(name=self._name, deliver_policy=self._policy, vchannel=self._vchannel or None)
             b = self._impls.read(opt)
-        except (ShutdownError, *_NOT_TRANSIENT):
-            raise  # retrying cannot help: the scanner ends with it (see _recv_wait)
-        except Exception:  # an I/O error, a broker away: retried with backoff
-            self._backoff = min(max(self._backoff * 2, 0.02), 2.0)
-            self._next_attempt = time.monotonic() + self._backoff
+        except Exception as e:
+            if not retry or isinstance(e, ShutdownError) or not _transient(e):
+                raise  # retrying cannot help: the scanner ends with it (see _recv_wait)
+            self._retry_later()  # an I/O error, a broker away
             return
-        self._backoff = 0.0
         with self._backend_lock:
             if self._closing.is_set():
                 b.close()
                 return
             self._backend = b
 
-    def _restart_catchup(self, policy: DeliverPolicy, exclusive_start: int) -> None:
+    def _retry_later(self) -> None:
+        """Open the backend again after a backoff that doubles (20 ms to 2 s) while reads fail and no message comes
+        (a reader that opens and then fails at once would otherwise reopen thousands of times a second)."""
+        self._backoff = min(max(self._backoff * 2, 0.02), 2.0)
+        self._next_attempt = time.monotonic() + self._backoff
+
+    def _drop_backend(self) -> None:
         with self._backend_lock:
             b, self._backend = self._backend, None
         if b is not None:
             b.close()
+
+    def _restart_catchup(self, policy: DeliverPolicy, exclusive_start: int) -> None:
+        self._drop_backend()
         self._policy = policy
         self._exclusive_start = exclusive_start
         self._open_backend()
@@ -243,15 +264,27 @@ class ScannerAdaptor(Scanner):
             return
         try:
             batch = b.recv_batch(BATCH, left)  # close() closes the backend reader, which wakes this
-        except (WALTimeoutError, ShutdownError, CorruptedError):
+        except (TimeoutError, ShutdownError, CorruptedError):
             raise
-        except Exception:
-            # A transient backend failure: reopen just after what we already have, with backoff.
+        except Exception as e:
+            if not _transient(e):
+                raise  # the scanner ends with it (see _recv_wait)
+            # A transient backend failure: reopen just after what we already have, after a backoff.
             last = self._last_backend
-            policy = DeliverPolicy.start_after(last.message_id) if last is not None else self._policy
-            self._restart_catchup(policy, self._exclusive_start)
+            if last is None and self._policy.kind is DeliverPolicyKind.LATEST:
+                # Where latest() started is the backend reader's secret: reopened, it would start later and skip
+                # what was appended in between. A loud end, not a silent loss.
+                raise WALIOError(
+                    f"scanner {self._name}: the backend failed ({type(e).__name__}: {e}) before delivering its first "
+                    "message, and a latest() read cannot be resumed: read again"
+                ) from e
+            self._drop_backend()
+            if last is not None:
+                self._policy = DeliverPolicy.start_after(last.message_id)
+            self._retry_later()
             return
         if batch:
+            self._backoff = 0.0  # progress: the next failure starts its backoff afresh
             self._last_backend = self._consume(batch, self._exclusive_start, self._wab is not None)
 
     def _try_switch(self, tick: ImmutableMessage) -> bool:

@@ -373,9 +373,25 @@ class WALAdaptor(ROWALAdaptor):
         except Exception as e:
             self._check_backend()
             return [e] * len(msgs)
-        if len(got) == len(msgs):
+        try:
+            n = len(got)
+        except TypeError:  # not a list: a backend bug, caught below
+            n = -1
+        if n == len(msgs):
             return list(got)
+        if n != len(persisted):
+            return [self._bad_ids(got, len(persisted))] * len(msgs)
         return self._map_outcomes(msgs, list(got))
+
+    def _bad_ids(self, got: object, n: int) -> WALError:
+        """A backend's ``append_batch`` returned something else than one ID per message: a bug in the backend.
+        Each caller gets an error that says so (the messages may be stored), not a ``StopIteration`` from deep
+        inside the adaptor."""
+        what = f"{len(got)} ID(s)" if isinstance(got, Sequence) else f"a {type(got).__name__}"
+        return WALError(
+            f"the {self.wal_name} backend's append_batch returned {what} for {n} messages (a bug in the backend): "
+            "they may or may not be stored"
+        )
 
     def _refusal(self) -> WALError:
         """The error of a refused append or read: a fresh copy of ``_write_error``. A WAL an interrupt stopped

@@ -6,8 +6,20 @@ must see every message of every term in ID order; ``start_from``/``start_after``
 read-only WALs refusing writes (and reading everything); ten scanners opened and closed at once; then truncate
 and reopen at term 4, where messages at and after the truncation point must stay readable.
 
-Beyond Milvus it checks that what a scanner delivers is exactly what was appended (type, payload, properties,
-vchannel, time tick, last-confirmed ID) and that ``last_time_tick()`` is 0 or the largest stored tick.
+Beyond Milvus it checks what the adaptor relies on:
+
+- what a scanner delivers is exactly what was appended: type, payload, properties, vchannel, time tick (real
+  hybrid ticks, which do not fit a double), last-confirmed ID (another message's too), txn context and term, on
+  messages of several types (a transaction's begin, body and commit, time ticks, another vchannel);
+- ``append_batch`` returns one increasing ID per message (the adaptor appends nothing else);
+- ``recv_batch`` in small batches loses nothing at batch boundaries;
+- a ``latest`` scanner, on the writer and on a read-only WAL open beside it, delivers exactly what is appended
+  after it opened (read-only WALs follow a live writer);
+- a read with the ``vchannel`` hint still delivers that vchannel's messages, those for every vchannel and every
+  time tick among them;
+- ``close`` wakes a scanner blocked in ``recv(None)``;
+- an RW open at a term older than one seen raises ``FencedError``;
+- ``last_time_tick()`` is 0 or the largest stored tick.
 
 It needs no test framework::
 
@@ -31,8 +43,8 @@ from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
 from .._types import AccessMode, OpenOption, PChannelInfo
-from ..errors import AccessModeError
-from ..message import ImmutableMessage, MessageID, MessageType, MutableMessage
+from ..errors import AccessModeError, FencedError, ShutdownError, WALTimeoutError
+from ..message import ImmutableMessage, MessageID, MessageType, MutableMessage, TxnContext, compose_ts
 from ..options import DeliverPolicy
 from ..walimpls import OpenerBuilderImpls, OpenerImpls, ReadOption, ROWALImpls, ScannerImpls, WALImpls
 
@@ -40,6 +52,8 @@ __all__ = ["ConformanceError", "WALImplsConformance"]
 
 _MAX_CONCURRENT_APPENDS = 5
 _FAST_CLOSE_SCANNERS = 10
+_SMALL_BATCH = 7  # recv_batch size of the second read-only pass: many batch boundaries
+_RICH = 5  # messages per term of the kit's append_batch (see WALImplsConformance._rich_batch)
 
 
 class ConformanceError(AssertionError):
@@ -115,8 +129,9 @@ class WALImplsConformance:
         self.terms = terms
         self.latest_quiet_seconds = latest_quiet_seconds
         self.wait_timeout = wait_timeout
-        # Backends store ticks but never assign them: the kit stamps an increasing one on every message.
-        self._tt = itertools.count(1)
+        # Backends store ticks but never assign them: the kit stamps an increasing one on every message. Real hybrid
+        # ticks (physical ms << 18): above 2**53, so a backend that stores them as a double loses them.
+        self._tt = itertools.count(compose_ts(int(time.time() * 1000), 0))
         self._tt_lock = threading.Lock()
 
     @property
@@ -211,15 +226,32 @@ class WALImplsConformance:
             w = self._open(opener, name, term, AccessMode.RW, watch)
             try:
                 self._check_last_time_tick(w, written, f"{name}@{term}")
-                self._read_write(w, name, term, written, watch)
+                self._read_write(opener, w, name, term, written, watch)
             finally:
                 self._close(w, f"{name}@{term}", watch)
+            if term > 1:
+                self._check_fenced(opener, name, term, watch)
             ro = self._open(opener, name, term, AccessMode.RO, watch)
             try:
                 self._check_read_only(ro, name, term, written, watch)
             finally:
                 self._close(ro, f"{name}@{term} RO", watch)
         self._truncate_and_reopen(opener, name, self.terms + 1, written, watch)
+
+    def _check_fenced(self, opener: OpenerImpls, name: str, term: int, watch: _Watch) -> None:
+        """An RW open at an older term than one the channel has seen: ``FencedError`` (the term never goes back,
+        so an old writer coming back cannot interleave its appends with the new one's)."""
+        where = f"{name}@{term - 1} after term {term}"
+        watch.touch(f"{where}: RW open at an older term")
+        try:
+            w = opener.open(OpenOption(channel=PChannelInfo(name, term - 1, AccessMode.RW)))
+        except FencedError:
+            watch.touch()
+            return
+        except Exception as e:
+            raise ConformanceError(f"{where}: RW open raised {type(e).__name__}: {e}, want FencedError") from e
+        self._close(w, where, watch)
+        raise ConformanceError(f"{where}: RW open at an older term succeeded, want FencedError")
 
     def _check_last_time_tick(self, w: WALImpls, written: list[ImmutableMessage], where: str) -> None:
         got = w.last_time_tick()
@@ -246,21 +278,25 @@ class WALImplsConformance:
             except Exception as e:
                 raise ConformanceError(f"{where}: {what} raised {type(e).__name__}, want AccessModeError") from e
             raise ConformanceError(f"{where}: {what} on a read-only WAL did not raise AccessModeError")
-        # A read-only WAL reads everything the writers stored (through recv_batch, the scan path).
-        watch.touch(f"{where}: reading all")
-        s = ro.read(ReadOption(name="scanner_read_only", deliver_policy=DeliverPolicy.all()))
-        try:
-            got: list[ImmutableMessage] = []
-            while len(got) < len(written):
-                batch = s.recv_batch(len(written) - len(got), self.wait_timeout)
-                _expect(bool(batch), f"{where}: recv_batch returned nothing")
-                _expect(len(batch) <= len(written) - len(got), f"{where}: recv_batch returned too many messages")
-                got.extend(batch)
-                watch.touch()
-            for a, b in zip(got, written, strict=True):
-                self._same(a, b, f"{where}: scanner_read_only")
-        finally:
-            self._close(s, f"{where}: scanner_read_only", watch)
+        # A read-only WAL reads everything the writers stored (through recv_batch, the scan path): in batches as
+        # large as what is left, then in small ones (many batch boundaries).
+        for size in (0, _SMALL_BATCH):
+            sname = f"scanner_read_only_batch_{size or 'all'}"
+            watch.touch(f"{where}: reading all, {sname}")
+            s = ro.read(ReadOption(name=sname, deliver_policy=DeliverPolicy.all()))
+            try:
+                got: list[ImmutableMessage] = []
+                while len(got) < len(written):
+                    want = len(written) - len(got) if not size else min(size, len(written) - len(got))
+                    batch = s.recv_batch(want, self.wait_timeout)
+                    _expect(bool(batch), f"{where}: {sname}: recv_batch returned nothing")
+                    _expect(len(batch) <= want, f"{where}: {sname}: recv_batch({want}) returned {len(batch)}")
+                    got.extend(batch)
+                    watch.touch()
+                for a, b in zip(got, written, strict=True):
+                    self._same(a, b, f"{where}: {sname}")
+            finally:
+                self._close(s, f"{where}: {sname}", watch)
 
     def _truncate_and_reopen(
         self, opener: OpenerImpls, name: str, term: int, written: list[ImmutableMessage], watch: _Watch
@@ -314,11 +350,35 @@ class WALImplsConformance:
     def _insert(self, i: int) -> MutableMessage:
         return self._stamp(MutableMessage(MessageType.INSERT, b"payload-%d" % i, {"id": str(i), "const": "t"}, "v1"))
 
+    def _rich_batch(self, term: int, lc: MessageID) -> list[MutableMessage]:
+        """Messages with every field the adaptor stores: a transaction (begin, body, commit: txn context), a
+        message on another vchannel, a time tick for every vchannel; each with the WAL term and the
+        last-confirmed ID of another message (``lc``), not its own."""
+        txn = TxnContext(txn_id=1000 + term, keepalive=2.5)
+        out = []
+        for t, vch, ctx in (
+            (MessageType.BEGIN_TXN, "v1", txn),
+            (MessageType.INSERT, "v1", txn),
+            (MessageType.COMMIT_TXN, "v1", txn),
+            (MessageType.DELETE, "v2", None),
+            (MessageType.TIME_TICK, "", None),
+        ):
+            props = {"kind": "rich", "term": f"rich-{term}"}  # a tick's term property must not end a reader
+            m = self._stamp(MutableMessage(t, b"rich-%d" % t.value, props, vch))
+            out.append(m.with_last_confirmed(lc).with_txn_context(ctx).with_wal_term(term))
+        assert len(out) == _RICH
+        return out
+
     # -- one term: a writer and two tailing readers ----------------------------------------------------------------
     def _writer(self, w: WALImpls, where: str, term: int, appended: list[ImmutableMessage], watch: _Watch) -> None:
         def one(m: MutableMessage) -> ImmutableMessage:
             mid = w.append(m)
             _expect(mid is not None, f"{where}: append returned None")
+            _expect(
+                mid.wal_name == self.builder.name == w.wal_name,
+                f"{where}: append returned an ID of wal_name {mid.wal_name!r}, the builder is named "
+                f"{self.builder.name!r} and the WAL {w.wal_name!r} (the three must be equal)",
+            )
             watch.touch()
             return m.into_immutable(mid)
 
@@ -334,6 +394,16 @@ class WALImplsConformance:
                     ) from None
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+        watch.touch(f"{where}: append_batch")
+        batch = self._rich_batch(term, appended[0].message_id)
+        ids = w.append_batch(batch)
+        _expect(
+            isinstance(ids, list) and len(ids) == len(batch),
+            f"{where}: append_batch of {len(batch)} messages returned {ids!r}, want a list of {len(batch)} IDs",
+        )
+        for a, b in itertools.pairwise(ids):
+            _expect(a < b, f"{where}: append_batch returned IDs out of order: {a!r}, {b!r}")
+        appended.extend(m.into_immutable(i) for m, i in zip(batch, ids, strict=True))
         props = {"id": str(self.message_count - 1), "const": "t", "term": str(term)}
         last = self._stamp(MutableMessage(MessageType.TIME_TICK, b"", props, "v1"))
         mid = w.append(last)
@@ -366,7 +436,9 @@ class WALImplsConformance:
         finally:
             s.close()
 
-    def _read_write(self, w: WALImpls, name: str, term: int, written: list[ImmutableMessage], watch: _Watch) -> None:
+    def _read_write(
+        self, opener: OpenerImpls, w: WALImpls, name: str, term: int, written: list[ImmutableMessage], watch: _Watch
+    ) -> None:
         where = f"{name}@{term}"
         watch.touch(f"{where}: write and tail")
         errors: list[BaseException] = []
@@ -377,7 +449,7 @@ class WALImplsConformance:
         self._join(threads, [watch], errors)
         self._raise_first(errors)
 
-        _expect(len(appended) == self.message_count, f"{where}: {len(appended)} appends recorded")
+        _expect(len(appended) == self.message_count + _RICH, f"{where}: {len(appended)} appends recorded")
         for sname, got in reads.items():
             for a, b in itertools.pairwise(got):
                 _expect(
@@ -404,19 +476,107 @@ class WALImplsConformance:
         self._expect_sequence(
             w, "scanner_deliver_start_after", DeliverPolicy.start_after(mid), written[idx + 1 :], where
         )
-        watch.touch(f"{where}: latest")
-        s = w.read(ReadOption(name="scanner_deliver_latest", deliver_policy=DeliverPolicy.latest()))
-        try:
-            try:
-                m = s.recv(self.latest_quiet_seconds)
-            except TimeoutError:
-                pass
-            else:
-                raise ConformanceError(f"{where}: a latest scanner delivered an old message {m!r}")
-        finally:
-            self._close(s, f"{where}: scanner_deliver_latest", watch)
+        watch.touch(f"{where}: vchannel hint")
+        self._check_vchannel_hint(w, written, where)
+        self._check_latest(opener, w, name, term, written, watch)
+        watch.touch(f"{where}: close wakes a blocked recv")
+        self._check_close_wakes(w, where)
         watch.touch(f"{where}: fast close of {_FAST_CLOSE_SCANNERS} scanners")
         self._fast_close(w, where, watch)
+
+    def _check_vchannel_hint(self, w: WALImpls, written: list[ImmutableMessage], where: str) -> None:
+        """A read hinted at vchannel "v1" delivers, in order, every message of "v1", every message for all
+        vchannels ("") and every time tick; it may add or leave out messages of other vchannels."""
+        s = w.read(ReadOption(name="scanner_vchannel_hint", deliver_policy=DeliverPolicy.all(), vchannel="v1"))
+        try:
+            want = [m for m in written if m.vchannel in ("v1", "") or m.message_type is MessageType.TIME_TICK]
+            for k, expected in enumerate(want):
+                while True:
+                    try:
+                        got = s.recv(self.wait_timeout)
+                    except TimeoutError:
+                        raise ConformanceError(
+                            f"{where}: scanner_vchannel_hint stopped after {k} of {len(want)} messages for vchannel "
+                            f"'v1', '' or time ticks (want {expected.message_id!r}, {expected.message_type.name} "
+                            f"on {expected.vchannel!r}): a hint may skip only other vchannels' messages"
+                        ) from None
+                    if got.vchannel not in ("v1", "") and got.message_type is not MessageType.TIME_TICK:
+                        continue  # another vchannel's: may be delivered
+                    self._same(got, expected, f"{where}: scanner_vchannel_hint")
+                    break
+        finally:
+            s.close()
+
+    def _check_latest(
+        self, opener: OpenerImpls, w: WALImpls, name: str, term: int, written: list[ImmutableMessage], watch: _Watch
+    ) -> None:
+        """``latest`` scanners, on the writer and on a read-only WAL open beside it, deliver nothing old, then
+        exactly the next message appended (a read-only WAL follows a live writer)."""
+        where = f"{name}@{term}"
+        watch.touch(f"{where}: latest")
+        ro = self._open(opener, name, term, AccessMode.RO, watch)
+        scanners: list[tuple[str, ScannerImpls]] = []
+        try:
+            for sname, on in (("scanner_deliver_latest", w), ("scanner_deliver_latest_read_only", ro)):
+                scanners.append((sname, on.read(ReadOption(name=sname, deliver_policy=DeliverPolicy.latest()))))
+            for sname, s in scanners:
+                try:
+                    old = s.recv(self.latest_quiet_seconds / len(scanners))
+                except TimeoutError as e:
+                    _expect(
+                        isinstance(e, WALTimeoutError),
+                        f"{where}: {sname}: recv timed out with {type(e).__name__}, want WALTimeoutError",
+                    )
+                    continue
+                raise ConformanceError(f"{where}: {sname} delivered an old message {old!r}")
+            watch.touch(f"{where}: latest, one new append")
+            m = self._stamp(MutableMessage(MessageType.INSERT, b"after-latest", {"kind": "after-latest"}, "v1"))
+            mid = w.append(m)
+            _expect(mid is not None, f"{where}: append after latest returned None")
+            new = m.into_immutable(mid)
+            _expect(new.message_id > written[-1].message_id, f"{where}: append after latest got an older ID {mid!r}")
+            written.append(new)
+            for sname, s in scanners:
+                try:
+                    got = s.recv(self.wait_timeout)
+                except TimeoutError:
+                    raise ConformanceError(
+                        f"{where}: {sname} did not deliver the message appended after it opened (want {mid!r})"
+                    ) from None
+                self._same(got, new, f"{where}: {sname}")
+                watch.touch()
+        finally:
+            for sname, s in scanners:
+                self._close(s, f"{where}: {sname}", watch)
+            self._close(ro, f"{where} RO (latest)", watch)
+
+    def _check_close_wakes(self, w: WALImpls, where: str) -> None:
+        """``close`` from another thread wakes a scanner blocked in ``recv(None)``, which raises ShutdownError."""
+        s = w.read(ReadOption(name="scanner_close_wakes", deliver_policy=DeliverPolicy.latest()))
+        out: Future[BaseException | None] = Future()
+
+        def blocked() -> None:
+            try:
+                s.recv(None)
+            except BaseException as e:
+                out.set_result(e)
+            else:
+                out.set_result(None)
+
+        threading.Thread(target=blocked, daemon=True, name="conformance-blocked-recv").start()
+        time.sleep(min(0.1, self.latest_quiet_seconds))
+        s.close()
+        try:
+            err = out.result(self.wait_timeout)
+        except FutureTimeoutError:
+            raise ConformanceError(
+                f"{where}: close() did not wake a scanner blocked in recv(None) within {self.wait_timeout} s"
+            ) from None
+        _expect(
+            isinstance(err, ShutdownError),
+            f"{where}: recv(None) woken by close() ended with {err!r}, want ShutdownError",
+        )
+        _expect(s.done().is_set(), f"{where}: scanner_close_wakes: done() is not set after close()")
 
     def _expect_sequence(
         self, w: WALImpls, sname: str, policy: DeliverPolicy, want: list[ImmutableMessage], where: str
@@ -468,6 +628,10 @@ class WALImplsConformance:
             f"{where}: last-confirmed ID of {gid!r} is {got.last_confirmed_message_id!r}, "
             f"want {want.last_confirmed_message_id!r}",
         )
+        _expect(
+            got.txn_ctx == want.txn_ctx, f"{where}: txn context of {gid!r} is {got.txn_ctx!r}, want {want.txn_ctx!r}"
+        )
+        _expect(got.wal_term == want.wal_term, f"{where}: term of {gid!r} is {got.wal_term}, want {want.wal_term}")
 
 
 def _id_key(m: ImmutableMessage) -> MessageID:

@@ -36,9 +36,11 @@ __all__ = [
 class ReadOption:
     """A backend read: a scanner name (for logs and metrics), where to start, and a read-ahead hint (0 = default).
 
-    ``vchannel`` is a hint: the caller only needs that vchannel's messages and those for every vchannel (time ticks
-    aside, which it can do without). A backend may skip whole units that hold neither (localfs: segments, by their
-    bloom filter), or ignore the hint; it never has to filter message by message.
+    ``vchannel`` is a hint: the caller needs that vchannel's messages, those for every vchannel (vchannel ``""``)
+    and the TIME_TICKs among them. A backend may skip whole units that hold no message of either kind, their time
+    ticks included (localfs: segments, by their bloom filter; the ticks of later units release what came before),
+    or ignore the hint. It must not drop single TIME_TICKs or ``""`` messages from what it delivers: the adaptor
+    releases messages only on time ticks, so a reader would receive nothing, with no error.
     """
 
     name: str
@@ -61,6 +63,15 @@ class ScannerImpls(Closeable):
         Raises :class:`~wal.errors.WALTimeoutError` when nothing arrives within ``timeout`` seconds (None waits
         for ever), :class:`~wal.errors.ShutdownError` once closed, or the error that ended the scanner (a
         :class:`~wal.errors.CorruptedError` where the bytes fail their checksum).
+
+        How the adaptor treats what ``read``, ``recv`` and ``recv_batch`` raise: any other ``WALError`` (say a
+        :class:`~wal.errors.WALIOError`) or ``OSError`` may pass, so it opens a new reader just after the last
+        message delivered, with a backoff of 20 ms doubling to 2 s while reads keep failing. It ends its scanner
+        with anything else: ``CorruptedError``, ``InvalidArgumentError``, ``InvalidMessageError``,
+        ``InvalidMessageIDError``, ``UnknownBackendError``, and any exception that is not a ``WALError`` or
+        ``OSError`` (a bug: the same read would fail again). A ``latest()`` reader that fails before delivering
+        its first message cannot be resumed (where it started is the backend's secret): its scanner ends with a
+        ``WALIOError``, and a ``read`` with ``latest()`` that fails raises.
         """
 
     def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
@@ -119,7 +130,12 @@ class WALImpls(ROWALImpls):
     def append_batch(self, msgs: Sequence[MutableMessage]) -> list[MessageID]:
         """Store several messages in order, as one group commit where the backend can; IDs in the same order.
 
-        All or nothing is not promised: on an error, a prefix may be stored (and will be delivered).
+        Returns exactly one ID per message. All or nothing is not promised: on an error, a prefix may be stored
+        (and will be delivered), except for :class:`~wal.errors.InvalidArgumentError`,
+        :class:`~wal.errors.InvalidMessageError` and :class:`~wal.errors.InvalidMessageIDError`, which promise
+        that nothing of the batch was stored (check every message before writing any): the adaptor then appends
+        the batch again caller by caller, so that one caller's bad message does not fail the others, and a stored
+        prefix would be stored twice.
         """
         return [self.append(m) for m in msgs]
 
