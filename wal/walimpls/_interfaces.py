@@ -4,9 +4,24 @@ A backend only has to give each channel a total order of message IDs, store each
 and metadata exactly, and deliver in ID order. It does not assign time ticks, handle transactions, reorder, or
 filter: the adaptor does. Messages must survive closing and reopening a WAL on the same opener.
 
-Thread safety: ``append``/``append_batch`` are called from many threads at once (backends batch concurrent
-calls into one write and one sync: group commit); each scanner is used by one thread at a time, but ``close``
-may come from another thread and must wake a blocked ``recv``.
+Thread safety: ``append``/``append_batch`` may be called from many threads at once (the adaptor sends one batch
+at a time per WAL, but ``read`` and ``truncate`` run beside it, and tools may use a backend directly); each scanner
+is used by one thread at a time, but ``close`` may come from another thread and must wake a blocked ``recv``.
+
+Writing a backend, in short (``wal/walimpls/memory/_backend.py`` is the smallest complete one):
+
+- *Message IDs*: subclass :class:`~wal.message.IntMessageID` (an int per message, ordered), or
+  :class:`~wal.message.MessageID` (``wal_name``, ``marshal`` and ``_order_key``: the value IDs are ordered and
+  compared by). ``wal_name`` is the builder's ``name``. Register the ID's parser with
+  :func:`~wal.message.register_message_id_unmarshaler` when the backend's module is imported: stored
+  last-confirmed IDs and user-kept IDs are parsed through it.
+- *What to store*: the payload, and everything else as given, exactly: type, properties, vchannel, time tick (a
+  64-bit int; a double loses it), last-confirmed ID (often another message's), txn context and term. A backend
+  that stores strings only can use :meth:`~wal.message.MutableMessage.wire_properties` on append and
+  :meth:`~wal.message.ImmutableMessage.from_wire` on read.
+- *Errors*: what ``append_batch`` and ``ScannerImpls.recv`` raise decides what the adaptor does (see their
+  docstrings); a timeout must be a :class:`~wal.errors.WALTimeoutError`.
+- *Check it*: run :class:`wal.helper.conformance.WALImplsConformance` against your builder.
 """
 
 from __future__ import annotations
