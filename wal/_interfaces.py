@@ -150,7 +150,11 @@ class ROWAL(Closeable):
 
 
 class WAL(ROWAL):
-    """The writer of a channel (a WAL opened with ``AccessMode.RO`` refuses every write)."""
+    """The writer of a channel (a WAL opened with ``AccessMode.RO`` refuses every write).
+
+    ``close()`` first waits up to 3 s for open transactions to commit or roll back (appends are still taken
+    meanwhile, so they can), then stores what was accepted, closes the scanners and releases the channel.
+    """
 
     @abstractmethod
     def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult:
@@ -160,7 +164,14 @@ class WAL(ROWAL):
 
     @abstractmethod
     def append_async(self, msg: MutableMessage) -> Future[AppendResult]:
-        """Start an append; calls made one after another by one thread are persisted in that order."""
+        """Start an append; calls made one after another by one thread are persisted in that order.
+
+        The append is queued for the next group commit at once, so the future cannot be cancelled (``cancel()``
+        returns False; cancelling an ``asyncio.wrap_future`` of it stops the awaiting, not the append). Done
+        callbacks run in the thread that settled the batch: the WAL's append thread, or a producer that ran the
+        batch itself. A callback may append again, but must not wait for another ``append_async`` of the same
+        WAL: in the append thread, that ``result()`` raises ``WALError`` (it would wait for itself).
+        """
 
     @abstractmethod
     def append_messages(

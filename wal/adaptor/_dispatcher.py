@@ -163,6 +163,7 @@ class AppendDispatcher:
         # the thread ended, and every later join (a close finishing the one cut short) returns at once.
         self._exited = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"wal-append-{name}", daemon=True)
+        self._future_cls._settler = self._thread  # result() refuses to wait for itself there (see AppendFuture)
         self._thread.start()
 
     # -- producers ----------------------------------------------------------------------------------------------
@@ -213,10 +214,9 @@ class AppendDispatcher:
                 # Not inline while the thread waits for an inline batch to end (periodic work is due): it takes
                 # this one, else back-to-back inline callers would wake it once per batch without it ever getting
                 # a turn.
-                if (
-                    waiter is None
-                    and not self._busy
-                    and (in_thread or (not self._queue and not self._waits_for_inline and self._ready.is_set()))
+                if not self._busy and (
+                    in_thread
+                    or (waiter is None and not self._queue and not self._waits_for_inline and self._ready.is_set())
                 ):
                     self._inflight += n
                     self._busy = owned = True
@@ -553,10 +553,18 @@ class AppendDispatcher:
             finally:
                 with self._lock:
                     self._busy = False
-            invoke_callbacks(callbacks)  # after the batch is over: a callback may append, or close the WAL
+            self._thread_callbacks(callbacks)  # after the batch is over: a callback may append, or close the WAL
             if stop:
                 return
-        invoke_callbacks(aborted)
+        self._thread_callbacks(aborted)
+
+    def _thread_callbacks(self, futs: list[AppendFuture[Any]]) -> None:
+        """Run done callbacks in the thread. A ``SystemExit`` raised by one (``sys.exit()``) ends nothing but that
+        callback: the thread serves every WAL caller, so it is logged, as ``Future`` logs an ``Exception``."""
+        try:
+            invoke_callbacks(futs)
+        except BaseException as e:
+            log.error("wal %s: a done callback of append_async raised %s", self._name, type(e).__name__, exc_info=e)
 
     def _run_batch(
         self,

@@ -15,6 +15,7 @@ with a shared condition a wake-up may be for another future, so they wait in a l
 from __future__ import annotations
 
 import _thread
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,9 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from typing import Any, TypeVar
 
 from .._types import AppendResult
+from ..errors import WALError
+
+_log = logging.getLogger("concurrent.futures")  # where Future logs a failing callback
 
 __all__ = [
     "AllSucceeded",
@@ -78,6 +82,7 @@ class AppendFuture(Future[T]):
     # result of a future settled by :func:`complete_appended` (``_result`` is ``_LAZY`` until ``result()``).
     __slots__ = ("_exception", "_id", "_lc", "_result", "_state", "_tt", "_txn", "_x")
     _condition: SharedCondition  # a class attribute of the WAL's future class
+    _settler: threading.Thread | None = None  # the WAL's append thread (a class attribute too, set by the WAL)
 
     # ``_result``/``_exception`` are set when it is settled (both, by :func:`complete_all` or
     # :func:`complete_appended`): read only after.
@@ -106,8 +111,34 @@ class AppendFuture(Future[T]):
             x = self._x = [[], []]
         return x[1]
 
+    def _invoke_callbacks(self) -> None:
+        """``Future._invoke_callbacks``, except that a callback raising ``SystemExit`` or ``KeyboardInterrupt``
+        does not skip the later ones (an ``asyncio.wrap_future`` of this future would wait for ever): they all
+        run, then the first such exception is raised. An ``Exception`` is logged, as ``Future`` does."""
+        x = self._x
+        if x is None:
+            return
+        first: BaseException | None = None
+        for callback in x[1]:
+            try:
+                callback(self)
+            except Exception:
+                _log.exception("exception calling callback for %r", self)
+            except BaseException as e:
+                if first is None:
+                    first = e
+        if first is not None:
+            raise first
+
     def _wait_finished(self, timeout: float | None) -> None:
         """Return once finished (lock not held on return); TimeoutError after ``timeout``."""
+        if threading.current_thread() is self._settler and self._state == RUNNING:
+            # A done callback (they run in the append thread) waiting for another append of its WAL: only this
+            # thread would run it, so the wait would last for ever (or its whole timeout, stalling every producer).
+            raise WALError(
+                "result() of a pending append_async called in the WAL's append thread (in a done callback) would "
+                "wait for itself: chain another add_done_callback instead"
+            )
         with self._condition.lock:
             deadline = None
             while self._state != FINISHED:
@@ -294,9 +325,22 @@ def _run_callbacks(called: list[AppendFuture[Any]], callbacks: list[AppendFuture
 
 
 def invoke_callbacks(futs: list[AppendFuture[Any]]) -> None:
-    """Run the done callbacks of settled futures whose callbacks were left to the caller (see ``callbacks``)."""
+    """Run the done callbacks of settled futures whose callbacks were left to the caller (see ``callbacks``).
+
+    A callback that raises an ``Exception`` is logged by ``Future`` and the others run. One that raises
+    ``SystemExit`` or ``KeyboardInterrupt`` must not skip the callbacks of the other futures either (an
+    ``asyncio.wrap_future`` awaiter would then wait for ever on a finished future): they all run, then the first
+    such exception is raised.
+    """
+    first: BaseException | None = None
     for f in futs:
-        f._invoke_callbacks()  # type: ignore[attr-defined]
+        try:
+            f._invoke_callbacks()
+        except BaseException as e:
+            if first is None:
+                first = e
+    if first is not None:
+        raise first
 
 
 class GroupWaiter:
