@@ -64,8 +64,11 @@ class OpenOption:
         if not isinstance(self.channel, PChannelInfo):
             raise InvalidArgumentError(f"OpenOption.channel must be a PChannelInfo, got {type(self.channel).__name__}")
         validate_channel_name(self.channel.name)
-        if not isinstance(self.channel.term, int) or self.channel.term < 0:
-            raise InvalidArgumentError(f"term must be a non-negative int, got {self.channel.term!r}")
+        term = self.channel.term
+        if not isinstance(term, int) or isinstance(term, bool) or not 0 <= term < 1 << 64:
+            # Stored as an unsigned 64-bit int: a larger one used to be written to TERM before the open failed,
+            # leaving every valid term fenced for good.
+            raise InvalidArgumentError(f"term must be an int in [0, 2**64), got {term!r}")
         if not isinstance(self.channel.access_mode, AccessMode):
             raise InvalidArgumentError(f"unknown access mode {self.channel.access_mode!r}")
 

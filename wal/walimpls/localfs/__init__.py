@@ -21,8 +21,8 @@ Build options (``registry.get_impls_builder("localfs").build(**options)``):
   larger than that / sealed longer ago than that (checked at each roll and on open). ``truncate(id)`` deletes
   sealed segments whose messages all come before ``id``. Files are deleted, never truncated: a reader that has
   one mapped keeps reading it safely.
-- ``max_message_bytes`` (64 MiB): the largest encoded message (payload + properties + metadata); larger
-  appends raise :class:`~wal.errors.InvalidArgumentError` and store nothing.
+- ``max_message_bytes`` (64 MiB; at least 256): the largest encoded message (payload + properties + metadata);
+  larger appends raise :class:`~wal.errors.InvalidArgumentError` and store nothing.
 - ``_file_ops`` (private): a :class:`FileOps` through which every file operation goes (fault injection).
 
 The adaptor's options (``write_ahead_buffer_bytes``...) are accepted and ignored here; anything else raises

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import threading
 from dataclasses import dataclass
@@ -14,7 +12,10 @@ from ..._types import AccessMode, OpenOption
 from ...errors import FencedError, InvalidArgumentError, ShutdownError, WALIOError, WALLockedError
 from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls
 from ._fileops import DEFAULT_FILE_OPS, FileOps
-from ._format import DATA_START, LOCK_NAME
+from ._format import DATA_START, LOCK_NAME, TERM_NAME
+from ._lock import LockRefusedError
+from ._lock import release as release_lock
+from ._lock import take as take_lock
 from ._message_id import WAL_NAME
 from ._recovery import read_term, recover, write_term
 from ._state import Hub
@@ -30,6 +31,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 # Options the adaptor consumes; accepted (and ignored) here so that one dict configures the whole stack.
 _ADAPTOR_OPTIONS = frozenset({"write_ahead_buffer_bytes", "write_ahead_buffer_keepalive", "time_tick_interval",
                               "txn_keepalive"})
+
+
+MIN_MESSAGE_BYTES = 256
+"""The smallest ``max_message_bytes``: every message the WAL makes itself (time ticks, txn ends) fits (a tick is
+about 80 bytes encoded). Smaller values used to be accepted, then failed the open, or refused every append."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,11 @@ class Options:
         if rs is not None:
             rs = seconds(rs, "localfs option retention_seconds (or None)", zero=True)
         mmb = _int(options, "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
-        if not 1 <= mmb <= MAX_SEGMENT_BYTES - DATA_START - 64:
-            raise InvalidArgumentError(f"localfs option max_message_bytes out of range: {mmb}")
+        if not MIN_MESSAGE_BYTES <= mmb <= MAX_SEGMENT_BYTES - DATA_START - 64:
+            raise InvalidArgumentError(
+                f"localfs option max_message_bytes out of range: {mmb} (from {MIN_MESSAGE_BYTES}: below that, the "
+                f"WAL's own time ticks would not fit, to {MAX_SEGMENT_BYTES - DATA_START - 64})"
+            )
         fops = options.get("_file_ops", DEFAULT_FILE_OPS)
         if not isinstance(fops, FileOps):
             raise InvalidArgumentError(f"localfs option _file_ops must be a FileOps, got {type(fops).__name__}")
@@ -154,19 +163,20 @@ class LocalFSOpener(OpenerImpls):
         fops = self._fops
         ch = opt.channel
         lock_path = os.path.join(chdir, LOCK_NAME)
+        if not os.path.exists(lock_path) and os.path.exists(os.path.join(chdir, TERM_NAME)):
+            # A writer made both and never deletes LOCK: someone did, maybe under a live writer, which still holds
+            # the deleted file's lock. Locking a new one would let two writers in (measured: the log was damaged).
+            raise WALLockedError(
+                f"localfs channel {ch.name!r}: {lock_path} was deleted, maybe under a running writer that still "
+                "holds it; once no writer runs, `wal repair` makes a new one"
+            )
         try:
-            lock_fd = fops.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            lock_fd = take_lock(fops, lock_path)
+        except LockRefusedError:
+            raise WALLockedError(f"localfs channel {ch.name!r} is locked by another writer ({lock_path})") from None
         except OSError as e:
             raise WALIOError(f"localfs: opening channel {ch.name!r} failed: {e}") from e
         try:
-            try:
-                fops.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise WALLockedError(
-                        f"localfs channel {ch.name!r} is locked by another writer ({lock_path})"
-                    ) from None
-                raise
             stored = read_term(fops, chdir)
             if ch.term < stored:
                 raise FencedError(f"localfs channel {ch.name!r}: term {ch.term} is older than the stored term {stored}")
@@ -175,10 +185,7 @@ class LocalFSOpener(OpenerImpls):
             rec = recover(fops, chdir, write=True, segment_bytes=self.opts.segment_bytes)
             return LocalFSWAL(self, hub, ch, chdir, fops, self.opts, lock_fd, rec)
         except BaseException as e:
-            try:
-                fops.close(lock_fd)
-            except OSError:
-                pass
+            release_lock(fops, lock_fd)
             if isinstance(e, OSError):
                 raise WALIOError(f"localfs: opening channel {ch.name!r} failed: {e}") from e
             raise

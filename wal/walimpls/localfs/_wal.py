@@ -54,6 +54,7 @@ from ._format import (
     segment_name,
     stamp_record,
 )
+from ._lock import release as release_lock
 from ._message_id import WAL_NAME, LocalFSMessageID, fast_id
 from ._recovery import Recovered, note_io_failure, stored_max_time_tick, write_index
 from ._scanner import DirSource, LocalFSScanner, WriterSource
@@ -276,6 +277,9 @@ class LocalFSWAL(_Base):
             fd = getattr(self, name, None)
             if fd is not None:
                 setattr(self, name, None)
+                if name == "_lock_fd":
+                    release_lock(self._fops, fd)
+                    continue
                 try:
                     self._fops.close(fd)
                 except OSError:

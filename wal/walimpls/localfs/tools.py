@@ -42,6 +42,9 @@ from ._format import (
     valid_ids_after,
 )
 from ._format import LOCK_NAME as _LOCK_NAME
+from ._lock import LockRefusedError
+from ._lock import release as release_lock
+from ._lock import take as take_lock
 from ._message_id import LocalFSMessageID
 from ._recovery import damage_proof, list_segments, load_index, recover, write_index
 from ._scanner import DirSource, LocalFSScanner
@@ -329,14 +332,11 @@ def repair(root: str, channel: str) -> RepairReport:
     """
     fops = DEFAULT_FILE_OPS
     chdir = _chdir(root, channel)
-    lock_fd = fops.open(os.path.join(chdir, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fops.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise WALLockedError(f"localfs channel {channel!r} is locked by a writer; stop it first") from None
-            raise
+        lock_fd = take_lock(fops, os.path.join(chdir, _LOCK_NAME))
+    except LockRefusedError:
+        raise WALLockedError(f"localfs channel {channel!r} is locked by a writer; stop it first") from None
+    try:
         rec = recover(fops, chdir, write=True)
         report = RepairReport(channel=channel, cut=list(rec.cut), rebuilt_indexes=list(rec.rebuilt_indexes),
                               sealed=list(rec.sealed_now))
@@ -364,7 +364,7 @@ def repair(root: str, channel: str) -> RepairReport:
             st.drop_mapping()
         return report
     finally:
-        fops.close(lock_fd)
+        release_lock(fops, lock_fd)
 
 
 def iter_messages(root: str, channel: str, start: MessageID | None = None) -> Iterator[ImmutableMessage]:

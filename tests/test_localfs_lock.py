@@ -1,0 +1,168 @@
+"""The channel's write lock (``localfs/_lock.py``): forks, lock probes, a deleted LOCK; and terms and sizes at
+their limits. Each test reproduces a review's finding, with a subprocess where the finding needed one."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from wal import OpenOption, PChannelInfo, registry
+from wal.errors import FencedError, InvalidArgumentError, WALLockedError
+from wal.message import MessageType, MutableMessage
+from wal.walimpls.localfs import tools
+
+
+def _open(root: Path, term: int = 1, **opts: object) -> tuple[object, object]:
+    op = registry.must_get_builder("localfs").build(root=str(root), **opts)
+    return op, op.open(OpenOption(PChannelInfo("p1", term)))  # type: ignore[attr-defined]
+
+
+def _ins(i: int) -> MutableMessage:
+    return MutableMessage(MessageType.INSERT, b"%d" % i, vchannel="v1")
+
+
+def _sleep_in_child(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@pytest.mark.parametrize("how", ["close", "kill"])
+def test_a_forked_child_does_not_keep_the_channel_locked(tmp_path: Path, how: str) -> None:
+    """A ``multiprocessing`` worker forked by the writer used to keep the lock after the writer closed the WAL or
+    was killed: no new writer could open until the worker exited."""
+    code = textwrap.dedent(f"""
+        import multiprocessing, sys, time
+        from wal import registry, OpenOption, PChannelInfo
+        from wal.message import MessageType, MutableMessage
+        def work():
+            time.sleep(30)
+        if __name__ == "__main__":
+            op = registry.must_get_builder("localfs").build(root={str(tmp_path)!r})
+            w = op.open(OpenOption(PChannelInfo("p1", 1)))
+            w.append(MutableMessage(MessageType.INSERT, b"x", vchannel="v1"))
+            p = multiprocessing.get_context("fork").Process(target=work, daemon=True)
+            p.start()
+            if {how!r} == "close":
+                w.close(); op.close()
+            print(p.pid, flush=True)
+            time.sleep(60)
+    """)
+    pr = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    worker = int(pr.stdout.readline())  # type: ignore[union-attr]
+    try:
+        if how == "kill":
+            pr.kill()
+            pr.wait(10)
+        op, w = _open(tmp_path, term=2)  # the worker still runs: the lock must be free
+        w.append(_ins(1))  # type: ignore[attr-defined]
+        op.close()  # type: ignore[attr-defined]
+    finally:
+        pr.kill()
+        pr.wait(10)
+        pr.stdout.close()  # type: ignore[union-attr]
+        try:
+            os.kill(worker, 9)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_writer_that_closed_can_reopen_while_its_forked_pool_lives(tmp_path: Path) -> None:
+    op, w = _open(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        r = pool.apply_async(_sleep_in_child, (0.5,))
+        w.close()  # type: ignore[attr-defined]
+        w2 = op.open(OpenOption(PChannelInfo("p1", 1)))  # type: ignore[attr-defined]
+        w2.append(_ins(1))
+        r.get(10)
+    op.close()  # type: ignore[attr-defined]
+
+
+def test_the_lock_is_still_held_by_the_parent_after_a_fork(tmp_path: Path) -> None:
+    """The child closes its copies only: the parent's lock stays (LOCK_UN in the child would have freed it)."""
+    op, w = _open(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    p = ctx.Process(target=_sleep_in_child, args=(0.1,))
+    p.start()
+    p.join(10)
+    assert p.exitcode == 0
+    assert tools._writer_locked(str(tmp_path / "p1"))
+    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    with pytest.raises(WALLockedError):
+        op2.open(OpenOption(PChannelInfo("p1", 2)))
+    op2.close()
+    op.close()  # type: ignore[attr-defined]
+
+
+def test_a_lock_probe_does_not_make_a_writer_open_fail(tmp_path: Path) -> None:
+    """``wal info``/``verify`` probe the lock with a shared flock; an open racing the probe used to fail."""
+    op, w = _open(tmp_path)
+    w.close()  # type: ignore[attr-defined]
+    poller = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from wal.walimpls.localfs import tools
+        while True:
+            tools._writer_locked({str(tmp_path / "p1")!r})
+    """)])
+    try:
+        time.sleep(0.5)
+        refused = 0
+        for _ in range(200):
+            try:
+                op.open(OpenOption(PChannelInfo("p1", 1))).close()  # type: ignore[attr-defined]
+            except WALLockedError:
+                refused += 1
+        assert refused == 0
+    finally:
+        poller.kill()
+        poller.wait(10)
+    op.close()  # type: ignore[attr-defined]
+
+
+def test_a_deleted_lock_file_does_not_let_a_second_writer_in(tmp_path: Path) -> None:
+    op, w = _open(tmp_path)
+    w.append(_ins(1))  # type: ignore[attr-defined]
+    os.unlink(tmp_path / "p1" / "LOCK")  # "clearing a stale lock" under a live writer
+    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    with pytest.raises(WALLockedError, match="was deleted"):
+        op2.open(OpenOption(PChannelInfo("p1", 2)))
+    w.append(_ins(2))  # type: ignore[attr-defined]
+    op.close()  # type: ignore[attr-defined]
+    tools.repair(str(tmp_path), "p1")  # the way back once no writer runs
+    op3, w3 = _open(tmp_path, term=2)
+    got = [m for m in tools.iter_messages(str(tmp_path), "p1") if m.message_type is MessageType.INSERT]
+    assert [bytes(m.payload) for m in got] == [b"1", b"2"]
+    op3.close()  # type: ignore[attr-defined]
+    op2.close()
+
+
+@pytest.mark.parametrize("term", [1 << 64, (1 << 64) + 5, -1, True])
+def test_a_term_out_of_range_is_refused_before_anything_is_written(tmp_path: Path, term: object) -> None:
+    op, w = _open(tmp_path, term=3)
+    w.close()  # type: ignore[attr-defined]
+    with pytest.raises(InvalidArgumentError, match="term"):
+        op.open(OpenOption(PChannelInfo("p1", term)))  # type: ignore[attr-defined, arg-type]
+    w = op.open(OpenOption(PChannelInfo("p1", 4)))  # type: ignore[attr-defined]  # TERM was left alone
+    w.append(_ins(1))
+    w.close()
+    with pytest.raises(FencedError):
+        op.open(OpenOption(PChannelInfo("p1", 2))).close()  # type: ignore[attr-defined]
+    op.close()  # type: ignore[attr-defined]
+    op, w = _open(tmp_path, term=(1 << 64) - 1)  # the largest term works
+    w.append(_ins(2))  # type: ignore[attr-defined]
+    op.close()  # type: ignore[attr-defined]
+
+
+def test_max_message_bytes_below_what_the_wals_own_messages_need_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="max_message_bytes out of range: 255"):
+        registry.must_get_builder("localfs").build(root=str(tmp_path), max_message_bytes=255)
+    op, w = _open(tmp_path, max_message_bytes=256)  # the smallest works: ticks and txn ends fit
+    w.append(_ins(1))  # type: ignore[attr-defined]
+    with w.begin_txn("v1") as t:  # type: ignore[attr-defined]
+        t.append(_ins(2))
+    op.close()  # type: ignore[attr-defined]

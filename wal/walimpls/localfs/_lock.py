@@ -1,0 +1,100 @@
+"""The channel's write lock: ``flock(LOCK_EX)`` on ``LOCK``, taken by the writer and by ``repair``.
+
+Three things a bare ``flock`` gets wrong, each seen by a review:
+
+- *fork*: the lock belongs to the open file description, which a forked child shares. A ``multiprocessing``
+  worker forked by the writer then kept the channel locked after the writer closed it or was killed, and no new
+  writer could take over until the worker exited. Every lock this process holds is registered, and a forked child
+  closes its copies at once (``os.register_at_fork``): closing a copy drops the child's reference only, so the
+  parent keeps its lock (``LOCK_UN`` would release the parent's, so it is never used here).
+- *a probe*: ``wal info`` / ``verify`` test the lock with a shared ``flock`` for a few microseconds; a writer
+  opening then used to get ``WALLockedError`` though no writer existed. A refused lock is retried for a moment
+  (:data:`RETRY_SECONDS`) before the error.
+- *a LOCK replaced*: after ``LOCK`` was deleted (by hand, "clearing a stale lock") a second writer locked a new
+  file while the first kept writing, and the log was damaged. After locking, the descriptor must still be the
+  file named ``LOCK``; if not, the new one is locked instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+
+from ._fileops import FileOps
+
+__all__ = ["RETRY_SECONDS", "LockRefusedError", "release", "take"]
+
+RETRY_SECONDS = 0.05
+"""How long a refused lock is retried (a probe holds it for microseconds; a writer holds it for good)."""
+
+_held: set[int] = set()
+_held_lock = threading.Lock()
+
+
+class LockRefusedError(Exception):
+    """Another process (or another opener of this one) holds the lock."""
+
+
+def _drop_in_child() -> None:
+    for fd in list(_held):  # the fork copied the set; no other thread runs in the child yet
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
+
+
+def take(fops: FileOps, path: str) -> int:
+    """Lock ``path`` (created if missing) and return its descriptor; raises :class:`LockRefusedError`."""
+    deadline = time.monotonic() + RETRY_SECONDS
+    while True:
+        fd = fops.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        with _held_lock:
+            _held.add(fd)  # before the lock: a fork in between must not leave the child holding it
+        try:
+            locked = _try_lock(fops, fd)
+            if locked and _same_file(fd, path):
+                return fd
+        except BaseException:
+            release(fops, fd)
+            raise
+        release(fops, fd)
+        if locked:
+            continue  # LOCK was replaced under us: lock the file that has the name now
+        if time.monotonic() >= deadline:
+            raise LockRefusedError(path)
+        time.sleep(0.002)
+
+
+def _try_lock(fops: FileOps, fd: int) -> bool:
+    try:
+        fops.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def release(fops: FileOps, fd: int) -> None:
+    """Close a descriptor :func:`take` returned (which drops the lock)."""
+    with _held_lock:
+        _held.discard(fd)
+    try:
+        fops.close(fd)
+    except OSError:
+        pass
