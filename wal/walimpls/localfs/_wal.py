@@ -57,6 +57,7 @@ from ._format import (
 from ._lock import release as release_lock
 from ._message_id import WAL_NAME, LocalFSMessageID, fast_id
 from ._recovery import Recovered, note_io_failure, stored_max_time_tick, write_index
+from ._retention import clean_boundary
 from ._scanner import DirSource, LocalFSScanner, WriterSource
 from ._state import ChannelLog, Hub, SegmentState
 
@@ -646,22 +647,31 @@ class LocalFSWAL(_Base):
             raise WALIOError(f"localfs channel {self._channel}: truncate: {e}") from e
 
     def _apply_retention(self) -> None:
+        """Delete the oldest sealed segments past the size or age bound, but only up to a segment boundary that
+        no transaction straddles (``_retention.py``): deleting a txn's begin lost the whole txn for every reader,
+        although its commit was acknowledged after the deletion."""
         o = self._opts
+        if o.retention_bytes is None and o.retention_seconds is None:
+            return
+        with self._seg_lock:
+            segs = self._log.segments
+        n = 0  # how many of the oldest segments the bounds would delete
         if o.retention_bytes is not None:
-            with self._seg_lock:
-                segs = self._log.segments
             total = sum(s.capacity for s in segs)
-            drop: set[int] = set()
-            for s in segs:
-                if total <= o.retention_bytes or not s.sealed:
-                    break
-                drop.add(s.first_id)
-                total -= s.capacity
-            if drop:
-                self._delete_front(lambda s: s.first_id in drop)
+            while n < len(segs) and segs[n].sealed and total > o.retention_bytes:
+                total -= segs[n].capacity
+                n += 1
         if o.retention_seconds is not None:
             cutoff = time.time_ns() - int(o.retention_seconds * 1e9)
-            self._delete_front(lambda s: s.sealed_ns < cutoff)
+            m = 0
+            while m < len(segs) and segs[m].sealed and segs[m].sealed_ns < cutoff:
+                m += 1
+            n = max(n, m)
+        while n and not clean_boundary(self._fops, segs, n):
+            n -= 1
+        if n:
+            drop = {s.first_id for s in segs[:n]}
+            self._delete_front(lambda s: s.first_id in drop)
 
     def _delete_front(self, pred: object) -> None:
         """Delete the oldest sealed segments while ``pred`` holds (whole files, never truncated)."""

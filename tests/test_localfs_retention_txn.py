@@ -1,0 +1,114 @@
+"""Retention never deletes a segment a transaction still needs (``localfs/_retention.py``): it deleted a txn's
+begin while the txn was open, and the committed txn was then lost for every reader (DESIGN invariant 5)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wal import OpenOption, PChannelInfo, ReadOption, registry
+from wal.message import MessageType, MutableMessage
+from wal.options import DeliverPolicy
+from wal.walimpls.localfs import _retention
+
+
+def _ins(payload: bytes) -> MutableMessage:
+    return MutableMessage(MessageType.INSERT, payload, vchannel="v")
+
+
+def _segments(root: Path) -> list[str]:
+    return sorted(f for f in os.listdir(root / "p1") if f.endswith(".seg"))
+
+
+def _delivered(w: Any) -> list[Any]:
+    s = w.read(ReadOption(deliver_policy=DeliverPolicy.all()))
+    out = []
+    try:
+        while True:
+            m = s.recv(2)
+            if m.not_persisted:
+                return out
+            if m.message_type is not MessageType.TIME_TICK:
+                out.append(m)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("bound", [{"retention_bytes": 16384}, {"retention_seconds": 0}])
+def test_a_txn_open_across_rolls_is_delivered_after_its_commit(tmp_path: Path, bound: dict[str, int]) -> None:
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=4096, **bound)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    t = w.begin_txn("v", keepalive=60)
+    t.append(_ins(b"body-1"))
+    for _ in range(30):  # 12 rolls: the bound alone would delete the begin's segment
+        w.append(_ins(b"plain" * 100))
+    t.append(_ins(b"body-2"))
+    t.commit()
+    assert len(_segments(tmp_path)) > 4  # kept while the txn was open
+    for _ in range(20):
+        w.append(_ins(b"after" * 100))
+    w.close()
+    w = op.open(OpenOption(PChannelInfo("p1", 2)))
+    got = _delivered(w)
+    txns = [m for m in got if m.message_type is MessageType.TXN]
+    if txns:  # the txn's segments may be deleted once it ended: then neither its TXN nor its parts come back
+        assert [bytes(b.payload) for b in txns[0]] == [b"body-1", b"body-2"]
+    assert not [m for m in got if m.txn_ctx is not None and m.message_type is not MessageType.TXN]
+    w.close()
+    op.close()
+
+
+def test_the_txn_is_delivered_while_segments_after_it_are_deleted(tmp_path: Path) -> None:
+    """Reopened right after the commit (the reviewer's case): the TXN must come back."""
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=4096, retention_bytes=16384)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    t = w.begin_txn("v", keepalive=60)
+    t.append(_ins(b"body-1"))
+    for _ in range(30):
+        w.append(_ins(b"plain" * 100))
+    t.append(_ins(b"body-2"))
+    t.commit()
+    w.close()
+    w = op.open(OpenOption(PChannelInfo("p1", 2)))
+    got = _delivered(w)
+    txns = [m for m in got if m.message_type is MessageType.TXN]
+    assert len(txns) == 1 and [bytes(b.payload) for b in txns[0]] == [b"body-1", b"body-2"]
+    assert sum(m.message_type is MessageType.INSERT for m in got) == 30
+    w.close()
+    op.close()
+
+
+def test_retention_still_deletes_without_txns_and_catches_up_after_one(tmp_path: Path) -> None:
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=4096, retention_bytes=16384)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    for _ in range(60):
+        w.append(_ins(b"x" * 600))
+    assert len(_segments(tmp_path)) <= 5
+    futs = [w.append_async(_ins(b"y" * 600)) for _ in range(200)]  # batches: each boundary inside one
+    for f in futs:
+        f.result()
+    assert len(_segments(tmp_path)) <= 5
+    t = w.begin_txn("v", keepalive=60)
+    t.append(_ins(b"t"))
+    for _ in range(60):
+        w.append(_ins(b"x" * 600))
+    assert len(_segments(tmp_path)) > 10  # held back by the open txn
+    t.commit()
+    for _ in range(40):
+        w.append(_ins(b"x" * 600))
+    assert len(_segments(tmp_path)) <= 5
+    op.close()
+
+
+def test_a_walk_too_long_to_prove_a_boundary_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_retention, "MAX_WALK", 3)
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=4096, retention_bytes=16384)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    futs = [w.append_async(_ins(b"y" * 100)) for _ in range(400)]  # one batch spans segments: long walks
+    for f in futs:
+        f.result()
+    assert len(_segments(tmp_path)) > 5
+    op.close()
