@@ -112,3 +112,23 @@ def test_a_walk_too_long_to_prove_a_boundary_keeps_it(tmp_path: Path, monkeypatc
         f.result()
     assert len(_segments(tmp_path)) > 5
     op.close()
+
+
+def test_starting_from_a_deleted_id_goes_on_at_the_oldest_kept_one_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=4096)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    ids = [w.append(_ins(b"%d" % i + b"x" * 600)).message_id for i in range(40)]
+    w.truncate(ids[30])
+    first_kept = int(_segments(tmp_path)[0].split(".")[0])
+    assert first_kept > ids[5].value
+    with caplog.at_level("WARNING", logger="wal.walimpls.localfs._scanner"):
+        s = w.read(ReadOption(deliver_policy=DeliverPolicy.start_from(ids[5])))
+        m = s.recv(5)
+        while m.message_type is not MessageType.INSERT:
+            m = s.recv(5)
+        s.close()
+    assert m.message_id.value == first_kept
+    assert f"message ID {ids[5].value} was deleted; starting at the oldest kept one, {first_kept}" in caplog.text
+    op.close()

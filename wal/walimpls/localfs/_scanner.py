@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import logging
 import mmap
 import os
 import struct
@@ -57,6 +58,8 @@ from ._recovery import list_segments, load_index, rebuild_index
 from ._state import ChannelLog, Hub, SegmentState
 
 __all__ = ["DirSource", "LocalFSScanner", "WriterSource"]
+
+log = logging.getLogger(__name__)
 
 
 class SegView(Protocol):
@@ -412,6 +415,11 @@ class LocalFSScanner(ScannerImpls):
                 seg = src.first()
                 if seg is None:
                     return False
+                if seg.first_id > target:  # deleted (truncate, retention): said, not silent (see README, Truncation)
+                    log.warning(
+                        "localfs scanner %r: message ID %d was deleted; starting at the oldest kept one, %d",
+                        self._name, target, seg.first_id,
+                    )
                 self._enter(seg, DATA_START, seg.first_id)
             else:
                 self._seek(seg, target)
@@ -506,7 +514,11 @@ class LocalFSScanner(ScannerImpls):
             if nxt is None:
                 break
             if nxt.first_id > self._expect and self._first_kept() >= nxt.first_id:
-                pass  # retention deleted what this (slow) reader had not reached yet: go on with what is kept
+                # Retention deleted what this (slow) reader had not reached yet: go on with what is kept, loudly.
+                log.warning(
+                    "localfs scanner %r: IDs %d..%d were deleted before it read them; going on at %d",
+                    self._name, self._expect, nxt.first_id - 1, nxt.first_id,
+                )
             elif nxt.first_id != self._expect:
                 raise CorruptedError(
                     f"{nxt.path}: segment starts at ID {nxt.first_id}, expected {self._expect} after {seg.path}",
