@@ -86,7 +86,7 @@ def test_a_writer_that_closed_can_reopen_while_its_forked_pool_lives(tmp_path: P
 
 def test_the_lock_is_still_held_by_the_parent_after_a_fork(tmp_path: Path) -> None:
     """The child closes its copies only: the parent's lock stays (LOCK_UN in the child would have freed it)."""
-    op, w = _open(tmp_path)
+    op, _w = _open(tmp_path)
     ctx = multiprocessing.get_context("fork")
     p = ctx.Process(target=_sleep_in_child, args=(0.1,))
     p.start()
@@ -134,7 +134,7 @@ def test_a_deleted_lock_file_does_not_let_a_second_writer_in(tmp_path: Path) -> 
     w.append(_ins(2))  # type: ignore[attr-defined]
     op.close()  # type: ignore[attr-defined]
     tools.repair(str(tmp_path), "p1")  # the way back once no writer runs
-    op3, w3 = _open(tmp_path, term=2)
+    op3, _w3 = _open(tmp_path, term=2)
     got = [m for m in tools.iter_messages(str(tmp_path), "p1") if m.message_type is MessageType.INSERT]
     assert [bytes(m.payload) for m in got] == [b"1", b"2"]
     op3.close()  # type: ignore[attr-defined]

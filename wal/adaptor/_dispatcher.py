@@ -514,26 +514,7 @@ class AppendDispatcher:
                     break  # out of the loop, lock released, to run their callbacks
                 seen_inline = self._inline_runs
                 groups = self._groups
-                if not groups:  # futures only (append_async): one message each, taken in C
-                    items = self._take(queue)
-                    batch: list[_Entry] = items[0::2]
-                    msgs: list[Any] = items[1::2]
-                    n = len(batch)
-                else:
-                    batch = []
-                    msgs = []
-                    n = 0
-                    while queue and n < self._max_batch:
-                        e = queue.popleft()
-                        m = queue.popleft()
-                        batch.append(e)
-                        if m is not None:  # a future's message
-                            msgs.append(m)
-                            n += 1
-                        else:
-                            msgs.extend(e[0])
-                            n += len(e[0])
-                            self._groups -= 1
+                batch, msgs, n = self._take_batch(queue)
                 stop = self._closing and not queue
                 trig, self._triggered = self._triggered, None
             callbacks: list[AppendFuture[Any]] = []
@@ -557,6 +538,52 @@ class AppendDispatcher:
             if stop:
                 return
         self._thread_callbacks(aborted)
+
+    def _take_batch(self, queue: deque[Any]) -> tuple[list[_Entry], list[Any], int]:
+        """Up to one batch of the queue (lock held): its entries, their messages in order, the message count."""
+        if not self._groups:  # futures only (append_async): one message each, taken in C
+            items = self._take(queue)
+            batch: list[_Entry] = items[0::2]
+            return batch, items[1::2], len(batch)
+        batch = []
+        msgs: list[Any] = []
+        n = 0
+        while queue and n < self._max_batch:
+            e = queue.popleft()
+            m = queue.popleft()
+            batch.append(e)
+            if m is not None:  # a future's message
+                msgs.append(m)
+                n += 1
+            else:
+                msgs.extend(e[0])
+                n += len(e[0])
+                self._groups -= 1
+        return batch, msgs, n
+
+    def _drain_in_thread(self) -> None:
+        """``close()`` from a done callback, in the thread: run what was accepted now. The thread would drain it
+        only after the callback returns, and by then the WAL has closed the backend under it (the accepted appends
+        failed with ShutdownError, where a close from any other thread stores them)."""
+        callbacks: list[AppendFuture[Any]] = []
+        while True:
+            with self._lock:
+                while self._busy:
+                    self._has_work.wait(0.005)
+                if not self._queue:
+                    break
+                groups = self._groups
+                batch, msgs, n = self._take_batch(self._queue)
+                self._busy = True
+            try:
+                try:
+                    self._run_batch(batch, msgs, n, groups > 0, callbacks)
+                except Exception:  # a bug, not an append's failure: fail the batch, as the thread's loop does
+                    self._fail_unsettled(batch, callbacks)
+            finally:
+                with self._lock:
+                    self._busy = False
+        self._thread_callbacks(callbacks)
 
     def _thread_callbacks(self, futs: list[AppendFuture[Any]]) -> None:
         """Run done callbacks in the thread. A ``SystemExit`` raised by one (``sys.exit()``) ends nothing but that
@@ -691,8 +718,11 @@ class AppendDispatcher:
             self._exited.wait()
             return
         # A done callback run by the thread closes the WAL: the thread ends only after this returns, so wait here
-        # for a producer's inline run (a batch, a tick) to end before the WAL goes on to close what it uses.
-        # Producers start no new run once closing. (The thread runs callbacks only without the turn.)
+        # for a producer's inline run (a batch, a tick) to end before the WAL goes on to close what it uses, and
+        # run what was accepted. Producers start no new run once closing. (The thread runs callbacks only without
+        # the turn.)
+        if drain:
+            self._drain_in_thread()
         with self._lock:
             while self._busy:
                 self._has_work.wait(0.005)
