@@ -277,6 +277,7 @@ def test_fuzzed_open_allocates_at_most_a_few_times_the_files(
 def test_random_term_file(tmp_path_factory: pytest.TempPathFactory, raw: bytes) -> None:
     dst = tmp_path_factory.mktemp("term")
     (dst / "p1").mkdir(mode=0o700)
+    (dst / "p1" / "LOCK").write_bytes(b"")  # a writer makes LOCK before TERM (without it: "LOCK was deleted")
     (dst / "p1" / "TERM").write_bytes(raw)
     assert _open_and_scan(dst, {}, ro=False) in ("ok", "corrupted")
 

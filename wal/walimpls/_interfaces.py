@@ -168,7 +168,10 @@ class WALImpls(ROWALImpls):
         """The largest time tick of any message stored in this channel (0 when empty or unknown).
 
         The adaptor starts its clock above it, so time ticks keep growing across restarts even if the wall
-        clock stepped back. Backends that recover their tail on open know it for free.
+        clock stepped back. Backends that recover their tail on open know it for free. A backend that returns 0
+        for a channel that holds messages leaves that to the wall clock: if it stepped back between two terms, the
+        new term's ticks are below the old ones, and readers of both (``all()``) drop the newer messages as out
+        of order (DESIGN invariant 2). Return the real value whenever the backend can find it.
         """
         return 0
 
