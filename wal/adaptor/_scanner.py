@@ -101,7 +101,8 @@ class ScannerAdaptor(Scanner):
         self._last_delivered_tt = 0
         # One thread pulls from the source at a time (recv's turn): a flag under a condition, so that a waiting
         # recv(timeout) keeps its timeout (a plain lock's acquire has no timeout that survives a Ctrl-C safely).
-        self._turn_cond = threading.Condition(threading.RLock())
+        self._turn_lock = threading.RLock()  # entered as ``with self._turn_lock``: docs/ARCHITECTURE.md, "Interrupts"
+        self._turn_cond = threading.Condition(self._turn_lock)
         self._receiving = False
         self._done = threading.Event()
         self._closing = threading.Event()
@@ -182,7 +183,7 @@ class ScannerAdaptor(Scanner):
         deadline = None if timeout is None else time.monotonic() + seconds(timeout, "recv timeout", zero=True)
         owned = False
         try:
-            with self._turn_cond:
+            with self._turn_lock:
                 while self._receiving:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
@@ -194,7 +195,7 @@ class ScannerAdaptor(Scanner):
         finally:
             if owned:
                 self._receiving = False  # first, one store: a Ctrl-C below must not leave the turn taken for good
-                with self._turn_cond:
+                with self._turn_lock:
                     self._turn_cond.notify()
 
     def _pull_until_released(
@@ -204,10 +205,14 @@ class ScannerAdaptor(Scanner):
         tried = False  # recv(0) still looks once at what the source already has
         while True:
             if self._closing.is_set():
-                if self._error is not None:
-                    if pending:  # a failed scanner delivers what it had released, then its error
-                        return pending.popleft() if take else None
-                    raise self._error
+                if self._error is not None:  # a failed scanner delivers what it had released, then its error
+                    if pending and not take:
+                        return None
+                    try:
+                        return pending.popleft()
+                    except IndexError:
+                        pass
+                    raise self._error  # as stored: its cause intact
                 pending.clear()  # a close drops what was released (a concurrent pull may have added some)
                 raise ShutdownError(f"scanner {self._name} is closed")
             if take:
@@ -456,7 +461,8 @@ class _AsyncMessages:
                 try:  # a failed scanner: what it released, then its error
                     return pending.popleft()
                 except IndexError:
-                    raise s._error from None
+                    pass
+                raise s._error  # as stored: its cause intact
             try:
                 m = pending.popleft()
             except IndexError:
