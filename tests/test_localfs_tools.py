@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _localfs_util import build, msg, open_rw
@@ -211,3 +213,61 @@ def test_read_only_tools_while_retention_deletes_segments(tmp_path: Path) -> Non
         w.close()
         opener.close()
     assert calls >= 20
+
+
+def _once_after(real: Callable[..., Any], action: Callable[[], None]) -> Callable[..., Any]:
+    """``real``, which runs ``action`` once, after its first call has returned its result."""
+    done: list[bool] = []
+
+    def wrapper(*args: Any) -> Any:
+        result = real(*args)
+        if not done:
+            done.append(True)
+            action()
+        return result
+
+    return wrapper
+
+
+@pytest.mark.parametrize("event", ["roll", "close", "open"])
+def test_verify_ignores_a_writer_that_changes_the_last_segment_while_it_is_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, event: str
+) -> None:
+    """A healthy channel whose writer rolls (seals the segment), closes cleanly, or opens after verify probed the
+    lock, between verify's scan of the last segment and its reading of the summaries and the index. verify read
+    the seal or clean-close summary after the scan and compared them with the scan's (earlier) end ("seal summary
+    ... does not match the data", "clean-close summary does not match the data"), and judged a writer that opened
+    after the probe by the rules of a stopped one ("index does not match the segment", or its tail as torn):
+    `wal verify` exited 1 in about 1 of 100 runs against a live channel. The race is made certain here by doing
+    the writer's step inside verify: right after its lock probe, and right after it looked for the end of the
+    data."""
+    from wal.walimpls.localfs import _format, tools
+
+    opener = build(tmp_path, segment_bytes=65536)
+    writers = [open_rw(opener, "a")]
+    writers[0].append_batch([msg(b"x" * 100, vchannel="v1") for _ in range(5)])
+
+    def append(n: int) -> None:
+        writers[-1].append_batch([msg(b"y" * 1000, vchannel="v1") for _ in range(n)])
+
+    def after_scan() -> None:
+        append(70 if event == "roll" else 10)  # 70 KB do not fit the 64 KiB segment: it is sealed, a new one made
+        if event == "close":
+            writers[-1].close()
+
+    def after_probe() -> None:
+        writers.append(open_rw(opener, "a", term=3))
+
+    if event == "open":
+        writers[0].close()
+        monkeypatch.setattr(tools, "_writer_locked", _once_after(tools._writer_locked, after_probe))
+    monkeypatch.setattr(tools, "last_nonzero_end", _once_after(_format.last_nonzero_end, after_scan))
+    try:
+        assert len(list((tmp_path / "a").glob("*.seg"))) == 1
+        assert verify(str(tmp_path), "a") == []
+        assert len(list((tmp_path / "a").glob("*.seg"))) == (2 if event == "roll" else 1)
+    finally:
+        for w in writers:
+            w.close()
+        opener.close()
+    assert verify(str(tmp_path), "a") == []

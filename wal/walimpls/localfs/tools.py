@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from ._format import (
     SEAL_MAGIC,
     SEAL_OFF,
     SEG_HEADER,
+    SUMMARY,
     TERM_NAME,
     SegmentHeader,
     Summary,
@@ -219,9 +221,9 @@ def verify(
         for i, (fid, path) in enumerate(segs):
             is_last = i == len(segs) - 1
             try:
-                last = _verify_segment(path, fid, is_last, locked, prev_last, problems)
+                last = _verify_segment(chdir, path, fid, is_last, locked, prev_last, problems)
             except FileNotFoundError:  # deleted since the listing: a live writer's retention or truncate
-                if not locked:
+                if not locked and not _writer_locked(chdir):  # probed again: a writer may have opened since
                     problems.append(Problem(path, None, "segment disappeared while being verified"))
                 last = None  # no continuity check across it
             prev_last = last
@@ -239,23 +241,66 @@ def _size(path: str) -> int:
         return 0
 
 
-def _verify_segment(
-    path: str, fid: int, is_last: bool, writer_running: bool, prev_last: int | None, problems: list[Problem]
-) -> int | None:
-    import mmap
+# Checks of one segment at most. A writer changes a segment's summaries once per seal or clean close, so a second
+# check almost always sees none; past this many, what was found is reported.
+_SETTLE_TRIES = 4
 
+
+def _verify_segment(
+    chdir: str, path: str, fid: int, is_last: bool, writer_running: bool, prev_last: int | None,
+    problems: list[Problem],
+) -> int | None:
+    """Check one segment into ``problems``; returns its last ID (None when unknown). Checks again rather than
+    report what a live writer changed meanwhile.
+
+    A writer may seal the segment (a roll) or close it cleanly while it is read: the records appended after the
+    scan would then look like damage in a sealed segment, and the summary like a mismatch. Its data is final once
+    a summary is there, so a check during which a summary slot changed is done again. And a writer may open the
+    channel after its lock was probed: before problems of the last segment are reported the lock is probed again,
+    and if a writer holds it now the segment is checked as the live one it is (a tail being written is no torn
+    tail, an index being appended to is compared as a prefix).
+    """
+    found: list[Problem] = []
+    last: int | None = None
+    for attempt in range(_SETTLE_TRIES):
+        found = []
+        last, settled = _check_segment(path, fid, is_last, writer_running, prev_last, found)
+        again = attempt < _SETTLE_TRIES - 1
+        if again and not settled:
+            continue  # sealed or closed meanwhile: the data is final now
+        if again and found and is_last and not writer_running and _writer_locked(chdir):
+            writer_running = True  # a writer opened the channel after the probe
+            continue
+        break
+    problems.extend(found)
+    return last
+
+
+def _summary_slots(mm: bytes | memoryview | mmap.mmap) -> bytes:
+    """The raw seal and clean-close summary slots: a writer changes them only when it seals or closes cleanly."""
+    return bytes(mm[SEAL_OFF : SEAL_OFF + SUMMARY.size]) + bytes(mm[CLOSE_OFF : CLOSE_OFF + SUMMARY.size])
+
+
+def _check_segment(
+    path: str, fid: int, is_last: bool, writer_running: bool, prev_last: int | None, problems: list[Problem]
+) -> tuple[int | None, bool]:
+    """One check of a segment: (its last ID or None, whether its summary slots stayed the same throughout)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < SEG_HEADER.size:
             problems.append(Problem(path, 0, f"segment is only {size} bytes"))
-            return None
+            return None, True
         mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
     try:
         try:
             hdr = SegmentHeader.unpack(mm[: SEG_HEADER.size], path)
         except CorruptedError as e:
             problems.append(Problem(path, 0, str(e)))
-            return None
+            return None, True
+        # The summaries are read before the scan: a segment sealed or closed by then holds its final data.
+        slots = _summary_slots(mm)
+        seal = Summary.unpack(slots, 0, SEAL_MAGIC)
+        close = Summary.unpack(slots, SUMMARY.size, CLOSE_MAGIC)
         if hdr.first_id != fid:
             problems.append(Problem(path, 0, f"header says first ID {hdr.first_id}, the name says {fid}"))
         if prev_last is not None and fid != prev_last + 1:
@@ -270,7 +315,6 @@ def _verify_segment(
             res = scan_segment(mm, fid, size, hdr.data_start)
             nz = last_nonzero_end(mm, res.end, size)
             later = find_valid_record_after(mm, res.end, size, res.last_id, hdr.version) if nz > res.end else None
-        seal = Summary.unpack(mm, SEAL_OFF, SEAL_MAGIC)
         sealed = seal is not None or not is_last
         if nz > res.end:
             if later is not None:
@@ -291,11 +335,10 @@ def _verify_segment(
                                                         f"does not match the data {want}"))
         elif not is_last:
             problems.append(Problem(path, SEAL_OFF, "sealed segment has no valid seal summary (recovery writes it)"))
-        close = Summary.unpack(mm, CLOSE_OFF, CLOSE_MAGIC)
         if close is not None and (close.last_id, close.data_end) != (res.last_id, res.end):
             problems.append(Problem(path, CLOSE_OFF, "clean-close summary does not match the data"))
         _verify_index(path, fid, res.index, sealed, writer_running and is_last, problems)
-        return res.last_id
+        return res.last_id, _summary_slots(mm) == slots
     finally:
         mm.close()
 
