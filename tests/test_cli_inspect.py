@@ -127,6 +127,37 @@ def test_dump_text(tmp_path: Path) -> None:
     assert "payload: m-2m-2m-2" in r.stdout
 
 
+def test_dump_exits_1_at_a_zeroed_header_inside_the_active_segment(tmp_path: Path) -> None:
+    """A zeroed record header amid durable records of a cleanly closed active segment looks like the writer's
+    frontier to a scanner: `wal dump` printed the records before it and exited 0 (with `--from` past it: nothing,
+    exit 0) while `wal verify` exited 1."""
+    import struct
+
+    from wal import OpenOption, PChannelInfo, registry
+    from wal.message import MessageType, MutableMessage
+
+    opener = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20)
+    with opener, opener.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:
+        ids = [w.append(MutableMessage(MessageType.INSERT, b"m" * 50, vchannel="v1")).message_id.marshal()
+               for _ in range(100)]
+    path = _segments(tmp_path)[-1]["path"]
+    with open(str(path), "r+b") as f:  # zero the header of the 50th record (after the writer's opening tick)
+        data = f.read()
+        pos = DATA_START
+        for _ in range(50):
+            pos += (32 + struct.unpack_from("<I", data, pos + 4)[0] + 7) & ~7
+        f.seek(pos)
+        f.write(bytes(32))
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1", "--json")
+    assert r.returncode == 1 and f"{path}: corrupted record at offset {pos}" in r.stderr, r.stderr
+    assert [x["id"] for x in map(json.loads, r.stdout.splitlines()) if x["type"] == "INSERT"] == ids[:49]
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1", "--from", ids[60])
+    assert r.returncode == 1 and f"{path}: corrupted record at offset {pos}" in r.stderr, r.stderr
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1", "--limit", "10")  # stops before the damage
+    assert r.returncode == 0, r.stderr
+    assert wal_cmd("verify", "--root", str(tmp_path)).returncode == 1
+
+
 def test_repair_cuts_torn_tail_then_verify_is_clean(tmp_path: Path) -> None:
     image = tmp_path / "image"
     ids = fill(tmp_path / "live", n=60, crash_image=image)  # what a crash leaves behind

@@ -271,3 +271,71 @@ def test_verify_ignores_a_writer_that_changes_the_last_segment_while_it_is_check
             w.close()
         opener.close()
     assert verify(str(tmp_path), "a") == []
+
+
+def _zero_record_header(seg: Path, index: int) -> int:
+    """Zero the 32-byte header of the ``index``-th record (0 = the first) of ``seg``; returns its offset."""
+    import struct
+
+    data = seg.read_bytes()
+    pos = 1024
+    for _ in range(index):
+        (body_len,) = struct.unpack_from("<I", data, pos + 4)
+        pos += (32 + body_len + 7) & ~7
+    with open(seg, "r+b") as f:
+        f.seek(pos)
+        f.write(bytes(32))
+    return pos
+
+
+@pytest.mark.parametrize("sync", ["always", "never"])
+def test_iter_messages_raises_at_a_zeroed_header_inside_the_data(tmp_path: Path, sync: str) -> None:
+    """A zeroed record header in the middle of a cleanly closed active segment: a scanner takes zeros there for the
+    writer's frontier, and iter_messages (`wal dump`) stopped at them and ended quietly (50 of 101 records, exit
+    0; nothing at all from an ID after them), though verify and repair report the damage. It is damage when a
+    later record was written once it was durable (PREV_DURABLE: every flush under sync="always") or when the
+    clean-close summary says the data goes on (the proof under sync="never"): the records before it come, then
+    CorruptedError with the file and offset."""
+    opener = build(tmp_path, sync=sync)
+    w = open_rw(opener, "a")
+    for i in range(100):
+        w.append(msg(f"m-{i}".encode() * 10, vchannel="v1"))
+    w.close()
+    opener.close()
+    seg = sorted((tmp_path / "a").glob("*.seg"))[-1]
+    pos = _zero_record_header(seg, 50)
+    got: list[int] = []
+    with pytest.raises(CorruptedError) as e:
+        for m in iter_messages(str(tmp_path), "a"):
+            got.append(m.message_id.value)  # type: ignore[attr-defined]
+    assert got == list(range(1, 51)) and e.value.path == str(seg) and e.value.offset == pos
+    assert f"{seg}: corrupted record at offset {pos}" in str(e.value)
+    with pytest.raises(CorruptedError):
+        list(iter_messages(str(tmp_path), "a", LocalFSMessageID(60)))
+    assert any(p.path == str(seg) and p.offset == pos for p in verify(str(tmp_path), "a"))
+
+
+def test_iter_messages_takes_no_record_written_meanwhile_for_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live writer appends two flushes right when iter_messages has read everything and looks past its end:
+    the second flush vouches for the first (PREV_DURABLE), which is valid where the read stopped, so that is no
+    damage (the check looks at the stopped-at record again after finding a proof)."""
+    from wal.walimpls.localfs._scanner import LocalFSScanner
+
+    opener, w = _fill(tmp_path, "a", 10, keep_open=True)  # type: ignore[misc]
+    real = LocalFSScanner.stopped_at
+
+    def stopped_at(self: LocalFSScanner) -> tuple[str, int, int] | None:
+        where = real(self)
+        w.append(msg(b"written meanwhile 1"))
+        w.append(msg(b"written meanwhile 2"))
+        return where
+
+    monkeypatch.setattr(LocalFSScanner, "stopped_at", stopped_at)
+    try:
+        got = [m.message_id.value for m in iter_messages(str(tmp_path), "a")]  # type: ignore[attr-defined]
+        assert got == list(range(1, 11))
+    finally:
+        w.close()
+        opener.close()

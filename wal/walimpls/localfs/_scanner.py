@@ -338,6 +338,14 @@ class LocalFSScanner(ScannerImpls):
     def error(self) -> BaseException | None:
         return self._error
 
+    def stopped_at(self) -> tuple[str, int, int] | None:
+        """(segment path, offset, ID expected there): where reading has got to; None before it started.
+
+        For one-shot readers (``wal dump``), which stop where a follower would wait and judge what is there.
+        """
+        seg = self._seg
+        return None if seg is None else (seg.path, self._pos, self._expect)
+
     def close(self) -> None:
         if self._closed:
             return

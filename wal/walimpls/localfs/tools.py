@@ -36,11 +36,13 @@ from ._format import (
     check_record,
     find_valid_record_after,
     index_name,
+    is_zero_header,
     last_nonzero_end,
     parse_index,
     parse_segment_name,
     parse_term,
     scan_segment,
+    segment_version,
     valid_ids_after,
 )
 from ._format import LOCK_NAME as _LOCK_NAME
@@ -414,7 +416,9 @@ def iter_messages(root: str, channel: str, start: MessageID | None = None) -> It
     """Every message from ``start`` (inclusive; the oldest kept when None) to the current end. Read-only.
 
     Stops at the end of the valid data (a torn tail is not an error here); raises
-    :class:`~wal.errors.CorruptedError` at damage inside written data.
+    :class:`~wal.errors.CorruptedError` at damage inside written data, after the messages before it: where
+    reading stops, a later record that vouches for the bytes there (docs/FORMAT.md, "Flush marks") or a clean-close
+    summary that says the data goes on makes them damage.
     """
     chdir = _chdir(root, channel)
     policy = DeliverPolicy.all() if start is None else DeliverPolicy.start_from(start)
@@ -432,7 +436,10 @@ def iter_messages(root: str, channel: str, start: MessageID | None = None) -> It
         while True:
             try:
                 batch = scanner.recv_batch(1024, timeout=0)
-            except WALTimeoutError:
+            except WALTimeoutError:  # nothing more to read: the end of the data, or damage the scanner waits at
+                where = scanner.stopped_at()
+                if where is not None:
+                    _raise_if_damage(*where)
                 return
             for m in batch:
                 if m.message_id.value >= stop:  # type: ignore[attr-defined]
@@ -441,6 +448,44 @@ def iter_messages(root: str, channel: str, start: MessageID | None = None) -> It
     finally:
         scanner.close()
 
+
+def _raise_if_damage(path: str, pos: int, expect: int) -> None:
+    """Raise :class:`~wal.errors.CorruptedError` when the bytes at ``pos`` of ``path``, where a read stopped with
+    nothing more to read, are damage rather than the end of the data (``expect``: the ID due there).
+
+    A scanner takes the first record that is not valid in the active segment for the writer's frontier and waits
+    there (a follower looks past a zeroed header only after waiting at it for a second), so a read that does not
+    wait stops at damage there as it does at the end. The proof of recovery and ``verify`` tells them apart: a
+    later record written when the bytes at ``pos`` were durable (:func:`find_valid_record_after`), or a clean-close
+    summary whose data end lies past ``pos``. A live writer's record in progress is neither: the writer writes in
+    order, so once such a proof is visible a record it wrote at ``pos`` is too, and that record is checked again
+    after the proof was found.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= pos:
+                return
+            mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    except FileNotFoundError:  # deleted by a live writer's retention since
+        return
+    try:
+        version = segment_version(mm)
+        later = find_valid_record_after(mm, pos, size, expect - 1, version)
+        close = Summary.unpack(mm, CLOSE_OFF, CLOSE_MAGIC)
+        if later is not None:
+            proof = f"{damage_proof(version)} at offset {later}"
+        elif close is not None and close.data_end > pos:
+            proof = f"the clean-close summary says the data ends at offset {close.data_end}"
+        else:
+            return
+        r = check_record(mm, pos, size)
+        if r is not None and r[1] == expect:
+            return  # a record the live writer completed meanwhile
+        what = "zeroed record header" if is_zero_header(mm, pos, size) else "checksum or ID mismatch"
+        raise CorruptedError(f"{path}: corrupted record at offset {pos} ({what}); {proof}", path=path, offset=pos)
+    finally:
+        mm.close()
 
 
 def find_time_tick(root: str, channel: str, time_tick: int) -> MessageID | None:
