@@ -299,3 +299,36 @@ def test_closing_the_wal_from_a_callback_stores_what_it_had_accepted(backend: st
     assert stored == len(accepted)
     op2.close()
     op.close()
+
+
+def test_a_step_cancelled_at_its_periodic_yield_loses_nothing() -> None:
+    """``async for`` yields to the loop every 256 released messages; it used to pop the message first, so a step
+    cancelled in that yield lost it (every 256th message)."""
+    op = registry.must_get_builder("memory").build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    n = 1500
+    w.append_messages([ins(i) for i in range(n)])
+
+    async def main() -> list[int]:
+        s = w.read(ReadOption(deliver_policy=DeliverPolicy.all()))
+        it = s.__aiter__()
+        got: list[int] = []
+        cancelled = 0
+        while len(got) < n and cancelled < 2000:
+            t = asyncio.ensure_future(it.__anext__())
+            await asyncio.sleep(0)  # the step runs until it first suspends
+            if not t.done():
+                t.cancel()  # as asyncio.wait_for or a task group would cancel a slow step
+            try:
+                m = await t
+            except asyncio.CancelledError:
+                cancelled += 1
+                continue
+            if _data(m):
+                got.append(int(m.properties["i"]))
+        s.close()
+        assert cancelled >= n // 256  # the yields were hit
+        return got
+
+    assert asyncio.run(main()) == list(range(n))
+    op.close()

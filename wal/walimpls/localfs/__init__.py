@@ -19,7 +19,7 @@ Build options (``registry.get_impls_builder("localfs").build(**options)``):
   is synced when it is sealed and when the channel is closed cleanly.
 - ``retention_bytes`` / ``retention_seconds`` (None): delete the oldest sealed segments while the channel is
   larger than that / sealed longer ago than that (checked at each roll and on open), but never a segment that
-  a transaction open at the next kept segment needs (its begin): deletion waits until it ends. ``truncate(id)`` deletes
+  an open transaction needs (its begin): a long open txn holds deletion back until it ends. ``truncate(id)`` deletes
   sealed segments whose messages all come before ``id``. Files are deleted, never truncated: a reader that has
   one mapped keeps reading it safely.
 - ``max_message_bytes`` (64 MiB; at least 256): the largest encoded message (payload + properties + metadata);

@@ -57,7 +57,7 @@ from ._format import (
 from ._lock import release as release_lock
 from ._message_id import WAL_NAME, LocalFSMessageID, fast_id
 from ._recovery import Recovered, note_io_failure, stored_max_time_tick, write_index
-from ._retention import clean_boundary
+from ._retention import retention_count
 from ._scanner import DirSource, LocalFSScanner, WriterSource
 from ._state import ChannelLog, Hub, SegmentState
 
@@ -202,6 +202,9 @@ class LocalFSWAL(_Base):
         self._bloom_cache: dict[str, tuple[int, ...]] = {}
         self._next_id = recovered.next_id
         self._max_tt = recovered.max_tt
+        # The largest last-confirmed ID written (see _retention.py); None until a message carries one: no txn of
+        # this writer is open before it writes one.
+        self._lc_floor: int | None = None
         self._fd: int | None = None
         self._idx_fd: int | None = None
         self._log = ChannelLog(recovered.segments)
@@ -306,9 +309,15 @@ class LocalFSWAL(_Base):
             prepared.append((head, payload, pad, crc_head_end, size, m.time_tick, bp))
         if not prepared:
             return []
+        last = msgs[-1]  # its last-confirmed ID is the batch's largest: retention's floor (see _retention.py)
+        lc = None if last._lc_self else last.last_confirmed_message_id
         waiter = None
         with self._lock:
             self._check_open()
+            if lc.__class__ is LocalFSMessageID:
+                v: int = lc.value
+                if self._lc_floor is None or v > self._lc_floor:
+                    self._lc_floor = v
             first = self._next_id
             mid = self._next_id = first + len(prepared)
             b = self._open_batch
@@ -647,28 +656,20 @@ class LocalFSWAL(_Base):
             raise WALIOError(f"localfs channel {self._channel}: truncate: {e}") from e
 
     def _apply_retention(self) -> None:
-        """Delete the oldest sealed segments past the size or age bound, but only up to a segment boundary that
-        no transaction straddles (``_retention.py``): deleting a txn's begin lost the whole txn for every reader,
-        although its commit was acknowledged after the deletion."""
+        """Delete the oldest sealed segments past the size or age bound, but none that a transaction still open
+        needs (``_retention.py``: deleting a txn's begin lost the whole txn for every reader)."""
         o = self._opts
         if o.retention_bytes is None and o.retention_seconds is None:
             return
         with self._seg_lock:
             segs = self._log.segments
-        n = 0  # how many of the oldest segments the bounds would delete
-        if o.retention_bytes is not None:
-            total = sum(s.capacity for s in segs)
-            while n < len(segs) and segs[n].sealed and total > o.retention_bytes:
-                total -= segs[n].capacity
-                n += 1
-        if o.retention_seconds is not None:
-            cutoff = time.time_ns() - int(o.retention_seconds * 1e9)
-            m = 0
-            while m < len(segs) and segs[m].sealed and segs[m].sealed_ns < cutoff:
-                m += 1
-            n = max(n, m)
-        while n and not clean_boundary(self._fops, segs, n):
-            n -= 1
+        n = retention_count(
+            segs,
+            max_bytes=o.retention_bytes,
+            max_age_ns=None if o.retention_seconds is None else int(o.retention_seconds * 1e9),
+            now_ns=time.time_ns(),
+            floor=self._lc_floor,
+        )
         if n:
             drop = {s.first_id for s in segs[:n]}
             self._delete_front(lambda s: s.first_id in drop)
