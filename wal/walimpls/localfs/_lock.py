@@ -25,7 +25,7 @@ import time
 
 from ._fileops import FileOps
 
-__all__ = ["RETRY_SECONDS", "LockRefusedError", "release", "take"]
+__all__ = ["RETRY_SECONDS", "LockRefusedError", "release", "take", "try_flock"]
 
 RETRY_SECONDS = 0.05
 """How long a refused lock is retried (a probe holds it for microseconds; a writer holds it for good)."""
@@ -58,7 +58,7 @@ def take(fops: FileOps, path: str) -> int:
         with _held_lock:
             _held.add(fd)  # before the lock: a fork in between must not leave the child holding it
         try:
-            locked = _try_lock(fops, fd)
+            locked = try_flock(fops, fd, fcntl.LOCK_EX)
             if locked and _same_file(fd, path):
                 return fd
         except BaseException:
@@ -72,9 +72,10 @@ def take(fops: FileOps, path: str) -> int:
         time.sleep(0.002)
 
 
-def _try_lock(fops: FileOps, fd: int) -> bool:
+def try_flock(fops: FileOps, fd: int, operation: int) -> bool:
+    """``flock(fd, operation | LOCK_NB)``: False when another holder refuses it (other errors raise)."""
     try:
-        fops.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fops.flock(fd, operation | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False

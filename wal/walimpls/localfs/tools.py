@@ -8,7 +8,6 @@ while a writer holds it. A channel that does not exist (or a bad channel name) r
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import mmap
 import os
@@ -46,7 +45,7 @@ from ._format import (
     valid_ids_after,
 )
 from ._format import LOCK_NAME as _LOCK_NAME
-from ._lock import LockRefusedError
+from ._lock import LockRefusedError, try_flock
 from ._lock import release as release_lock
 from ._lock import take as take_lock
 from ._message_id import LocalFSMessageID
@@ -150,14 +149,9 @@ def _writer_locked(chdir: str, fops: FileOps = DEFAULT_FILE_OPS) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fops.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return True
-        raise
+        return not try_flock(fops, fd, fcntl.LOCK_SH)
     finally:
         fops.close(fd)  # closing drops the probe lock
-    return False
 
 
 def _term(chdir: str) -> int | None:
