@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -200,6 +201,7 @@ class LocalFSOpener(OpenerImpls):
                 if self._observer is None:
                     from watchdog.observers import Observer
 
+                    _quiet_stop_race()
                     obs = Observer()
                     obs.daemon = True
                     obs.start()
@@ -242,6 +244,30 @@ class LocalFSOpener(OpenerImpls):
         if obs is not None:
             obs.stop()
             obs.join()
+
+
+class _StopRaceFilter(logging.Filter):
+    """Drops watchdog's ERROR line for an inotify event read while its emitter stops.
+
+    Why: removing a watch (the last read-only WAL of a channel closing) makes the kernel send that watch an
+    ``IN_IGNORED`` event; when the emitter thread reads it just after ``unschedule`` has stopped the emitter,
+    watchdog (7.x) logs "InotifyEmitter.queue_events() called when the thread is inactive" at ERROR and drops the
+    event, which is what we want. Measured: 8 of 20 read-only WAL closes logged it. An operator should not see an
+    ERROR for a clean close; any other watchdog record still passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.ERROR and str(record.msg).startswith(_STOP_RACE))
+
+
+_STOP_RACE = "InotifyEmitter.queue_events() called when the thread is inactive"
+_stop_race_filter = _StopRaceFilter()
+
+
+def _quiet_stop_race() -> None:
+    logger = logging.getLogger("watchdog.observers.inotify")
+    if _stop_race_filter not in logger.filters:
+        logger.addFilter(_stop_race_filter)
 
 
 def _make_wake(hub: Hub) -> Any:
