@@ -531,3 +531,30 @@ def test_an_append_thread_that_fails_stops_the_wal_instead_of_stranding_appends(
     s.close()
     w2.close()
     op.close()
+
+
+def test_an_opener_close_cut_short_is_finished_by_the_next_opener_close(tmp_path) -> None:
+    """A Ctrl-C inside the opener's close (here: in a WAL's backend close) left that WAL's channel locked, and the
+    opener's next close returned at once although the README says it finishes the close."""
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    w.append(msg(0))
+    real = w._impls.close
+    calls = [0]
+
+    def close_interrupted() -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise KeyboardInterrupt
+        real()
+
+    w._impls.close = close_interrupted
+    with pytest.raises(KeyboardInterrupt):
+        op.close()
+    assert returns_within(op.close, 5)
+    assert calls[0] == 2
+    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    with op2, op2.open(OpenOption(PChannelInfo("c", 2))) as w2, w2.read(ReadOption()) as s2:  # the channel is free
+        assert bytes(data(s2, 1)[0].payload) == b"p0"
+    op.close()  # a third close: nothing left to do
+    assert calls[0] == 2

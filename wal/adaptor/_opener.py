@@ -29,6 +29,8 @@ class OpenerAdaptor(Opener):
         self._wals: set[ROWALAdaptor] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._close_cut_short = False  # the first close did not finish (a Ctrl-C): the next close finishes it
+        self._close_retry = threading.Lock()
 
     def open(self, opt: OpenOption) -> WAL:
         if not isinstance(opt, OpenOption):
@@ -56,13 +58,24 @@ class OpenerAdaptor(Opener):
     def close(self) -> None:
         if not self._lifetime.stop():
             self._closed.wait()
+            if self._close_cut_short:  # as WAL.close: every step may rerun (a WAL's close finishes its own)
+                with self._close_retry:
+                    if self._close_cut_short:
+                        self._close_inner()
+                        self._close_cut_short = False
             return
         try:
-            self._lifetime.wait()
-            with self._lock:
-                wals = list(self._wals)
-            for w in wals:
-                w.close()
-            self._impls.close()
+            self._close_inner()
+        except BaseException:
+            self._close_cut_short = True  # else its WALs stay open, their channels locked, until the process ends
+            raise
         finally:
             self._closed.set()
+
+    def _close_inner(self) -> None:
+        self._lifetime.wait()
+        with self._lock:
+            wals = list(self._wals)
+        for w in wals:
+            w.close()
+        self._impls.close()
