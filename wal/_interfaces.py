@@ -9,7 +9,6 @@ Every object is also a context manager that closes on exit.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -20,7 +19,7 @@ from typing import Any
 from ._closeable import Closeable
 from ._types import AppendResult, OpenOption, PChannelInfo, ReadOption
 from .errors import ShutdownError
-from .message import ImmutableMessage, MessageID, MutableMessage
+from .message import ImmutableMessage, MessageID, MutableMessage, TxnContext
 
 __all__ = ["ROWAL", "WAL", "Opener", "OpenerBuilder", "Scanner", "Txn"]
 
@@ -34,11 +33,13 @@ class Scanner(Closeable):
 
     @property
     @abstractmethod
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The name given in ``ReadOption.name`` (or one made up for the scanner): it names it in logs and metrics."""
 
     @property
     @abstractmethod
-    def channel(self) -> PChannelInfo: ...
+    def channel(self) -> PChannelInfo:
+        """The channel read, as its WAL was opened."""
 
     @abstractmethod
     def recv(self, timeout: float | None = None) -> ImmutableMessage:
@@ -67,22 +68,12 @@ class Scanner(Closeable):
                     raise err from None
                 return
 
+    @abstractmethod
     def __aiter__(self) -> AsyncIterator[ImmutableMessage]:
-        return self._aiter()
-
-    async def _aiter(self) -> AsyncIterator[ImmutableMessage]:
-        # recv runs in a worker thread with a short timeout so that a cancelled task never strands a thread for long.
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                yield await loop.run_in_executor(None, self.recv, 0.2)
-            except TimeoutError:
-                continue
-            except ShutdownError:
-                err = self.error()
-                if err is not None:
-                    raise err from None
-                return
+        """``async for m in scanner``: waits without blocking the event loop, ends as iteration does, and a step
+        that is cancelled (a task cancelled, ``asyncio.wait_for`` around ``__anext__``) loses no message: the next
+        step gets it. (No default here: a ``recv`` run in an executor pops a message that a cancelled step then
+        drops.)"""
 
 
 class Txn(Closeable):
@@ -93,7 +84,8 @@ class Txn(Closeable):
 
     @property
     @abstractmethod
-    def txn_ctx(self) -> Any: ...
+    def txn_ctx(self) -> TxnContext:
+        """The transaction's ID and keepalive, stamped on its begin, body and end messages."""
 
     @abstractmethod
     def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult:
@@ -134,7 +126,8 @@ class ROWAL(Closeable):
 
     @property
     @abstractmethod
-    def channel(self) -> PChannelInfo: ...
+    def channel(self) -> PChannelInfo:
+        """The channel as opened: name, term and access mode."""
 
     @abstractmethod
     def read(self, opt: ReadOption | None = None) -> Scanner:
@@ -142,11 +135,13 @@ class ROWAL(Closeable):
 
     @abstractmethod
     def is_available(self) -> bool:
-        """True until the WAL is closed (or fenced)."""
+        """True until the WAL is closed, fenced, or stopped for good by an I/O error or an interrupt (then appends
+        and new reads raise that error; reopen the WAL)."""
 
     @abstractmethod
     def available(self) -> threading.Event:
-        """Milvus's misnamed ``Available()``: an event set when the WAL becomes *unavailable* (closed or fenced)."""
+        """Milvus's misnamed ``Available()``: an event set when the WAL becomes *unavailable* (closed, fenced,
+        or stopped by an I/O error or an interrupt)."""
 
 
 class WAL(ROWAL):
@@ -211,7 +206,8 @@ class OpenerBuilder(ABC):
 
     @property
     @abstractmethod
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The backend's registered name (``"localfs"``, ``"memory"``, ``"nats"``...)."""
 
     @abstractmethod
     def build(self, **options: Any) -> Opener:

@@ -108,9 +108,11 @@ class DeliverFilter:
 
     @property
     def is_time_tick_filter(self) -> bool:
+        """A filter on time ticks (``time_tick_gt``/``gte``), not on message types (Milvus's ``IsTimeTickFilter``)."""
         return self.kind is not DeliverFilterKind.MESSAGE_TYPE
 
     def matches(self, msg: ImmutableMessage) -> bool:
+        """Whether ``msg`` passes (system messages always pass a type filter)."""
         if self.kind is DeliverFilterKind.MESSAGE_TYPE:
             return msg.message_type.is_system or msg.message_type in self.message_types
         if msg.txn_ctx is not None and msg.message_type not in _TIME_FILTERED_IN_TXN:

@@ -134,19 +134,24 @@ class MutableMessage:
         self.not_persisted = False
 
     # -- in-place stamping by the WAL (Milvus's chained setters) ------------------------------------------------
+    # The WAL stamps these as it appends; a program sets none of them (what it sets is overwritten).
     def with_time_tick(self, tt: int) -> MutableMessage:
+        """Stamp the message's time tick (hybrid timestamp) in place; returns the message."""
         self.time_tick = tt
         return self
 
     def with_barrier_time_tick(self, tt: int) -> MutableMessage:
+        """Ask for a time tick above ``tt`` (Milvus's barrier); returns the message."""
         self.barrier_time_tick = tt
         return self
 
     def with_wal_term(self, term: int) -> MutableMessage:
+        """Stamp the term of the writer that appends it; returns the message."""
         self.wal_term = term
         return self
 
     def with_last_confirmed(self, message_id: MessageID | None) -> MutableMessage:
+        """Stamp the last-confirmed ID: a reader resuming from it misses nothing at or before this message."""
         self.last_confirmed_message_id = message_id
         self._lc_self = False
         return self
@@ -159,9 +164,11 @@ class MutableMessage:
 
     @property
     def last_confirmed_is_self(self) -> bool:
+        """Whether the last-confirmed ID is to be this message's own ID, once it has one."""
         return self._lc_self
 
     def with_txn_context(self, ctx: TxnContext | None) -> MutableMessage:
+        """Make the message part of transaction ``ctx`` (None: autocommit); returns the message."""
         self.txn_ctx = ctx
         return self
 
@@ -173,6 +180,7 @@ class MutableMessage:
         return self
 
     def estimate_size(self) -> int:
+        """Bytes the message accounts for in memory budgets (payload plus properties)."""
         return len(self.payload) + sum(len(k) + len(v) for k, v in self.properties.items())
 
     def copy(self) -> MutableMessage:
@@ -233,7 +241,8 @@ class MutableMessage:
 
 
 class ImmutableMessage:
-    """A message as stored in the WAL and delivered by scanners. Read-only.
+    """A message as stored in the WAL and delivered by scanners. Treat it as read-only: its attributes are not
+    locked (a frozen class costs every read), but scanners may hand the same object to several readers.
 
     ``properties`` holds the user's properties only (reserved ``_`` keys are exposed as typed attributes).
     ``payload`` may be a ``memoryview`` into a read-only map of the log file: it stays valid while the message
@@ -283,6 +292,7 @@ class ImmutableMessage:
 
     @property
     def properties(self) -> Mapping[str, str]:
+        """The user's properties, read-only (decoded on first use)."""
         p = self._props
         if callable(p):
             p = self._props = MappingProxyType(dict(p()))
@@ -292,10 +302,12 @@ class ImmutableMessage:
 
     @property
     def wal_name(self) -> str:
+        """The backend that stored it (its message ID's)."""
         return self.message_id.wal_name
 
     @property
     def is_persisted(self) -> bool:
+        """False for a time tick the WAL made for tailing readers only (its ID is a last-confirmed ID)."""
         return not self.not_persisted
 
     def estimate_size(self) -> int:
@@ -438,6 +450,7 @@ class ImmutableTxnMessageBuilder:
 
     @property
     def txn_ctx(self) -> TxnContext:
+        """The transaction's context, from its begin."""
         assert self._begin.txn_ctx is not None
         return self._begin.txn_ctx
 
@@ -450,6 +463,7 @@ class ImmutableTxnMessageBuilder:
         return self
 
     def estimate_size(self) -> int:
+        """Bytes the txn kept so far accounts for (begin and kept body)."""
         return self._size + self._begin.estimate_size()
 
     def expired_time_tick(self) -> int:
@@ -457,9 +471,11 @@ class ImmutableTxnMessageBuilder:
         return add_physical_ms(self._last_tt, self.txn_ctx.keepalive_ms)
 
     def messages(self) -> tuple[ImmutableMessage, list[ImmutableMessage]]:
+        """The begin and a copy of the list of kept body messages."""
         return self._begin, list(self._body)
 
     def build(self, commit: ImmutableMessage) -> ImmutableTxnMessage:
+        """The one TXN message a reader gets for the committed txn."""
         if commit.message_type is not MessageType.COMMIT_TXN:
             raise InvalidArgumentError(f"a txn is built from its COMMIT_TXN, not {commit.message_type.name}")
         return ImmutableTxnMessage(self._begin, self._body, commit)

@@ -22,15 +22,18 @@ class TxnContext:
 
     @property
     def keepalive_ms(self) -> int:
+        """The keepalive as stored, in whole milliseconds."""
         return round(self.keepalive * 1000)
 
     def marshal(self) -> str:
+        """The compact text form stored in a message's reserved properties."""
         from ._codec import encode_int
 
         return f"{encode_int(self.txn_id)}.{encode_int(self.keepalive_ms)}"
 
     @classmethod
     def unmarshal(cls, data: str) -> TxnContext:
+        """Parse :meth:`marshal`'s form."""
         from ._codec import decode_int
 
         tid, _, ka = data.partition(".")
@@ -38,6 +41,8 @@ class TxnContext:
 
 
 class TxnState(enum.IntEnum):
+    """Where a transaction session is (Milvus's states): open, committing, committed, rolling back, rolled back."""
+
     UNKNOWN = 0
     BEGIN = 1
     IN_FLIGHT = 2

@@ -39,6 +39,7 @@ class MessageType(enum.IntEnum):
 
     @property
     def is_valid(self) -> bool:
+        """Not ``UNKNOWN`` (what an unparsable stored type reads as)."""
         return self is not MessageType.UNKNOWN
 
     def marshal(self) -> str:

@@ -72,6 +72,7 @@ def must_get_builder(name: str, *interceptor_builders: Any) -> OpenerBuilder:
     """The full-WAL builder of backend ``name``: the backend wrapped by the adaptor.
 
     ``interceptor_builders`` are user interceptors, placed after the built-ins; the first one is the outermost.
+    An unknown ``name`` raises :class:`~wal.errors.UnknownBackendError` (a ``KeyError``) listing the known ones.
     """
     from ..adaptor import adapt_impls_to_builder
 

@@ -1,7 +1,8 @@
 """The time-tick interceptor: stamps every message with a time tick and a last-confirmed ID, drives
 transactions (begin / body / commit / rollback) and keeps the MVCC view (Milvus ``timetick_interceptor.go``).
 
-Batches arrive from the adaptor's single dispatcher thread, so ticks are allocated in queue order and a batch
+Batches arrive one at a time from the adaptor's dispatcher (run by its thread or inline by a caller, never two
+at once), so ticks are allocated in queue order and a batch
 reaches the backend in that order: persist order is time-tick order. A COMMIT_TXN or ROLLBACK_TXN is sent on
 its own after the messages queued before it, so the body it waits for is already written.
 """

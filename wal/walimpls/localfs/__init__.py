@@ -26,17 +26,18 @@ Build options (``registry.get_impls_builder("localfs").build(**options)``):
   larger appends raise :class:`~wal.errors.InvalidArgumentError` and store nothing.
 - ``_file_ops`` (private): a :class:`FileOps` through which every file operation goes (fault injection).
 
-The adaptor's options (``write_ahead_buffer_bytes``...) are accepted and ignored here; anything else raises
+Every option of the adaptor (``wal.adaptor.AdaptorOptions``: ``write_ahead_buffer_bytes``...) is accepted and
+ignored here, so one dict configures the whole stack; anything else raises
 :class:`~wal.errors.InvalidArgumentError` naming it.
 
-Reading: scanners map segments read-only and hand out payloads as ``memoryview`` slices of the map (no copy);
-such a view stays valid as long as the message object (it keeps the map alive), even after retention deletes
-the file. Use ``bytes(m.payload)`` for a copy. A read-only WAL (``AccessMode.RO``, this process or another)
-follows the writer: woken by the writer of the same opener, by watchdog (inotify) events, and by polling with
-backoff (at most 50 ms), so a lost event costs latency, never a message. A follower in another process may see a
-record as soon as it is written, which with ``sync="always"`` is at most one ``fdatasync`` ahead of durable. It
-raises :class:`~wal.errors.CorruptedError` at a bad record of the active segment that a later flush proves was
-durable (``docs/FORMAT.md``, "Flush marks"), and
+Reading: scanners map segments read-only and hand out payloads up to 1 KiB as ``bytes`` copies and larger ones as
+``memoryview`` slices of the map (no copy); such a view stays valid as long as the message object (it keeps the map
+alive), even after retention deletes the file. Use ``bytes(m.payload)`` for a copy. A read-only WAL
+(``AccessMode.RO``, this process or another) follows the writer: woken by the writer of the same opener, by watchdog
+(inotify) events, and by polling with backoff (at most 50 ms), so a lost event costs latency, never a message. A
+follower in another process may see a record as soon as it is written, which with ``sync="always"`` is at most one
+``fdatasync`` ahead of durable. It raises :class:`~wal.errors.CorruptedError` at a bad record of the active segment
+that a later flush proves was durable (``docs/FORMAT.md``, "Flush marks"), and
 its ``last_time_tick()`` is the largest tick stored (read from summaries and indexes, not by a scan).
 
 A reader given a vchannel (``ReadOption.vchannel``) skips sealed segments whose bloom filter holds neither that

@@ -21,7 +21,7 @@ crc32c: Callable[..., int] = _crc32c_mod.crc32c
 
 # The segment format written now. Version 2 gave meaning to two record flag bits (FLUSH_START, PREV_DURABLE),
 # which lets recovery tell a torn, never-synced flush from damage to durable data; version 1 segments (flags
-# always 0) stay readable, under the stricter rule of version 1 (see ``vouching_record_after``).
+# always 0) stay readable, under the stricter rule of version 1 (see ``find_valid_record_after``).
 FORMAT_VERSION = 2
 SEGMENT_VERSIONS = (1, 2)  # segment versions this code reads
 # Summaries, index files and TERM have not changed layout since format 1: they keep their own version 1, so a

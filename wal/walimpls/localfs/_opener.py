@@ -30,8 +30,9 @@ MAX_SEGMENT_BYTES = (1 << 32) - 1
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 # Options the adaptor consumes; accepted (and ignored) here so that one dict configures the whole stack.
+# (Every field of ``wal.adaptor.AdaptorOptions``, spelled out: a backend imports nothing of the adaptor.)
 _ADAPTOR_OPTIONS = frozenset({"write_ahead_buffer_bytes", "write_ahead_buffer_keepalive", "time_tick_interval",
-                              "txn_keepalive"})
+                              "txn_keepalive", "max_inflight_appends", "max_append_batch", "interceptors"})
 
 
 MIN_MESSAGE_BYTES = 256
