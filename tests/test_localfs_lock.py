@@ -8,15 +8,18 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from wal import OpenOption, PChannelInfo, registry
 from wal.errors import FencedError, InvalidArgumentError, WALLockedError
 from wal.message import MessageType, MutableMessage
-from wal.walimpls.localfs import tools
+from wal.walimpls.localfs import _lock, tools
+from wal.walimpls.localfs._fileops import FileOps
 
 
 def _open(root: Path, term: int = 1, **opts: object) -> tuple[object, object]:
@@ -166,3 +169,81 @@ def test_max_message_bytes_below_what_the_wals_own_messages_need_is_refused(tmp_
     with w.begin_txn("v1") as t:  # type: ignore[attr-defined]
         t.append(_ins(2))
     op.close()  # type: ignore[attr-defined]
+
+
+class _SlowCloseOps(FileOps):
+    """Closes slowly, so that a fork from another thread lands inside ``_lock.release``."""
+
+    def __init__(self) -> None:
+        self.slow = threading.Event()
+
+    def close(self, fd: int) -> None:
+        if self.slow.is_set():
+            time.sleep(0.5)
+        super().close(fd)
+
+
+def _exit_holding_nothing(path: str, conn: Any) -> None:
+    conn.send(sorted(fd for fd in os.listdir("/proc/self/fd") if _points_to(fd, path)))
+    conn.close()
+    time.sleep(1.0)  # a worker that lives on, like a multiprocessing pool's
+
+
+def _points_to(fd: str, path: str) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == path
+    except OSError:
+        return False
+
+
+def test_a_fork_during_a_writers_close_does_not_leave_the_lock_to_the_child(tmp_path: Path) -> None:
+    """A fork between ``release``'s unregistration and its close copied a still-locked descriptor the child did not
+    know to close: the channel stayed locked while the child lived (review: 556 of 2000 forks beside a thread
+    taking and releasing the lock; 2 of 200 beside a thread opening and closing a writer)."""
+    fops = _SlowCloseOps()
+    lock_path = str(tmp_path / "LOCK")
+    fd = _lock.take(fops, lock_path)
+    fops.slow.set()
+    closer = threading.Thread(target=_lock.release, args=(fops, fd))
+    closer.start()
+    time.sleep(0.1)  # inside the slow close
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+    p = ctx.Process(target=_exit_holding_nothing, args=(lock_path, child_end))
+    p.start()
+    try:
+        assert parent_end.poll(10)
+        assert parent_end.recv() == []  # no copy of the lock's descriptor in the child
+        closer.join(10)
+        fd2 = _lock.take(FileOps(), lock_path)  # free while the child lives
+        _lock.release(FileOps(), fd2)
+    finally:
+        p.join(10)
+        closer.join(10)
+
+
+def _take_and_release(path: str) -> None:
+    _lock.release(FileOps(), _lock.take(FileOps(), path))
+
+
+def test_a_child_forked_while_another_thread_holds_the_lock_registry_can_lock(tmp_path: Path) -> None:
+    """The registry's mutex, held by another thread at the fork, stayed held in the child for ever: the child's
+    first open of a writer hung (review: 4 of 2000 forks beside a thread taking and releasing the lock)."""
+    held = threading.Event()
+
+    def hold() -> None:
+        with _lock._held_lock:
+            held.set()
+            time.sleep(0.3)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(10)
+    p = multiprocessing.get_context("fork").Process(target=_take_and_release, args=(str(tmp_path / "LOCK"),))
+    p.start()
+    p.join(10)
+    t.join(10)
+    if p.exitcode is None:
+        p.kill()
+        p.join(10)
+    assert p.exitcode == 0

@@ -6,7 +6,12 @@ Three things a bare ``flock`` gets wrong, each seen by a review:
   worker forked by the writer then kept the channel locked after the writer closed it or was killed, and no new
   writer could take over until the worker exited. Every lock this process holds is registered, and a forked child
   closes its copies at once (``os.register_at_fork``): closing a copy drops the child's reference only, so the
-  parent keeps its lock (``LOCK_UN`` would release the parent's, so it is never used here).
+  parent keeps its lock (``LOCK_UN`` would release the parent's, so it is never used here). A fork waits while
+  another thread opens or closes a lock's descriptor (``register_at_fork(before=...)`` takes the registry's
+  mutex): a descriptor forked between its open and its registration, or between its unregistration and its close,
+  kept the lock in the child (a review: 556 of 2000 forks beside a thread taking and releasing the lock, and 2 of
+  200 beside a thread opening and closing a writer), and a child forked while the mutex was held hung at its
+  first lock (4 of 2000).
 - *a probe*: ``wal info`` / ``verify`` test the lock with a shared ``flock`` for a few microseconds; a writer
   opening then used to get ``WALLockedError`` though no writer existed. A refused lock is retried for a moment
   (:data:`RETRY_SECONDS`) before the error.
@@ -31,32 +36,42 @@ RETRY_SECONDS = 0.05
 """How long a refused lock is retried (a probe holds it for microseconds; a writer holds it for good)."""
 
 _held: set[int] = set()
-_held_lock = threading.Lock()
+_held_lock = threading.RLock()  # reentrant: a fork from a signal handler that interrupted this thread in it
 
 
 class LockRefusedError(Exception):
     """Another process (or another opener of this one) holds the lock."""
 
 
+def _before_fork() -> None:
+    _held_lock.acquire()  # no descriptor is being opened, registered, unregistered or closed while the fork copies them
+
+
+def _after_fork_in_parent() -> None:
+    _held_lock.release()
+
+
 def _drop_in_child() -> None:
+    global _held_lock
     for fd in list(_held):  # the fork copied the set; no other thread runs in the child yet
         try:
             os.close(fd)
         except OSError:
             pass
     _held.clear()
+    _held_lock = threading.RLock()  # the copy is held (by ``_before_fork``), for a thread that does not exist here
 
 
-os.register_at_fork(after_in_child=_drop_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_drop_in_child)
 
 
 def take(fops: FileOps, path: str) -> int:
     """Lock ``path`` (created if missing) and return its descriptor; raises :class:`LockRefusedError`."""
     deadline = time.monotonic() + RETRY_SECONDS
     while True:
-        fd = fops.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        with _held_lock:
-            _held.add(fd)  # before the lock: a fork in between must not leave the child holding it
+        with _held_lock:  # open and register as one step: a fork in between would copy an unregistered descriptor
+            fd = fops.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            _held.add(fd)  # before the lock: a child forked later closes its copy
         try:
             locked = try_flock(fops, fd, fcntl.LOCK_EX)
             if locked and _same_file(fd, path):
@@ -93,9 +108,9 @@ def _same_file(fd: int, path: str) -> bool:
 
 def release(fops: FileOps, fd: int) -> None:
     """Close a descriptor :func:`take` returned (which drops the lock)."""
-    with _held_lock:
+    with _held_lock:  # close and unregister as one step: a fork in between would copy a descriptor still locked
         _held.discard(fd)
-    try:
-        fops.close(fd)
-    except OSError:
-        pass
+        try:
+            fops.close(fd)
+        except OSError:
+            pass
