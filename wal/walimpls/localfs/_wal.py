@@ -68,6 +68,17 @@ __all__ = ["LocalFSROWAL", "LocalFSWAL"]
 
 log = logging.getLogger("wal.localfs")
 
+_forks = 0
+"""How many forks made this process (counted in the children): a writer opened before the last one is its parent's."""
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
 
 class _Base(WALImpls):
     def __init__(self, opener: LocalFSOpener, hub: Hub, channel: PChannelInfo) -> None:
@@ -189,6 +200,7 @@ class LocalFSWAL(_Base):
         self._fops = fops
         self._opts = opts
         self._lock_fd: int | None = lock_fd
+        self._forks = _forks  # a forked child's copy differs: it must not write (see _check_process)
         self._lock = threading.RLock()  # not a Lock: docs/ARCHITECTURE.md, "Interrupts"
         self._cv = threading.Condition(self._lock)  # notified whenever a flush or sync ends (close waits on it)
         self._seg_lock = threading.Lock()  # rolls and retention change the segment list
@@ -309,6 +321,8 @@ class LocalFSWAL(_Base):
             prepared.append((head, payload, pad, crc_head_end, size, m.time_tick, bp))
         if not prepared:
             return []
+        if self._forks != _forks:
+            self._refuse_in_child()
         last = msgs[-1]  # its last-confirmed ID is the batch's largest: retention's floor (see _retention.py)
         lc = None if last._lc_self else last.last_confirmed_message_id
         waiter = None
@@ -347,7 +361,18 @@ class LocalFSWAL(_Base):
             raise WALIOError(str(b.err)) from b.err.__cause__
         return [fast_id(i) for i in range(first, mid)]
 
+    def _refuse_in_child(self) -> None:
+        """A forked child holds a copy of the writer, not its lock: the parent goes on writing, so anything the child
+        wrote would be overwritten or interleaved (review: a child's acknowledged append was lost, two more were
+        delivered after recovery among the parent's, out of order), and it never sees the parent's appends."""
+        raise ShutdownError(
+            f"localfs channel {self._channel} was opened for writing by the parent of this forked process, which "
+            "keeps its lock: open the channel in this process (read-only to follow the parent's writes)"
+        )
+
     def _check_open(self) -> None:
+        if self._forks != _forks:
+            self._refuse_in_child()
         if self._err is not None:
             raise ShutdownError(f"localfs channel {self._channel} closed after an I/O error: {self._err}")
         if self._closed or self._closing:
@@ -707,6 +732,9 @@ class LocalFSWAL(_Base):
         return self._max_tt
 
     def close(self) -> None:
+        if self._forks != _forks:  # a forked child's copy: no close summary, and the lock is the parent's
+            self._close_child_copy()
+            return
         with self._lock:
             if self._released or (self._closing and not self._close_cut_short):
                 return  # closed, or being closed by another call
@@ -717,6 +745,21 @@ class LocalFSWAL(_Base):
         except BaseException:
             self._close_cut_short = True  # a Ctrl-C: the channel stays locked until a close gets through
             raise
+
+    def _close_child_copy(self) -> None:
+        """Forget a copy of the writer a fork made: close this process's copies of the segment and index files, and
+        nothing else (its copy of the lock was closed at the fork; that number may name another file now)."""
+        self._closed = True
+        self._lock_fd = None
+        for name in ("_fd", "_idx_fd"):
+            fd = getattr(self, name, None)
+            if fd is not None:
+                setattr(self, name, None)
+                try:
+                    self._fops.close(fd)
+                except OSError:
+                    pass
+        self._released = True
 
     def _close_steps(self) -> None:
         """The close, in steps that may all run again (a close a Ctrl-C cut short is finished by the next)."""
