@@ -26,8 +26,10 @@ Periodic work that falls due while they do is run by the producer at the end of 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from asyncio import _get_running_loop as _running_loop
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -95,6 +97,31 @@ def _group_outcome(got: Sequence[object]) -> Sequence[object] | BaseException:
     return p
 
 
+_live: weakref.WeakSet[AppendDispatcher] = weakref.WeakSet()
+"""Every dispatcher of this process, for :func:`_disarm_in_child`."""
+
+
+def _disarm_in_child() -> None:
+    """In a forked child: every dispatcher copied refuses appends at once and closes without waiting.
+
+    The child has none of the parent's threads: a queued append waited for ever for the append thread, and
+    ``close()`` waited for ever for it to end (review: a forked worker's ``w.close()`` hung). Fresh locks, since
+    another thread may have held the copied ones at the fork; the queue and the count in flight are the parent's.
+    """
+    for d in list(_live):
+        d._lock = threading.RLock()
+        d._has_work = threading.Condition(d._lock)
+        d._has_room = threading.Condition(d._lock)
+        d._queue = deque()
+        d._inflight = d._groups = d._room_waiters = 0
+        d._busy = d._waits_for_inline = False
+        d._forked = d._closing = True
+        d._room = 0
+
+
+os.register_at_fork(after_in_child=_disarm_in_child)
+
+
 def _interrupted() -> WALError:
     """The outcome of an append whose batch an interrupt (Ctrl-C) cut short."""
     return WALError("append interrupted while its batch was written: it may or may not be persisted")
@@ -156,6 +183,7 @@ class AppendDispatcher:
         self._room = max_inflight  # submit_one's bound: 0 once closing (one test for both on the hot path)
         self._wake_at = 1  # queue length at which a producer wakes the idle thread (more while it gathers)
         self._closing = False
+        self._forked = False  # this is a forked child's copy (see _disarm_in_child)
         self._died_of: BaseException | None = None  # what ended the thread early (a bug: see _run)
         self._abort = False
         self._triggered: bool | None = None  # a sync asked for out of period; True = persisted
@@ -165,6 +193,7 @@ class AppendDispatcher:
         self._thread = threading.Thread(target=self._run, name=f"wal-append-{name}", daemon=True)
         self._future_cls._settler = self._thread  # result() refuses to wait for itself there (see AppendFuture)
         self._thread.start()
+        _live.add(self)
 
     # -- producers ----------------------------------------------------------------------------------------------
     def _admit(self, n: int, deadline: float | None) -> None:
@@ -188,6 +217,11 @@ class AppendDispatcher:
             raise self._closed_error()
 
     def _closed_error(self) -> WALError:
+        if self._forked:
+            return ShutdownError(
+                f"wal {self._name} was opened by the parent of this forked process, whose append thread it cannot use: "
+                "open the channel in this process"
+            )
         if self._died_of is None:
             return ShutdownError("wal is closed")
         err = WALError(f"the append thread failed ({type(self._died_of).__name__}: {self._died_of}): reopen the wal")
@@ -708,6 +742,8 @@ class AppendDispatcher:
 
     def close(self, drain: bool = True) -> None:
         """Stop accepting; finish what is queued (``drain``) or fail it with ShutdownError; join the thread."""
+        if self._forked:
+            return  # a forked child's copy: no thread to wait for, nothing of its own queued
         with self._lock:
             self._closing = True
             self._room = 0
@@ -726,6 +762,11 @@ class AppendDispatcher:
         with self._lock:
             while self._busy:
                 self._has_work.wait(0.005)
+
+    @property
+    def forked(self) -> bool:
+        """Whether this is a forked child's copy (see :func:`_disarm_in_child`)."""
+        return self._forked
 
     def in_thread(self) -> bool:
         """Whether the caller is this dispatcher's thread (running a done callback)."""

@@ -671,6 +671,11 @@ class WALAdaptor(ROWALAdaptor):
     # -- close ------------------------------------------------------------------------------------------------
     def _close_inner(self) -> None:
         self._unavailable.set()
+        if self._dispatcher.forked:  # a forked child's copy: the threads, ticks and calls in flight are the parent's
+            self._impls.close()  # (localfs leaves the parent's files and lock alone, see LocalFSWAL._refuse_in_child)
+            if self._cleanup is not None:
+                self._cleanup(self)
+            return
         self._dispatcher.close(drain=True)
         self._lifetime.wait()
         try:
@@ -694,7 +699,8 @@ class WALAdaptor(ROWALAdaptor):
         self._wab.close()
 
     def close(self) -> None:
-        if not self._lifetime.stopped and not self._stopped_by_interrupt():  # stopped: no txn can end any more
+        # Stopped: no txn can end any more; a forked child's copy: its txns are the parent's.
+        if not self._lifetime.stopped and not self._stopped_by_interrupt() and not self._dispatcher.forked:
             try:
                 self._chain.graceful_close()
             except Exception:

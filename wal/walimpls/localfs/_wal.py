@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ... import _fork
 from ..._types import PChannelInfo
 from ...errors import (
     AccessModeError,
@@ -68,16 +69,6 @@ __all__ = ["LocalFSROWAL", "LocalFSWAL"]
 
 log = logging.getLogger("wal.localfs")
 
-_forks = 0
-"""How many forks made this process (counted in the children): a writer opened before the last one is its parent's."""
-
-
-def _count_fork() -> None:
-    global _forks
-    _forks += 1
-
-
-os.register_at_fork(after_in_child=_count_fork)
 
 
 class _Base(WALImpls):
@@ -200,7 +191,7 @@ class LocalFSWAL(_Base):
         self._fops = fops
         self._opts = opts
         self._lock_fd: int | None = lock_fd
-        self._forks = _forks  # a forked child's copy differs: it must not write (see _check_process)
+        self._forks = _fork.generation  # a forked child's copy differs: it must not write (see _refuse_in_child)
         self._lock = threading.RLock()  # not a Lock: docs/ARCHITECTURE.md, "Interrupts"
         self._cv = threading.Condition(self._lock)  # notified whenever a flush or sync ends (close waits on it)
         self._seg_lock = threading.Lock()  # rolls and retention change the segment list
@@ -321,7 +312,7 @@ class LocalFSWAL(_Base):
             prepared.append((head, payload, pad, crc_head_end, size, m.time_tick, bp))
         if not prepared:
             return []
-        if self._forks != _forks:
+        if self._forks != _fork.generation:
             self._refuse_in_child()
         last = msgs[-1]  # its last-confirmed ID is the batch's largest: retention's floor (see _retention.py)
         lc = None if last._lc_self else last.last_confirmed_message_id
@@ -371,7 +362,7 @@ class LocalFSWAL(_Base):
         )
 
     def _check_open(self) -> None:
-        if self._forks != _forks:
+        if self._forks != _fork.generation:
             self._refuse_in_child()
         if self._err is not None:
             raise ShutdownError(f"localfs channel {self._channel} closed after an I/O error: {self._err}")
@@ -732,7 +723,7 @@ class LocalFSWAL(_Base):
         return self._max_tt
 
     def close(self) -> None:
-        if self._forks != _forks:  # a forked child's copy: no close summary, and the lock is the parent's
+        if self._forks != _fork.generation:  # a forked child's copy: no close summary, and the lock is the parent's
             self._close_child_copy()
             return
         with self._lock:

@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from ... import _fork
 from ..._types import AccessMode, OpenOption, PChannelInfo
 from ...errors import (
     AccessModeError,
@@ -105,6 +106,7 @@ class MemoryWAL(WALImpls):
         # Weak: a long-lived WAL must not keep every scanner it ever handed out.
         self._scanners: weakref.WeakSet[ScannerImpls] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._forks = _fork.generation
 
     @property
     def wal_name(self) -> str:
@@ -181,6 +183,9 @@ class MemoryWAL(WALImpls):
         return s
 
     def close(self) -> None:
+        if self._forks != _fork.generation:  # a forked child's copy of the log: its locks may be held by a thread
+            self._closed = True  # of the parent that does not exist here (closing it hung)
+            return
         # Every step may run again: a close a Ctrl-C cut short is finished by the next one (the channel would
         # otherwise stay taken by this writer).
         with self._lock:

@@ -1,0 +1,135 @@
+"""A WAL copied into a forked child (``os.fork``, ``multiprocessing``'s fork workers) refuses to act for its
+parent, fast and loudly, and its ``close()`` returns: the child has none of the parent's threads, so appends
+waited for ever for the append thread and ``close()`` hung waiting for it to end."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from wal import DeliverPolicy, OpenOption, PChannelInfo, ReadOption, registry
+from wal.errors import ShutdownError
+from wal.message import MessageType, MutableMessage
+
+
+def _msg(p: bytes) -> MutableMessage:
+    return MutableMessage(MessageType.INSERT, p, vchannel="v")
+
+
+def _child(w, op) -> int:  # type: ignore[no-untyped-def]
+    """Runs in the child; the exit code says which check failed (0: all held)."""
+    t0 = time.monotonic()
+    try:
+        w.append(_msg(b"child-sync"))
+        return 2
+    except ShutdownError as e:
+        if "forked" not in str(e):
+            return 3
+    f = w.append_async(_msg(b"child-async"))
+    try:
+        f.result(5)
+        return 4
+    except ShutdownError:
+        pass
+    except TimeoutError:
+        return 5
+    w.close()
+    op.close()
+    return 0 if time.monotonic() - t0 < 10 else 6
+
+
+def _wait_child(pid: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return -1  # hung
+
+
+@pytest.mark.parametrize("backend", ["localfs", "memory"])
+def test_a_forked_child_cannot_use_its_parents_wal_and_closes_it_without_hanging(tmp_path: Path, backend: str) -> None:
+    op = registry.must_get_builder(backend).build(**({"root": str(tmp_path)} if backend == "localfs" else {}))
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    w.append(_msg(b"p0"))
+    stop = threading.Event()
+    acked: list[bytes] = []
+
+    def produce() -> None:  # the parent's append thread and producers are busy at the fork
+        i = 1
+        while not stop.is_set():
+            fs = [w.append_async(_msg(f"p{i + k}".encode())) for k in range(50)]
+            for k, f in enumerate(fs):
+                f.result()
+                acked.append(f"p{i + k}".encode())
+            i += 50
+
+    t = threading.Thread(target=produce)
+    t.start()
+    try:
+        codes = []
+        for _ in range(5):
+            time.sleep(0.02)
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    code = _child(w, op)
+                finally:
+                    os._exit(code)
+            codes.append(_wait_child(pid, 30))
+        assert codes == [0] * 5, codes
+    finally:
+        stop.set()
+        t.join()
+    w.append(_msg(b"last"))  # the parent writes on
+    got = []
+    with w.read(ReadOption(deliver_policy=DeliverPolicy.all())) as s:
+        while len(got) < len(acked) + 2:
+            m = s.recv(5)
+            if m.message_type is MessageType.INSERT:
+                got.append(bytes(m.payload))
+    assert got == [b"p0", *acked, b"last"]  # nothing of the children's, nothing of the parent's lost
+    w.close()
+    op.close()
+
+
+@pytest.mark.parametrize("held", ["dispatcher", "memory log"])
+def test_a_child_forked_while_a_parent_thread_holds_a_lock_does_not_hang(held: str) -> None:
+    """Deterministic form of the race above: another thread of the parent holds the dispatcher's lock, or the
+    memory backend's log lock (as an append does), at the fork; in the child that thread does not exist."""
+    op = registry.must_get_builder("memory").build()
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    w.append(_msg(b"p0"))
+    lock = w._dispatcher._lock if held == "dispatcher" else w._impls._log.lock
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            release.wait()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert taken.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                code = _child(w, op)
+            finally:
+                os._exit(code)
+        assert _wait_child(pid, 30) == 0
+    finally:
+        release.set()
+        t.join()
+    w.close()
+    op.close()
