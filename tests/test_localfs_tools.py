@@ -339,3 +339,49 @@ def test_iter_messages_takes_no_record_written_meanwhile_for_damage(
     finally:
         w.close()
         opener.close()
+
+
+def _closed_never_synced(root: Path, damage: bool = True) -> tuple[Path, int]:
+    """A cleanly closed channel "a" written with sync="never" (only a segment's first flush vouches for what is
+    before it, so the clean-close summary is what proves its later records durable), and the offset of its 10th
+    record, whose payload has one byte flipped."""
+    import struct
+
+    opener = build(root, sync="never")
+    w = open_rw(opener, "a")
+    for i in range(20):
+        w.append(msg(f"m-{i}".encode() * 10, vchannel="v1"))
+    w.close()
+    opener.close()
+    seg = sorted((root / "a").glob("*.seg"))[-1]
+    data = bytearray(seg.read_bytes())
+    pos = 1024
+    for _ in range(10):
+        (body_len,) = struct.unpack_from("<I", data, pos + 4)
+        pos += (32 + body_len + 7) & ~7
+    if damage:
+        data[pos + 60] ^= 0x40
+        seg.write_bytes(bytes(data))
+    return seg, pos
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "a").iterdir())}
+
+
+def test_repair_refuses_damage_under_a_clean_close_summary_without_writing(tmp_path: Path) -> None:
+    """A bad record in a cleanly closed segment that no later flush vouches for: the clean-close summary says the
+    data goes on, so it is damage (as `wal dump` and scanners say). verify called it a torn tail "opening for
+    write or `repair` cuts it"; repair refused it, but only after recovery for writing had cleared the clean-close
+    summary, so the next repair took the damage for a torn tail and cut the 10 acknowledged records after it."""
+    seg, pos = _closed_never_synced(tmp_path)
+    problems = [p for p in verify(str(tmp_path), "a") if p.offset == pos]
+    assert len(problems) == 1 and "torn tail" not in problems[0].message
+    assert "clean-close summary" in problems[0].message
+    before = _files(tmp_path)
+    for _ in range(2):
+        with pytest.raises(CorruptedError) as e:
+            repair(str(tmp_path), "a")
+        assert e.value.path == str(seg) and e.value.offset == pos
+        assert _files(tmp_path) == before
+

@@ -30,6 +30,7 @@ from ._format import (
     SEG_HEADER,
     SUMMARY,
     TERM_NAME,
+    ScanResult,
     SegmentHeader,
     Summary,
     check_record,
@@ -49,9 +50,9 @@ from ._lock import LockRefusedError, try_flock
 from ._lock import release as release_lock
 from ._lock import take as take_lock
 from ._message_id import LocalFSMessageID
-from ._recovery import damage_proof, list_segments, load_index, recover, write_index
+from ._recovery import Recovered, damage_proof, list_segments, load_index, recover, write_index
 from ._scanner import DirSource, LocalFSScanner
-from ._state import Hub
+from ._state import Hub, SegmentState
 
 __all__ = [
     "ChannelInfo",
@@ -318,6 +319,9 @@ def _check_segment(
                                                        f"{damage_proof(hdr.version)} at offset {later}"))
             elif sealed:
                 problems.append(Problem(path, res.end, f"corrupted record in a sealed segment ({res.stop_reason})"))
+            elif close is not None and close.data_end > res.end:  # closed cleanly: its data was all durable
+                problems.append(Problem(path, res.end, f"corrupted record ({res.stop_reason}); the clean-close "
+                                                       f"summary says the data ends at offset {close.data_end}"))
             elif not writer_running:
                 ids = valid_ids_after(mm, res.end, size, res.last_id)
                 lost = f", with {len(ids)} intact never-durable record(s), IDs {ids[0]}..{ids[-1]}" if ids else ""
@@ -376,6 +380,10 @@ def repair(root: str, channel: str) -> RepairReport:
     except LockRefusedError:
         raise WALLockedError(f"localfs channel {channel!r} is locked by a writer; stop it first") from None
     try:
+        # Damage is refused before anything is written: recovery for writing clears a clean-close summary (the
+        # proof that its segment's data was all durable), and a repair that refused afterwards left the damage
+        # looking like a torn tail, which the next repair or open then cut.
+        _check_repairable(fops, recover(fops, chdir, write=False))
         rec = recover(fops, chdir, write=True)
         report = RepairReport(channel=channel, cut=list(rec.cut), rebuilt_indexes=list(rec.rebuilt_indexes),
                               sealed=list(rec.sealed_now))
@@ -383,14 +391,7 @@ def repair(root: str, channel: str) -> RepairReport:
             ipath = os.path.join(chdir, index_name(st.first_id))
             if ipath in report.rebuilt_indexes:
                 continue
-            mm = st.mapping(fops, st.data_end)
-            res = scan_segment(mm, st.first_id, st.data_end)
-            if res.end != st.data_end or res.last_id != st.last_id:
-                raise CorruptedError(
-                    f"{st.path}: corrupted record at offset {res.end} ({res.stop_reason or 'short segment'}); "
-                    "not repairable by cutting: restore from a copy",
-                    path=st.path, offset=res.end,
-                )
+            res = _scan_published(fops, st)
             try:
                 with open(ipath, "rb") as f:
                     idx = parse_index(f.read(), st.first_id)
@@ -404,6 +405,29 @@ def repair(root: str, channel: str) -> RepairReport:
         return report
     finally:
         release_lock(fops, lock_fd)
+
+
+def _scan_published(fops: FileOps, st: SegmentState) -> ScanResult:
+    """Scan a segment up to the end recovery found; :class:`CorruptedError` when a record before it is bad."""
+    mm = st.mapping(fops, st.data_end)
+    res = scan_segment(mm, st.first_id, st.data_end)
+    if res.end != st.data_end or res.last_id != st.last_id:
+        raise CorruptedError(
+            f"{st.path}: corrupted record at offset {res.end} ({res.stop_reason or 'short segment'}); "
+            "not repairable by cutting: restore from a copy",
+            path=st.path, offset=res.end,
+        )
+    return res
+
+
+def _check_repairable(fops: FileOps, rec: Recovered) -> None:
+    """Raise :class:`CorruptedError` for damage before the end that a read-only recovery found in any segment
+    (what a seal or clean-close summary vouches for is checked record by record)."""
+    for st in rec.segments:
+        try:
+            _scan_published(fops, st)
+        finally:
+            st.drop_mapping()
 
 
 def iter_messages(root: str, channel: str, start: MessageID | None = None) -> Iterator[ImmutableMessage]:
