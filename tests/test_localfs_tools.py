@@ -385,3 +385,14 @@ def test_repair_refuses_damage_under_a_clean_close_summary_without_writing(tmp_p
         assert e.value.path == str(seg) and e.value.offset == pos
         assert _files(tmp_path) == before
 
+
+def test_repair_keeps_the_clean_close_summary_of_a_healthy_channel(tmp_path: Path) -> None:
+    """Repair of a healthy, cleanly closed channel said "nothing to repair" and cleared the clean-close summary
+    (recovery for writing does, before a writer appends): the proof that the last flush was durable was gone, so
+    damage to it would later pass for a torn tail. Nothing is appended by repair; no file changes."""
+    _closed_never_synced(tmp_path, damage=False)
+    assert verify(str(tmp_path), "a") == []
+    before = _files(tmp_path)
+    assert not repair(str(tmp_path), "a").changed
+    assert _files(tmp_path) == before
+

@@ -384,6 +384,7 @@ def repair(root: str, channel: str) -> RepairReport:
         # proof that its segment's data was all durable), and a repair that refused afterwards left the damage
         # looking like a torn tail, which the next repair or open then cut.
         _check_repairable(fops, recover(fops, chdir, write=False))
+        close_slot = _clean_close_slot(chdir)
         rec = recover(fops, chdir, write=True)
         report = RepairReport(channel=channel, cut=list(rec.cut), rebuilt_indexes=list(rec.rebuilt_indexes),
                               sealed=list(rec.sealed_now))
@@ -402,6 +403,8 @@ def repair(root: str, channel: str) -> RepairReport:
                 write_index(fops, st.path, st.first_id, res.index, sealed=st.sealed)
                 report.rebuilt_indexes.append(ipath)
             st.drop_mapping()
+        if close_slot is not None and rec.segments:
+            _restore_clean_close(fops, rec.segments[-1], *close_slot)
         return report
     finally:
         release_lock(fops, lock_fd)
@@ -428,6 +431,32 @@ def _check_repairable(fops: FileOps, rec: Recovered) -> None:
             _scan_published(fops, st)
         finally:
             st.drop_mapping()
+
+
+def _clean_close_slot(chdir: str) -> tuple[str, bytes, Summary] | None:
+    """The last segment's clean-close summary slot, raw and parsed, when it holds a valid summary."""
+    segs = list_segments(DEFAULT_FILE_OPS, chdir)
+    if not segs:
+        return None
+    path = segs[-1][1]
+    with open(path, "rb") as f:
+        f.seek(CLOSE_OFF)
+        raw = f.read(SUMMARY.size)
+    close = Summary.unpack(raw, 0, CLOSE_MAGIC)
+    return None if close is None else (path, raw, close)
+
+
+def _restore_clean_close(fops: FileOps, st: SegmentState, path: str, raw: bytes, close: Summary) -> None:
+    """Put back the clean-close summary that recovery for writing cleared, when the data still ends where it says:
+    repair appends nothing, and without it damage in the last flush would later pass for a torn tail."""
+    if st.path != path or st.sealed or (st.last_id, st.data_end) != (close.last_id, close.data_end):
+        return
+    fd = fops.open(path, os.O_RDWR)
+    try:
+        fops.pwrite_all(fd, raw, CLOSE_OFF)
+        fops.fdatasync(fd)
+    finally:
+        fops.close(fd)
 
 
 def iter_messages(root: str, channel: str, start: MessageID | None = None) -> Iterator[ImmutableMessage]:
