@@ -396,3 +396,20 @@ def test_repair_keeps_the_clean_close_summary_of_a_healthy_channel(tmp_path: Pat
     assert not repair(str(tmp_path), "a").changed
     assert _files(tmp_path) == before
 
+
+def test_iter_messages_raises_where_a_cleanly_closed_segment_was_cut_short(tmp_path: Path) -> None:
+    """A cleanly closed active segment cut from outside at a record boundary: the clean-close summary says the
+    data goes on past the end of the file. iter_messages (`wal dump`) ended quietly there (exit 0, records
+    missing) while verify reported it; it raises CorruptedError with the file and where it ends."""
+    import os
+
+    _fill(tmp_path, "a", 30)
+    seg = sorted((tmp_path / "a").glob("*.seg"))[-1]
+    first = int(seg.name[:20])
+    os.truncate(seg, 1024)  # every record of the segment
+    got: list[int] = []
+    with pytest.raises(CorruptedError) as e:
+        for m in iter_messages(str(tmp_path), "a"):
+            got.append(m.message_id.value)  # type: ignore[attr-defined]
+    assert got == list(range(1, first)) and e.value.path == str(seg) and e.value.offset == 1024
+    assert verify(str(tmp_path), "a")

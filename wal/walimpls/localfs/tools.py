@@ -511,7 +511,14 @@ def _raise_if_damage(path: str, pos: int, expect: int) -> None:
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            if size <= pos:
+            if size <= pos:  # the file ends here: damage if it was closed cleanly with more (cut from outside)
+                f.seek(CLOSE_OFF)
+                close = Summary.unpack(f.read(SUMMARY.size), 0, CLOSE_MAGIC)
+                if close is not None and close.data_end > pos:
+                    raise CorruptedError(
+                        f"{path}: the file ends at offset {size}; the clean-close summary says the data ends at "
+                        f"offset {close.data_end}", path=path, offset=size,
+                    )
                 return
             mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
     except FileNotFoundError:  # deleted by a live writer's retention since
