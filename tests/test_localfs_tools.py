@@ -413,3 +413,18 @@ def test_iter_messages_raises_where_a_cleanly_closed_segment_was_cut_short(tmp_p
             got.append(m.message_id.value)  # type: ignore[attr-defined]
     assert got == list(range(1, first)) and e.value.path == str(seg) and e.value.offset == 1024
     assert verify(str(tmp_path), "a")
+
+
+def test_repair_cuts_stray_bytes_after_a_clean_close_end(tmp_path: Path) -> None:
+    """Stray bytes well after the end of a cleanly closed segment's data: verify reports them as a torn tail, but
+    recovery trusted the clean-close summary (it looks only at the header right after the end), so repair said
+    "nothing to repair" and then "1 problem(s) remain". Repair zeroes them; verify is clean afterwards."""
+    _closed_never_synced(tmp_path, damage=False)
+    seg = sorted((tmp_path / "a").glob("*.seg"))[-1]
+    with open(seg, "r+b") as f:
+        f.seek(seg.stat().st_size - 100)
+        f.write(b"\x55" * 8)
+    assert verify(str(tmp_path), "a")
+    report = repair(str(tmp_path), "a")
+    assert report.cut and verify(str(tmp_path), "a") == []
+    assert not repair(str(tmp_path), "a").changed

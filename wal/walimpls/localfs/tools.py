@@ -403,6 +403,8 @@ def repair(root: str, channel: str) -> RepairReport:
                 write_index(fops, st.path, st.first_id, res.index, sealed=st.sealed)
                 report.rebuilt_indexes.append(ipath)
             st.drop_mapping()
+        if rec.segments and not rec.segments[-1].sealed:
+            _cut_after_end(fops, rec.segments[-1], report)
         if close_slot is not None and rec.segments:
             _restore_clean_close(fops, rec.segments[-1], *close_slot)
         return report
@@ -444,6 +446,35 @@ def _clean_close_slot(chdir: str) -> tuple[str, bytes, Summary] | None:
         raw = f.read(SUMMARY.size)
     close = Summary.unpack(raw, 0, CLOSE_MAGIC)
     return None if close is None else (path, raw, close)
+
+
+def _cut_after_end(fops: FileOps, st: SegmentState, report: RepairReport) -> None:
+    """Zero non-zero bytes after the end of the active segment's data (``verify`` reports them as a torn tail).
+
+    Recovery cuts them when it scans; when it trusts a clean-close summary it looks only at the record header
+    right after the end, so stray bytes further on stayed, and repair said both "nothing to repair" and "1
+    problem(s) remain". Nothing after the end is data: the summary says so, and a scan stopped there.
+    """
+    fd = fops.open(st.path, os.O_RDWR)
+    try:
+        size = fops.fstat_size(fd)
+        mm = fops.mmap(fd, size)
+        try:
+            nz = last_nonzero_end(mm, st.data_end, size)
+        finally:
+            mm.close()
+        if nz <= st.data_end:
+            return
+        chunk = bytes(min(nz - st.data_end, 1 << 20))
+        pos = st.data_end
+        while pos < nz:
+            n = min(len(chunk), nz - pos)
+            fops.pwrite_all(fd, chunk[:n], pos)
+            pos += n
+        fops.fdatasync(fd)
+    finally:
+        fops.close(fd)
+    report.cut.append(f"{st.path}: cut {nz - st.data_end} stray bytes after the end of the data (offset {st.data_end})")
 
 
 def _restore_clean_close(fops: FileOps, st: SegmentState, path: str, raw: bytes, close: Summary) -> None:
