@@ -428,3 +428,23 @@ def test_repair_cuts_stray_bytes_after_a_clean_close_end(tmp_path: Path) -> None
     report = repair(str(tmp_path), "a")
     assert report.cut and verify(str(tmp_path), "a") == []
     assert not repair(str(tmp_path), "a").changed
+
+
+def test_verify_reports_what_makes_opening_for_write_refuse_or_warn(tmp_path: Path) -> None:
+    """Two states verify called clean: a deleted LOCK beside a TERM (opening for write refuses with
+    WALLockedError) and the last segment of a crashed writer cut short at a record boundary (opening for write
+    logs that records past the cut are lost). Both are reported now, and repair clears both."""
+    import os
+
+    _fill(tmp_path, "b", 40)
+    seg = sorted((tmp_path / "b").glob("*.seg"))[-1]
+    with open(seg, "r+b") as f:  # no clean-close summary: a writer that crashed
+        f.seek(512)
+        f.write(bytes(324))
+    os.truncate(seg, 1024)
+    (tmp_path / "b" / "LOCK").unlink()
+    problems = verify(str(tmp_path), "b")
+    assert any(p.path == str(tmp_path / "b" / "LOCK") for p in problems)
+    assert any(p.path == str(seg) and p.offset == 1024 and "shorter" in p.message for p in problems)
+    repair(str(tmp_path), "b")
+    assert verify(str(tmp_path), "b") == []

@@ -213,6 +213,11 @@ def verify(
             with open(term_path, "rb") as f:
                 if parse_term(f.read()) is None:
                     problems.append(Problem(term_path, None, "unreadable term file"))
+        lock_path = os.path.join(chdir, _LOCK_NAME)
+        if os.path.exists(term_path) and not os.path.exists(lock_path):  # the rule of opening for write
+            problems.append(Problem(lock_path, None, "LOCK is missing (TERM exists): opening for write refuses, since "
+                                                     "a running writer may still hold the deleted file's lock; once "
+                                                     "none runs, `repair` makes a new one"))
         locked = _writer_locked(chdir)
         prev_last: int | None = None
         for i, (fid, path) in enumerate(segs):
@@ -294,6 +299,10 @@ def _check_segment(
         except CorruptedError as e:
             problems.append(Problem(path, 0, str(e)))
             return None, True
+        if size < hdr.capacity:  # a writer makes a segment at its full size before it gets its name
+            problems.append(Problem(path, size, f"segment is {size} bytes, shorter than the {hdr.capacity} it was "
+                                                "made with: cut from outside; records past this offset, if any, "
+                                                "are lost (opening for write or `repair` restores the size)"))
         # The summaries are read before the scan: a segment sealed or closed by then holds its final data.
         slots = _summary_slots(mm)
         seal = Summary.unpack(slots, 0, SEAL_MAGIC)
