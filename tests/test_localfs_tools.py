@@ -448,3 +448,19 @@ def test_verify_reports_what_makes_opening_for_write_refuse_or_warn(tmp_path: Pa
     assert any(p.path == str(seg) and p.offset == 1024 and "shorter" in p.message for p in problems)
     repair(str(tmp_path), "b")
     assert verify(str(tmp_path), "b") == []
+
+
+def test_repair_refuses_a_cleanly_closed_segment_cut_inside_a_record_without_writing(tmp_path: Path) -> None:
+    """The last segment of a cleanly closed channel cut from outside inside a record: a read-only recovery does
+    not trust the clean-close summary (its end lies past the file) and sees a torn tail, so repair went on,
+    restored the size, trusted the summary, refused, and had cleared it: the next repair cut. It refuses first."""
+    import os
+
+    seg, pos = _closed_never_synced(tmp_path, damage=False)
+    os.truncate(seg, pos + 20)
+    before = _files(tmp_path)
+    for _ in range(2):
+        with pytest.raises(CorruptedError) as e:
+            repair(str(tmp_path), "a")
+        assert e.value.offset == pos
+        assert _files(tmp_path) == before

@@ -392,8 +392,8 @@ def repair(root: str, channel: str) -> RepairReport:
         # Damage is refused before anything is written: recovery for writing clears a clean-close summary (the
         # proof that its segment's data was all durable), and a repair that refused afterwards left the damage
         # looking like a torn tail, which the next repair or open then cut.
-        _check_repairable(fops, recover(fops, chdir, write=False))
         close_slot = _clean_close_slot(chdir)
+        _check_repairable(fops, recover(fops, chdir, write=False), close_slot)
         rec = recover(fops, chdir, write=True)
         report = RepairReport(channel=channel, cut=list(rec.cut), rebuilt_indexes=list(rec.rebuilt_indexes),
                               sealed=list(rec.sealed_now))
@@ -434,14 +434,23 @@ def _scan_published(fops: FileOps, st: SegmentState) -> ScanResult:
     return res
 
 
-def _check_repairable(fops: FileOps, rec: Recovered) -> None:
+def _check_repairable(fops: FileOps, rec: Recovered, close_slot: tuple[str, bytes, Summary] | None) -> None:
     """Raise :class:`CorruptedError` for damage before the end that a read-only recovery found in any segment
-    (what a seal or clean-close summary vouches for is checked record by record)."""
+    (what a seal or clean-close summary vouches for is checked record by record), or for a last segment whose
+    clean-close summary says its data goes on past where the valid records end (a record damaged or cut off)."""
     for st in rec.segments:
         try:
             _scan_published(fops, st)
         finally:
             st.drop_mapping()
+    if close_slot is not None and rec.segments and rec.segments[-1].path == close_slot[0]:
+        st, close = rec.segments[-1], close_slot[2]
+        if close.data_end > st.data_end:
+            raise CorruptedError(
+                f"{st.path}: corrupted record at offset {st.data_end}; the clean-close summary says the data ends "
+                f"at offset {close.data_end}; not repairable by cutting: restore from a copy",
+                path=st.path, offset=st.data_end,
+            )
 
 
 def _clean_close_slot(chdir: str) -> tuple[str, bytes, Summary] | None:
