@@ -88,13 +88,21 @@ def _elsewhere(root: str) -> str:
     return f" (channels found under {found[0]}: pass --root {found[0]})" if found else ""
 
 
+def _file_size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return None
+
+
 def _info(root: str, names: list[str], as_json: bool) -> None:
     for k, name in enumerate(names):
         ci = fstools.channel_info(root, name)
         segs = ci.segments
         nonempty = [s for s in segs if s.last_id >= s.first_id]
         total_msgs = sum(s.last_id - s.first_id + 1 for s in nonempty)
-        total_bytes = sum(os.path.getsize(s.path) for s in segs if os.path.exists(s.path))
+        sizes = [_file_size(s.path) for s in segs]  # a live writer's retention may delete any of them meanwhile
+        total_bytes = sum(n for n in sizes if n is not None)
         if as_json:
             click.echo(json.dumps({
                 "channel": ci.name, "term": ci.term, "writer_locked": ci.writer_locked, "messages": total_msgs,
@@ -121,8 +129,8 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
                 (os.path.basename(s.path), s.first_id, s.last_id if s.last_id >= s.first_id else "-",
                  s.first_time_tick if s.last_id >= s.first_id else "-",
                  s.last_time_tick if s.last_id >= s.first_id else "-", s.bytes_used,
-                 os.path.getsize(s.path) if os.path.exists(s.path) else "-", "yes" if s.sealed else "no")
-                for s in segs
+                 "-" if n is None else n, "yes" if s.sealed else "no")
+                for s, n in zip(segs, sizes, strict=True)
             ]
             table = format_table(
                 ("segment", "first id", "last id", "first tick", "last tick", "bytes used", "file size", "sealed"),
