@@ -464,3 +464,13 @@ def test_repair_refuses_a_cleanly_closed_segment_cut_inside_a_record_without_wri
             repair(str(tmp_path), "a")
         assert e.value.offset == pos
         assert _files(tmp_path) == before
+
+
+def test_verify_reports_a_term_file_behind_the_segments(tmp_path: Path) -> None:
+    """TERM deleted (or rewritten lower) under segments a writer of term 2 made: verify said ok, and a writer of
+    term 1, fenced before, opened and appended. The term in the segment headers is never above the stored one."""
+    _fill(tmp_path, "a", 5)  # term 2
+    (tmp_path / "a" / "TERM").unlink()
+    problems = verify(str(tmp_path), "a")
+    assert len(problems) == 1 and problems[0].path == str(tmp_path / "a" / "TERM")
+    assert "term 2" in problems[0].message

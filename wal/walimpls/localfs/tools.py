@@ -209,10 +209,19 @@ def verify(
     problems: list[Problem] = []
     for chdir, segs in work:
         term_path = os.path.join(chdir, TERM_NAME)
+        stored: int | None = 0
         if os.path.exists(term_path):
             with open(term_path, "rb") as f:
-                if parse_term(f.read()) is None:
+                stored = parse_term(f.read())
+                if stored is None:
                     problems.append(Problem(term_path, None, "unreadable term file"))
+        made = _segment_terms(segs)
+        if stored is not None and made and max(made.values()) > stored:
+            path, term = max(made.items(), key=lambda kv: kv[1])
+            said = f"says {stored}" if os.path.exists(term_path) else "is missing"
+            problems.append(Problem(term_path, None, f"TERM {said}, but {os.path.basename(path)} was made by a writer "
+                                                     f"of term {term}: a writer with a lower term would not be "
+                                                     "fenced (write the term back before opening)"))
         lock_path = os.path.join(chdir, _LOCK_NAME)
         if os.path.exists(term_path) and not os.path.exists(lock_path):  # the rule of opening for write
             problems.append(Problem(lock_path, None, "LOCK is missing (TERM exists): opening for write refuses, since "
@@ -233,6 +242,18 @@ def verify(
             if progress is not None:
                 progress(done, total)
     return problems
+
+
+def _segment_terms(segs: list[tuple[int, str]]) -> dict[str, int]:
+    """The writer term in each readable segment header (a writer stores its term in TERM before making one)."""
+    out = {}
+    for _fid, path in segs:
+        try:
+            with open(path, "rb") as f:
+                out[path] = SegmentHeader.unpack(f.read(SEG_HEADER.size), path).term
+        except (FileNotFoundError, CorruptedError):  # deleted meanwhile, or damage reported by the segment's check
+            continue
+    return out
 
 
 def _size(path: str) -> int:
