@@ -206,6 +206,23 @@ def test_repair_refused_while_a_writer_runs(tmp_path: Path) -> None:
     assert wal_cmd("repair", "--root", str(tmp_path), "--channel", "p1").returncode == 0
 
 
+def test_a_deleted_lock_file_makes_info_unsure_and_repair_ask_for_confirmation(tmp_path: Path) -> None:
+    fill(tmp_path, n=10)
+    (tmp_path / "p1" / "LOCK").unlink()  # maybe under a live writer, which keeps its lock on the deleted file
+    r = wal_cmd("info", "--root", str(tmp_path))
+    assert r.returncode == 0 and "writer running  unknown (LOCK was deleted" in r.stdout, r.stdout
+    assert wal_cmd("verify", "--root", str(tmp_path)).returncode == 1
+    before = snapshot(tmp_path)
+    r = wal_cmd("repair", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 1 and "--no-writer-running" in r.stderr, r.stderr
+    assert snapshot(tmp_path) == before  # nothing written
+    r = wal_cmd("repair", "--root", str(tmp_path), "--channel", "p1", "--no-writer-running")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "p1" / "LOCK").exists()
+    r = wal_cmd("info", "--root", str(tmp_path))
+    assert "writer running  no" in r.stdout
+
+
 def test_repair_refuses_damage_that_is_not_a_torn_tail(tmp_path: Path) -> None:
     fill(tmp_path, n=60)
     seg = _segments(tmp_path)[0]

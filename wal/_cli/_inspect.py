@@ -105,7 +105,8 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
         total_bytes = sum(n for n in sizes if n is not None)
         if as_json:
             click.echo(json.dumps({
-                "channel": ci.name, "term": ci.term, "writer_locked": ci.writer_locked, "messages": total_msgs,
+                "channel": ci.name, "term": ci.term, "writer_locked": ci.writer_locked,
+                "lock_missing": ci.lock_missing, "messages": total_msgs,
                 "bytes_on_disk": total_bytes,
                 "segments": [{"path": s.path, "first_id": s.first_id, "last_id": s.last_id,
                               "first_time_tick": s.first_time_tick, "last_time_tick": s.last_time_tick,
@@ -115,6 +116,8 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
         if k:
             click.echo()
         writer = "yes (a writer holds the lock)" if ci.writer_locked else "no"
+        if ci.lock_missing:
+            writer = "unknown (LOCK was deleted: a writer may still run; see wal verify)"
         click.echo(f"channel {ci.name}")
         click.echo(f"  term            {'damaged TERM file (run wal verify)' if ci.term is None else ci.term}")
         click.echo(f"  writer running  {writer}")
@@ -240,8 +243,11 @@ def _count_segments(root: str, names: list[str]) -> int:
 @click.command(epilog=EXIT_CODES_HELP, short_help="Cut a torn tail and rebuild indexes.")
 @root_option()
 @channel_option(required=True)
+@click.option("--no-writer-running", is_flag=True,
+              help="You checked that no process has the channel open for writing: needed only when its LOCK file "
+                   "was deleted (then the lock cannot tell).")
 @reports_errors
-def repair(root: str, channel: str) -> None:
+def repair(root: str, channel: str, no_writer_running: bool) -> None:
     """Cut a torn tail (bytes a crash left half written) and rebuild missing or wrong indexes and seal summaries.
 
     Refuses, with exit 1, while a writer holds the channel's lock, and for damage that is not a torn tail (a bad
@@ -249,10 +255,9 @@ def repair(root: str, channel: str) -> None:
     """
     channel_dir_or_fail(root, channel)
     try:
-        report = fstools.repair(root, channel)
-    except WALLockedError:
-        raise fail(f"refusing to repair channel {channel!r}: a writer holds its lock (a process has it open for "
-                   "writing); stop that process first") from None
+        report = fstools.repair(root, channel, no_writer_running=no_writer_running)
+    except WALLockedError as e:
+        raise fail(f"refusing to repair: {e}") from None
     except CorruptedError as e:
         raise fail(f"not repairable by cutting a torn tail: {e}") from None
     if not report.changed:

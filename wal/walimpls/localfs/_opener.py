@@ -170,7 +170,7 @@ class LocalFSOpener(OpenerImpls):
             # the deleted file's lock. Locking a new one would let two writers in (measured: the log was damaged).
             raise WALLockedError(
                 f"localfs channel {ch.name!r}: {lock_path} was deleted, maybe under a running writer that still "
-                "holds it; once no writer runs, `wal repair` makes a new one"
+                "holds it; once no writer runs, `wal repair --no-writer-running` makes a new one"
             )
         try:
             lock_fd = take_lock(fops, lock_path)

@@ -86,6 +86,7 @@ class ChannelInfo:
     term: int | None  # 0 when no writer ever opened the channel; None when its TERM file is damaged
     segments: list[SegmentInfo]
     writer_locked: bool
+    lock_missing: bool = False  # LOCK was deleted (TERM exists): a writer may still run, holding the deleted file
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,14 @@ def channel_info(root: str, channel: str) -> ChannelInfo:
         )
         for s in rec.segments
     ]
-    return ChannelInfo(name=channel, term=_term(chdir), segments=segs, writer_locked=_writer_locked(chdir))
+    return ChannelInfo(name=channel, term=_term(chdir), segments=segs, writer_locked=_writer_locked(chdir),
+                       lock_missing=_lock_missing(chdir))
+
+
+def _lock_missing(chdir: str) -> bool:
+    """LOCK deleted from a channel a writer opened (it made LOCK, then TERM): the lock probe cannot tell whether a
+    writer still runs, since one keeps its lock on the deleted file (the opener refuses for the same reason)."""
+    return os.path.exists(os.path.join(chdir, TERM_NAME)) and not os.path.exists(os.path.join(chdir, _LOCK_NAME))
 
 
 def verify(
@@ -226,7 +234,7 @@ def verify(
         if os.path.exists(term_path) and not os.path.exists(lock_path):  # the rule of opening for write
             problems.append(Problem(lock_path, None, "LOCK is missing (TERM exists): opening for write refuses, since "
                                                      "a running writer may still hold the deleted file's lock; once "
-                                                     "none runs, `repair` makes a new one"))
+                                                     "none runs, `repair --no-writer-running` makes a new one"))
         locked = _writer_locked(chdir)
         prev_last: int | None = None
         for i, (fid, path) in enumerate(segs):
@@ -396,19 +404,29 @@ def _verify_index(
         problems.append(Problem(path, None, "index does not match the segment (rebuilt on open or by repair)"))
 
 
-def repair(root: str, channel: str) -> RepairReport:
+def repair(root: str, channel: str, *, no_writer_running: bool = False) -> RepairReport:
     """Cut a torn tail, write missing seal summaries, rebuild indexes that are missing or wrong.
 
-    Raises :class:`~wal.errors.WALLockedError` while a writer holds the channel and
+    Raises :class:`~wal.errors.WALLockedError` while a writer holds the channel, and when its ``LOCK`` file was
+    deleted unless ``no_writer_running`` (the caller checked that no process has the channel open for writing: a
+    writer keeps its lock on the deleted file, so a new ``LOCK`` cannot tell; a repair under a live writer deleted
+    its temporary files and rebuilt its active index, and the writer died), and
     :class:`~wal.errors.CorruptedError` for damage that is not a torn tail (never cut: restore from a copy).
     Cutting overwrites the torn bytes with zeros; it never truncates a file (a reader may have it mapped).
     """
     fops = DEFAULT_FILE_OPS
     chdir = _chdir(root, channel)
+    if _lock_missing(chdir) and not no_writer_running:
+        raise WALLockedError(
+            f"localfs channel {channel!r}: its LOCK file was deleted, so whether a writer still runs cannot be "
+            "checked (a writer keeps its lock on the deleted file); once you are sure no process has the channel "
+            "open for writing, repair with --no-writer-running"
+        )
     try:
         lock_fd = take_lock(fops, os.path.join(chdir, _LOCK_NAME))
     except LockRefusedError:
-        raise WALLockedError(f"localfs channel {channel!r} is locked by a writer; stop it first") from None
+        raise WALLockedError(f"localfs channel {channel!r}: a writer holds its lock (a process has it open for "
+                             "writing); stop that process first") from None
     try:
         # Damage is refused before anything is written: recovery for writing clears a clean-close summary (the
         # proof that its segment's data was all durable), and a repair that refused afterwards left the damage
