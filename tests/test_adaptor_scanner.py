@@ -394,10 +394,12 @@ def test_a_type_filter_that_drops_some_of_a_txns_body_still_gets_the_txn(backend
         MessageType.DELETE)])
     tailing = w.read(only_deletes)
     everything = w.read(ReadOption())
-    with w.begin_txn("v", keepalive=0.15) as t:
-        for i in range(4):  # alive for 0.4 s, longer than its keepalive, through INSERTs only
+    # Alive for 1.2 s, longer than its keepalive, through INSERTs only; each gap (0.3 s) stays 0.5 s under the
+    # keepalive, so a writer slowed by a busy machine does not expire it (a 0.15 s keepalive with 0.1 s gaps did).
+    with w.begin_txn("v", keepalive=0.8) as t:
+        for i in range(4):
             t.append(MutableMessage(MessageType.INSERT, b"i%d" % i))
-            time.sleep(0.1)
+            time.sleep(0.3)
         t.append(MutableMessage(MessageType.DELETE, b"d"))
     end = w.append(MutableMessage(MessageType.INSERT, b"end", vchannel="v")).message_id
     assert _txns(everything, end) == [[("INSERT", b"i0"), ("INSERT", b"i1"), ("INSERT", b"i2"), ("INSERT", b"i3"),
