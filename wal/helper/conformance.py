@@ -73,6 +73,7 @@ class _Watch:
         self._lock = threading.Lock()
         self._step = "start"
         self._at = time.monotonic()
+        self._hang: str | None = None
 
     def touch(self, step: str | None = None) -> None:
         with self._lock:
@@ -81,9 +82,13 @@ class _Watch:
             self._at = time.monotonic()
 
     def stale(self, limit: float) -> str | None:
+        """The first hang seen, for good: the stuck thread's cleanup (a ``finally`` closing the WAL) touches the
+        watch again and may hang too, and the report must still name the step that hung first."""
         with self._lock:
             idle = time.monotonic() - self._at
-            return f"{self.where}: no progress for {idle:.1f} s during {self._step!r} (hang?)" if idle > limit else None
+            if self._hang is None and idle > limit:
+                self._hang = f"{self.where}: no progress for {idle:.1f} s during {self._step!r} (hang?)"
+            return self._hang
 
 
 def _start(errors: list[BaseException], fn: Callable[..., None], *args: Any) -> threading.Thread:
