@@ -331,7 +331,9 @@ class WALImplsConformance:
         suffix of what was written (the backend may have dropped any prefix)."""
         last = written[-1]
         watch.touch(f"{where}: start_from the truncation point")
-        self._expect_sequence(w, "scanner_after_truncate", DeliverPolicy.start_from(last.message_id), [last], where)
+        self._expect_sequence(
+            w, "scanner_after_truncate", DeliverPolicy.start_from(last.message_id), [last], where, watch
+        )
         watch.touch(f"{where}: all")
         s = w.read(ReadOption(name="scanner_all_after_truncate", deliver_policy=DeliverPolicy.all()))
         try:
@@ -476,20 +478,22 @@ class WALImplsConformance:
         idx = len(written) // 2
         mid = written[idx].message_id
         watch.touch(f"{where}: start_from")
-        self._expect_sequence(w, "scanner_deliver_start_from", DeliverPolicy.start_from(mid), written[idx:], where)
+        self._expect_sequence(
+            w, "scanner_deliver_start_from", DeliverPolicy.start_from(mid), written[idx:], where, watch
+        )
         watch.touch(f"{where}: start_after")
         self._expect_sequence(
-            w, "scanner_deliver_start_after", DeliverPolicy.start_after(mid), written[idx + 1 :], where
+            w, "scanner_deliver_start_after", DeliverPolicy.start_after(mid), written[idx + 1 :], where, watch
         )
         watch.touch(f"{where}: vchannel hint")
-        self._check_vchannel_hint(w, written, where)
+        self._check_vchannel_hint(w, written, where, watch)
         self._check_latest(opener, w, name, term, written, watch)
         watch.touch(f"{where}: close wakes a blocked recv")
         self._check_close_wakes(w, where)
         watch.touch(f"{where}: fast close of {_FAST_CLOSE_SCANNERS} scanners")
         self._fast_close(w, where, watch)
 
-    def _check_vchannel_hint(self, w: WALImpls, written: list[ImmutableMessage], where: str) -> None:
+    def _check_vchannel_hint(self, w: WALImpls, written: list[ImmutableMessage], where: str, watch: _Watch) -> None:
         """A read hinted at vchannel "v1" delivers, in order, every message of "v1", every message for all
         vchannels ("") and every time tick; it may add or leave out messages of other vchannels."""
         s = w.read(ReadOption(name="scanner_vchannel_hint", deliver_policy=DeliverPolicy.all(), vchannel="v1"))
@@ -509,6 +513,7 @@ class WALImplsConformance:
                         continue  # another vchannel's: may be delivered
                     self._same(got, expected, f"{where}: scanner_vchannel_hint")
                     break
+                watch.touch()  # a long read of a slow backend is progress, not a hang
         finally:
             s.close()
 
@@ -584,7 +589,7 @@ class WALImplsConformance:
         _expect(s.done().is_set(), f"{where}: scanner_close_wakes: done() is not set after close()")
 
     def _expect_sequence(
-        self, w: WALImpls, sname: str, policy: DeliverPolicy, want: list[ImmutableMessage], where: str
+        self, w: WALImpls, sname: str, policy: DeliverPolicy, want: list[ImmutableMessage], where: str, watch: _Watch
     ) -> None:
         s = w.read(ReadOption(name=sname, deliver_policy=policy))
         try:
@@ -596,6 +601,7 @@ class WALImplsConformance:
                         f"{where}: {sname} stopped after {k} of {len(want)} messages (want {expected.message_id!r})"
                     ) from None
                 self._same(got, expected, f"{where}: {sname}")
+                watch.touch()  # a long read of a slow backend is progress, not a hang
         finally:
             s.close()
 
