@@ -33,12 +33,13 @@ Every wait has a timeout and a watchdog names the step a thread is stuck in, so 
 from __future__ import annotations
 
 import itertools
+import queue
 import random
 import string
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
@@ -389,9 +390,28 @@ class WALImplsConformance:
             watch.touch()
             return m.into_immutable(mid)
 
-        pool = ThreadPoolExecutor(max_workers=_MAX_CONCURRENT_APPENDS, thread_name_prefix="conformance-append")
+        # Daemon threads, not a ThreadPoolExecutor: the interpreter joins an executor's workers at exit, so an
+        # append that never returns would hang the test run after the kit reported it.
+        todo: queue.SimpleQueue[tuple[Future[ImmutableMessage], MutableMessage] | None] = queue.SimpleQueue()
+
+        def work() -> None:
+            while (item := todo.get()) is not None:
+                f, m = item
+                if not f.set_running_or_notify_cancel():
+                    continue
+                try:
+                    f.set_result(one(m))
+                except BaseException as e:
+                    f.set_exception(e)
+
+        futures: list[Future[ImmutableMessage]] = []
+        for i in range(self.message_count - 1):
+            futures.append(Future())
+            todo.put((futures[-1], self._insert(i)))
+        for _ in range(_MAX_CONCURRENT_APPENDS):
+            threading.Thread(target=work, daemon=True, name="conformance-append").start()
+            todo.put(None)  # after every message: a worker ends once the queue is done
         try:
-            futures = [pool.submit(one, self._insert(i)) for i in range(self.message_count - 1)]
             for k, f in enumerate(futures):
                 try:
                     appended.append(f.result(self.wait_timeout))
@@ -400,7 +420,8 @@ class WALImplsConformance:
                         f"{where}: append #{k} did not return within {self.wait_timeout} s"
                     ) from None
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for f in futures:
+                f.cancel()  # those not started yet
         watch.touch(f"{where}: append_batch")
         batch = self._rich_batch(term, appended[0].message_id)
         ids = w.append_batch(batch)
