@@ -585,9 +585,11 @@ class WALImplsConformance:
         """``close`` from another thread wakes a scanner blocked in ``recv(None)``, which raises ShutdownError."""
         s = w.read(ReadOption(name="scanner_close_wakes", deliver_policy=DeliverPolicy.latest()))
         out: Future[BaseException | None] = Future()
+        entering = threading.Event()
 
         def blocked() -> None:
             try:
+                entering.set()
                 s.recv(None)
             except BaseException as e:
                 out.set_result(e)
@@ -595,6 +597,9 @@ class WALImplsConformance:
                 out.set_result(None)
 
         threading.Thread(target=blocked, daemon=True, name="conformance-blocked-recv").start()
+        # Close only once the thread is about to block (then a moment more): on a busy machine a close made before
+        # it called recv would be seen by recv's first check, and a backend that never wakes a blocked reader passed.
+        _expect(entering.wait(self.wait_timeout), f"{where}: scanner_close_wakes: the reader thread never started")
         time.sleep(min(0.1, self.latest_quiet_seconds))
         s.close()
         try:
@@ -607,7 +612,7 @@ class WALImplsConformance:
             isinstance(err, ShutdownError),
             f"{where}: recv(None) woken by close() ended with {err!r}, want ShutdownError",
         )
-        _expect(s.done().is_set(), f"{where}: scanner_close_wakes: done() is not set after close()")
+        _expect(s.done().wait(self.wait_timeout), f"{where}: scanner_close_wakes: done() is not set after close()")
 
     def _expect_sequence(
         self, w: WALImpls, sname: str, policy: DeliverPolicy, want: list[ImmutableMessage], where: str, watch: _Watch
@@ -632,7 +637,9 @@ class WALImplsConformance:
         def one(i: int) -> None:
             s = w.read(ReadOption(f"scanner-fast-close-{i}", DeliverPolicy.all(), read_ahead_buffer_size=128))
             s.close()
-            _expect(s.done().is_set(), f"{where}: scanner-fast-close-{i}: done() is not set after close()")
+            # Waited for: nothing says a close sets done() before it returns (it may finish in the reader's thread).
+            done = s.done().wait(self.wait_timeout)
+            _expect(done, f"{where}: scanner-fast-close-{i}: done() is not set after close()")
 
         threads = [_start(errors, one, i) for i in range(_FAST_CLOSE_SCANNERS)]
         self._join(threads, [watch], errors)
