@@ -13,12 +13,20 @@ from pathlib import Path
 from _cli_util import PY, child_env, fill, start_writer, stop_writer, writer_append, writer_txn
 
 
+def _sigint_default() -> None:
+    """In the child before exec: Ctrl-C as at a terminal. A runner started in the background (``cmd &`` in a
+    script) ignores SIGINT, the child inherits that, and ``wal tail`` then never saw the test's SIGINT (a
+    flakiness review ran the suite that way: 2 tests failed)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Tail:
     def __init__(self, root: Path, *args: str) -> None:
         # faulthandler: a tail that does not exit is sent SIGABRT, which dumps every thread's stack (see interrupt)
         env = {**child_env(), "PYTHONFAULTHANDLER": "1"}
         self.p = subprocess.Popen([PY, "-m", "wal", "tail", "--root", str(root), "--channel", "p1", *args],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                  preexec_fn=_sigint_default)
         self.out: queue.Queue[str] = queue.Queue()
         self.err: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
