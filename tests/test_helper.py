@@ -376,3 +376,22 @@ def test_conformance_kit_reports_a_hang_instead_of_hanging() -> None:
 def test_conformance_kit_wraps_build_errors() -> None:
     with pytest.raises(ConformanceError, match="bogus"):
         WALImplsConformance(MemoryOpenerBuilder(), build_options={"bogus": 1}).run()
+
+
+class _LastRecordTickWAL(MemoryWAL):
+    """``last_time_tick()`` is the tick of the last record stored, not the largest (wrong once records are stored out
+    of tick order, as concurrent appends may be)."""
+
+    def last_time_tick(self) -> int:
+        log = self._log
+        with log.lock:
+            return log.messages[-1].time_tick if log.messages else 0
+
+
+def test_conformance_kit_fails_a_last_time_tick_that_is_the_last_records() -> None:
+    # The kit's last message always carried the largest tick, so this check could not fail (kit review).
+    kit = WALImplsConformance(
+        _builder_of(_LastRecordTickWAL), message_count=20, latest_quiet_seconds=0.1, wait_timeout=0.5
+    )
+    with pytest.raises(ConformanceError, match="the last record's"):
+        kit.run()

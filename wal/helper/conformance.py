@@ -55,6 +55,9 @@ _MAX_CONCURRENT_APPENDS = 5
 _FAST_CLOSE_SCANNERS = 10
 _SMALL_BATCH = 7  # recv_batch size of the second read-only pass: many batch boundaries
 _RICH = 5  # messages per term of the kit's append_batch (see WALImplsConformance._rich_batch)
+_TICK_JUMP = 1 << 20
+"""How far above the kit's tick counter the rich batch's begin is stamped: the counter steps by one per message,
+so every later message of the run, the final tick included, stays below it."""
 
 
 class ConformanceError(AssertionError):
@@ -262,9 +265,11 @@ class WALImplsConformance:
     def _check_last_time_tick(self, w: WALImpls, written: list[ImmutableMessage], where: str) -> None:
         got = w.last_time_tick()
         want = max((m.time_tick for m in written), default=0)
+        last = written[-1].time_tick if written else 0
         _expect(
             got in (0, want),
-            f"{where}: last_time_tick() is {got}, want {want} (the largest stored time tick) or 0 (unknown)",
+            f"{where}: last_time_tick() is {got}, want {want} (the largest stored time tick) or 0 (unknown)"
+            + (" (it is the last record's: records may be stored out of tick order)" if got == last else ""),
         )
 
     def _check_read_only(
@@ -294,7 +299,13 @@ class WALImplsConformance:
                 got: list[ImmutableMessage] = []
                 while len(got) < len(written):
                     want = len(written) - len(got) if not size else min(size, len(written) - len(got))
-                    batch = s.recv_batch(want, self.wait_timeout)
+                    try:
+                        batch = s.recv_batch(want, self.wait_timeout)
+                    except TimeoutError:
+                        raise ConformanceError(
+                            f"{where}: {sname} stopped after {len(got)} of {len(written)} messages (no message within "
+                            f"{self.wait_timeout} s)"
+                        ) from None
                     _expect(bool(batch), f"{where}: {sname}: recv_batch returned nothing")
                     _expect(len(batch) <= want, f"{where}: {sname}: recv_batch({want}) returned {len(batch)}")
                     got.extend(batch)
@@ -338,14 +349,25 @@ class WALImplsConformance:
         watch.touch(f"{where}: all")
         s = w.read(ReadOption(name="scanner_all_after_truncate", deliver_policy=DeliverPolicy.all()))
         try:
-            first = s.recv(self.wait_timeout)
+            try:
+                first = s.recv(self.wait_timeout)
+            except TimeoutError:
+                raise ConformanceError(f"{where}: scanner_all_after_truncate delivered nothing within "
+                                       f"{self.wait_timeout} s (the truncation point must stay readable)") from None
             _expect(first.message_id <= last.message_id, f"{where}: all() starts after the truncation point")
             idx = next((k for k, m in enumerate(written) if m.message_id == first.message_id), None)
             _expect(idx is not None, f"{where}: all() starts at {first.message_id!r}, which was never written")
             assert idx is not None
             self._same(first, written[idx], f"{where}: scanner_all_after_truncate")
-            for want in written[idx + 1 :]:
-                self._same(s.recv(self.wait_timeout), want, f"{where}: scanner_all_after_truncate")
+            for k, want in enumerate(written[idx + 1 :]):
+                try:
+                    got = s.recv(self.wait_timeout)
+                except TimeoutError:
+                    raise ConformanceError(
+                        f"{where}: scanner_all_after_truncate stopped after {k + 1} of {len(written) - idx} messages "
+                        f"(want {want.message_id!r})"
+                    ) from None
+                self._same(got, want, f"{where}: scanner_all_after_truncate")
                 watch.touch()
         finally:
             self._close(s, f"{where}: scanner_all_after_truncate", watch)
@@ -375,6 +397,10 @@ class WALImplsConformance:
             m = self._stamp(MutableMessage(t, b"rich-%d" % t.value, props, vch))
             out.append(m.with_last_confirmed(lc).with_txn_context(ctx).with_wal_term(term))
         assert len(out) == _RICH
+        # Its begin carries a tick above every later message's (stored out of tick order, as concurrent appends
+        # may be: DESIGN invariant 3), so last_time_tick() must be the largest tick stored, not the last record's.
+        with self._tt_lock:
+            out[0].time_tick = next(self._tt) + _TICK_JUMP
         return out
 
     # -- one term: a writer and two tailing readers ----------------------------------------------------------------
