@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from wal import DeliverPolicy, OpenOption, PChannelInfo, ReadOption, registry
+from wal import AccessMode, DeliverPolicy, OpenOption, PChannelInfo, ReadOption, registry
 from wal.errors import ShutdownError
 from wal.message import MessageType, MutableMessage
 
@@ -133,3 +133,48 @@ def test_a_child_forked_while_a_parent_thread_holds_a_lock_does_not_hang(held: s
         t.join()
     w.close()
     op.close()
+
+
+def test_a_child_closing_a_copied_follower_leaves_the_parents_inotify_watch_alone(tmp_path: Path) -> None:
+    """A follower's watchdog observer shares its inotify descriptor and kill pipe with a forked child's copy: the
+    child's close of the follower removed the parent's watch (no more wake-ups), and its opener's close wrote the
+    kill pipe, on which the parent's inotify thread then spun at 100 % CPU until the parent closed its opener."""
+    pytest.importorskip("watchdog")
+    wop = registry.must_get_builder("localfs").build(root=str(tmp_path), sync="never")
+    w = wop.open(OpenOption(PChannelInfo("c", 1)))
+    w.append(_msg(b"p0"))
+    rop = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    r = rop.open(OpenOption(PChannelInfo("c", 1, access_mode=AccessMode.RO)))
+    hub = r._impls._hub
+
+    def bumps() -> int:
+        v0 = hub.version
+        for i in range(5):
+            (tmp_path / "c" / f"junk{i}").write_bytes(b"x")
+        deadline = time.monotonic() + 2
+        while hub.version == v0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return hub.version - v0
+
+    try:
+        assert bumps() > 0
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                r.close()
+                rop.close()
+                code = 0
+            finally:
+                os._exit(code)
+        assert _wait_child(pid, 30) == 0
+        assert bumps() > 0  # the parent's watch is still there
+        t0 = os.times()
+        time.sleep(1)
+        t1 = os.times()
+        assert t1.user + t1.system - t0.user - t0.system < 0.5  # and its inotify thread does not spin
+    finally:
+        r.close()
+        rop.close()
+        w.close()
+        wop.close()

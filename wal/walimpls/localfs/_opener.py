@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from ... import _fork
 from ..._checks import seconds
 from ..._types import AccessMode, OpenOption
 from ...errors import FencedError, InvalidArgumentError, ShutdownError, WALIOError, WALLockedError
@@ -112,6 +114,31 @@ def ensure_dir(fops: FileOps, path: str) -> None:
         pass
 
 
+_openers: weakref.WeakSet[LocalFSOpener] = weakref.WeakSet()
+"""Every opener of this process, for :func:`_forget_watches_in_child`."""
+
+
+def _forget_watches_in_child() -> None:
+    """In a forked child: forget the parent's watchdog observer, never stop or unschedule it.
+
+    The child's copy shares the parent's inotify descriptor and kill pipe: unscheduling a watch there removed the
+    parent's (its followers got no more wake-ups), and stopping it wrote the kill pipe, which the parent's inotify
+    thread then found readable for ever (it spun at 100 % CPU until the parent closed its opener). Review 10e.
+    Fresh locks too: a parent thread may have held them at the fork.
+    """
+    for op in list(_openers):
+        op._lock = threading.Lock()
+        op._observer = None
+        op._watches = {}
+        for hub in op._hubs.values():
+            hub.watchers = 0
+            hub.lock = threading.RLock()
+            hub.cond = threading.Condition(hub.lock)
+
+
+os.register_at_fork(after_in_child=_forget_watches_in_child)
+
+
 class LocalFSOpener(OpenerImpls):
     def __init__(self, opts: Options) -> None:
         self.opts = opts
@@ -122,6 +149,7 @@ class LocalFSOpener(OpenerImpls):
         self._closed = False
         self._observer: Any = None
         self._watches: dict[str, Any] = {}
+        _openers.add(self)
 
     @property
     def root(self) -> str:
@@ -152,6 +180,7 @@ class LocalFSOpener(OpenerImpls):
         if ch.access_mode is AccessMode.RO:
             w = LocalFSROWAL(self, hub, ch, chdir, fops)
             self._watch(hub)
+            w._watched_in = _fork.generation
         else:
             w = self._open_rw(opt, chdir, hub)
         with self._lock:
@@ -229,7 +258,7 @@ class LocalFSOpener(OpenerImpls):
             if w not in self._open:
                 return
             self._open.discard(w)
-        if isinstance(w, LocalFSROWAL):
+        if isinstance(w, LocalFSROWAL) and w._watched_in == _fork.generation:  # a parent's watch is not ours
             self._unwatch(w._hub)
 
     def close(self) -> None:

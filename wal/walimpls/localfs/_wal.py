@@ -114,6 +114,7 @@ class LocalFSROWAL(_Base):
         super().__init__(opener, hub, channel)
         self._chdir = chdir
         self._fops = fops
+        self._watched_in = -1  # the fork generation whose opener watches the directory for it (set by the opener)
 
     def read(self, opt: ReadOption) -> ScannerImpls:
         if self._closed:
