@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -178,3 +179,53 @@ def test_a_child_closing_a_copied_follower_leaves_the_parents_inotify_watch_alon
         rop.close()
         w.close()
         wop.close()
+
+
+@pytest.mark.parametrize("backend", ["localfs", "memory"])
+@pytest.mark.parametrize("during", ["wal close", "opener open", "opener close"])
+def test_a_child_closes_its_copies_while_a_parent_thread_was_opening_or_closing(
+    tmp_path: Path, backend: str, during: str
+) -> None:
+    """A parent thread was inside ``w.close()``, ``op.open()`` or ``op.close()`` at the fork: the child's
+    ``w.close()`` waited for ever for that close to end, and its ``op.close()`` for that open or close."""
+    op = registry.must_get_builder(backend).build(**({"root": str(tmp_path)} if backend == "localfs" else {}))
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    w.append(_msg(b"p0"))
+    inside, go = threading.Event(), threading.Event()
+    if during == "opener open":
+        target: Any = op._impls
+        name, run = "open", lambda: op.open(OpenOption(PChannelInfo("d", 1)))
+    else:
+        target = w._impls
+        name, run = "close", (w.close if during == "wal close" else op.close)
+    orig = getattr(target, name)
+    parent = os.getpid()
+
+    def blocked(*a: Any) -> Any:
+        if os.getpid() == parent:  # the parent's call waits, holding the fork inside it
+            inside.set()
+            go.wait()
+        return orig(*a)
+
+    setattr(target, name, blocked)
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        assert inside.wait(5)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                w.close()
+                w.close()
+                op.close()
+                op.close()
+                code = 0
+            finally:
+                os._exit(code)
+        assert _wait_child(pid, 10) == 0
+    finally:
+        go.set()
+        t.join()
+    w.close()
+    op.close()

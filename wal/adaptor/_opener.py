@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+from .. import _fork
 from .._interfaces import WAL, Opener
 from .._types import AccessMode, OpenOption
 from ..errors import InvalidArgumentError
@@ -31,6 +32,7 @@ class OpenerAdaptor(Opener):
         self._closed = threading.Event()
         self._close_cut_short = False  # the first close did not finish (a Ctrl-C): the next close finishes it
         self._close_retry = threading.Lock()
+        self._forks = _fork.generation  # a forked child's copy differs (see close)
 
     def open(self, opt: OpenOption) -> WAL:
         if not isinstance(opt, OpenOption):
@@ -52,10 +54,21 @@ class OpenerAdaptor(Opener):
             return w
 
     def _forget(self, w: ROWALAdaptor) -> None:
+        if self._forks != _fork.generation:  # a forked child's copy: a parent thread may have held the lock
+            self._wals.discard(w)
+            return
         with self._lock:
             self._wals.discard(w)
 
     def close(self) -> None:
+        if self._forks != _fork.generation:
+            # A forked child's copy: calls in flight (an open) and a close under way are the parent's threads',
+            # which do not exist here, and so may be holders of the locks (waiting hung for ever: review 10e).
+            self._lifetime.stop()
+            for w in list(self._wals):
+                w.close()  # its copy's close, which waits for nothing either
+            self._impls.close()
+            return
         if not self._lifetime.stop():
             self._closed.wait()
             if self._close_cut_short:  # as WAL.close: every step may rerun (a WAL's close finishes its own)

@@ -16,6 +16,7 @@ from functools import partial
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
+from .. import _fork
 from .._checks import seconds
 from .._interfaces import WAL, Scanner, Txn
 from .._metrics import metrics
@@ -111,6 +112,7 @@ class ROWALAdaptor(WAL):
         self._closed = threading.Event()
         self._close_cut_short = False
         self._close_retry = threading.Lock()
+        self._forks = _fork.generation  # a forked child's copy differs (see _close_copy)
 
     # -- ROWAL ------------------------------------------------------------------------------------------------
     @property
@@ -183,6 +185,9 @@ class ROWALAdaptor(WAL):
 
     # -- close ------------------------------------------------------------------------------------------------
     def close(self) -> None:
+        if self._forks != _fork.generation:
+            self._close_copy()
+            return
         if not self._lifetime.stop():
             if self._may_wait_for_close():
                 self._closed.wait()
@@ -203,6 +208,22 @@ class ROWALAdaptor(WAL):
     def _may_wait_for_close(self) -> bool:
         """Whether a second close may wait for the first to finish (not when the first waits for this caller)."""
         return True
+
+    def _close_copy(self) -> None:
+        """Close a copy a fork made: only the backend's copy (which leaves the parent's files and lock alone).
+
+        Nothing here waits: the calls in flight, a close under way and the threads are the parent's, and its
+        threads' locks may have been held at the fork (review 10e: a child's close hung for ever when a parent
+        thread was closing the WAL at the fork, in ``_closed.wait()``).
+        """
+        self._lifetime.stop()
+        self._unavailable.set()
+        if self._forks == -1:
+            return  # closed already
+        self._forks = -1
+        self._impls.close()
+        if self._cleanup is not None:
+            self._cleanup(self)
 
     def _close_inner(self) -> None:
         self._unavailable.set()
@@ -672,9 +693,7 @@ class WALAdaptor(ROWALAdaptor):
     def _close_inner(self) -> None:
         self._unavailable.set()
         if self._dispatcher.forked:  # a forked child's copy: the threads, ticks and calls in flight are the parent's
-            self._impls.close()  # (localfs leaves the parent's files and lock alone, see LocalFSWAL._refuse_in_child)
-            if self._cleanup is not None:
-                self._cleanup(self)
+            self._close_copy()  # (localfs leaves the parent's files and lock alone, see LocalFSWAL._refuse_in_child)
             return
         self._dispatcher.close(drain=True)
         self._lifetime.wait()
