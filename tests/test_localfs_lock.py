@@ -150,6 +150,30 @@ def test_a_deleted_lock_file_does_not_let_a_second_writer_in(tmp_path: Path) -> 
     op2.close()
 
 
+def test_a_deleted_lock_file_of_a_term_0_writer_does_not_let_repair_or_a_writer_in(tmp_path: Path) -> None:
+    """A writer of term 0 writes no TERM file (only a higher term is stored), so "LOCK missing while TERM exists"
+    missed a LOCK deleted under it: info said no writer runs, verify said ok, a second writer opened, and repair ran
+    under the live writer and zeroed the record it was writing as "stray bytes after the end of the data" (acked
+    records lost in 2 of 3 runs of /var/tmp/rev10f/live_repair.sh). Its segments show a writer opened it."""
+    op, w = _open(tmp_path, term=0)
+    w.append(_ins(1))  # type: ignore[attr-defined]
+    assert not (tmp_path / "p1" / "TERM").exists()
+    os.unlink(tmp_path / "p1" / "LOCK")
+    assert tools.channel_info(str(tmp_path), "p1").lock_missing
+    assert any(p.path == str(tmp_path / "p1" / "LOCK") for p in tools.verify(str(tmp_path), "p1"))
+    with pytest.raises(WALLockedError, match="--no-writer-running"):
+        tools.repair(str(tmp_path), "p1")
+    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    with pytest.raises(WALLockedError, match="was deleted"):
+        op2.open(OpenOption(PChannelInfo("p1", 0)))
+    w.append(_ins(2))  # type: ignore[attr-defined]
+    op.close()  # type: ignore[attr-defined]
+    tools.repair(str(tmp_path), "p1", no_writer_running=True)
+    assert not tools.channel_info(str(tmp_path), "p1").lock_missing
+    op2.open(OpenOption(PChannelInfo("p1", 0))).close()  # type: ignore[attr-defined]
+    op2.close()
+
+
 @pytest.mark.parametrize("term", [1 << 64, (1 << 64) + 5, -1, True])
 def test_a_term_out_of_range_is_refused_before_anything_is_written(tmp_path: Path, term: object) -> None:
     op, w = _open(tmp_path, term=3)

@@ -15,12 +15,12 @@ from ..._types import AccessMode, OpenOption
 from ...errors import FencedError, InvalidArgumentError, ShutdownError, WALIOError, WALLockedError
 from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls
 from ._fileops import DEFAULT_FILE_OPS, FileOps
-from ._format import DATA_START, LOCK_NAME, TERM_NAME
+from ._format import DATA_START, LOCK_NAME
 from ._lock import LockRefusedError
 from ._lock import release as release_lock
 from ._lock import take as take_lock
 from ._message_id import WAL_NAME
-from ._recovery import read_term, recover, write_term
+from ._recovery import lock_deleted, read_term, recover, write_term
 from ._state import Hub
 from ._wal import LocalFSROWAL, LocalFSWAL, _Base
 
@@ -194,8 +194,8 @@ class LocalFSOpener(OpenerImpls):
         fops = self._fops
         ch = opt.channel
         lock_path = os.path.join(chdir, LOCK_NAME)
-        if not os.path.exists(lock_path) and os.path.exists(os.path.join(chdir, TERM_NAME)):
-            # A writer made both and never deletes LOCK: someone did, maybe under a live writer, which still holds
+        if lock_deleted(fops, chdir):
+            # A writer made LOCK first and never deletes it: someone did, maybe under a live writer, which still holds
             # the deleted file's lock. Locking a new one would let two writers in (measured: the log was damaged).
             raise WALLockedError(
                 f"localfs channel {ch.name!r}: {lock_path} was deleted, maybe under a running writer that still "

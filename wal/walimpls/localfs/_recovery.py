@@ -26,6 +26,7 @@ from ._format import (
     IDX_HEADER,
     IDX_TRAILER,
     INDEX_SUFFIX,
+    LOCK_NAME,
     SEAL_MAGIC,
     SEAL_OFF,
     SEG_HEADER,
@@ -52,7 +53,7 @@ from ._format import (
 )
 from ._state import SegmentState
 
-__all__ = ["Recovered", "list_segments", "read_term", "recover", "stored_max_time_tick", "write_term"]
+__all__ = ["Recovered", "list_segments", "lock_deleted", "read_term", "recover", "stored_max_time_tick", "write_term"]
 
 log = logging.getLogger("wal.localfs")
 
@@ -111,6 +112,16 @@ def list_segments(fops: FileOps, chdir: str) -> list[tuple[int, str]]:
             out.append((fid, os.path.join(chdir, name)))
     out.sort()
     return out
+
+
+def lock_deleted(fops: FileOps, chdir: str) -> bool:
+    """Whether ``LOCK`` is missing from a channel a writer has opened: a running writer may still hold the deleted
+    file's lock, so a new ``LOCK`` cannot tell. A writer makes ``LOCK`` before anything else; ``TERM`` only when its
+    term is above the stored one (a writer of term 0 never writes it), its first segment at open. Either one
+    without ``LOCK`` means it was deleted."""
+    if os.path.exists(os.path.join(chdir, LOCK_NAME)):
+        return False
+    return os.path.exists(os.path.join(chdir, TERM_NAME)) or bool(list_segments(fops, chdir))
 
 
 def read_term(fops: FileOps, chdir: str) -> int:

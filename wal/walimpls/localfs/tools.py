@@ -50,7 +50,7 @@ from ._lock import LockRefusedError, try_flock
 from ._lock import release as release_lock
 from ._lock import take as take_lock
 from ._message_id import LocalFSMessageID
-from ._recovery import Recovered, damage_proof, list_segments, load_index, recover, write_index
+from ._recovery import Recovered, damage_proof, list_segments, load_index, lock_deleted, recover, write_index
 from ._scanner import DirSource, LocalFSScanner
 from ._state import Hub, SegmentState
 
@@ -86,7 +86,7 @@ class ChannelInfo:
     term: int | None  # 0 when no writer ever opened the channel; None when its TERM file is damaged
     segments: list[SegmentInfo]
     writer_locked: bool
-    lock_missing: bool = False  # LOCK was deleted (TERM exists): a writer may still run, holding the deleted file
+    lock_missing: bool = False  # LOCK was deleted (TERM or a segment exists): a writer may still hold the deleted file
 
 
 @dataclass(frozen=True)
@@ -190,9 +190,10 @@ def channel_info(root: str, channel: str) -> ChannelInfo:
 
 
 def _lock_missing(chdir: str) -> bool:
-    """LOCK deleted from a channel a writer opened (it made LOCK, then TERM): the lock probe cannot tell whether a
-    writer still runs, since one keeps its lock on the deleted file (the opener refuses for the same reason)."""
-    return os.path.exists(os.path.join(chdir, TERM_NAME)) and not os.path.exists(os.path.join(chdir, _LOCK_NAME))
+    """LOCK deleted from a channel a writer opened (it made LOCK, then TERM and segments; a writer of term 0 makes
+    no TERM): the lock probe cannot tell whether a writer still runs, since one keeps its lock on the deleted file
+    (the opener refuses for the same reason)."""
+    return lock_deleted(DEFAULT_FILE_OPS, chdir)
 
 
 def verify(
@@ -231,8 +232,9 @@ def verify(
                                                      f"of term {term}: a writer with a lower term would not be "
                                                      "fenced (write the term back before opening)"))
         lock_path = os.path.join(chdir, _LOCK_NAME)
-        if os.path.exists(term_path) and not os.path.exists(lock_path):  # the rule of opening for write
-            problems.append(Problem(lock_path, None, "LOCK is missing (TERM exists): opening for write refuses, since "
+        if _lock_missing(chdir):  # the rule of opening for write
+            problems.append(Problem(lock_path, None, "LOCK is missing (TERM or segments exist): opening for write "
+                                                     "refuses, since "
                                                      "a running writer may still hold the deleted file's lock; once "
                                                      "none runs, `repair --no-writer-running` makes a new one"))
         locked = _writer_locked(chdir)
