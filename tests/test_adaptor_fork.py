@@ -229,3 +229,87 @@ def test_a_child_closes_its_copies_while_a_parent_thread_was_opening_or_closing(
         t.join()
     w.close()
     op.close()
+
+
+def _child_of_pending(w, s, fut) -> int:  # type: ignore[no-untyped-def]
+    """In the child: a future pending at the fork and a scanner copied from the parent end at once."""
+    import asyncio
+
+    try:
+        fut.result(10)
+        return 2
+    except ShutdownError as e:
+        if "forked" not in str(e):
+            return 3
+    except TimeoutError:
+        return 4
+    try:
+        s.recv(None)
+        return 5
+    except ShutdownError as e:
+        if "forked" not in str(e):
+            return 6
+
+    async def first() -> None:
+        async for _m in s:
+            return
+
+    try:
+        asyncio.run(asyncio.wait_for(first(), 10))
+        return 7
+    except ShutdownError:
+        pass
+    except TimeoutError:
+        return 8
+    s.close()
+    w.close()
+    return 0
+
+
+def test_a_future_pending_and_a_scanner_waiting_at_the_fork_end_at_once_in_the_child() -> None:
+    """Review 10e: in a forked child, result() of an append pending at the fork and recv(None) / async for on a
+    scanner copied from the parent waited for ever (nothing can settle or arrive there)."""
+    op = registry.must_get_builder("memory").build()
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    w.append(_msg(b"p0"))
+    s = w.read(ReadOption(deliver_policy=DeliverPolicy.latest()))
+    def wait_in_recv() -> None:  # a parent thread in recv at the fork; the parent's close ends it
+        try:
+            while True:
+                s.recv(None)
+        except ShutdownError:
+            pass
+
+    waiting = threading.Thread(target=wait_in_recv, daemon=True)
+    waiting.start()
+    lock = w._impls._log.lock
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            release.wait()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert taken.wait(5)
+    try:
+        fut = w.append_async(_msg(b"pending"))  # its batch waits for the log lock: pending at the fork
+        time.sleep(0.05)
+        assert not fut.done()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                code = _child_of_pending(w, s, fut)
+            finally:
+                os._exit(code)
+        assert _wait_child(pid, 60) == 0
+    finally:
+        release.set()
+        t.join()
+    assert fut.result(5).message_id is not None  # the parent's append settles in the parent
+    s.close()
+    waiting.join(5)
+    w.close()
+    op.close()

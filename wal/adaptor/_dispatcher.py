@@ -117,6 +117,9 @@ def _disarm_in_child() -> None:
         d._busy = d._waits_for_inline = False
         d._forked = d._closing = True
         d._room = 0
+        # The futures' shared condition too; a future still pending refuses to wait (AppendFuture._wait_finished).
+        d._fcond = d._future_cls._condition = new_condition()
+        d._future_cls._forked = True
 
 
 os.register_at_fork(after_in_child=_disarm_in_child)

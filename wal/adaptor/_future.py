@@ -24,7 +24,7 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from typing import Any, TypeVar
 
 from .._types import AppendResult
-from ..errors import WALError
+from ..errors import ShutdownError, WALError
 
 _log = logging.getLogger("concurrent.futures")  # where Future logs a failing callback
 
@@ -83,6 +83,7 @@ class AppendFuture(Future[T]):
     __slots__ = ("_exception", "_id", "_lc", "_result", "_state", "_tt", "_txn", "_x")
     _condition: SharedCondition  # a class attribute of the WAL's future class
     _settler: threading.Thread | None = None  # the WAL's append thread (a class attribute too, set by the WAL)
+    _forked = False  # a forked child's copy of the class: pending futures settle in the parent only
 
     # ``_result``/``_exception`` are set when it is settled (both, by :func:`complete_all` or
     # :func:`complete_appended`): read only after.
@@ -138,6 +139,11 @@ class AppendFuture(Future[T]):
             raise WALError(
                 "result() of a pending append_async called in the WAL's append thread (in a done callback) would "
                 "wait for itself: chain another add_done_callback instead"
+            )
+        if self._forked and self._state == RUNNING:
+            raise ShutdownError(
+                "this append was pending when the process was forked: it settles in the parent only (the child has "
+                "none of its threads)"
             )
         with self._condition.lock:
             deadline = None

@@ -17,8 +17,10 @@ An RO WAL has no write-ahead buffer: its scanners only catch up (and follow the 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +75,37 @@ def _transient(e: Exception) -> bool:
     return isinstance(e, WALError | OSError) and not isinstance(e, _NOT_TRANSIENT)
 
 
+_live: weakref.WeakSet[ScannerAdaptor] = weakref.WeakSet()
+"""Every scanner of this process, for :func:`_end_in_child`."""
+
+
+def _end_in_child() -> None:
+    """In a forked child: every scanner copied is ended (``recv`` raises at once, ``close`` waits for nothing).
+
+    The child has none of the parent's threads and no WAL writing to it: nothing can ever arrive, and a ``recv(None)``
+    or ``async for`` waited for ever (review 10e); another thread may also have held its locks at the fork.
+    """
+    for s in list(_live):
+        s._turn_lock = threading.RLock()
+        s._turn_cond = threading.Condition(s._turn_lock)
+        s._backend_lock = threading.Lock()
+        s._receiving = False
+        s._backend = None  # the parent's reader (its copy's maps are freed with the child)
+        s._executor = None  # its thread is the parent's
+        s._pending.clear()
+        s._error = ShutdownError(
+            f"scanner {s._name} was opened by the parent of this forked process: read the channel from a WAL opened "
+            "in this process"
+        )
+        s._closing = threading.Event()
+        s._closing.set()
+        s._done = threading.Event()
+        s._done.set()
+
+
+os.register_at_fork(after_in_child=_end_in_child)
+
+
 class ScannerAdaptor(Scanner):
     def __init__(
         self,
@@ -116,6 +149,7 @@ class ScannerAdaptor(Scanner):
         self._last_backend: ImmutableMessage | None = None
         self._backoff = 0.0
         self._next_attempt = 0.0
+        _live.add(self)
         self.read_attempts = 0
         self.stats = {"to_tailing": 0, "to_catchup": 0}
         # tailing state
