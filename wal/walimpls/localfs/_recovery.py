@@ -261,8 +261,11 @@ def recover(fops: FileOps, chdir: str, *, write: bool, segment_bytes: int = 0) -
                 # records past the cut (if any were there) are gone. Say so; the data up to the cut is kept.
                 log.warning("localfs: %s is %d bytes, shorter than its preallocated %d: cut from outside; "
                             "records past byte %d, if any, are lost", path, size, hdr.capacity, size)
+                size_was = size
                 fops.fallocate(fd, 0, hdr.capacity)
                 size = fops.fstat_size(fd)
+                rec.cut.append(f"{path}: restored its size from {size_was} to {hdr.capacity} bytes (cut from outside; "
+                               f"records past byte {size_was}, if any, are lost)")
             seal = Summary.unpack(fops.pread(fd, SUMMARY.size, SEAL_OFF), 0, SEAL_MAGIC)
             st: SegmentState
             if seal is not None and _check_summary(path, hdr, size, seal):
