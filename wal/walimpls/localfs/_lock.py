@@ -17,7 +17,10 @@ Three things a bare ``flock`` gets wrong, each seen by a review:
   (:data:`RETRY_SECONDS`) before the error.
 - *a LOCK replaced*: after ``LOCK`` was deleted (by hand, "clearing a stale lock") a second writer locked a new
   file while the first kept writing, and the log was damaged. After locking, the descriptor must still be the
-  file named ``LOCK``; if not, the new one is locked instead.
+  file named ``LOCK``; if not, the new one is locked instead. And a ``LOCK`` deleted and made again (``rm LOCK;
+  touch LOCK``) under a live writer leaves nothing at the path to say the writer runs: :func:`deleted_lock_holders`
+  asks Linux which processes hold a lock on a deleted file once named ``LOCK`` (a review: ``repair`` locked the new
+  file and zeroed a record the writer was writing, 97 of 473 acknowledged messages lost).
 """
 
 from __future__ import annotations
@@ -104,6 +107,42 @@ def _same_file(fd: int, path: str) -> bool:
     except FileNotFoundError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def deleted_lock_holders(path: str) -> list[int]:
+    """The processes holding an ``flock`` on a deleted file that was named ``path`` (Linux: ``/proc/locks`` and the
+    holders' ``/proc/PID/fd``); empty where ``/proc`` cannot tell (another OS, another user's process).
+
+    Only the few processes that hold flocks on the directory's device are looked at, so it costs about one read.
+    """
+    try:
+        real = os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
+        dev = os.stat(os.path.dirname(real)).st_dev
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    prefix = f"{os.major(dev):02x}:{os.minor(dev):02x}:"
+    want = f"{real} (deleted)"
+    out: list[int] = []
+    for line in lines:
+        parts = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:15695916 0 EOF" ("->" marks a waiter)
+        if len(parts) < 6 or parts[1] != "FLOCK" or not parts[5].startswith(prefix):
+            continue
+        try:
+            pid, ino = int(parts[4]), int(parts[5][len(prefix):])
+            fd_dir = f"/proc/{pid}/fd"
+            names = os.listdir(fd_dir)
+        except (ValueError, OSError):
+            continue
+        for name in names:
+            try:
+                if os.readlink(f"{fd_dir}/{name}") == want and os.stat(f"{fd_dir}/{name}").st_ino == ino:
+                    out.append(pid)
+                    break
+            except OSError:
+                continue
+    return out
 
 
 def release(fops: FileOps, fd: int) -> None:

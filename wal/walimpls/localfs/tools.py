@@ -46,7 +46,7 @@ from ._format import (
     valid_ids_after,
 )
 from ._format import LOCK_NAME as _LOCK_NAME
-from ._lock import LockRefusedError, try_flock
+from ._lock import LockRefusedError, deleted_lock_holders, try_flock
 from ._lock import release as release_lock
 from ._lock import take as take_lock
 from ._message_id import LocalFSMessageID
@@ -151,9 +151,10 @@ def _writer_locked(chdir: str, fops: FileOps = DEFAULT_FILE_OPS) -> bool:
     except FileNotFoundError:
         return False
     try:
-        return not try_flock(fops, fd, fcntl.LOCK_SH)
+        locked = not try_flock(fops, fd, fcntl.LOCK_SH)
     finally:
-        fops.close(fd)  # closing drops the probe lock
+        fops.close(fd)  # closing drops the probe lock (at once: a writer opening meanwhile waits for it)
+    return locked or bool(deleted_lock_holders(path))  # a live writer's LOCK deleted and made again
 
 
 def _term(chdir: str) -> int | None:
@@ -430,6 +431,11 @@ def repair(root: str, channel: str, *, no_writer_running: bool = False) -> Repai
         raise WALLockedError(f"localfs channel {channel!r}: a writer holds its lock (a process has it open for "
                              "writing); stop that process first") from None
     try:
+        if holders := deleted_lock_holders(os.path.join(chdir, _LOCK_NAME)):
+            raise WALLockedError(
+                f"localfs channel {channel!r}: its LOCK file was deleted and made again while process(es) "
+                f"{', '.join(map(str, holders))} still hold the deleted file's lock (a writer): stop them first"
+            )
         # Damage is refused before anything is written: recovery for writing clears a clean-close summary (the
         # proof that its segment's data was all durable), and a repair that refused afterwards left the damage
         # looking like a torn tail, which the next repair or open then cut.
