@@ -184,6 +184,21 @@ def test_message_ids_order_hash_and_cross_backend_comparison() -> None:
         _ = ID(1) < other
 
 
+def test_int_message_ids_refuse_bools_and_values_their_backend_cannot_store() -> None:
+    from wal.errors import InvalidMessageIDError
+    from wal.message import unmarshal_message_id
+    from wal.walimpls.localfs import LocalFSMessageID
+
+    with pytest.raises(InvalidMessageIDError):
+        ID(True)  # type: ignore[arg-type]
+    assert LocalFSMessageID((1 << 64) - 1).value == (1 << 64) - 1
+    with pytest.raises(InvalidMessageIDError, match="above the largest"):
+        LocalFSMessageID(1 << 64)  # a u64 on disk: `wal dump --from 18446744073709551616` used to exit 0, silent
+    with pytest.raises(InvalidMessageIDError):
+        unmarshal_message_id("localfs", str(1 << 64))
+    assert ID(1 << 70).value == 1 << 70  # memory IDs have no bound
+
+
 def test_properties_must_be_a_mapping() -> None:
     with pytest.raises(TypeError, match="mapping"):
         MutableMessage(MessageType.INSERT, b"x", [("k", "v")])  # type: ignore[arg-type]

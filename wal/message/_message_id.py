@@ -86,10 +86,13 @@ class IntMessageID(MessageID):
 
     __slots__ = ("value",)
     WAL_NAME: ClassVar[str] = ""
+    MAX_VALUE: ClassVar[int | None] = None  # the largest the backend can store (None: no bound)
 
     def __init__(self, value: int) -> None:
-        if not isinstance(value, int) or value < 0:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise InvalidMessageIDError(f"{self.WAL_NAME} message ID must be a non-negative int, got {value!r}")
+        if self.MAX_VALUE is not None and value > self.MAX_VALUE:
+            raise InvalidMessageIDError(f"{self.WAL_NAME} message ID {value} is above the largest, {self.MAX_VALUE}")
         self.value = value
 
     @property

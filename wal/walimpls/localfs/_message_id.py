@@ -16,6 +16,7 @@ class LocalFSMessageID(IntMessageID):
 
     __slots__ = ()
     WAL_NAME: ClassVar[str] = WAL_NAME
+    MAX_VALUE: ClassVar[int | None] = (1 << 64) - 1  # stored as an unsigned 64-bit int (``wal dump --from`` took more)
 
 
 _new = object.__new__

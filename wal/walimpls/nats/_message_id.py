@@ -14,3 +14,4 @@ class NatsMessageID(IntMessageID):
 
     __slots__ = ()
     WAL_NAME = "nats"
+    MAX_VALUE = (1 << 64) - 1  # JetStream sequences are unsigned 64-bit
