@@ -161,3 +161,23 @@ def test_starting_from_a_deleted_id_goes_on_at_the_oldest_kept_one_and_says_so(
     assert m.message_id.value == first_kept
     assert f"message ID {ids[5].value} was deleted; starting at the oldest kept one, {first_kept}" in caplog.text
     op.close()
+
+
+def test_starting_from_id_0_of_a_log_that_deleted_nothing_warns_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # IDs start at 1: ID 0 was never there to delete (`wal dump --from 0` warned "message ID 0 was deleted").
+    from wal.walimpls.localfs import LocalFSMessageID
+
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    w.append(_ins(b"a"))
+    with caplog.at_level("WARNING", logger="wal.walimpls.localfs._scanner"):
+        s = w.read(ReadOption(deliver_policy=DeliverPolicy.start_from(LocalFSMessageID(0))))
+        m = s.recv(5)
+        while m.message_type is not MessageType.INSERT:
+            m = s.recv(5)
+        s.close()
+    assert bytes(m.payload) == b"a"
+    assert "was deleted" not in caplog.text
+    op.close()

@@ -423,7 +423,8 @@ class LocalFSScanner(ScannerImpls):
                 seg = src.first()
                 if seg is None:
                     return False
-                if seg.first_id > target:  # deleted (truncate, retention): said, not silent (see README, Truncation)
+                if seg.first_id > max(target, 1):  # deleted (truncate, retention): said, not silent (README,
+                    # Truncation); IDs start at 1, so ID 0 was never there to delete (``dump --from 0`` warned)
                     log.warning(
                         "localfs scanner %r: message ID %d was deleted; starting at the oldest kept one, %d",
                         self._name, target, seg.first_id,
