@@ -476,3 +476,14 @@ def test_verify_reports_a_term_file_behind_the_segments(tmp_path: Path) -> None:
     problems = verify(str(tmp_path), "a")
     assert len(problems) == 1 and problems[0].path == str(tmp_path / "a" / "TERM")
     assert "term 2" in problems[0].message
+
+
+def test_a_damaged_segment_header_is_reported_with_its_path_once(tmp_path: Path) -> None:
+    _fill(tmp_path, "a", 30)
+    seg = sorted((tmp_path / "a").glob("*.seg"))[0]
+    with open(seg, "r+b") as f:
+        f.seek(20)
+        f.write(b"\xff\xee")
+    problems = [p for p in verify(str(tmp_path), "a") if p.path == str(seg) and p.offset == 0]
+    assert problems, verify(str(tmp_path), "a")
+    assert str(problems[0]).count(str(seg)) == 1, str(problems[0])  # was "x.seg:0: x.seg: segment header ..."

@@ -329,7 +329,8 @@ def _check_segment(
         try:
             hdr = SegmentHeader.unpack(mm[: SEG_HEADER.size], path)
         except CorruptedError as e:
-            problems.append(Problem(path, 0, str(e)))
+            text = str(e)  # its text starts with the path, which the problem's own prefix says already
+            problems.append(Problem(path, 0, text[len(path) + 2 :] if text.startswith(f"{path}: ") else text))
             return None, True
         if size < hdr.capacity:  # a writer makes a segment at its full size before it gets its name
             problems.append(Problem(path, size, f"segment is {size} bytes, shorter than the {hdr.capacity} it was "
