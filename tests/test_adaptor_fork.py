@@ -313,3 +313,48 @@ def test_a_future_pending_and_a_scanner_waiting_at_the_fork_end_at_once_in_the_c
     waiting.join(5)
     w.close()
     op.close()
+
+
+def _child_closes_copies(w, s) -> int:  # type: ignore[no-untyped-def]
+    try:
+        s.recv(None)
+        return 2
+    except ShutdownError:
+        pass
+    s.close()
+    w.close()
+    return 0
+
+
+def test_a_child_closes_a_copied_scanner_while_a_parent_thread_held_the_wals_scanner_lock() -> None:
+    """Review 10g: the copied scanner's close took the WAL copy's scanner lock (to forget itself), which a parent
+    thread opening or closing another scanner held at the fork: the child's close hung for ever (3 forks in 300
+    with a thread opening and closing scanners)."""
+    op = registry.must_get_builder("memory").build()
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    s = w.read(ReadOption(deliver_policy=DeliverPolicy.all()))
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with w._scanners_lock:
+            taken.set()
+            release.wait()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert taken.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                code = _child_closes_copies(w, s)
+            finally:
+                os._exit(code)
+        assert _wait_child(pid, 30) == 0
+    finally:
+        release.set()
+        t.join()
+    s.close()
+    w.close()
+    op.close()

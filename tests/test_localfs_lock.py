@@ -340,3 +340,35 @@ def test_a_lock_file_deleted_and_made_again_under_a_live_writer_is_noticed(tmp_p
     op, w = _open(tmp_path, term=3)  # once it is gone, the new LOCK works
     w.close()  # type: ignore[attr-defined]
     op.close()  # type: ignore[attr-defined]
+
+
+def test_the_replaced_lock_check_looks_at_each_holder_once(tmp_path: Path) -> None:
+    """Review 10g: it read every descriptor of a holder once per flock the holder has, so a process with many
+    channels open (a LOCK each) paid seconds per open (4.4 s at 1,000 flocks, 1.7 s per open at 300 channels).
+    Also: this process's own writer on a LOCK deleted and made again is still noticed."""
+    import fcntl
+
+    fds = []
+    try:
+        for i in range(1000):
+            fd = os.open(tmp_path / f"f{i}", os.O_RDWR | os.O_CREAT, 0o644)
+            fds.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        (tmp_path / "ch").mkdir()
+        (tmp_path / "ch" / "LOCK").touch()
+        t0 = time.monotonic()
+        assert _lock.deleted_lock_holders(str(tmp_path / "ch" / "LOCK")) == []
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        for fd in fds:
+            os.close(fd)
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path / "root"))
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    lock = tmp_path / "root" / "c" / "LOCK"
+    lock.unlink()
+    lock.touch()
+    assert _lock.deleted_lock_holders(str(lock)) == [os.getpid()]
+    with pytest.raises(WALLockedError, match="made again"):
+        op.open(OpenOption(PChannelInfo("c", 2)))
+    w.close()
+    op.close()

@@ -75,6 +75,10 @@ def _transient(e: Exception) -> bool:
     return isinstance(e, WALError | OSError) and not isinstance(e, _NOT_TRANSIENT)
 
 
+def _nothing() -> None:
+    pass
+
+
 _live: weakref.WeakSet[ScannerAdaptor] = weakref.WeakSet()
 """Every scanner of this process, for :func:`_end_in_child`."""
 
@@ -101,6 +105,7 @@ def _end_in_child() -> None:
         s._closing.set()
         s._done = threading.Event()
         s._done.set()
+        s._cleanup = _nothing  # it took the WAL copy's scanner lock, which a parent thread may have held at the fork
 
 
 os.register_at_fork(after_in_child=_end_in_child)
