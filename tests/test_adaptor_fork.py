@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,40 @@ def _wait_child(pid: int, seconds: float) -> int:
     return -1  # hung
 
 
+def _in_child(child: Callable[[], int], seconds: float = 30) -> int:
+    """Fork; the child runs ``child`` and exits with what it returns (1 if it raised). The child's exit code, or
+    -1 when it did not end within ``seconds`` (then it is killed)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            code = child()
+        finally:
+            os._exit(code)
+    return _wait_child(pid, seconds)
+
+
+@contextmanager
+def _held_by_another_thread(lock: Any) -> Iterator[None]:
+    """Another thread holds ``lock`` for the duration (as a parent thread inside a short critical section would at
+    a fork; in the child that thread does not exist)."""
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            release.wait()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert taken.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        t.join()
+
+
 @pytest.mark.parametrize("backend", ["localfs", "memory"])
 def test_a_forked_child_cannot_use_its_parents_wal_and_closes_it_without_hanging(tmp_path: Path, backend: str) -> None:
     op = registry.must_get_builder(backend).build(**({"root": str(tmp_path)} if backend == "localfs" else {}))
@@ -78,14 +114,7 @@ def test_a_forked_child_cannot_use_its_parents_wal_and_closes_it_without_hanging
         codes = []
         for _ in range(5):
             time.sleep(0.02)
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child
-                code = 1
-                try:
-                    code = _child(w, op)
-                finally:
-                    os._exit(code)
-            codes.append(_wait_child(pid, 30))
+            codes.append(_in_child(lambda: _child(w, op)))
         assert codes == [0] * 5, codes
     finally:
         stop.set()
@@ -110,28 +139,8 @@ def test_a_child_forked_while_a_parent_thread_holds_a_lock_does_not_hang(held: s
     w = op.open(OpenOption(PChannelInfo("c", 1)))
     w.append(_msg(b"p0"))
     lock = w._dispatcher._lock if held == "dispatcher" else w._impls._log.lock
-    taken, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            taken.set()
-            release.wait()
-
-    t = threading.Thread(target=hold)
-    t.start()
-    assert taken.wait(5)
-    try:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                code = _child(w, op)
-            finally:
-                os._exit(code)
-        assert _wait_child(pid, 30) == 0
-    finally:
-        release.set()
-        t.join()
+    with _held_by_another_thread(lock):
+        assert _in_child(lambda: _child(w, op)) == 0
     w.close()
     op.close()
 
@@ -159,16 +168,13 @@ def test_a_child_closing_a_copied_follower_leaves_the_parents_inotify_watch_alon
 
     try:
         assert bumps() > 0
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                r.close()
-                rop.close()
-                code = 0
-            finally:
-                os._exit(code)
-        assert _wait_child(pid, 30) == 0
+
+        def close_copies() -> int:
+            r.close()
+            rop.close()
+            return 0
+
+        assert _in_child(close_copies) == 0
         assert bumps() > 0  # the parent's watch is still there
         t0 = os.times()
         time.sleep(1)
@@ -212,18 +218,15 @@ def test_a_child_closes_its_copies_while_a_parent_thread_was_opening_or_closing(
     t.start()
     try:
         assert inside.wait(5)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                w.close()
-                w.close()
-                op.close()
-                op.close()
-                code = 0
-            finally:
-                os._exit(code)
-        assert _wait_child(pid, 10) == 0
+
+        def close_copies_twice() -> int:
+            w.close()
+            w.close()
+            op.close()
+            op.close()
+            return 0
+
+        assert _in_child(close_copies_twice, 10) == 0
     finally:
         go.set()
         t.join()
@@ -273,6 +276,7 @@ def test_a_future_pending_and_a_scanner_waiting_at_the_fork_end_at_once_in_the_c
     w = op.open(OpenOption(PChannelInfo("c", 1)))
     w.append(_msg(b"p0"))
     s = w.read(ReadOption(deliver_policy=DeliverPolicy.latest()))
+
     def wait_in_recv() -> None:  # a parent thread in recv at the fork; the parent's close ends it
         try:
             while True:
@@ -282,32 +286,11 @@ def test_a_future_pending_and_a_scanner_waiting_at_the_fork_end_at_once_in_the_c
 
     waiting = threading.Thread(target=wait_in_recv, daemon=True)
     waiting.start()
-    lock = w._impls._log.lock
-    taken, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            taken.set()
-            release.wait()
-
-    t = threading.Thread(target=hold)
-    t.start()
-    assert taken.wait(5)
-    try:
+    with _held_by_another_thread(w._impls._log.lock):
         fut = w.append_async(_msg(b"pending"))  # its batch waits for the log lock: pending at the fork
         time.sleep(0.05)
         assert not fut.done()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                code = _child_of_pending(w, s, fut)
-            finally:
-                os._exit(code)
-        assert _wait_child(pid, 60) == 0
-    finally:
-        release.set()
-        t.join()
+        assert _in_child(lambda: _child_of_pending(w, s, fut), 60) == 0
     assert fut.result(5).message_id is not None  # the parent's append settles in the parent
     s.close()
     waiting.join(5)
@@ -333,28 +316,8 @@ def test_a_child_closes_a_copied_scanner_while_a_parent_thread_held_the_wals_sca
     op = registry.must_get_builder("memory").build()
     w = op.open(OpenOption(PChannelInfo("c", 1)))
     s = w.read(ReadOption(deliver_policy=DeliverPolicy.all()))
-    taken, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with w._scanners_lock:
-            taken.set()
-            release.wait()
-
-    t = threading.Thread(target=hold)
-    t.start()
-    assert taken.wait(5)
-    try:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                code = _child_closes_copies(w, s)
-            finally:
-                os._exit(code)
-        assert _wait_child(pid, 30) == 0
-    finally:
-        release.set()
-        t.join()
+    with _held_by_another_thread(w._scanners_lock):
+        assert _in_child(lambda: _child_closes_copies(w, s)) == 0
     s.close()
     w.close()
     op.close()
