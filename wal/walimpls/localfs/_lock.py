@@ -43,7 +43,21 @@ _held_lock = threading.RLock()  # reentrant: a fork from a signal handler that i
 
 
 class LockRefusedError(Exception):
-    """Another process (or another opener of this one) holds the lock."""
+    """Another process (or another opener of this one) holds the lock. ``holders``: the processes that still hold a
+    lock on a deleted file once named ``LOCK`` (it was deleted and made again under them), else empty."""
+
+    def __init__(self, path: str, holders: tuple[int, ...] = ()) -> None:
+        super().__init__(path)
+        self.holders = holders
+
+    def describe(self) -> str:
+        """Who holds it, for an error message."""
+        if not self.holders:
+            return "a writer holds its lock (a process has it open for writing)"
+        return (
+            f"its LOCK file was deleted and made again while process(es) {', '.join(map(str, self.holders))} still "
+            "hold the deleted file's lock (a writer keeps it until it exits)"
+        )
 
 
 def _before_fork() -> None:
@@ -69,7 +83,8 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, 
 
 
 def take(fops: FileOps, path: str) -> int:
-    """Lock ``path`` (created if missing) and return its descriptor; raises :class:`LockRefusedError`."""
+    """Lock ``path`` (created if missing) and return its descriptor; raises :class:`LockRefusedError`, also when
+    a process still holds the lock of a deleted file once named ``path`` (:func:`deleted_lock_holders`)."""
     deadline = time.monotonic() + RETRY_SECONDS
     while True:
         with _held_lock:  # open and register as one step: a fork in between would copy an unregistered descriptor
@@ -78,6 +93,8 @@ def take(fops: FileOps, path: str) -> int:
         try:
             locked = try_flock(fops, fd, fcntl.LOCK_EX)
             if locked and _same_file(fd, path):
+                if holders := deleted_lock_holders(path):
+                    raise LockRefusedError(path, tuple(holders))
                 return fd
         except BaseException:
             release(fops, fd)

@@ -16,7 +16,7 @@ from ...errors import FencedError, InvalidArgumentError, ShutdownError, WALIOErr
 from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls
 from ._fileops import DEFAULT_FILE_OPS, FileOps
 from ._format import DATA_START, LOCK_NAME
-from ._lock import LockRefusedError, deleted_lock_holders
+from ._lock import LockRefusedError
 from ._lock import release as release_lock
 from ._lock import take as take_lock
 from ._message_id import WAL_NAME
@@ -203,13 +203,11 @@ class LocalFSOpener(OpenerImpls):
             )
         try:
             lock_fd = take_lock(fops, lock_path)
-        except LockRefusedError:
-            raise WALLockedError(f"localfs channel {ch.name!r} is locked by another writer ({lock_path})") from None
+        except LockRefusedError as e:
+            raise WALLockedError(f"localfs channel {ch.name!r} ({lock_path}): {e.describe()}; stop it first") from None
         except OSError as e:
             raise WALIOError(f"localfs: opening channel {ch.name!r} failed: {e}") from e
         try:
-            if holders := deleted_lock_holders(lock_path):
-                raise WALLockedError(_replaced_lock_message(ch.name, lock_path, holders))
             stored = read_term(fops, chdir)
             if ch.term < stored:
                 raise FencedError(f"localfs channel {ch.name!r}: term {ch.term} is older than the stored term {stored}")
@@ -276,14 +274,6 @@ class LocalFSOpener(OpenerImpls):
         if obs is not None:
             obs.stop()
             obs.join()
-
-
-def _replaced_lock_message(channel: str, lock_path: str, holders: list[int]) -> str:
-    pids = ", ".join(map(str, holders))
-    return (
-        f"localfs channel {channel!r}: {lock_path} was deleted and made again while process(es) {pids} still hold "
-        "the lock of the deleted file (a writer keeps it until it exits): stop them first"
-    )
 
 
 class _StopRaceFilter(logging.Filter):

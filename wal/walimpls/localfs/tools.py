@@ -428,15 +428,9 @@ def repair(root: str, channel: str, *, no_writer_running: bool = False) -> Repai
         )
     try:
         lock_fd = take_lock(fops, os.path.join(chdir, _LOCK_NAME))
-    except LockRefusedError:
-        raise WALLockedError(f"localfs channel {channel!r}: a writer holds its lock (a process has it open for "
-                             "writing); stop that process first") from None
+    except LockRefusedError as e:
+        raise WALLockedError(f"localfs channel {channel!r}: {e.describe()}; stop that process first") from None
     try:
-        if holders := deleted_lock_holders(os.path.join(chdir, _LOCK_NAME)):
-            raise WALLockedError(
-                f"localfs channel {channel!r}: its LOCK file was deleted and made again while process(es) "
-                f"{', '.join(map(str, holders))} still hold the deleted file's lock (a writer): stop them first"
-            )
         # Damage is refused before anything is written: recovery for writing clears a clean-close summary (the
         # proof that its segment's data was all durable), and a repair that refused afterwards left the damage
         # looking like a torn tail, which the next repair or open then cut.
