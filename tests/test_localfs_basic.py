@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from _localfs_util import build, msg, open_ro, open_rw, read_all
 
-from wal import OpenOption, PChannelInfo
+from wal import OpenOption, PChannelInfo, registry
 from wal.errors import (
     AccessModeError,
     FencedError,
@@ -22,11 +22,12 @@ from wal.errors import (
     WALLockedError,
     WALTimeoutError,
 )
-from wal.message import MessageType, TxnContext, unmarshal_message_id
+from wal.message import MessageType, MutableMessage, TxnContext, unmarshal_message_id
 from wal.options import DeliverPolicy
 from wal.registry import get_impls_builder
 from wal.walimpls import ReadOption
 from wal.walimpls.localfs import FileOps, LocalFSMessageID
+from wal.walimpls.localfs._format import parse_term, term_text
 
 
 def test_registered_with_unmarshaler() -> None:
@@ -339,6 +340,36 @@ def test_terms_persist_and_fence(tmp_path: Path) -> None:
     with build(tmp_path) as opener:  # persisted across openers
         with pytest.raises(FencedError):
             open_rw(opener, term=4)
+
+
+def _full_wal_append(root: Path, term: int, payload: bytes) -> None:
+    """One append through the whole stack, which stamps the writer's term on every record (the bare backend
+    stores the term a message carries)."""
+    with registry.must_get_builder("localfs").build(root=str(root)) as opener:
+        with opener.open(OpenOption(channel=PChannelInfo(name="p1", term=term))) as w:
+            w.append(MutableMessage(MessageType.INSERT, payload, vchannel="v"))
+
+
+@pytest.mark.parametrize("term_file", ["deleted", "older copy"])
+def test_a_stale_writer_is_fenced_by_the_log_when_the_term_file_is_gone(tmp_path: Path, term_file: str) -> None:
+    """A writer of term 5 goes on in the segment a writer of term 1 made, so no header says 5: with TERM deleted (or
+    put back from an older copy), a writer of term 1 opened and appended after term 5 (found by review 10f)."""
+    _full_wal_append(tmp_path, 1, b"one")
+    _full_wal_append(tmp_path, 5, b"five")
+    assert len(list((tmp_path / "p1").glob("*.seg"))) == 1
+    if term_file == "deleted":
+        (tmp_path / "p1" / "TERM").unlink()
+    else:
+        (tmp_path / "p1" / "TERM").write_bytes(term_text(1))
+    with build(tmp_path) as opener:
+        for stale in (1, 4):
+            with pytest.raises(FencedError, match="older than term 5"):
+                open_rw(opener, term=stale)
+    _full_wal_append(tmp_path, 5, b"five again")  # the owner of term 5 may go on, and writes TERM back
+    assert parse_term((tmp_path / "p1" / "TERM").read_bytes()) == 5
+    with build(tmp_path) as opener:
+        got = [bytes(m.payload) for m in read_all(open_ro(opener)) if m.message_type is MessageType.INSERT]
+    assert got == [b"one", b"five", b"five again"]
 
 
 def test_read_only_wal_refuses_writes(tmp_path: Path) -> None:

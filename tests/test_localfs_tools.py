@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from _localfs_util import build, msg, open_rw
 
+from wal import OpenOption, PChannelInfo, registry
 from wal.errors import CorruptedError, InvalidArgumentError, WALLockedError
+from wal.message import MessageType, MutableMessage
 from wal.walimpls.localfs import LocalFSMessageID
 from wal.walimpls.localfs.tools import (
     ChannelInfo,
@@ -476,6 +478,20 @@ def test_verify_reports_a_term_file_behind_the_segments(tmp_path: Path) -> None:
     problems = verify(str(tmp_path), "a")
     assert len(problems) == 1 and problems[0].path == str(tmp_path / "a" / "TERM")
     assert "term 2" in problems[0].message
+
+
+def test_verify_reports_a_term_file_behind_the_records(tmp_path: Path) -> None:
+    """The writer of term 7 appended to the segment term 2 made: only its records say 7."""
+    _fill(tmp_path, "a", 2)  # term 2, in a segment with room: term 7 goes on in it
+    with registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=4096) as opener:
+        with opener.open(OpenOption(channel=PChannelInfo(name="a", term=7))) as w:  # stamps its term on records
+            w.append(MutableMessage(MessageType.INSERT, b"seven", vchannel="v1"))
+    assert len(list((tmp_path / "a").glob("*.seg"))) == 1
+    assert verify(str(tmp_path), "a") == []
+    (tmp_path / "a" / "TERM").unlink()
+    problems = verify(str(tmp_path), "a")
+    assert len(problems) == 1 and problems[0].path == str(tmp_path / "a" / "TERM")
+    assert "term 7" in problems[0].message, problems[0].message
 
 
 def test_a_damaged_segment_header_is_reported_with_its_path_once(tmp_path: Path) -> None:

@@ -15,12 +15,12 @@ from ..._types import AccessMode, OpenOption
 from ...errors import FencedError, InvalidArgumentError, ShutdownError, WALIOError, WALLockedError
 from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls
 from ._fileops import DEFAULT_FILE_OPS, FileOps
-from ._format import DATA_START, LOCK_NAME
+from ._format import DATA_START, LOCK_NAME, TERM_NAME
 from ._lock import LockRefusedError
 from ._lock import release as release_lock
 from ._lock import take as take_lock
 from ._message_id import WAL_NAME
-from ._recovery import lock_deleted, read_term, recover, write_term
+from ._recovery import lock_deleted, log_term, read_term, recover, write_term
 from ._state import Hub
 from ._wal import LocalFSROWAL, LocalFSWAL, _Base
 
@@ -211,6 +211,13 @@ class LocalFSOpener(OpenerImpls):
             stored = read_term(fops, chdir)
             if ch.term < stored:
                 raise FencedError(f"localfs channel {ch.name!r}: term {ch.term} is older than the stored term {stored}")
+            logged, seg = log_term(fops, chdir)
+            if ch.term < logged:  # TERM was deleted or put back from an old copy: the log still fences
+                said = f"says {stored}" if os.path.exists(os.path.join(chdir, TERM_NAME)) else "is missing"
+                raise FencedError(
+                    f"localfs channel {ch.name!r}: term {ch.term} is older than term {logged}, which wrote {seg} "
+                    f"(the TERM file {said}: deleted, or copied back from an older state?)"
+                )
             if ch.term > stored:
                 write_term(fops, chdir, ch.term)
             rec = recover(fops, chdir, write=True, segment_bytes=self.opts.segment_bytes)

@@ -27,6 +27,8 @@ from ._format import (
     IDX_TRAILER,
     INDEX_SUFFIX,
     LOCK_NAME,
+    META_FIXED,
+    REC_HEADER_SIZE,
     SEAL_MAGIC,
     SEAL_OFF,
     SEG_HEADER,
@@ -53,7 +55,16 @@ from ._format import (
 )
 from ._state import SegmentState
 
-__all__ = ["Recovered", "list_segments", "lock_deleted", "read_term", "recover", "stored_max_time_tick", "write_term"]
+__all__ = [
+    "Recovered",
+    "list_segments",
+    "lock_deleted",
+    "log_term",
+    "read_term",
+    "recover",
+    "stored_max_time_tick",
+    "write_term",
+]
 
 log = logging.getLogger("wal.localfs")
 
@@ -134,6 +145,55 @@ def read_term(fops: FileOps, chdir: str) -> int:
     if term is None:
         raise CorruptedError(f"{path}: unreadable term file", path=path, offset=0)
     return term
+
+
+def log_term(fops: FileOps, chdir: str) -> tuple[int, str]:
+    """The highest writer term the log itself shows, and the segment that shows it (0 and "" when empty).
+
+    Why: ``TERM`` alone fences stale writers, and it is one small file that can be deleted or copied back from an
+    old backup; the log remembers the term too. Terms only grow along the log (each writer fences the ones before
+    it), so the newest segment says it all: its header holds its creator's term, and its last intact record the
+    term of the last writer that appended (a writer goes on in the segment it found, so the header can be older).
+    Reads only checked records; cheap (one header, the segment's index, and the records after its last entry).
+    """
+    segs = list_segments(fops, chdir)
+    if not segs:
+        return 0, ""
+    fid, path = segs[-1]
+    fd = fops.open(path, os.O_RDONLY)
+    try:
+        size = fops.fstat_size(fd)
+        hdr = SegmentHeader.unpack(fops.pread(fd, SEG_HEADER.size, 0), path)
+        mm = fops.mmap(fd, size) if size > hdr.data_start else None
+    finally:
+        fops.close(fd)
+    if mm is None:
+        return hdr.term, path
+    mv = memoryview(mm)
+    try:
+        last = _last_record(fops, path, fid, mv, hdr.data_start)
+        term = hdr.term if last is None else max(hdr.term, META_FIXED.unpack_from(mv, last + REC_HEADER_SIZE)[0])
+    finally:
+        mv.release()
+    return term, path
+
+
+def _last_record(fops: FileOps, path: str, first_id: int, mv: memoryview, data_start: int) -> int | None:
+    """The offset of the last valid record of the run that starts at the last index entry the data confirms (at the
+    data start without one): where the writer stopped, as recovery finds it."""
+    limit = len(mv)
+    pos, expect, last = data_start, first_id, None
+    idx = load_index(fops, path, first_id, None)
+    for mid, _tt, e_pos in reversed(idx.entries if idx is not None else []):
+        r = check_record(mv, e_pos, limit)
+        if r is not None and r[1] == mid:
+            pos, expect = e_pos, mid
+            break
+    while (r := check_record(mv, pos, limit)) is not None and r[1] == expect:
+        last = pos
+        pos += r[0]
+        expect += 1
+    return last
 
 
 def write_term(fops: FileOps, chdir: str, term: int) -> None:

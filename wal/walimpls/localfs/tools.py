@@ -50,7 +50,16 @@ from ._lock import LockRefusedError, deleted_lock_holders, try_flock
 from ._lock import release as release_lock
 from ._lock import take as take_lock
 from ._message_id import LocalFSMessageID
-from ._recovery import Recovered, damage_proof, list_segments, load_index, lock_deleted, recover, write_index
+from ._recovery import (
+    Recovered,
+    damage_proof,
+    list_segments,
+    load_index,
+    lock_deleted,
+    log_term,
+    recover,
+    write_index,
+)
 from ._scanner import DirSource, LocalFSScanner
 from ._state import Hub, SegmentState
 
@@ -225,13 +234,14 @@ def verify(
                 stored = parse_term(f.read())
                 if stored is None:
                     problems.append(Problem(term_path, None, "unreadable term file"))
-        made = _segment_terms(segs)
+        made = _segment_terms(chdir, segs)
         if stored is not None and made and max(made.values()) > stored:
             path, term = max(made.items(), key=lambda kv: kv[1])
             said = f"says {stored}" if os.path.exists(term_path) else "is missing"
-            problems.append(Problem(term_path, None, f"TERM {said}, but {os.path.basename(path)} was made by a writer "
-                                                     f"of term {term}: a writer with a lower term would not be "
-                                                     "fenced (write the term back before opening)"))
+            problems.append(Problem(term_path, None, f"TERM {said}, but {os.path.basename(path)} was written by a "
+                                                     f"writer of term {term}: write the term back (opening fences "
+                                                     "lower terms by the newest segment too, but only TERM outlives "
+                                                     "retention)"))
         lock_path = os.path.join(chdir, _LOCK_NAME)
         if _lock_missing(chdir):  # the rule of opening for write
             problems.append(Problem(lock_path, None, "LOCK is missing (TERM or segments exist): opening for write "
@@ -255,8 +265,9 @@ def verify(
     return problems
 
 
-def _segment_terms(segs: list[tuple[int, str]]) -> dict[str, int]:
-    """The writer term in each readable segment header (a writer stores its term in TERM before making one)."""
+def _segment_terms(chdir: str, segs: list[tuple[int, str]]) -> dict[str, int]:
+    """The writer term each readable segment shows: its header's, and for the newest one also its last record's (a
+    writer stores its term in TERM before making a segment or appending; see ``_recovery.log_term``)."""
     out = {}
     for _fid, path in segs:
         try:
@@ -264,6 +275,12 @@ def _segment_terms(segs: list[tuple[int, str]]) -> dict[str, int]:
                 out[path] = SegmentHeader.unpack(f.read(SEG_HEADER.size), path).term
         except (FileNotFoundError, CorruptedError):  # deleted meanwhile, or damage reported by the segment's check
             continue
+    try:
+        term, path = log_term(DEFAULT_FILE_OPS, chdir)
+    except (FileNotFoundError, CorruptedError):
+        return out
+    if path:
+        out[path] = max(out.get(path, 0), term)
     return out
 
 
