@@ -94,7 +94,7 @@ def test_permissions(tmp_path: Path) -> None:
 
 def test_roundtrip_all_fields(tmp_path: Path) -> None:
     with build(tmp_path, segment_bytes=4096) as opener:
-        w = open_rw(opener)
+        w = open_rw(opener, term=5)
         m = msg(b"\x00payload\xff", tt=77, vchannel="v1", props={"k": "v", "ü": "ß"}, mtype=MessageType.DELETE)
         m.with_wal_term(5).with_txn_context(TxnContext(txn_id=9, keepalive=2.5))
         m.with_last_confirmed(LocalFSMessageID(1))
@@ -109,8 +109,10 @@ def test_roundtrip_all_fields(tmp_path: Path) -> None:
         assert b.wal_term == 5 and b.txn_ctx == TxnContext(9, 2.5)
         assert b.last_confirmed_message_id == LocalFSMessageID(1)
         assert w.last_time_tick() == 77
+        with pytest.raises(InvalidArgumentError, match="term 6 is above this writer's term 5"):
+            w.append(msg(b"forged").with_wal_term(6))  # the record terms fence stale writers: none above its own
         w.close()
-        w = open_rw(opener)  # reopen: last_time_tick recovered
+        w = open_rw(opener, term=5)  # reopen: last_time_tick recovered
         assert w.last_time_tick() == 77
         assert [bytes(x.payload) for x in read_all(w)] == [b"a", b"\x00payload\xff"]
         w.close()
@@ -554,7 +556,7 @@ def test_scanned_messages_match_the_constructor(tmp_path: Path) -> None:
     from wal.message import ImmutableMessage
 
     with build(tmp_path) as opener:
-        w = open_rw(opener)
+        w = open_rw(opener, term=3)
         m = msg(b"p", tt=5, vchannel="v", props={"a": "b"}).with_wal_term(3)
         w.append(m.with_txn_context(TxnContext(4, 1.0)))
         w.append(msg(b"q", tt=6).with_last_confirmed(LocalFSMessageID(1)))

@@ -16,8 +16,8 @@ from _localfs_util import build, msg, open_rw, read_all
 from wal.errors import CorruptedError, WALTimeoutError
 from wal.options import DeliverPolicy
 from wal.walimpls.localfs import LocalFSMessageID
-from wal.walimpls.localfs._format import DATA_START, scan_segment
-from wal.walimpls.localfs.tools import verify
+from wal.walimpls.localfs._format import DATA_START, NEXT_MARK, NEXT_OFF, parse_next_mark, scan_segment
+from wal.walimpls.localfs.tools import repair, verify
 
 SEG = 8192
 
@@ -749,3 +749,72 @@ def test_a_follower_looking_past_zeros_while_the_writer_appends_there_sees_no_da
         r_op.close()
         w.close()
         w_op.close()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "p1").iterdir())}
+
+
+def _delete_newest(root: Path, n: int) -> int:
+    """Delete the ``n`` newest segments (and their indexes) from outside; the first ID deleted."""
+    segs = _segments(root)
+    for seg in segs[-n:]:
+        seg.unlink()
+        seg.with_suffix(".idx").unlink()
+    return int(segs[-n].name[:20])
+
+
+def test_each_roll_marks_its_successor(tmp_path: Path) -> None:
+    _write(tmp_path, 200)
+    segs = _segments(tmp_path)
+    assert len(segs) >= 3
+    for seg, nxt in itertools.pairwise(segs):
+        with open(seg, "rb") as f:
+            f.seek(NEXT_OFF)
+            assert parse_next_mark(f.read(NEXT_MARK.size)) == int(nxt.name[:20])
+    with open(segs[-1], "rb") as f:
+        f.seek(NEXT_OFF)
+        assert parse_next_mark(f.read(NEXT_MARK.size)) is None
+
+
+@pytest.mark.parametrize("deleted", [1, 2])
+def test_newest_segments_deleted_from_outside_are_refused_not_reused(tmp_path: Path, deleted: int) -> None:
+    """Before the successor mark, deleting the newest segment passed every tool: the writer opened at the end of
+    the sealed segment left and gave the lost messages' IDs to new ones."""
+    _write(tmp_path, 200)
+    lost = _delete_newest(tmp_path, deleted)
+    before = _files(tmp_path)
+    with build(tmp_path) as opener:
+        with pytest.raises(CorruptedError, match=f"no segment from ID {lost} on is left") as e:
+            open_rw(opener)
+    assert e.value.offset == NEXT_OFF
+    problems = verify(str(tmp_path), "p1")
+    assert [(p.path, p.offset) for p in problems] == [(str(_segments(tmp_path)[-1]), NEXT_OFF)], problems
+    with pytest.raises(CorruptedError, match="accept-lost-segments"):
+        repair(str(tmp_path), "p1")
+    assert _files(tmp_path) == before  # a refused repair changes nothing
+    report = repair(str(tmp_path), "p1", accept_lost_segments=True)
+    assert report.changed and any(f"from ID {lost} on" in line for line in report.cut), report
+    assert verify(str(tmp_path), "p1") == []
+    with build(tmp_path) as opener:
+        w = open_rw(opener)
+        assert w.append(msg(b"after", tt=10_000)) == LocalFSMessageID(lost)  # the accepted reuse
+        w.close()
+
+
+def test_a_roll_cut_short_by_a_crash_still_opens_and_is_finished(tmp_path: Path) -> None:
+    """Sealed, successor never made (a crash between the two): no mark, so this is no damage."""
+    _write(tmp_path, 200)
+    lost = _delete_newest(tmp_path, 1)
+    last = _segments(tmp_path)[-1]
+    with open(last, "r+b") as f:  # as the roll left it before making the successor
+        f.seek(NEXT_OFF)
+        f.write(bytes(NEXT_MARK.size))
+    assert verify(str(tmp_path), "p1") == []
+    with build(tmp_path) as opener:
+        w = open_rw(opener)
+        assert w.append(msg(b"after", tt=10_000)) == LocalFSMessageID(lost)
+        w.close()
+    with open(last, "rb") as f:  # the open made the successor, then marked it
+        f.seek(NEXT_OFF)
+        assert parse_next_mark(f.read(NEXT_MARK.size)) == lost

@@ -48,7 +48,7 @@ def test_every_field_of_every_record(tmp_path: Path, seed: int, mode: str) -> No
     lc_value = 1
     expected_lc: list[int | None] = []  # None: the record's own ID
     with build(tmp_path, segment_bytes=64 * 1024) as opener:
-        w = open_rw(opener)
+        w = open_rw(opener, term=4)  # records carry terms up to the writer's own
         ids = []
         for i, sp in enumerate(specs):
             m = msg(sp["payload"], tt=1000 + i, vchannel=sp["vchannel"] or None, props=sp["props"],  # type: ignore[arg-type]

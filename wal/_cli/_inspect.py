@@ -246,8 +246,11 @@ def _count_segments(root: str, names: list[str]) -> int:
 @click.option("--no-writer-running", is_flag=True,
               help="You checked that no process has the channel open for writing: needed only when its LOCK file "
                    "was deleted (then the lock cannot tell).")
+@click.option("--accept-lost-segments", is_flag=True,
+              help="The newest segments were deleted from outside and cannot be restored from a copy: go on after "
+                   "what is left (new messages then reuse the lost messages' IDs).")
 @reports_errors
-def repair(root: str, channel: str, no_writer_running: bool) -> None:
+def repair(root: str, channel: str, no_writer_running: bool, accept_lost_segments: bool) -> None:
     """Cut a torn tail (bytes a crash left half written) and rebuild missing or wrong indexes and seal summaries.
 
     Refuses, with exit 1, while a writer holds the channel's lock, and for damage that is not a torn tail (a bad
@@ -255,7 +258,8 @@ def repair(root: str, channel: str, no_writer_running: bool) -> None:
     """
     channel_dir_or_fail(root, channel)
     try:
-        report = fstools.repair(root, channel, no_writer_running=no_writer_running)
+        report = fstools.repair(root, channel, no_writer_running=no_writer_running,
+                                accept_lost_segments=accept_lost_segments)
     except WALLockedError as e:
         raise fail(f"refusing to repair: {e}") from None
     except CorruptedError as e:

@@ -40,6 +40,11 @@ SEG_MAGIC = b"WALLFSEG"
 SEG_HEADER = struct.Struct("<8sHHIQQQQ12xI")
 SEAL_OFF = 128  # seal summary: written once, when the segment is full and the next one is about to start
 CLOSE_OFF = 512  # clean-close summary of the active segment: cleared (zeroed) before the next append
+# Successor mark: written once, after the next segment was made durable. A sealed newest segment carrying it means
+# newer segments existed and are gone (deleted from outside); one without it is a roll cut short by a crash.
+NEXT_OFF = 464  # between the seal summary (128 + 324) and CLOSE_OFF; zero in segments of every earlier version
+NEXT_MAGIC = b"NEXT"
+NEXT_MARK = struct.Struct("<4s4xQI")  # magic, (4 zero), the successor's first ID, crc32c of bytes [0, 16)
 DATA_START = 1024
 ALIGN = 8
 
@@ -97,6 +102,22 @@ def message_type_of(value: int) -> MessageType:
 
 def align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def next_mark(first_id: int) -> bytes:
+    """The successor mark naming the segment that starts at ``first_id``."""
+    raw = bytearray(NEXT_MARK.pack(NEXT_MAGIC, first_id, 0))
+    struct.pack_into("<I", raw, NEXT_MARK.size - 4, crc32c(bytes(raw[: NEXT_MARK.size - 4])))
+    return bytes(raw)
+
+
+def parse_next_mark(raw: bytes | memoryview | mmap.mmap) -> int | None:
+    """The successor's first ID from a segment's successor slot (``raw`` starts at ``NEXT_OFF``), or None."""
+    raw = bytes(raw[: NEXT_MARK.size])
+    if len(raw) < NEXT_MARK.size or raw[:4] != NEXT_MAGIC:
+        return None
+    _magic, first_id, crc = NEXT_MARK.unpack(raw)
+    return int(first_id) if crc == crc32c(raw[: NEXT_MARK.size - 4]) else None
 
 
 def segment_name(first_id: int) -> str:

@@ -28,6 +28,8 @@ from ._format import (
     INDEX_SUFFIX,
     LOCK_NAME,
     META_FIXED,
+    NEXT_MARK,
+    NEXT_OFF,
     REC_HEADER_SIZE,
     SEAL_MAGIC,
     SEAL_OFF,
@@ -47,9 +49,11 @@ from ._format import (
     is_zero_header,
     last_nonzero_end,
     parse_index,
+    parse_next_mark,
     parse_segment_name,
     parse_term,
     scan_segment,
+    segment_name,
     term_text,
     valid_ids_after,
 )
@@ -295,8 +299,14 @@ def damage_proof(version: int) -> str:
     return "a valid record follows"
 
 
-def recover(fops: FileOps, chdir: str, *, write: bool, segment_bytes: int = 0) -> Recovered:
-    """Read (and, with ``write``, repair) a channel directory. The caller holds the write lock when ``write``."""
+def recover(
+    fops: FileOps, chdir: str, *, write: bool, segment_bytes: int = 0, accept_lost_segments: bool = False
+) -> Recovered:
+    """Read (and, with ``write``, repair) a channel directory. The caller holds the write lock when ``write``.
+
+    Newest segments deleted from outside raise :class:`CorruptedError` (see :func:`_check_successor`), unless
+    ``accept_lost_segments``: then, with ``write``, the log goes on after what is left, and says what was lost.
+    """
     rec = Recovered(segments=[], next_id=1, max_tt=0)
     if write:
         for name in fops.listdir(chdir):
@@ -332,6 +342,8 @@ def recover(fops: FileOps, chdir: str, *, write: bool, segment_bytes: int = 0) -
                 st = _state_from(path, hdr, size, seal, sealed=True)
                 if write:
                     _ensure_sealed_index(fops, st, seal, rec)
+                if is_last:
+                    _check_successor(fops, chdir, path, fd, write=write, accept=accept_lost_segments, rec=rec)
             elif not is_last:
                 res = scan_tail(fops, path, fd, hdr, size, sealed=True, write=write, cut=rec.cut)
                 st = _state_from(path, hdr, size, res, sealed=True)
@@ -359,6 +371,29 @@ def recover(fops: FileOps, chdir: str, *, write: bool, segment_bytes: int = 0) -
     if rec.segments:
         rec.next_id = rec.segments[-1].last_id + 1
     return rec
+
+
+def _check_successor(fops: FileOps, chdir: str, path: str, fd: int, *, write: bool, accept: bool,
+                     rec: Recovered) -> None:
+    """The newest segment is sealed: a roll a crash cut short, unless its successor mark says the next segment was
+    made. Then segments were deleted from outside, and with them acknowledged messages: opening would quietly give
+    their IDs to new messages. Read-only callers list again first: a live writer may have rolled meanwhile."""
+    nxt = parse_next_mark(fops.pread(fd, NEXT_MARK.size, NEXT_OFF))
+    if nxt is None:
+        return
+    if not write and any(fid >= nxt for fid, _ in list_segments(fops, chdir)):
+        return
+    what = (f"{path} is sealed and its successor {segment_name(nxt)} was made, but no segment from ID {nxt} on is "
+            "left: they were deleted from outside, with every message from that ID on")
+    if not accept:
+        raise CorruptedError(f"{what}; restore them from a copy, or accept the loss with "
+                             "`wal repair --accept-lost-segments` (new messages then reuse those IDs)",
+                             path=path, offset=NEXT_OFF)
+    if write:
+        fops.pwrite_all(fd, bytes(NEXT_MARK.size), NEXT_OFF)
+        fops.fdatasync(fd)
+        log.warning("localfs recovery: %s; the loss was accepted", what)
+    rec.cut.append(f"{what}; the loss was accepted")
 
 
 def _ensure_sealed_index(fops: FileOps, st: SegmentState, seal: Summary, rec: Recovered) -> None:

@@ -39,6 +39,7 @@ from ._format import (
     DATA_START,
     FLUSH_START,
     INDEX_INTERVAL,
+    NEXT_OFF,
     SEAL_MAGIC,
     SEAL_OFF,
     SEG_HEADER,
@@ -52,6 +53,7 @@ from ._format import (
     index_entry,
     index_header,
     index_name,
+    next_mark,
     segment_name,
     stamp_record,
 )
@@ -215,6 +217,8 @@ class LocalFSWAL(_Base):
         try:
             if not recovered.segments or recovered.segments[-1].sealed:
                 self._log.segments = (*self._log.segments, self._create_segment(self._next_id, opts.segment_bytes))
+                if recovered.segments:  # a roll a crash cut short: finish it (see _roll)
+                    self._mark_successor(recovered.segments[-1].path, self._next_id)
             self._open_active(self._log.segments[-1])
             if recovered.tail_synced:  # recovery synced what it kept: the first flush vouches for it
                 self._synced_end = self._end
@@ -301,7 +305,10 @@ class LocalFSWAL(_Base):
         max_body = self._opts.max_message_bytes
         cache = self._bloom_cache
         prepared: list[_Entry] = []
+        term = self._channel.term
         for m in msgs:  # everything that needs no ID happens before the lock; the leader stamps IDs and CRCs
+            if m.wal_term > term:  # the log's record terms fence stale writers (_recovery.log_term): no forged ones
+                raise InvalidArgumentError(f"message WAL term {m.wal_term} is above this writer's term {term}")
             try:
                 head, payload, pad, crc_head_end, size = encode_record(m, max_body)
             except (struct.error, OverflowError) as e:
@@ -611,14 +618,30 @@ class LocalFSWAL(_Base):
         old.sealed = True
         fd, idx_fd = self._fd, self._idx_fd
         self._fd = self._idx_fd = None
-        fops.close(fd)
-        fops.close(idx_fd)
-        new = self._create_segment(next_id, max(self._opts.segment_bytes, DATA_START + need))
+        try:
+            new = self._create_segment(next_id, max(self._opts.segment_bytes, DATA_START + need))
+            # Only once the successor is durable: from now on this segment being the newest means segments were
+            # deleted from outside (recovery refuses), while a crash before this line is a roll cut short.
+            self._mark_successor(fd, next_id)
+        finally:
+            fops.close(fd)
+            fops.close(idx_fd)
         with self._seg_lock:
             self._log.segments = (*self._log.segments, new)
         self._open_active(new)
         self._hub.bump()
         self._apply_retention()
+
+    def _mark_successor(self, seg: int | str, next_id: int) -> None:
+        """Write a sealed segment's successor mark (``seg``: its open descriptor or its path), durably."""
+        fops = self._fops
+        fd = fops.open(seg, os.O_RDWR) if isinstance(seg, str) else seg
+        try:
+            fops.pwrite_all(fd, next_mark(next_id), NEXT_OFF)
+            fops.fdatasync(fd)
+        finally:
+            if isinstance(seg, str):
+                fops.close(fd)
 
     # -- interval sync -----------------------------------------------------------------------------------------------
     def _sync_loop(self) -> None:

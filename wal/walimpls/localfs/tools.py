@@ -25,6 +25,8 @@ from ._format import (
     CLOSE_MAGIC,
     CLOSE_OFF,
     DATA_START,
+    NEXT_MARK,
+    NEXT_OFF,
     SEAL_MAGIC,
     SEAL_OFF,
     SEG_HEADER,
@@ -39,9 +41,11 @@ from ._format import (
     is_zero_header,
     last_nonzero_end,
     parse_index,
+    parse_next_mark,
     parse_segment_name,
     parse_term,
     scan_segment,
+    segment_name,
     segment_version,
     valid_ids_after,
 )
@@ -262,7 +266,28 @@ def verify(
             done += _size(path)
             if progress is not None:
                 progress(done, total)
+        lost = _lost_successor(chdir, segs)
+        if lost is not None:
+            problems.append(lost)
     return problems
+
+
+def _lost_successor(chdir: str, segs: list[tuple[int, str]]) -> Problem | None:
+    """The rule of recovery (``_recovery._check_successor``): the newest segment names a successor that is gone."""
+    if not segs:
+        return None
+    path = segs[-1][1]
+    try:
+        with open(path, "rb") as f:
+            f.seek(NEXT_OFF)
+            nxt = parse_next_mark(f.read(NEXT_MARK.size))
+    except FileNotFoundError:
+        return None
+    if nxt is None or any(fid >= nxt for fid, _ in list_segments(DEFAULT_FILE_OPS, chdir)):  # listed again: a roll
+        return None
+    return Problem(path, NEXT_OFF, f"its successor {segment_name(nxt)} was made, but no segment from ID {nxt} on is "
+                                   "left: deleted from outside, with every message from that ID on (restore them "
+                                   "from a copy, or accept the loss with `repair --accept-lost-segments`)")
 
 
 def _segment_terms(chdir: str, segs: list[tuple[int, str]]) -> dict[str, int]:
@@ -425,7 +450,9 @@ def _verify_index(
         problems.append(Problem(path, None, "index does not match the segment (rebuilt on open or by repair)"))
 
 
-def repair(root: str, channel: str, *, no_writer_running: bool = False) -> RepairReport:
+def repair(
+    root: str, channel: str, *, no_writer_running: bool = False, accept_lost_segments: bool = False
+) -> RepairReport:
     """Cut a torn tail, write missing seal summaries, rebuild indexes that are missing or wrong.
 
     Raises :class:`~wal.errors.WALLockedError` while a writer holds the channel, and when its ``LOCK`` file was
@@ -434,6 +461,9 @@ def repair(root: str, channel: str, *, no_writer_running: bool = False) -> Repai
     its temporary files and rebuilt its active index, and the writer died), and
     :class:`~wal.errors.CorruptedError` for damage that is not a torn tail (never cut: restore from a copy).
     Cutting overwrites the torn bytes with zeros; it never truncates a file (a reader may have it mapped).
+    Newest segments deleted from outside (the last one left is sealed and names its successor) are refused too,
+    unless ``accept_lost_segments``: the log then goes on after what is left, and new messages reuse the IDs of
+    the lost ones (the report says which).
     """
     fops = DEFAULT_FILE_OPS
     chdir = _chdir(root, channel)
@@ -452,8 +482,9 @@ def repair(root: str, channel: str, *, no_writer_running: bool = False) -> Repai
         # proof that its segment's data was all durable), and a repair that refused afterwards left the damage
         # looking like a torn tail, which the next repair or open then cut.
         close_slot = _clean_close_slot(chdir)
-        _check_repairable(fops, recover(fops, chdir, write=False), close_slot)
-        rec = recover(fops, chdir, write=True)
+        accept = accept_lost_segments
+        _check_repairable(fops, recover(fops, chdir, write=False, accept_lost_segments=accept), close_slot)
+        rec = recover(fops, chdir, write=True, accept_lost_segments=accept)
         report = RepairReport(channel=channel, cut=list(rec.cut), rebuilt_indexes=list(rec.rebuilt_indexes),
                               sealed=list(rec.sealed_now))
         for st in rec.segments:
