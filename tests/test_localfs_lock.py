@@ -383,3 +383,49 @@ def test_the_replaced_lock_check_looks_at_each_holder_once(tmp_path: Path, monke
         op.open(OpenOption(PChannelInfo("c", 2)))
     w.close()
     op.close()
+
+
+def _unshare_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare -rm (user and mount namespaces)")
+def test_a_lock_file_made_again_under_a_writer_that_sees_the_channel_at_another_path_is_noticed(
+    tmp_path: Path,
+) -> None:
+    """The check matched the holder's descriptor by its path as text, so a writer that reached the channel by
+    another path (a container's volume, a bind mount: ``/data/wal`` on the host is ``/wal`` inside) was not seen:
+    after ``rm LOCK; touch LOCK`` a second writer opened beside it, and ``repair`` run from the host would have
+    zeroed its records. The writer here runs in its own mount namespace, where the root is bind-mounted at a path
+    that exists only there."""
+    from _cli_util import PY, TESTS, child_env, stop_writer, writer_append
+
+    real, view = tmp_path / "real", tmp_path / "view"
+    real.mkdir()
+    view.mkdir()
+    script = 'mount --bind "$1" "$2" && exec "$3" "$4" "$2" p1 2'
+    p = subprocess.Popen(
+        ["unshare", "-rm", "--propagation", "private", "sh", "-c", script, "sh", str(real), str(view), PY,
+         str(TESTS / "_cli_child.py")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), bufsize=1,
+    )
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n", p.stderr.read() if p.stderr else ""
+        writer_append(p, 3, "a")
+        assert not os.listdir(view)  # this process does not see the writer's bind mount
+        lock = real / "p1" / "LOCK"
+        lock.unlink()
+        lock.write_bytes(b"")
+        assert _lock.deleted_lock_holders(str(lock)) == [p.pid]
+        op = registry.must_get_builder("localfs").build(root=str(real))
+        with pytest.raises(WALLockedError, match=f"{p.pid}"):
+            op.open(OpenOption(PChannelInfo("p1", 3)))
+        op.close()
+        assert tools.channel_info(str(real), "p1").writer_locked
+        writer_append(p, 3, "b")
+    finally:
+        stop_writer(p)
+    assert _lock.deleted_lock_holders(str(real / "p1" / "LOCK")) == []

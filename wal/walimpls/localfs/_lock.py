@@ -128,19 +128,25 @@ def _same_file(fd: int, path: str) -> bool:
 
 def deleted_lock_holders(path: str) -> list[int]:
     """The processes holding an ``flock`` on a deleted file that was named ``path`` (Linux: ``/proc/locks`` and the
-    holders' ``/proc/PID/fd``); empty where ``/proc`` cannot tell (another OS, another user's process).
+    holders' ``/proc/PID/fd``); empty where ``/proc`` cannot tell (another OS, another user's process, another PID
+    namespace).
 
     Only the few processes that hold flocks on the directory's device are looked at, so it costs about one read.
+    A holder's descriptor names the file as the holder reached it, which may be another path to the same directory
+    (a bind mount, a container's volume: ``/data/wal`` here is ``/wal`` there), so the directory it names is looked
+    up (as this process sees it, and from the holder's root, ``/proc/PID/root``) and compared with ``path``'s by
+    device and inode, not by text (a review: a writer in its own mount namespace, the channel bind-mounted at another
+    path, was not seen, and a second writer opened beside it).
     """
     try:
-        real = os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
-        dev = os.stat(os.path.dirname(real)).st_dev
+        st = os.stat(os.path.dirname(path) or ".")
         with open("/proc/locks") as f:
             lines = f.read().splitlines()
     except OSError:
         return []
+    dev, want_dir = st.st_dev, (st.st_dev, st.st_ino)
     prefix = f"{os.major(dev):02x}:{os.minor(dev):02x}:"
-    want = f"{real} (deleted)"
+    suffix = f"/{os.path.basename(path)} (deleted)"
     # One look per holder process, not per lock: a process holding many flocks (a server with a channel open per
     # LOCK) made this read every descriptor of it once per lock, seconds per open at a few hundred channels.
     inos: dict[int, set[int]] = {}
@@ -162,12 +168,25 @@ def deleted_lock_holders(path: str) -> list[int]:
             continue
         for name in names:
             try:
-                if os.readlink(f"{fd_dir}/{name}") == want and os.stat(f"{fd_dir}/{name}").st_ino in held:
+                target = os.readlink(f"{fd_dir}/{name}")
+                if not target.endswith(suffix) or os.stat(f"{fd_dir}/{name}").st_ino not in held:
+                    continue
+                where = target[: -len(suffix)] or "/"
+                # as this process sees it (a holder in a chroot), then as the holder does (its own mounts)
+                if _dir_is(where, want_dir) or _dir_is(f"/proc/{pid}/root{where}", want_dir):
                     out.append(pid)
                     break
             except OSError:
                 continue
     return out
+
+
+def _dir_is(path: str, key: tuple[int, int]) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == key
 
 
 def release(fops: FileOps, fd: int) -> None:
