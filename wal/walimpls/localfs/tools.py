@@ -8,7 +8,6 @@ while a writer holds it. A channel that does not exist (or a bad channel name) r
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import os
 import time
@@ -50,7 +49,8 @@ from ._format import (
     valid_ids_after,
 )
 from ._format import LOCK_NAME as _LOCK_NAME
-from ._lock import LockRefusedError, deleted_lock_holders, try_flock
+from ._lock import LockRefusedError, deleted_lock_holders
+from ._lock import probe as probe_lock
 from ._lock import release as release_lock
 from ._lock import take as take_lock
 from ._message_id import LocalFSMessageID
@@ -159,14 +159,9 @@ def _chdir(root: str, channel: str) -> str:
 
 def _writer_locked(chdir: str, fops: FileOps = DEFAULT_FILE_OPS) -> bool:
     path = os.path.join(chdir, _LOCK_NAME)
-    try:
-        fd = fops.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    locked = probe_lock(fops, path)
+    if locked is None:
         return False
-    try:
-        locked = not try_flock(fops, fd, fcntl.LOCK_SH)
-    finally:
-        fops.close(fd)  # closing drops the probe lock (at once: a writer opening meanwhile waits for it)
     return locked or bool(deleted_lock_holders(path))  # a live writer's LOCK deleted and made again
 
 
