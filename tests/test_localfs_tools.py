@@ -503,3 +503,41 @@ def test_a_damaged_segment_header_is_reported_with_its_path_once(tmp_path: Path)
     problems = [p for p in verify(str(tmp_path), "a") if p.path == str(seg) and p.offset == 0]
     assert problems, verify(str(tmp_path), "a")
     assert str(problems[0]).count(str(seg)) == 1, str(problems[0])  # was "x.seg:0: x.seg: segment header ..."
+
+
+def _dir_state(chdir: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file of a channel directory: its size and its bytes."""
+    return {p.name: (p.stat().st_size, p.read_bytes()) for p in sorted(chdir.iterdir())}
+
+
+def test_a_refused_repair_leaves_a_cut_sealed_segment_as_it_was(tmp_path: Path) -> None:
+    """A crash between sealing a segment and naming the next one (the half-made next segment left as .tmp), then
+    the sealed segment cut from outside inside its data. The read-only check before writing saw a short segment
+    whose seal summary lies past its end, so it did not trust the summary and found no damage; recovery for
+    writing then grew the file back to its capacity, deleted the .tmp, trusted the summary, and repair refused
+    only afterwards: the refused repair had changed two files. Nothing changes now."""
+    import os
+    import struct
+
+    _fill(tmp_path, "a", 100)
+    chdir = tmp_path / "a"
+    segs = sorted(chdir.glob("*.seg"))
+    assert len(segs) >= 3
+    segs[-1].rename(segs[-1].with_name(segs[-1].name + ".tmp"))  # the next segment, never named
+    segs[-1].with_suffix(".idx").unlink()
+    sealed = segs[-2]
+    data = sealed.read_bytes()
+    pos = 1024
+    for _ in range(3):  # cut after the third record
+        (body_len,) = struct.unpack_from("<I", data, pos + 4)
+        pos += (32 + body_len + 7) & ~7
+    os.truncate(sealed, pos)
+    assert verify(str(tmp_path), "a")  # verify reports it (the size, the seal summary past the data)
+    before = _dir_state(chdir)
+    for _ in range(2):
+        with pytest.raises(CorruptedError) as e:
+            repair(str(tmp_path), "a")
+        assert e.value.path == str(sealed)
+        after = _dir_state(chdir)
+        assert {n: size for n, (size, _) in after.items()} == {n: size for n, (size, _) in before.items()}
+        assert after == before

@@ -476,9 +476,12 @@ def repair(
         # Damage is refused before anything is written: recovery for writing clears a clean-close summary (the
         # proof that its segment's data was all durable), and a repair that refused afterwards left the damage
         # looking like a torn tail, which the next repair or open then cut.
+        # The check runs on the bytes recovery for writing will see: a segment cut from outside is grown back to
+        # its capacity before it is looked at, which can make its seal summary trusted and the cut damage.
         close_slot = _clean_close_slot(chdir)
         accept = accept_lost_segments
-        _check_repairable(fops, recover(fops, chdir, write=False, accept_lost_segments=accept), close_slot)
+        restored = _SizesRestored()
+        _check_repairable(restored, recover(restored, chdir, write=False, accept_lost_segments=accept), close_slot)
         rec = recover(fops, chdir, write=True, accept_lost_segments=accept)
         report = RepairReport(channel=channel, cut=list(rec.cut), rebuilt_indexes=list(rec.rebuilt_indexes),
                               sealed=list(rec.sealed_now))
@@ -504,6 +507,60 @@ def repair(
         return report
     finally:
         release_lock(fops, lock_fd)
+
+
+class _SizesRestored(FileOps):
+    """Read-only file calls that show every segment shorter than the capacity in its header as recovery for
+    writing makes it before reading it: grown back to that capacity (``posix_fallocate``), zeros after the old end.
+
+    :func:`repair` checks the channel through it before writing anything, so the check decides on the bytes that
+    recovery for writing then decides on: a repair that refuses refuses before it has grown (or deleted) a file.
+    Only opens for reading; a grown segment is read into anonymous memory, never mapped past its end (SIGBUS).
+    """
+
+    def __init__(self) -> None:
+        self._sizes: dict[int, int] = {}  # descriptor -> restored size, for the segments that are short
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise AssertionError(f"{path}: a read-only check opened a file for writing")
+        fd = super().open(path, flags, mode)
+        if parse_segment_name(os.path.basename(path)) is not None:
+            try:
+                hdr = SegmentHeader.unpack(super().pread(fd, SEG_HEADER.size, 0), path)
+            except CorruptedError:  # recovery raises the same before it would grow the file
+                hdr = None
+            if hdr is not None and super().fstat_size(fd) < hdr.capacity:
+                self._sizes[fd] = hdr.capacity
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._sizes.pop(fd, None)
+        super().close(fd)
+
+    def fstat_size(self, fd: int) -> int:
+        return self._sizes.get(fd) or super().fstat_size(fd)
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        data = super().pread(fd, length, offset)
+        size = self._sizes.get(fd)
+        if size is None:
+            return data
+        return data + bytes(max(0, min(length, size - offset) - len(data)))
+
+    def mmap(self, fd: int, length: int) -> mmap.mmap:
+        real = super().fstat_size(fd)
+        if fd not in self._sizes or length <= real:
+            return super().mmap(fd, length)
+        mm = mmap.mmap(-1, length)  # zero-filled, like the range posix_fallocate adds
+        pos = 0
+        while pos < real:
+            chunk = super().pread(fd, min(1 << 20, real - pos), pos)
+            if not chunk:
+                break
+            mm[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        return mm
 
 
 def _scan_published(fops: FileOps, st: SegmentState) -> ScanResult:
