@@ -355,3 +355,24 @@ def test_info_survives_a_segment_deleted_while_it_prints(tmp_path: Path, monkeyp
     for extra in ([], ["--json"]):
         r = CliRunner().invoke(cli, ["info", "--root", str(tmp_path), "--channel", "p1", *extra])
         assert r.exit_code == 0, r.output
+
+
+def test_verify_reports_an_unreadable_segment_and_goes_on_to_the_rest(tmp_path: Path) -> None:
+    """A directory where a segment should be: verify printed only "error: Is a directory (...)" and exited 1,
+    leaving the later segments and channels unchecked."""
+    fill(tmp_path, "p1", n=100)
+    fill(tmp_path, "p2", n=100)
+    segs = [Path(str(s["path"])) for s in _segments(tmp_path, "p1")]
+    segs[0].unlink()
+    segs[0].mkdir()
+    later = Path(str(_segments(tmp_path, "p2")[1]["path"]))
+    with open(later, "r+b") as f:
+        f.seek(DATA_START + 20)
+        b = f.read(1)
+        f.seek(DATA_START + 20)
+        f.write(bytes([b[0] ^ 0x01]))
+    r = wal_cmd("verify", "--root", str(tmp_path))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{segs[0]}: segment cannot be read" in r.stdout, r.stdout + r.stderr
+    assert f"{later}:{DATA_START}: corrupted record" in r.stdout, r.stdout + r.stderr
+    assert "problem(s) in 2 channel(s)" in r.stderr

@@ -541,3 +541,56 @@ def test_a_refused_repair_leaves_a_cut_sealed_segment_as_it_was(tmp_path: Path) 
         after = _dir_state(chdir)
         assert {n: size for n, (size, _) in after.items()} == {n: size for n, (size, _) in before.items()}
         assert after == before
+
+
+def _flip(seg: Path, at: int) -> None:
+    with open(seg, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("how", ["directory", "permission"])
+def test_verify_reports_an_unreadable_segment_and_checks_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A segment that cannot be read (a directory in its place; a read refused, as EACCES for a user without the
+    right, simulated for that one path since the tests run as root) stopped verify at that file: the error ended
+    the run, and the later segments and channels went unchecked. It is one problem now, and the rest is checked."""
+    import builtins
+    import errno
+    import os
+
+    _fill(tmp_path, "a", 100)
+    _fill(tmp_path, "b", 100)
+    segs_a = sorted((tmp_path / "a").glob("*.seg"))
+    segs_b = sorted((tmp_path / "b").glob("*.seg"))
+    bad = segs_a[0]
+    _flip(segs_a[2], 1024 + 50)  # damage after the unreadable segment, in the same channel
+    _flip(segs_b[1], 1024 + 50)  # and in the next channel
+    if how == "directory":
+        bad.unlink()
+        bad.mkdir()
+    else:
+        real_open, real_os_open = builtins.open, os.open
+
+        def refuse(path: Any) -> None:
+            if os.fspath(path) == str(bad):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+        def fake_open(path: Any, *args: Any, **kw: Any) -> Any:
+            refuse(path)
+            return real_open(path, *args, **kw)
+
+        def fake_os_open(path: Any, *args: Any, **kw: Any) -> int:
+            refuse(path)
+            return real_os_open(path, *args, **kw)
+
+        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(os, "open", fake_os_open)
+    problems = verify(str(tmp_path))
+    unreadable = [p for p in problems if p.path == str(bad)]
+    assert len(unreadable) == 1 and "cannot be read" in unreadable[0].message, problems
+    assert any(p.path == str(segs_a[2]) and p.offset == 1024 and "corrupt" in p.message for p in problems), problems
+    assert any(p.path == str(segs_b[1]) and p.offset == 1024 and "corrupt" in p.message for p in problems), problems

@@ -229,8 +229,15 @@ def verify(
         term_path = os.path.join(chdir, TERM_NAME)
         stored: int | None = 0
         if os.path.exists(term_path):
-            with open(term_path, "rb") as f:
-                stored = parse_term(f.read())
+            try:
+                with open(term_path, "rb") as f:
+                    stored = parse_term(f.read())
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                stored = None
+                problems.append(Problem(term_path, None, f"term file cannot be read ({_why(e)})"))
+            else:
                 if stored is None:
                     problems.append(Problem(term_path, None, "unreadable term file"))
         made = _segment_terms(chdir, segs)
@@ -257,6 +264,10 @@ def verify(
                 if not locked and not _writer_locked(chdir):  # probed again: a writer may have opened since
                     problems.append(Problem(path, None, "segment disappeared while being verified"))
                 last = None  # no continuity check across it
+            except OSError as e:  # not a file, no right to read it, an I/O error: say so, check the rest
+                problems.append(Problem(path, None, f"segment cannot be read ({_why(e)}): its records, summaries "
+                                                    "and index are not checked; opening for write fails on it"))
+                last = None
             prev_last = last
             done += _size(path)
             if progress is not None:
@@ -293,7 +304,7 @@ def _segment_terms(chdir: str, segs: list[tuple[int, str]]) -> dict[str, int]:
         try:
             with open(path, "rb") as f:
                 out[path] = SegmentHeader.unpack(f.read(SEG_HEADER.size), path).term
-        except (FileNotFoundError, CorruptedError):  # deleted meanwhile, or damage reported by the segment's check
+        except (OSError, CorruptedError):  # deleted meanwhile, or unreadable or damaged: the segment's check says
             continue
     try:
         term, path = log_term(DEFAULT_FILE_OPS, chdir)
@@ -302,6 +313,10 @@ def _segment_terms(chdir: str, segs: list[tuple[int, str]]) -> dict[str, int]:
     if path:
         out[path] = max(out.get(path, 0), term)
     return out
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or str(e)
 
 
 def _size(path: str) -> int:
@@ -433,6 +448,9 @@ def _verify_index(
         if not os.path.exists(seg_path):  # deleted with its segment since the segment was checked
             return
         problems.append(Problem(path, None, "index file is missing (rebuilt on open or by repair)"))
+        return
+    except OSError as e:  # opening for write fails on it too: it rebuilds only a missing or damaged index
+        problems.append(Problem(path, None, f"index file cannot be read ({_why(e)})"))
         return
     idx = parse_index(raw, fid)
     if idx.problem:
