@@ -376,3 +376,30 @@ def test_verify_reports_an_unreadable_segment_and_goes_on_to_the_rest(tmp_path: 
     assert f"{segs[0]}: segment cannot be read" in r.stdout, r.stdout + r.stderr
     assert f"{later}:{DATA_START}: corrupted record" in r.stdout, r.stdout + r.stderr
     assert "problem(s) in 2 channel(s)" in r.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing segment", "segment header"])
+def test_dump_prints_every_message_before_a_damaged_or_missing_segment(tmp_path: Path, damage: str) -> None:
+    """A missing middle segment: dump printed no message, only the error. A damaged segment header (records
+    intact): dump printed everything and exited 0, while verify and opening for write report the header. Now both
+    print the messages before that segment, then the error naming the file, and exit 1."""
+    fill(tmp_path, "p1", n=100)
+    segs = [Path(str(s["path"])) for s in _segments(tmp_path)]
+    assert len(segs) >= 3
+    if damage == "missing segment":
+        segs[1].unlink()
+        segs[1].with_suffix(".idx").unlink()
+        named = segs[2]
+    else:
+        with open(segs[1], "r+b") as f:
+            f.seek(32)
+            b = f.read(1)
+            f.seek(32)
+            f.write(bytes([b[0] ^ 0x01]))
+        named = segs[1]
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    before = int(segs[1].name[:20])
+    shown = [json.loads(line)["id"] for line in r.stdout.splitlines()]
+    assert shown == [str(i) for i in range(1, before)], r.stderr  # every ID, time ticks included
+    assert str(named) in r.stderr

@@ -594,3 +594,45 @@ def test_verify_reports_an_unreadable_segment_and_checks_the_rest(
     assert len(unreadable) == 1 and "cannot be read" in unreadable[0].message, problems
     assert any(p.path == str(segs_a[2]) and p.offset == 1024 and "corrupt" in p.message for p in problems), problems
     assert any(p.path == str(segs_b[1]) and p.offset == 1024 and "corrupt" in p.message for p in problems), problems
+
+
+@pytest.mark.parametrize("which", [0, 1, -1])
+def test_iter_messages_stops_at_a_damaged_segment_header_as_recovery_does(tmp_path: Path, which: int) -> None:
+    """A segment header that fails its checksum, its records intact: opening for write refuses the channel
+    (CorruptedError, the file, offset 0) and verify reports it, but iter_messages (`wal dump`) read through it and
+    ended quietly. It yields every message of the segments before that one, then raises what recovery raises."""
+    from wal.walimpls.localfs._recovery import recover
+    from wal.walimpls.localfs.tools import DEFAULT_FILE_OPS
+
+    _fill(tmp_path, "a", 100)
+    segs = sorted((tmp_path / "a").glob("*.seg"))
+    assert len(segs) >= 3
+    bad = segs[which]
+    _flip(bad, 32)  # the creation time: only the header's checksum says it changed
+    with pytest.raises(CorruptedError) as opened:
+        recover(DEFAULT_FILE_OPS, str(tmp_path / "a"), write=False)
+    assert (opened.value.path, opened.value.offset) == (str(bad), 0)
+    assert any((p.path, p.offset) == (str(bad), 0) for p in verify(str(tmp_path), "a"))
+    got: list[int] = []
+    with pytest.raises(CorruptedError) as e:
+        for m in iter_messages(str(tmp_path), "a"):
+            got.append(m.message_id.value)  # type: ignore[attr-defined]
+    assert got == list(range(1, int(bad.name[:20])))
+    assert (e.value.path, e.value.offset) == (str(bad), 0)
+    assert "header" in str(e.value)
+
+
+def test_iter_messages_yields_every_message_before_a_missing_segment(tmp_path: Path) -> None:
+    """A middle segment deleted: iter_messages raised at the gap before yielding the messages read just before it
+    in the same batch (`wal dump` printed none of them). It yields them all, then raises at the gap."""
+    _fill(tmp_path, "a", 100)
+    segs = sorted((tmp_path / "a").glob("*.seg"))
+    assert len(segs) >= 3
+    segs[1].unlink()
+    segs[1].with_suffix(".idx").unlink()
+    got: list[int] = []
+    with pytest.raises(CorruptedError) as e:
+        for m in iter_messages(str(tmp_path), "a"):
+            got.append(m.message_id.value)  # type: ignore[attr-defined]
+    assert got == list(range(1, int(segs[1].name[:20])))
+    assert (e.value.path, e.value.offset) == (str(segs[2]), 0)

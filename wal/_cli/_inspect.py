@@ -154,7 +154,8 @@ def dump(root: str, channel: str, from_id: str | None, limit: int | None, as_jso
     """Messages as stored: ID, time tick, type, vchannel, properties, payload size (payload on request).
 
     Shows the records of the log one by one (a transaction appears as its BEGIN_TXN, body and COMMIT_TXN
-    records; TIME_TICK records included). Stops at the end of the valid data; exits 1 at damage inside it.
+    records; TIME_TICK records included). Stops at the end of the valid data; at damage inside it (a bad record,
+    a damaged segment header, a missing segment) prints every message before it, then the error, and exits 1.
     Read-only and safe while a writer appends.
     """
     channel_dir_or_fail(root, channel)
@@ -174,7 +175,7 @@ def dump(root: str, channel: str, from_id: str | None, limit: int | None, as_jso
             if limit is not None and n >= limit:
                 break
     except CorruptedError as e:
-        raise fail(f"damaged record after {n} message(s): {e} (run `wal verify`)") from None
+        raise fail(f"damage after {n} message(s): {e} (run `wal verify`)") from None
     except BrokenPipeError:  # `wal dump ... | head`
         _quiet_broken_pipe()
 

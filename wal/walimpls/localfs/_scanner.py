@@ -42,7 +42,9 @@ from ._format import (
     REC_MAGIC,
     SEAL_MAGIC,
     SEAL_OFF,
+    SEG_HEADER,
     U64,
+    SegmentHeader,
     Summary,
     bloom_positions,
     check_record,
@@ -188,9 +190,15 @@ class _DSeg:
                 if size < DATA_START:  # segments get their full size before their name: this one was cut
                     raise CorruptedError(f"{self.path}: segment file is only {size} bytes", path=self.path,
                                          offset=size)
-                mv = self._mv = memoryview(self.fops.mmap(fd, size))
+                mv = memoryview(self.fops.mmap(fd, size))
             finally:
                 self.fops.close(fd)
+            # The header is written before the segment gets its name, so a bad one is damage, as in recovery
+            # (which refuses to open the channel): its records are not read.
+            hdr = SegmentHeader.unpack(mv[: SEG_HEADER.size], self.path)
+            if hdr.first_id != self.first_id:
+                raise CorruptedError(f"{self.path}: header says first ID {hdr.first_id}", path=self.path, offset=0)
+            self._mv = mv
         return mv
 
     def status(self) -> tuple[int, bool, bool, int]:
@@ -492,14 +500,19 @@ class LocalFSScanner(ScannerImpls):
         while len(out) < max_n and not self._closed:
             seg = self._seg
             assert seg is not None
-            limit, exact, sealed, _last = seg.status()
-            mv = self._mv
-            if mv is None or len(mv) < limit:
-                mv = self._mv = seg.view(limit)
-                if mv is None:  # deleted by retention: continue with what is still kept
-                    if not self._relocate():
-                        return out
-                    continue
+            try:
+                limit, exact, sealed, _last = seg.status()
+                mv = self._mv
+                if mv is None or len(mv) < limit:
+                    mv = self._mv = seg.view(limit)
+            except CorruptedError:  # a damaged header or summary of the segment just entered
+                if out:
+                    break  # deliver the records before it; the next call stops here again and raises
+                raise
+            if mv is None:  # deleted by retention: continue with what is still kept
+                if not self._relocate():
+                    return out
+                continue
             self._read(mv, limit, exact, max_n, out)
             if len(out) >= max_n:
                 break
@@ -529,6 +542,8 @@ class LocalFSScanner(ScannerImpls):
                     self._name, self._expect, nxt.first_id - 1, nxt.first_id,
                 )
             elif nxt.first_id != self._expect:
+                if out:
+                    break  # deliver the records before the gap; the next call finds it again and raises
                 raise CorruptedError(
                     f"{nxt.path}: segment starts at ID {nxt.first_id}, expected {self._expect} after {seg.path}",
                     path=nxt.path, offset=0,

@@ -674,19 +674,24 @@ def iter_messages(root: str, channel: str, start: MessageID | None = None) -> It
     Stops at the end of the valid data (a torn tail is not an error here); raises
     :class:`~wal.errors.CorruptedError` at damage inside written data, after the messages before it: where
     reading stops, a later record that vouches for the bytes there (docs/FORMAT.md, "Flush marks") or a clean-close
-    summary that says the data goes on makes them damage.
+    summary that says the data goes on makes them damage. A damaged segment header and a missing segment are
+    damage too (recovery refuses both), raised after every message before that segment.
     """
     chdir = _chdir(root, channel)
     policy = DeliverPolicy.all() if start is None else DeliverPolicy.start_from(start)
     hub = Hub(channel, chdir)
     opt = ReadOption(name="iter_messages", deliver_policy=policy)
     # The end as of this call: against a writer faster than this reader, following the tail would never finish.
-    probe = LocalFSScanner(
-        ReadOption(name="iter_messages_end", deliver_policy=DeliverPolicy.latest()),
-        DirSource(chdir, DEFAULT_FILE_OPS), hub, lambda _s: None,
-    )
-    stop = probe._expect  # the ID the next append will get (0: nothing stored yet)
-    probe.close()
+    try:
+        probe = LocalFSScanner(
+            ReadOption(name="iter_messages_end", deliver_policy=DeliverPolicy.latest()),
+            DirSource(chdir, DEFAULT_FILE_OPS), hub, lambda _s: None,
+        )
+    except CorruptedError:  # the last segment is damaged (its header): reading stops there and raises it
+        stop = 1 << 64
+    else:
+        stop = probe._expect  # the ID the next append will get (0: nothing stored yet)
+        probe.close()
     scanner = LocalFSScanner(opt, DirSource(chdir, DEFAULT_FILE_OPS), hub, lambda _s: None)
     try:
         while True:
