@@ -636,3 +636,15 @@ def test_iter_messages_yields_every_message_before_a_missing_segment(tmp_path: P
             got.append(m.message_id.value)  # type: ignore[attr-defined]
     assert got == list(range(1, int(segs[1].name[:20])))
     assert (e.value.path, e.value.offset) == (str(segs[2]), 0)
+
+
+def test_verify_reports_an_unreadable_newest_segment_once(tmp_path: Path) -> None:
+    """The newest segment is also read for the log's term and its successor mark: those reads must not end the run
+    either (the segment's own check reports it)."""
+    _fill(tmp_path, "a", 100)
+    newest = sorted((tmp_path / "a").glob("*.seg"))[-1]
+    newest.unlink()
+    newest.mkdir()
+    problems = verify(str(tmp_path), "a")
+    assert [p.path for p in problems].count(str(newest)) == 1, problems
+    assert "cannot be read" in next(p.message for p in problems if p.path == str(newest))

@@ -287,7 +287,7 @@ def _lost_successor(chdir: str, segs: list[tuple[int, str]]) -> Problem | None:
         with open(path, "rb") as f:
             f.seek(NEXT_OFF)
             nxt = parse_next_mark(f.read(NEXT_MARK.size))
-    except FileNotFoundError:
+    except OSError:  # deleted meanwhile, or unreadable: the segment's check says
         return None
     if nxt is None or any(fid >= nxt for fid, _ in list_segments(DEFAULT_FILE_OPS, chdir)):  # listed again: a roll
         return None
@@ -308,7 +308,7 @@ def _segment_terms(chdir: str, segs: list[tuple[int, str]]) -> dict[str, int]:
             continue
     try:
         term, path = log_term(DEFAULT_FILE_OPS, chdir)
-    except (FileNotFoundError, CorruptedError):
+    except (OSError, CorruptedError):  # deleted meanwhile, or unreadable or damaged: the segment's check says
         return out
     if path:
         out[path] = max(out.get(path, 0), term)
