@@ -818,3 +818,48 @@ def test_a_roll_cut_short_by_a_crash_still_opens_and_is_finished(tmp_path: Path)
     with open(last, "rb") as f:  # the open made the successor, then marked it
         f.seek(NEXT_OFF)
         assert parse_next_mark(f.read(NEXT_MARK.size)) == lost
+
+
+def test_newest_segments_deleted_after_the_last_ones_seal_summary_was_damaged_are_refused_too(tmp_path: Path) -> None:
+    """The mark is written after the seal is durable, so a mark on a segment whose seal summary is bad is still
+    the proof of a successor. Recovery read the mark only behind a valid seal: the open took the segment as the
+    active one and reused the lost IDs, while verify reported the loss and repair could not clear it."""
+    _write(tmp_path, 200)
+    lost = _delete_newest(tmp_path, 1)
+    last = _segments(tmp_path)[-1]
+    with open(last, "r+b") as f:  # damage the seal summary (a byte of its first time tick)
+        f.seek(128 + 20)
+        b = f.read(1)
+        f.seek(128 + 20)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with build(tmp_path) as opener:
+        with pytest.raises(CorruptedError, match=f"no segment from ID {lost} on is left") as e:
+            open_rw(opener)
+    assert e.value.offset == NEXT_OFF
+    report = repair(str(tmp_path), "p1", accept_lost_segments=True)
+    assert any(f"from ID {lost} on" in line for line in report.cut), report
+    assert verify(str(tmp_path), "p1") == []
+    with build(tmp_path) as opener:
+        w = open_rw(opener)
+        assert w.append(msg(b"after", tt=10_000)) == LocalFSMessageID(lost)
+        w.close()
+
+
+def test_an_open_marks_a_successor_that_a_crash_or_an_older_version_left_unmarked(tmp_path: Path) -> None:
+    """A crash between making the successor and marking the sealed segment (or a log rolled by a version before
+    the mark) leaves the segment before the active one unmarked: deleting the active segment then went unnoticed
+    for as long as that segment stayed the newest sealed one. The next open marks it."""
+    _write(tmp_path, 200)
+    before_last = _segments(tmp_path)[-2]
+    with open(before_last, "r+b") as f:  # as SIGKILL between the successor's rename and the mark leaves it
+        f.seek(NEXT_OFF)
+        f.write(bytes(NEXT_MARK.size))
+    with build(tmp_path) as opener:
+        open_rw(opener).close()
+    lost = _delete_newest(tmp_path, 1)
+    with open(before_last, "rb") as f:
+        f.seek(NEXT_OFF)
+        assert parse_next_mark(f.read(NEXT_MARK.size)) == lost
+    with build(tmp_path) as opener:
+        with pytest.raises(CorruptedError, match=f"no segment from ID {lost} on is left"):
+            open_rw(opener)

@@ -356,6 +356,9 @@ def recover(
                 st.index = res.index
                 st.index_checked = True
             else:
+                # The mark is written only after the seal summary was durable: a mark here means this segment was
+                # sealed and had a successor, even if its summary was damaged since (then it is taken as active).
+                _check_successor(fops, chdir, path, fd, write=write, accept=accept_lost_segments, rec=rec)
                 st = _recover_tail(fops, path, fd, hdr, size, write=write, rec=rec,
                                    rewrite=write and _take_io_failure(chdir))
         finally:

@@ -39,6 +39,7 @@ from ._format import (
     DATA_START,
     FLUSH_START,
     INDEX_INTERVAL,
+    NEXT_MARK,
     NEXT_OFF,
     SEAL_MAGIC,
     SEAL_OFF,
@@ -54,6 +55,7 @@ from ._format import (
     index_header,
     index_name,
     next_mark,
+    parse_next_mark,
     segment_name,
     stamp_record,
 )
@@ -217,8 +219,10 @@ class LocalFSWAL(_Base):
         try:
             if not recovered.segments or recovered.segments[-1].sealed:
                 self._log.segments = (*self._log.segments, self._create_segment(self._next_id, opts.segment_bytes))
-                if recovered.segments:  # a roll a crash cut short: finish it (see _roll)
-                    self._mark_successor(recovered.segments[-1].path, self._next_id)
+            if len(self._log.segments) > 1:  # a roll a crash cut short (before or after the successor): finish it
+                prev = self._log.segments[-2].path  # (see _roll); also marks segments rolled before the mark existed
+                if self._successor_of(prev) is None:
+                    self._mark_successor(prev, self._log.segments[-1].first_id)
             self._open_active(self._log.segments[-1])
             if recovered.tail_synced:  # recovery synced what it kept: the first flush vouches for it
                 self._synced_end = self._end
@@ -631,6 +635,15 @@ class LocalFSWAL(_Base):
         self._open_active(new)
         self._hub.bump()
         self._apply_retention()
+
+    def _successor_of(self, path: str) -> int | None:
+        """The successor a sealed segment's mark names, or None."""
+        fops = self._fops
+        fd = fops.open(path, os.O_RDONLY)
+        try:
+            return parse_next_mark(fops.pread(fd, NEXT_MARK.size, NEXT_OFF))
+        finally:
+            fops.close(fd)
 
     def _mark_successor(self, seg: int | str, next_id: int) -> None:
         """Write a sealed segment's successor mark (``seg``: its open descriptor or its path), durably."""
