@@ -17,7 +17,7 @@ from wal.errors import CorruptedError, WALTimeoutError
 from wal.options import DeliverPolicy
 from wal.walimpls.localfs import LocalFSMessageID
 from wal.walimpls.localfs._format import DATA_START, NEXT_MARK, NEXT_OFF, parse_next_mark, scan_segment
-from wal.walimpls.localfs.tools import repair, verify
+from wal.walimpls.localfs.tools import channel_info, repair, verify
 
 SEG = 8192
 
@@ -790,6 +790,8 @@ def test_newest_segments_deleted_from_outside_are_refused_not_reused(tmp_path: P
     assert e.value.offset == NEXT_OFF
     problems = verify(str(tmp_path), "p1")
     assert [(p.path, p.offset) for p in problems] == [(str(_segments(tmp_path)[-1]), NEXT_OFF)], problems
+    info = channel_info(str(tmp_path), "p1")  # shows what is left, and from where it is lost (it raised)
+    assert info.lost_from == lost and info.segments[-1].last_id == lost - 1
     with pytest.raises(CorruptedError, match="accept-lost-segments"):
         repair(str(tmp_path), "p1")
     assert _files(tmp_path) == before  # a refused repair changes nothing

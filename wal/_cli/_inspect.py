@@ -106,7 +106,7 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({
                 "channel": ci.name, "term": ci.term, "writer_locked": ci.writer_locked,
-                "lock_missing": ci.lock_missing, "messages": total_msgs,
+                "lock_missing": ci.lock_missing, "lost_from": ci.lost_from, "messages": total_msgs,
                 "bytes_on_disk": total_bytes,
                 "segments": [{"path": s.path, "first_id": s.first_id, "last_id": s.last_id,
                               "first_time_tick": s.first_time_tick, "last_time_tick": s.last_time_tick,
@@ -123,6 +123,9 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
         click.echo(f"  writer running  {writer}")
         click.echo(f"  segments        {len(segs)} ({_human_bytes(total_bytes)} on disk)")
         click.echo(f"  messages        {total_msgs}")
+        if ci.lost_from is not None:
+            click.echo(f"  LOST            every message from id {ci.lost_from} on: the newest segments were deleted "
+                       "(see wal verify)")
         if nonempty:
             click.echo(f"  first message   id {nonempty[0].first_id}, tick {_tick(nonempty[0].first_time_tick)}")
             last_tick = max(s.last_time_tick for s in nonempty)

@@ -84,6 +84,8 @@ class Recovered:
     # The unsealed last segment's data is durable up to its end: recovery (write mode) fdatasynced it, so the
     # writer's first flush can carry PREV_DURABLE.
     tail_synced: bool = False
+    # The first ID of newest segments deleted from outside, when ``accept_lost_segments`` let recovery go on.
+    lost_from: int | None = None
 
 
 # Channel directories whose writer failed with an I/O error in this process. After a failed fdatasync Linux marks
@@ -397,6 +399,7 @@ def _check_successor(fops: FileOps, chdir: str, path: str, fd: int, *, write: bo
         fops.fdatasync(fd)
         log.warning("localfs recovery: %s; the loss was accepted", what)
     rec.cut.append(f"{what}; the loss was accepted")
+    rec.lost_from = nxt
 
 
 def _ensure_sealed_index(fops: FileOps, st: SegmentState, seal: Summary, rec: Recovered) -> None:

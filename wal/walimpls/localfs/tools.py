@@ -100,6 +100,7 @@ class ChannelInfo:
     segments: list[SegmentInfo]
     writer_locked: bool
     lock_missing: bool = False  # LOCK was deleted (TERM or a segment exists): a writer may still hold the deleted file
+    lost_from: int | None = None  # newest segments were deleted from outside: the first lost ID (see ``verify``)
 
 
 @dataclass(frozen=True)
@@ -176,12 +177,13 @@ def _term(chdir: str) -> int | None:
 def channel_info(root: str, channel: str) -> ChannelInfo:
     """What a channel holds: term, segments (IDs, time ticks, bytes), whether a writer holds it. Read-only.
 
-    Raises :class:`~wal.errors.CorruptedError` when the files cannot be understood (``verify`` says more).
+    Raises :class:`~wal.errors.CorruptedError` when the files cannot be understood (``verify`` says more). Newest
+    segments deleted from outside are no such case: the segments left are shown, with ``lost_from``.
     """
     chdir = _chdir(root, channel)
     for attempt in range(5):
         try:
-            rec = recover(DEFAULT_FILE_OPS, chdir, write=False)
+            rec = recover(DEFAULT_FILE_OPS, chdir, write=False, accept_lost_segments=True)  # show what is left
             break
         except FileNotFoundError:  # a live writer's retention or roll changed the files under the listing
             if attempt == 4:
@@ -195,7 +197,7 @@ def channel_info(root: str, channel: str) -> ChannelInfo:
         for s in rec.segments
     ]
     return ChannelInfo(name=channel, term=_term(chdir), segments=segs, writer_locked=_writer_locked(chdir),
-                       lock_missing=_lock_missing(chdir))
+                       lock_missing=_lock_missing(chdir), lost_from=rec.lost_from)
 
 
 def _lock_missing(chdir: str) -> bool:
