@@ -492,6 +492,40 @@ def test_a_txn_block_that_ended_its_txn_itself_exits_cleanly(fb: FakeBuilder) ->
     op.close()
 
 
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+def test_a_bad_timeout_of_commit_or_rollback_leaves_the_txn_usable(fb: FakeBuilder, end: str) -> None:
+    """A refused timeout marked the txn as ended ("its commit failed") before anything was written: it could be
+    neither committed nor rolled back, and stayed open in the WAL until its keepalive ran out (holding back every
+    last-confirmed ID, retention, and close). Found by review 11b."""
+    op = adapt_impls_to_builder(fb).build(time_tick_interval=0.01)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    t = w.begin_txn("v", keepalive=3600)
+    t.append(MutableMessage(MessageType.INSERT, b"a"))
+    for bad in (-1, 0, float("nan")):
+        with pytest.raises(InvalidArgumentError, match=f"{end} timeout"):
+            getattr(t, end)(timeout=bad)
+        assert not t.finished
+    ended = getattr(t, end)(timeout=5)
+    assert t.finished
+    r = w.append(MutableMessage(MessageType.INSERT, b"after"))
+    assert not r.last_confirmed_message_id < ended.message_id  # no open txn holds it back at its begin
+    w.close()
+    op.close()
+
+
+def test_an_append_timeout_of_0_is_refused(fb: FakeBuilder) -> None:
+    """It always raised WALTimeoutError, with the message stored anyway (review 11b: 50 of 50)."""
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    with pytest.raises(InvalidArgumentError, match="append timeout must be a positive"):
+        w.append(MutableMessage(MessageType.INSERT, b"x"), timeout=0)
+    with pytest.raises(InvalidArgumentError, match="append timeout must be a positive"):
+        w.append_messages([MutableMessage(MessageType.INSERT, b"x")], timeout=0)
+    assert w.append(MutableMessage(MessageType.INSERT, b"y"), timeout=5).message_id is not None
+    w.close()
+    op.close()
+
+
 def test_bad_arguments_of_reads_and_appends_are_wal_errors(fb: FakeBuilder) -> None:
     """Each raised a bare AttributeError or TypeError (or was accepted and failed later, in recv)."""
     from wal.options import DeliverFilter, DeliverPolicy

@@ -61,6 +61,8 @@ class TxnHandle(Txn):
 
     def _finish(self, mtype: MessageType, timeout: float | None) -> AppendResult:
         commit = mtype is MessageType.COMMIT_TXN
+        if timeout is not None:  # before the txn counts as ending: a refused argument leaves it usable
+            timeout = seconds(timeout, f"{'commit' if commit else 'rollback'} timeout")
         with self._lock:
             self._check_open()
             self._finished = True

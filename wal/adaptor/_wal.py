@@ -635,7 +635,7 @@ class WALAdaptor(ROWALAdaptor):
 
     def append_messages(self, msgs: Sequence[MutableMessage], timeout: float | None = None) -> list[AppendResult]:
         if timeout is not None:
-            timeout = seconds(timeout, "append timeout", zero=True)
+            timeout = seconds(timeout, "append timeout")  # 0 would always raise, with the messages stored
         if msgs.__class__ is not list and msgs.__class__ is not tuple:
             msgs = _message_list(msgs)
         for m in msgs:
