@@ -37,6 +37,11 @@ def test_registered_with_unmarshaler() -> None:
     assert LocalFSMessageID(3) < LocalFSMessageID(10)
     with pytest.raises(InvalidMessageIDError):
         unmarshal_message_id("localfs", "x1")
+    # The form an ID prints in parses too (the README prints r.message_id; `wal dump --from localfs:5` refused it)
+    assert unmarshal_message_id("localfs", str(mid)) == mid and str(mid) == "localfs:42"
+    for bad in ("memory:42", "localfs:", "localfs:localfs:42", "localfs42"):
+        with pytest.raises(InvalidMessageIDError):
+            unmarshal_message_id("localfs", bad)
 
 
 def test_unknown_and_bad_options(tmp_path: Path) -> None:

@@ -276,6 +276,8 @@ def repair(root: str, channel: str, no_writer_running: bool, accept_lost_segment
         click.echo(f"rebuilt index: {path}")
     for path in report.sealed:
         click.echo(f"wrote seal summary: {path}")
+    if report.term_restored is not None:
+        click.echo(f"rewrote TERM (it was unreadable) with term {report.term_restored}, the highest the log shows")
     problems = fstools.verify(root, channel)
     for p in problems:
         click.echo(str(p))

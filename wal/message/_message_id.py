@@ -146,7 +146,8 @@ def register_message_id_unmarshaler(wal_name: str, fn: Unmarshaler) -> None:
 
 
 def unmarshal_message_id(wal_name: str, data: str) -> MessageID:
-    """Parse ``data`` as a message ID of backend ``wal_name``.
+    """Parse ``data`` as a message ID of backend ``wal_name``: the text of ``marshal()``, or of ``str(id)``
+    (``"<wal_name>:<marshalled>"``, the form an ID prints in).
 
     Raises :class:`~wal.errors.UnknownBackendError` (a ``KeyError``) for an unregistered name and
     :class:`~wal.errors.InvalidMessageIDError` (a ``ValueError``) for bad data.
@@ -157,6 +158,8 @@ def unmarshal_message_id(wal_name: str, data: str) -> MessageID:
         raise UnknownBackendError(f"no message ID unmarshaler registered for {wal_name!r} (known: {known})")
     if not isinstance(data, str):
         raise InvalidMessageIDError(f"a marshalled message ID is a str, got {type(data).__name__}")
+    if data.startswith(wal_name) and data[len(wal_name) : len(wal_name) + 1] == ":":
+        data = data[len(wal_name) + 1 :]
     try:
         return fn(data)
     except InvalidMessageIDError:

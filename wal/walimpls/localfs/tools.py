@@ -63,6 +63,7 @@ from ._recovery import (
     log_term,
     recover,
     write_index,
+    write_term,
 )
 from ._scanner import DirSource, LocalFSScanner
 from ._state import Hub, SegmentState
@@ -120,10 +121,11 @@ class RepairReport:
     cut: list[str] = field(default_factory=list)  # one sentence per torn tail cut
     rebuilt_indexes: list[str] = field(default_factory=list)
     sealed: list[str] = field(default_factory=list)  # segments whose missing seal summary was written
+    term_restored: int | None = None  # TERM was unreadable: rewritten with the highest term the log shows
 
     @property
     def changed(self) -> bool:
-        return bool(self.cut or self.rebuilt_indexes or self.sealed)
+        return bool(self.cut or self.rebuilt_indexes or self.sealed or self.term_restored is not None)
 
 
 def is_channel_dir(path: str) -> bool:
@@ -524,6 +526,10 @@ def repair(
             _cut_after_end(fops, rec.segments[-1], report)
         if close_slot is not None and rec.segments:
             _restore_clean_close(fops, rec.segments[-1], *close_slot)
+        if os.path.exists(os.path.join(chdir, TERM_NAME)) and _term(chdir) is None:
+            # Opening refuses an unreadable TERM; the log's own terms are the best left (``_recovery.log_term``)
+            report.term_restored = max(_segment_terms(chdir, list_segments(fops, chdir)).values(), default=0)
+            write_term(fops, chdir, report.term_restored)
         return report
     finally:
         release_lock(fops, lock_fd)
