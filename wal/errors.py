@@ -70,11 +70,15 @@ class InvalidMessageIDError(WALError, ValueError):
 
 
 class InvalidMessageError(WALError, TypeError):
-    """A message was built with a wrong type: a payload that is not bytes-like, a non-str property."""
+    """Something that should be a message is not one, or was built with a wrong type: a payload that is not
+    bytes-like, a non-str property, a non-message passed to ``append`` (or to ``read``/``truncate``, which take a
+    ``ReadOption`` and a ``MessageID``)."""
 
 
 class InvalidArgumentError(WALError, ValueError):
-    """An argument has the right type but a wrong value: a reserved property key, a bad channel name, an option."""
+    """An argument the call cannot take: a reserved property key, a bad channel name, a duration out of range, an
+    option of the wrong type or value. It is a ``ValueError`` even for a wrong type: catch ``WALError`` (or this
+    class) rather than ``TypeError``."""
 
 
 class UnknownBackendError(WALError, KeyError):

@@ -391,9 +391,10 @@ class ImmutableMessage:
 class ImmutableTxnMessage(ImmutableMessage):
     """A committed transaction delivered as one message (type ``TXN``).
 
-    Its ID, time tick, last-confirmed ID and txn context are the commit's. ``messages`` holds the body in append
-    order, each stamped with the commit's time tick (a transaction becomes visible at its commit).
-    The last-confirmed ID is the begin's (``<=`` the begin), so resuming from it re-reads the whole transaction.
+    Its ID, time tick and txn context are the commit's. ``messages`` holds the body in append order, each stamped
+    with the commit's time tick (a transaction becomes visible at its commit). Its last-confirmed ID (and each body
+    message's) is the smaller of the begin's and the commit's, so at or before the begin: resuming from it re-reads
+    the whole transaction.
     """
 
     __slots__ = ("begin", "commit", "messages")
