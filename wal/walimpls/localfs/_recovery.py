@@ -181,6 +181,7 @@ def log_term(fops: FileOps, chdir: str) -> tuple[int, str]:
         term = hdr.term if last is None else max(hdr.term, META_FIXED.unpack_from(mv, last + REC_HEADER_SIZE)[0])
     finally:
         mv.release()
+        mm.close()
     return term, path
 
 
