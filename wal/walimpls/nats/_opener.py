@@ -24,12 +24,13 @@ __all__ = ["NatsOpener", "NatsOpenerBuilder"]
 T = TypeVar("T")
 
 
-async def _quiet(_e: Exception) -> None:
-    """nats-py logs every disconnect through its default error callback; reconnects are normal here."""
-
-
-async def _connect(o: NatsOptions) -> Any:
+async def _connect(o: NatsOptions, last_error: list[BaseException]) -> Any:
+    """Connect; ``last_error`` keeps the client's latest error (nats-py retries a refused or unauthorised initial
+    connection until our timeout, so that error is the only hint of the cause)."""
     import nats
+
+    async def on_error(e: Exception) -> None:  # instead of nats-py's default, which logs every (normal) reconnect
+        last_error[:] = [e]
 
     kw: dict[str, Any] = {
         "servers": list(o.servers),
@@ -38,7 +39,7 @@ async def _connect(o: NatsOptions) -> Any:
         "reconnect_time_wait": o.reconnect_time_wait,
         "max_reconnect_attempts": o.max_reconnect_attempts,
         "allow_reconnect": True,
-        "error_cb": _quiet,
+        "error_cb": on_error,
         "pending_size": 64 * 1024 * 1024,
     }
     for k in ("user", "password", "token", "tls_hostname"):
@@ -63,14 +64,16 @@ class NatsOpener(OpenerImpls):
         self._lock = threading.Lock()
         self._wals: set[NatsWAL] = set()
         self._closed = False
+        last_error: list[BaseException] = []
         try:
             self.nc = self.lt.run(
-                _connect(options), options.connect_timeout * 2 + 1
+                _connect(options, last_error), options.connect_timeout * 2 + 1
             )  # nats-py may never give up on its own
         except BaseException as e:
             self.lt.close()
+            cause = f"; last error: {type(last_error[0]).__name__}: {last_error[0]}" if last_error else ""
             if isinstance(e, WALError):
-                raise WALIOError(f"nats: cannot connect to {', '.join(options.servers)}: {e}") from e
+                raise WALIOError(f"nats: cannot connect to {', '.join(options.servers)}: {e}{cause}") from e
             raise WALIOError(f"nats: cannot connect to {', '.join(options.servers)}: {e!r}") from e
         self.js = self.nc.jetstream(timeout=options.request_timeout, publish_async_max_pending=options.max_pending)
 

@@ -103,15 +103,17 @@ async def read_fence(js: Any, names: ChannelNames) -> tuple[int, int, str]:
     return int(m.seq), int(h.get(H_TERM, "0")), str(h.get(H_WRITER, ""))
 
 
-async def next_fence(js: Any, names: ChannelNames, after: int) -> tuple[int, int] | None:
-    """The first fence record after sequence ``after`` (its sequence and term), read from the leader; or None."""
+async def next_fence(js: Any, names: ChannelNames, after: int) -> tuple[int, int, str] | None:
+    """The first fence record after sequence ``after`` (its sequence, term and writer id), read from the leader; or
+    None."""
     import nats.js.errors
 
     try:
         m = await js.get_msg(names.stream, seq=after + 1, subject=names.fence_subject, next=True)
     except nats.js.errors.NotFoundError:
         return None
-    return int(m.seq), int((m.headers or {}).get(H_TERM, "0"))
+    h = m.headers or {}
+    return int(m.seq), int(h.get(H_TERM, "0")), str(h.get(H_WRITER, ""))
 
 
 class Publisher:
@@ -212,18 +214,22 @@ class Publisher:
                 return
             target = max(self._max_acked, seq)
             deadline = time.monotonic() + self._opts.append_timeout
+            after = self._fence_seq
             while True:
                 try:
-                    nxt = await next_fence(self._js, self._names, self._fence_seq)
-                    break
+                    nxt = await next_fence(self._js, self._names, after)
                 except Exception as e:  # no leader for a moment (election, restart): ask again
                     if time.monotonic() > deadline:
                         raise WALTimeoutError(f"nats: {self._where()}: cannot check the fence: {e!r}") from e
                     await asyncio.sleep(0.1)
+                    continue
+                if nxt is None or (nxt[1], nxt[2]) != (self._term, self._writer):
+                    break
+                after = nxt[0]  # this writer's own re-fence (after a failure, maybe stored unacknowledged): go on
             if nxt is None:
                 self._verified = target
                 return
-            fseq, term = nxt
+            fseq, term, _ = nxt
             self._verified = min(target, fseq - 1)
             self._fence(term)
             if seq > fseq:  # stored after a newer writer's fence: readers skip it, the caller gets FencedError
@@ -376,7 +382,9 @@ class Publisher:
                 raise FencedError(
                     f"nats: channel {self._channel!r} is owned by term {term}, cannot open with term {self._term}"
                 )
-            if not first and (term, writer, fseq) != (self._term, self._writer, self._fence_seq):
+            # Re-fencing: the last record must still be this writer's. It may sit at a later sequence than the one
+            # we know (a re-fence stored whose ack was lost): writer ids are unique per open, so it is still ours.
+            if not first and (term, writer) != (self._term, self._writer):
                 self._fence(term)
                 self._check()
             self._fences += 1
