@@ -94,6 +94,13 @@ def test_unknown_and_bad_options_raise() -> None:
         b.build(replicas=7)
     with pytest.raises(InvalidArgumentError, match="stream_prefix"):
         b.build(stream_prefix="a.b")
+    with pytest.raises(InvalidArgumentError, match="tls_key_file needs tls_cert_file"):  # was silently ignored
+        b.build(tls_key_file="/nonexistent/key.pem")
+    import importlib.util
+
+    if importlib.util.find_spec("nkeys") is None:  # a bare ModuleNotFoundError at connect, before
+        with pytest.raises(InvalidArgumentError, match="nkeys package"):
+            b.build(creds_file="/nonexistent/wal.creds")
 
 
 def test_unreachable_server_fails_fast() -> None:
@@ -562,3 +569,21 @@ def test_fence_check_of_replicated_streams_skips_the_writers_own_re_fence(opener
         pub._js.get_msg = real
     assert injected and mid.value < injected[0]
     assert pub._fenced is None
+
+
+@pytest.mark.parametrize("how", ["tls:// URL", "tls_ca_file"])
+def test_tls_asked_for_but_not_used_is_refused(server: NatsServer, how: str) -> None:
+    """nats-py upgrades to TLS only when the server requires it: with TLS options (or a tls:// URL) against a server
+    (or a man in the middle) that does not, it connected in plaintext and build() succeeded (review 11e)."""
+    import ssl
+
+    kw: dict[str, object] = {"connect_timeout": 2.0, "max_reconnect_attempts": 0}
+    if how == "tls:// URL":
+        kw["servers"] = server.url.replace("nats://", "tls://")
+    else:
+        kw["servers"] = server.url
+        kw["tls_ca_file"] = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+    with pytest.raises(WALIOError, match="did not require it"):
+        wn.NatsOpenerBuilder().build(**kw)
+    with wn.NatsOpenerBuilder().build(servers=server.url) as op:  # without TLS options, plaintext is what was asked
+        op.open(chan()).close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import threading
 import time
@@ -22,6 +23,7 @@ from ._wal import NatsWAL
 __all__ = ["NatsOpener", "NatsOpenerBuilder"]
 
 T = TypeVar("T")
+_log = logging.getLogger("wal.nats")
 
 
 async def _connect(o: NatsOptions, last_error: list[BaseException]) -> Any:
@@ -54,7 +56,33 @@ async def _connect(o: NatsOptions, last_error: list[BaseException]) -> Any:
     if tls is not None:
         kw["tls"] = tls
         kw["tls_handshake_first"] = o.tls_handshake_first
-    return await nats.connect(**kw)
+    if o.tls_wanted():
+
+        async def on_reconnect() -> None:  # a reconnect may reach a server (or a man in the middle) without TLS
+            if _encrypted(nc) is False:
+                await nc.close()  # every call then fails with the connection closed; the log says why
+                _log.error("nats: %s", _plaintext(o, nc))
+
+        kw["reconnected_cb"] = on_reconnect
+    nc = await nats.connect(**kw)
+    return nc
+
+
+def _encrypted(nc: Any) -> bool | None:
+    """Whether the connection runs over TLS (None: this nats-py does not tell)."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    if writer is None or not hasattr(writer, "get_extra_info"):
+        return None
+    return writer.get_extra_info("ssl_object") is not None
+
+
+def _plaintext(o: NatsOptions, nc: Any) -> str:
+    url = getattr(getattr(nc, "connected_url", None), "netloc", None) or ", ".join(o.servers)
+    return (
+        f"TLS was asked for (a tls_* option or a tls:// URL), but the server at {url} did not require it and nats-py "
+        "connected without TLS: the connection is closed. The handshake, credentials included, went unencrypted. "
+        "Require TLS on the server, or set tls_handshake_first=True (then nothing is sent before TLS)"
+    )
 
 
 class NatsOpener(OpenerImpls):
@@ -75,6 +103,12 @@ class NatsOpener(OpenerImpls):
             if isinstance(e, WALError):
                 raise WALIOError(f"nats: cannot connect to {', '.join(options.servers)}: {e}{cause}") from e
             raise WALIOError(f"nats: cannot connect to {', '.join(options.servers)}: {e!r}") from e
+        if options.tls_wanted() and _encrypted(self.nc) is False:  # nats-py upgrades only when the server asks
+            msg = _plaintext(options, self.nc)
+            with contextlib.suppress(Exception):
+                self.lt.run(self.nc.close(), options.connect_timeout + 1)
+            self.lt.close()
+            raise WALIOError(f"nats: {msg}")
         self.js = self.nc.jetstream(timeout=options.request_timeout, publish_async_max_pending=options.max_pending)
 
     def run_api(self, coro: Coroutine[Any, Any, T], what: str) -> T:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import ssl
 from dataclasses import dataclass, fields
@@ -50,6 +51,13 @@ class NatsOptions:
     # flow
     max_pending: int = 8192
     read_ahead: int = 2048
+
+    def tls_wanted(self) -> bool:
+        """Whether the user asked for TLS: a CA, a client certificate or key, a ``tls://`` URL, handshake first."""
+        return bool(
+            self.tls_ca_file or self.tls_cert_file or self.tls_key_file or self.tls_handshake_first
+            or any(u.lower().startswith("tls://") for u in self.servers)
+        )
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not (self.tls_ca_file or self.tls_cert_file):
@@ -123,4 +131,11 @@ def parse_options(options: dict[str, Any]) -> NatsOptions:
         raise InvalidArgumentError("nats: max_pending and read_ahead must be >= 1")
     if o.publish_timeout <= 0 or o.append_timeout <= 0 or o.request_timeout <= 0 or o.connect_timeout <= 0:
         raise InvalidArgumentError("nats: timeouts must be > 0")
+    if o.tls_key_file and not o.tls_cert_file:
+        raise InvalidArgumentError("nats: tls_key_file needs tls_cert_file (the client certificate it belongs to)")
+    # nats-py signs with nkeys; without it the connect failed with a bare ModuleNotFoundError
+    if (o.creds_file or o.nkeys_seed_file) and importlib.util.find_spec("nkeys") is None:
+        raise InvalidArgumentError(
+            "nats: creds_file and nkeys_seed_file need the nkeys package: pip install 'nats-py[nkeys]'"
+        )
     return o
