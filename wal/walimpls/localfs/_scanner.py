@@ -455,12 +455,15 @@ class LocalFSScanner(ScannerImpls):
         if keys is None:
             return seg
         while True:
-            bloom = seg.sealed_bloom()
+            try:
+                bloom = seg.sealed_bloom()
+            except CorruptedError:  # a damaged header or summary: entered, _fill raises it after what it read
+                return seg
             if bloom is None or any(all(bloom[p >> 3] & (1 << (p & 7)) for p in k) for k in keys):
                 return seg
             nxt = self._source.after(seg)
-            if nxt is None:
-                return seg
+            if nxt is None or nxt.first_id != seg.status()[3] + 1:
+                return seg  # a gap after it (or a listing that missed one): _fill's checks decide, past this one
             seg = nxt
 
     def _seek(self, seg: SegView, target: int) -> None:
@@ -510,8 +513,13 @@ class LocalFSScanner(ScannerImpls):
                     break  # deliver the records before it; the next call stops here again and raises
                 raise
             if mv is None:  # deleted by retention: continue with what is still kept
-                if not self._relocate():
-                    return out
+                try:
+                    if not self._relocate():
+                        return out
+                except CorruptedError:  # the segment it moves to is damaged: as above
+                    if out:
+                        break
+                    raise
                 continue
             self._read(mv, limit, exact, max_n, out)
             if len(out) >= max_n:
