@@ -587,3 +587,14 @@ def test_tls_asked_for_but_not_used_is_refused(server: NatsServer, how: str) -> 
         wn.NatsOpenerBuilder().build(**kw)
     with wn.NatsOpenerBuilder().build(servers=server.url) as op:  # without TLS options, plaintext is what was asked
         op.open(chan()).close()
+
+
+def test_tls_handshake_first_without_a_ca_file_is_used(server: NatsServer) -> None:
+    """``tls_handshake_first=True`` reached nats-py only with a tls_ca_file or tls_cert_file: alone (the system's
+    CAs) it was dropped, the client sent its CONNECT in plaintext, and build() refused that with advice to set
+    tls_handshake_first=True. The TLS handshake now comes first: against this plaintext server it fails, before any
+    NATS handshake."""
+    with pytest.raises(WALIOError) as e:
+        wn.NatsOpenerBuilder().build(servers=server.url, tls_handshake_first=True, connect_timeout=2.0,
+                                     max_reconnect_attempts=0)
+    assert "did not require it" not in str(e.value), e.value

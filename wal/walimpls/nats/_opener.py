@@ -55,7 +55,8 @@ async def _connect(o: NatsOptions, last_error: list[BaseException]) -> Any:
     tls = o.tls_context()
     if tls is not None:
         kw["tls"] = tls
-        kw["tls_handshake_first"] = o.tls_handshake_first
+    if o.tls_handshake_first:  # also without a CA or client certificate: nats-py then uses the system's CAs
+        kw["tls_handshake_first"] = True
     if o.tls_wanted():
 
         async def on_reconnect() -> None:  # a reconnect may reach a server (or a man in the middle) without TLS
