@@ -865,3 +865,20 @@ def test_an_open_marks_a_successor_that_a_crash_or_an_older_version_left_unmarke
     with build(tmp_path) as opener:
         with pytest.raises(CorruptedError, match=f"no segment from ID {lost} on is left"):
             open_rw(opener)
+
+
+def test_a_sealed_segment_cut_inside_its_data_is_refused_not_grown_and_trusted(tmp_path: Path) -> None:
+    """Opening grew the cut segment back to its preallocation, trusted its seal summary and opened: readers then
+    failed at the hole of zeros, while `verify` reported it and `repair` refused it (review 11c)."""
+    _write(tmp_path, 200)
+    sealed = _segments(tmp_path)[1]
+    off, _size = _records(sealed)[3]
+    os.truncate(sealed, off)  # cut at a record boundary inside the sealed data
+    with build(tmp_path) as opener:
+        with pytest.raises(CorruptedError, match="sealed segment cut from outside") as e:
+            open_rw(opener)
+    assert (e.value.path, e.value.offset) == (str(sealed), off)
+    assert os.path.getsize(sealed) == off  # not grown back
+    assert any(p.path == str(sealed) for p in verify(str(tmp_path), "p1"))
+    with pytest.raises(CorruptedError):
+        repair(str(tmp_path), "p1")

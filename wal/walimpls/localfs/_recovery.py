@@ -329,6 +329,16 @@ def recover(
             hdr = SegmentHeader.unpack(fops.pread(fd, SEG_HEADER.size, 0), path)
             if hdr.first_id != fid:
                 raise CorruptedError(f"{path}: header says first ID {hdr.first_id}", path=path, offset=0)
+            seal = Summary.unpack(fops.pread(fd, SUMMARY.size, SEAL_OFF), 0, SEAL_MAGIC)
+            if seal is not None and size < seal.data_end <= hdr.capacity:
+                # Sealed, then cut inside its data: records it vouches for are gone. Growing it back (below) and
+                # trusting the seal opened a log whose readers later failed at the hole; refuse, as for any damage
+                # to durable data (``wal verify`` reports it, ``wal repair`` refuses it).
+                raise CorruptedError(
+                    f"{path}: sealed segment cut from outside at byte {size}, inside its data (which ends at "
+                    f"{seal.data_end}): its records after the cut are lost; restore the file from a copy",
+                    path=path, offset=size,
+                )
             if write and size < hdr.capacity:  # someone cut the file: restore the preallocation
                 # A writer never makes a segment shorter than its preallocation: this is damage from outside, and
                 # records past the cut (if any were there) are gone. Say so; the data up to the cut is kept.
@@ -339,7 +349,6 @@ def recover(
                 size = fops.fstat_size(fd)
                 rec.cut.append(f"{path}: restored its size from {size_was} to {hdr.capacity} bytes (cut from outside; "
                                f"records past byte {size_was}, if any, are lost)")
-            seal = Summary.unpack(fops.pread(fd, SUMMARY.size, SEAL_OFF), 0, SEAL_MAGIC)
             st: SegmentState
             if seal is not None and _check_summary(path, hdr, size, seal):
                 st = _state_from(path, hdr, size, seal, sealed=True)
