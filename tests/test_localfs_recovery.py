@@ -882,3 +882,33 @@ def test_a_sealed_segment_cut_inside_its_data_is_refused_not_grown_and_trusted(t
     assert any(p.path == str(sealed) for p in verify(str(tmp_path), "p1"))
     with pytest.raises(CorruptedError):
         repair(str(tmp_path), "p1")
+
+
+def test_an_open_syncs_the_directory_before_it_marks_a_successor_it_did_not_make(tmp_path: Path) -> None:
+    """SIGKILL between the successor's rename and the directory sync leaves a successor whose name is not durable.
+    The open that finishes the roll marked the segment before it at once: a power cut then could keep the mark and
+    lose the name, and the next open refused a log that lost nothing ("no segment from ID ... on is left"). The
+    roll syncs the directory before its mark; so does the open now."""
+    from wal.walimpls.localfs._fileops import FileOps
+
+    _write(tmp_path, 200)
+    before_last = _segments(tmp_path)[-2]
+    with open(before_last, "r+b") as f:  # the roll cut short after the rename: no mark
+        f.seek(NEXT_OFF)
+        f.write(bytes(NEXT_MARK.size))
+    calls: list[str] = []
+
+    class Recording(FileOps):
+        def fsync_dir(self, path: str) -> None:
+            calls.append("fsync_dir")
+            super().fsync_dir(path)
+
+        def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+            if offset == NEXT_OFF:
+                calls.append("mark")
+            return super().pwrite(fd, data, offset)
+
+    with build(tmp_path, _file_ops=Recording()) as opener:
+        open_rw(opener).close()
+    assert "mark" in calls, calls
+    assert "fsync_dir" in calls[: calls.index("mark")], calls

@@ -222,6 +222,9 @@ class LocalFSWAL(_Base):
             if len(self._log.segments) > 1:  # a roll a crash cut short (before or after the successor): finish it
                 prev = self._log.segments[-2].path  # (see _roll); also marks segments rolled before the mark existed
                 if self._successor_of(prev) is None:
+                    # The successor may be a crashed roll's, renamed but its name not yet synced: mark only once
+                    # its name is durable (as _roll does), or a power cut could keep the mark and lose the segment.
+                    self._fops.fsync_dir(self._chdir)
                     self._mark_successor(prev, self._log.segments[-1].first_id)
             self._open_active(self._log.segments[-1])
             if recovered.tail_synced:  # recovery synced what it kept: the first flush vouches for it

@@ -29,7 +29,8 @@ _log = logging.getLogger("wal.nats")
 async def _connect(o: NatsOptions, last_error: list[BaseException]) -> Any:
     """Connect; ``last_error`` keeps the client's latest error (nats-py retries a refused or unauthorised initial
     connection until our timeout, so that error is the only hint of the cause)."""
-    import nats
+    from nats.aio.client import Client
+    from nats.errors import Error as NatsError
 
     async def on_error(e: Exception) -> None:  # instead of nats-py's default, which logs every (normal) reconnect
         last_error[:] = [e]
@@ -57,15 +58,38 @@ async def _connect(o: NatsOptions, last_error: list[BaseException]) -> Any:
         kw["tls"] = tls
     if o.tls_handshake_first:  # also without a CA or client certificate: nats-py then uses the system's CAs
         kw["tls_handshake_first"] = True
+    nc = Client()
     if o.tls_wanted():
+        refused = [False]
+        connect_command = nc._connect_command
 
-        async def on_reconnect() -> None:  # a reconnect may reach a server (or a man in the middle) without TLS
+        def checked_connect_command() -> bytes:
+            # nats-py calls this after the server's INFO and the TLS upgrade (which it makes only when the server
+            # requires TLS), before it sends anything: a server (or a man in the middle) without TLS gets nothing,
+            # neither the CONNECT and its credentials nor, at a reconnect, the subscriptions and the publishes
+            # buffered meanwhile. The attempt fails as a refused one: nats-py tries the next server, for ever.
+            if _encrypted(nc) is False:
+                msg = _plaintext(o, nc)
+                if not refused[0]:  # once per run of refusals (nats-py retries every reconnect_time_wait)
+                    _log.error("nats: %s", msg)
+                refused[0] = True
+                transport = nc._transport
+                if transport is not None:  # nats-py leaves a failed attempt's socket to the GC
+                    with contextlib.suppress(Exception):
+                        transport.close()  # type: ignore[no-untyped-call]
+                raise NatsError(msg)
+            refused[0] = False
+            return connect_command()
+
+        nc._connect_command = checked_connect_command  # type: ignore[method-assign]
+
+        async def on_reconnect() -> None:  # a backstop, should a nats-py version not call the check above
             if _encrypted(nc) is False:
                 await nc.close()  # every call then fails with the connection closed; the log says why
-                _log.error("nats: %s", _plaintext(o, nc))
+                _log.error("nats: %s", _plaintext(o, nc, sent=True))
 
         kw["reconnected_cb"] = on_reconnect
-    nc = await nats.connect(**kw)
+    await nc.connect(**kw)
     return nc
 
 
@@ -77,12 +101,15 @@ def _encrypted(nc: Any) -> bool | None:
     return writer.get_extra_info("ssl_object") is not None
 
 
-def _plaintext(o: NatsOptions, nc: Any) -> str:
-    url = getattr(getattr(nc, "connected_url", None), "netloc", None) or ", ".join(o.servers)
+def _plaintext(o: NatsOptions, nc: Any, *, sent: bool = False) -> str:
+    uri = getattr(getattr(nc, "_current_server", None), "uri", None)
+    url = getattr(uri, "netloc", None) or ", ".join(o.servers)
+    what = ("nats-py connected without TLS: the connection is closed (its handshake, credentials included, went "
+            "unencrypted)" if sent else "nats-py uses TLS only when a server requires it: the connection is refused "
+            "before the NATS handshake (nothing was sent)")
     return (
-        f"TLS was asked for (a tls_* option or a tls:// URL), but the server at {url} did not require it and nats-py "
-        "connected without TLS: the connection is closed. The handshake, credentials included, went unencrypted. "
-        "Require TLS on the server, or set tls_handshake_first=True (then nothing is sent before TLS)"
+        f"TLS was asked for (a tls_* option or a tls:// URL), but the server at {url} did not require it, and "
+        f"{what}. Require TLS on the server, or set tls_handshake_first=True"
     )
 
 
@@ -103,9 +130,9 @@ class NatsOpener(OpenerImpls):
             cause = f"; last error: {type(last_error[0]).__name__}: {last_error[0]}" if last_error else ""
             if isinstance(e, WALError):
                 raise WALIOError(f"nats: cannot connect to {', '.join(options.servers)}: {e}{cause}") from e
-            raise WALIOError(f"nats: cannot connect to {', '.join(options.servers)}: {e!r}") from e
-        if options.tls_wanted() and _encrypted(self.nc) is False:  # nats-py upgrades only when the server asks
-            msg = _plaintext(options, self.nc)
+            raise WALIOError(f"nats: cannot connect to {', '.join(options.servers)}: {e!r}{cause}") from e
+        if options.tls_wanted() and _encrypted(self.nc) is False:  # a backstop, as on_reconnect in _connect
+            msg = _plaintext(options, self.nc, sent=True)
             with contextlib.suppress(Exception):
                 self.lt.run(self.nc.close(), options.connect_timeout + 1)
             self.lt.close()
