@@ -59,9 +59,9 @@ async def _connect(o: NatsOptions, last_error: list[BaseException]) -> Any:
     if o.tls_handshake_first:  # also without a CA or client certificate: nats-py then uses the system's CAs
         kw["tls_handshake_first"] = True
     nc = Client()
-    if o.tls_wanted():
+    connect_command: Any = getattr(nc, "_connect_command", None)  # private: without it, only the backstops check
+    if o.tls_wanted() and connect_command is not None:
         refused = [False]
-        connect_command = nc._connect_command
 
         def checked_connect_command() -> bytes:
             # nats-py calls this after the server's INFO and the TLS upgrade (which it makes only when the server
@@ -79,9 +79,10 @@ async def _connect(o: NatsOptions, last_error: list[BaseException]) -> Any:
                         transport.close()  # type: ignore[no-untyped-call]
                 raise NatsError(msg)
             refused[0] = False
-            return connect_command()
+            return bytes(connect_command())
 
         nc._connect_command = checked_connect_command  # type: ignore[method-assign]
+    if o.tls_wanted():
 
         async def on_reconnect() -> None:  # a backstop, should a nats-py version not call the check above
             if _encrypted(nc) is False:
