@@ -912,3 +912,31 @@ def test_an_open_syncs_the_directory_before_it_marks_a_successor_it_did_not_make
         open_rw(opener).close()
     assert "mark" in calls, calls
     assert "fsync_dir" in calls[: calls.index("mark")], calls
+
+
+def test_a_grown_sealed_segment_cut_inside_its_data_is_refused_with_nothing_changed(tmp_path: Path) -> None:
+    """The check for a sealed segment cut inside its data compared the seal's data end with the capacity in the
+    header, which a segment grown for a big first record exceeds (the header keeps the size it was made with): the
+    open then grew the file back, rewrote its seal summary from the cut data (the evidence gone) and only then
+    refused, at the next segment's gap (review 11h)."""
+    opener = build(tmp_path, segment_bytes=SEG)
+    try:
+        w = open_rw(opener)
+        w.append(msg(b"Y" * (SEG + 1000), tt=1))  # the first segment grows past its preallocation for it
+        for i in range(20):
+            w.append(msg(_payload(i), tt=2 + i))
+        w.close()
+    finally:
+        opener.close()
+    grown = _segments(tmp_path)[0]
+    assert os.path.getsize(grown) > SEG
+    os.truncate(grown, DATA_START)  # cut at the record boundary before its only record
+    seal_before = grown.read_bytes()[128:452]
+    with build(tmp_path, segment_bytes=SEG) as opener:
+        with pytest.raises(CorruptedError, match="sealed segment cut from outside") as e:
+            open_rw(opener)
+    assert (e.value.path, e.value.offset) == (str(grown), DATA_START)
+    assert os.path.getsize(grown) == DATA_START  # not grown back
+    assert grown.read_bytes()[128:452] == seal_before
+    with pytest.raises(CorruptedError, match="sealed segment cut from outside"):
+        repair(str(tmp_path), "p1")

@@ -259,3 +259,47 @@ def test_a_follower_whose_next_segment_retention_deleted_says_what_it_lost(
         s.close()
         ro.close()
         w.close()
+
+
+def test_a_follower_moved_past_a_deleted_segment_reports_only_the_ids_it_asked_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """_relocate reported a loss from the first ID of the segment it had listed, not from where the reader starts:
+    a follower started after the last ID (or from the middle of a segment) whose listed segment retention deleted
+    before it mapped it logged IDs it never asked for as lost; after the last ID, a loss where none was (review 11h).
+    Retention is simulated right after the listing, to hit the window."""
+    import logging
+
+    from wal.options import DeliverPolicy
+    from wal.walimpls.localfs import LocalFSMessageID
+
+    with build(tmp_path, segment_bytes=4096) as opener:
+        w = open_rw(opener)
+        w.append_batch([msg(b"a" * 300) for _ in range(64)])
+        last_seg = int(sorted((tmp_path / "p1").glob("*.seg"))[-1].name[:20])
+        ro = open_ro(opener)
+        s = ro.read(ReadOption("tail", deliver_policy=DeliverPolicy.start_after(LocalFSMessageID(64))))
+        src = s._source  # type: ignore[attr-defined]
+        real_find = src.find
+
+        def find(mid: int) -> object:
+            seg = real_find(mid)
+            src.find = real_find
+            assert seg.first_id == last_seg  # the segment that holds 64, full: the next append rolls
+            w.append_batch([msg(b"b" * 300) for _ in range(12)])  # the writer rolls on ...
+            for p in sorted((tmp_path / "p1").glob("*.seg")):  # ... and retention deletes up to the listed one
+                if int(p.name[:20]) <= last_seg:
+                    p.unlink()
+                    p.with_suffix(".idx").unlink()
+            return seg
+
+        src.find = find
+        with caplog.at_level(logging.WARNING, logger="wal.walimpls.localfs._scanner"):
+            got: list[int] = []
+            while not got or got[-1] < 76:
+                got.extend(m.message_id.value for m in s.recv_batch(1000, 2.0))  # type: ignore[attr-defined]
+        assert got == list(range(65, 77))  # nothing it asked for was lost
+        assert "deleted before it read them" not in caplog.text
+        s.close()
+        ro.close()
+        w.close()

@@ -330,10 +330,11 @@ def recover(
             if hdr.first_id != fid:
                 raise CorruptedError(f"{path}: header says first ID {hdr.first_id}", path=path, offset=0)
             seal = Summary.unpack(fops.pread(fd, SUMMARY.size, SEAL_OFF), 0, SEAL_MAGIC)
-            if seal is not None and size < seal.data_end <= hdr.capacity:
+            if seal is not None and size < seal.data_end:
                 # Sealed, then cut inside its data: records it vouches for are gone. Growing it back (below) and
                 # trusting the seal opened a log whose readers later failed at the hole; refuse, as for any damage
-                # to durable data (``wal verify`` reports it, ``wal repair`` refuses it).
+                # to durable data (``wal verify`` reports it, ``wal repair`` refuses it). Not bounded by the header's
+                # capacity: a segment grown for a big first record keeps the capacity it was made with.
                 raise CorruptedError(
                     f"{path}: sealed segment cut from outside at byte {size}, inside its data (which ends at "
                     f"{seal.data_end}): its records after the cut are lost; restore the file from a copy",

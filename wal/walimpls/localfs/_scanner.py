@@ -570,10 +570,11 @@ class LocalFSScanner(ScannerImpls):
         if seg.first_id > self._expect or (self._seg is not None and seg.first_id == self._seg.first_id):
             if seg.view(0) is None:
                 return False
-            if seg.first_id > self._expect > 0:  # the oldest kept is past it: retention got there first, said loudly
+            want = max(self._expect, self._skip_below)  # IDs below where a start_from/after reader starts: not its
+            if seg.first_id > want > 0:  # the oldest kept is past it: retention got there first, said loudly
                 log.warning(
                     "localfs scanner %r: IDs %d..%d were deleted before it read them; going on at %d",
-                    self._name, self._expect, seg.first_id - 1, seg.first_id,
+                    self._name, want, seg.first_id - 1, seg.first_id,
                 )
             self._enter(seg, DATA_START, seg.first_id)
         else:
