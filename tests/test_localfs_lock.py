@@ -311,6 +311,20 @@ def test_a_forked_child_cannot_write_through_the_writer_it_copied(tmp_path: Path
     assert got == [b"parent-0", b"parent-1", b"parent-2", b"parent-3"]
 
 
+def _remake_lock_under(root: Path, pid: int, match: str) -> None:
+    """``rm LOCK; touch LOCK`` under the writer ``pid`` of channel p1: Linux names it, an open is refused, ``info``
+    shows the writer."""
+    lock = root / "p1" / "LOCK"
+    lock.unlink()
+    lock.write_bytes(b"")
+    assert _lock.deleted_lock_holders(str(lock)) == [pid]
+    op = registry.must_get_builder("localfs").build(root=str(root))
+    with pytest.raises(WALLockedError, match=match):
+        op.open(OpenOption(PChannelInfo("p1", 3)))
+    op.close()
+    assert tools.channel_info(str(root), "p1").writer_locked
+
+
 def test_a_lock_file_deleted_and_made_again_under_a_live_writer_is_noticed(tmp_path: Path) -> None:
     """``rm LOCK; touch LOCK`` under a live writer left nothing at the path to say it runs: a second writer opened,
     ``info`` said no writer ran, and ``repair`` zeroed a record the writer was writing (a review: 97 of 473
@@ -321,15 +335,7 @@ def test_a_lock_file_deleted_and_made_again_under_a_live_writer_is_noticed(tmp_p
     p = start_writer(tmp_path, "p1", term=2)
     try:
         writer_append(p, 3, "a")
-        lock = tmp_path / "p1" / "LOCK"
-        lock.unlink()
-        lock.write_bytes(b"")
-        assert _lock.deleted_lock_holders(str(lock)) == [p.pid]
-        op = registry.must_get_builder("localfs").build(root=str(tmp_path))
-        with pytest.raises(WALLockedError, match=f"still hold.*{p.pid}|{p.pid}.*still hold"):
-            op.open(OpenOption(PChannelInfo("p1", 3)))
-        op.close()
-        assert tools.channel_info(str(tmp_path), "p1").writer_locked
+        _remake_lock_under(tmp_path, p.pid, match=f"still hold.*{p.pid}|{p.pid}.*still hold")
         r = wal_cmd("repair", "--root", str(tmp_path), "--channel", "p1")
         assert r.returncode == 1 and str(p.pid) in r.stderr, r.stderr
         writer_append(p, 3, "b")  # the writer never noticed
@@ -416,15 +422,7 @@ def test_a_lock_file_made_again_under_a_writer_that_sees_the_channel_at_another_
         assert p.stdout is not None and p.stdout.readline() == "ready\n", p.stderr.read() if p.stderr else ""
         writer_append(p, 3, "a")
         assert not os.listdir(view)  # this process does not see the writer's bind mount
-        lock = real / "p1" / "LOCK"
-        lock.unlink()
-        lock.write_bytes(b"")
-        assert _lock.deleted_lock_holders(str(lock)) == [p.pid]
-        op = registry.must_get_builder("localfs").build(root=str(real))
-        with pytest.raises(WALLockedError, match=f"{p.pid}"):
-            op.open(OpenOption(PChannelInfo("p1", 3)))
-        op.close()
-        assert tools.channel_info(str(real), "p1").writer_locked
+        _remake_lock_under(real, p.pid, match=f"{p.pid}")
         writer_append(p, 3, "b")
     finally:
         stop_writer(p)

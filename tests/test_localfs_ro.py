@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _localfs_util import build, msg, open_ro, open_rw
@@ -218,6 +219,14 @@ def test_follower_with_a_vchannel_hint_raises_at_a_missing_segment_after_one_it_
     assert (e.value.path, e.value.offset) == (str(segs[4]), 0)
 
 
+def _ids_until(s: Any, last: int) -> list[int]:
+    """The IDs a backend scanner delivers, up to and including ``last``."""
+    got: list[int] = []
+    while not got or got[-1] < last:
+        got.extend(m.message_id.value for m in s.recv_batch(1000, 2.0))
+    return got
+
+
 def test_a_follower_whose_next_segment_retention_deleted_says_what_it_lost(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -248,9 +257,7 @@ def test_a_follower_whose_next_segment_retention_deleted_says_what_it_lost(
 
         src.after = after
         with caplog.at_level(logging.WARNING, logger="wal.walimpls.localfs._scanner"):
-            got: list[int] = []
-            while not got or got[-1] < 60:
-                got.extend(m.message_id.value for m in s.recv_batch(1000, 2.0))  # type: ignore[attr-defined]
+            got = _ids_until(s, 60)
         second = int(segs[1].name[:20])
         third = int(segs[2].name[:20])
         assert second not in got and got[-1] == 60  # segment 2 was lost to "retention"
@@ -295,9 +302,7 @@ def test_a_follower_moved_past_a_deleted_segment_reports_only_the_ids_it_asked_f
 
         src.find = find
         with caplog.at_level(logging.WARNING, logger="wal.walimpls.localfs._scanner"):
-            got: list[int] = []
-            while not got or got[-1] < 76:
-                got.extend(m.message_id.value for m in s.recv_batch(1000, 2.0))  # type: ignore[attr-defined]
+            got = _ids_until(s, 76)
         assert got == list(range(65, 77))  # nothing it asked for was lost
         assert "deleted before it read them" not in caplog.text
         s.close()

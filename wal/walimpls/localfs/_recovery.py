@@ -67,6 +67,7 @@ __all__ = [
     "read_term",
     "recover",
     "stored_max_time_tick",
+    "successor_mark",
     "write_term",
 ]
 
@@ -389,12 +390,22 @@ def recover(
     return rec
 
 
+def successor_mark(fops: FileOps, seg: int | str) -> int | None:
+    """The first ID a segment's successor mark names (``seg``: an open descriptor or a path), or None."""
+    fd = fops.open(seg, os.O_RDONLY) if isinstance(seg, str) else seg
+    try:
+        return parse_next_mark(fops.pread(fd, NEXT_MARK.size, NEXT_OFF))
+    finally:
+        if isinstance(seg, str):
+            fops.close(fd)
+
+
 def _check_successor(fops: FileOps, chdir: str, path: str, fd: int, *, write: bool, accept: bool,
                      rec: Recovered) -> None:
     """The newest segment is sealed: a roll a crash cut short, unless its successor mark says the next segment was
     made. Then segments were deleted from outside, and with them acknowledged messages: opening would quietly give
     their IDs to new messages. Read-only callers list again first: a live writer may have rolled meanwhile."""
-    nxt = parse_next_mark(fops.pread(fd, NEXT_MARK.size, NEXT_OFF))
+    nxt = successor_mark(fops, fd)
     if nxt is None:
         return
     if not write and any(fid >= nxt for fid, _ in list_segments(fops, chdir)):

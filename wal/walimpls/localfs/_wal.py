@@ -39,7 +39,6 @@ from ._format import (
     DATA_START,
     FLUSH_START,
     INDEX_INTERVAL,
-    NEXT_MARK,
     NEXT_OFF,
     SEAL_MAGIC,
     SEAL_OFF,
@@ -55,13 +54,12 @@ from ._format import (
     index_header,
     index_name,
     next_mark,
-    parse_next_mark,
     segment_name,
     stamp_record,
 )
 from ._lock import release as release_lock
 from ._message_id import WAL_NAME, LocalFSMessageID, fast_id
-from ._recovery import Recovered, note_io_failure, stored_max_time_tick, write_index
+from ._recovery import Recovered, note_io_failure, stored_max_time_tick, successor_mark, write_index
 from ._retention import retention_count
 from ._scanner import DirSource, LocalFSScanner, WriterSource
 from ._state import ChannelLog, Hub, SegmentState
@@ -221,7 +219,7 @@ class LocalFSWAL(_Base):
                 self._log.segments = (*self._log.segments, self._create_segment(self._next_id, opts.segment_bytes))
             if len(self._log.segments) > 1:  # a roll a crash cut short (before or after the successor): finish it
                 prev = self._log.segments[-2].path  # (see _roll); also marks segments rolled before the mark existed
-                if self._successor_of(prev) is None:
+                if successor_mark(self._fops, prev) is None:
                     # The successor may be a crashed roll's, renamed but its name not yet synced: mark only once
                     # its name is durable (as _roll does), or a power cut could keep the mark and lose the segment.
                     self._fops.fsync_dir(self._chdir)
@@ -638,15 +636,6 @@ class LocalFSWAL(_Base):
         self._open_active(new)
         self._hub.bump()
         self._apply_retention()
-
-    def _successor_of(self, path: str) -> int | None:
-        """The successor a sealed segment's mark names, or None."""
-        fops = self._fops
-        fd = fops.open(path, os.O_RDONLY)
-        try:
-            return parse_next_mark(fops.pread(fd, NEXT_MARK.size, NEXT_OFF))
-        finally:
-            fops.close(fd)
 
     def _mark_successor(self, seg: int | str, next_id: int) -> None:
         """Write a sealed segment's successor mark (``seg``: its open descriptor or its path), durably."""

@@ -24,7 +24,6 @@ from ._format import (
     CLOSE_MAGIC,
     CLOSE_OFF,
     DATA_START,
-    NEXT_MARK,
     NEXT_OFF,
     SEAL_MAGIC,
     SEAL_OFF,
@@ -40,7 +39,6 @@ from ._format import (
     is_zero_header,
     last_nonzero_end,
     parse_index,
-    parse_next_mark,
     parse_segment_name,
     parse_term,
     scan_segment,
@@ -62,6 +60,7 @@ from ._recovery import (
     lock_deleted,
     log_term,
     recover,
+    successor_mark,
     write_index,
     write_term,
 )
@@ -288,9 +287,7 @@ def _lost_successor(chdir: str, segs: list[tuple[int, str]]) -> Problem | None:
         return None
     path = segs[-1][1]
     try:
-        with open(path, "rb") as f:
-            f.seek(NEXT_OFF)
-            nxt = parse_next_mark(f.read(NEXT_MARK.size))
+        nxt = successor_mark(DEFAULT_FILE_OPS, path)
     except OSError:  # deleted meanwhile, or unreadable: the segment's check says
         return None
     if nxt is None or any(fid >= nxt for fid, _ in list_segments(DEFAULT_FILE_OPS, chdir)):  # listed again: a roll
