@@ -318,6 +318,25 @@ def test_repair_rewrites_an_unreadable_term_file_from_the_log(tmp_path: Path) ->
     assert r.returncode == 0 and "nothing to repair" in r.stdout, r.stdout
 
 
+def test_oldest_segment_deleted_from_outside_through_the_command(tmp_path: Path) -> None:
+    fill(tmp_path, "p1", 100)
+    first_left = int(str(_segments(tmp_path)[1]["first_id"]))
+    (tmp_path / "p1" / "00000000000000000001.seg").unlink()
+    r = wal_cmd("info", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 0 and f"LOST            ids 1..{first_left - 1}: the oldest segments" in r.stdout, r.stdout
+    r = wal_cmd("info", "--root", str(tmp_path), "--channel", "p1", "--json")
+    assert json.loads(r.stdout)["lost_front"] == [1, first_left]
+    r = wal_cmd("verify", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 1 and f"no segment holds IDs 1..{first_left - 1}" in r.stdout, (r.stdout, r.stderr)
+    r = wal_cmd("repair", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 1 and "accept-lost-segments" in r.stderr, (r.stdout, r.stderr)
+    r = wal_cmd("repair", "--root", str(tmp_path), "--channel", "p1", "--accept-lost-segments")
+    assert r.returncode == 0 and "verify ok" in r.stdout, (r.stdout, r.stderr)
+    (tmp_path / "p1" / "FIRST").write_bytes(b"garbage")
+    r = wal_cmd("repair", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 0 and f"rewrote FIRST (it was unreadable) with id {first_left}" in r.stdout, r.stdout
+
+
 def test_info_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     for k in range(40):
         fill(tmp_path, f"c{k}", 1)

@@ -6,6 +6,7 @@ import itertools
 import logging
 import mmap
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -16,7 +17,15 @@ from _localfs_util import build, msg, open_rw, read_all
 from wal.errors import CorruptedError, WALTimeoutError
 from wal.options import DeliverPolicy
 from wal.walimpls.localfs import LocalFSMessageID
-from wal.walimpls.localfs._format import DATA_START, NEXT_MARK, NEXT_OFF, parse_next_mark, scan_segment
+from wal.walimpls.localfs._format import (
+    DATA_START,
+    NEXT_MARK,
+    NEXT_OFF,
+    first_text,
+    parse_first,
+    parse_next_mark,
+    scan_segment,
+)
 from wal.walimpls.localfs.tools import channel_info, repair, verify
 
 SEG = 8192
@@ -865,6 +874,112 @@ def test_an_open_marks_a_successor_that_a_crash_or_an_older_version_left_unmarke
     with build(tmp_path) as opener:
         with pytest.raises(CorruptedError, match=f"no segment from ID {lost} on is left"):
             open_rw(opener)
+
+
+def _delete_oldest(root: Path, n: int) -> tuple[int, int]:
+    """Delete the ``n`` oldest segments (and their indexes) from outside; the first ID deleted and the first left."""
+    segs = _segments(root)
+    for seg in segs[:n]:
+        seg.unlink()
+        seg.with_suffix(".idx").unlink()
+    return int(segs[0].name[:20]), int(segs[n].name[:20])
+
+
+def _first(root: Path) -> int | None:
+    return parse_first((root / "p1" / "FIRST").read_bytes())
+
+
+@pytest.mark.parametrize("deleted", [1, 2])
+def test_oldest_segments_deleted_from_outside_are_refused_not_taken_for_retention(tmp_path: Path,
+                                                                                   deleted: int) -> None:
+    """Before FIRST, deleting the oldest segments passed every tool: it looked like retention, and readers from
+    the earliest message silently started after the lost ones."""
+    _write(tmp_path, 200)
+    lost, left = _delete_oldest(tmp_path, deleted)
+    before = _files(tmp_path)
+    with build(tmp_path) as opener:
+        with pytest.raises(CorruptedError, match=re.escape(f"no segment holds IDs {lost}..{left - 1}")) as e:
+            open_rw(opener)
+    assert e.value.path == str(tmp_path / "p1" / "FIRST")
+    problems = verify(str(tmp_path), "p1")
+    assert [p.path for p in problems] == [str(tmp_path / "p1" / "FIRST")], problems
+    assert f"IDs {lost}..{left - 1}" in problems[0].message
+    info = channel_info(str(tmp_path), "p1")
+    assert info.lost_front == (lost, left) and info.segments[0].first_id == left
+    with pytest.raises(CorruptedError, match="accept-lost-segments"):
+        repair(str(tmp_path), "p1")
+    assert _files(tmp_path) == before  # a refused repair changes nothing
+    report = repair(str(tmp_path), "p1", accept_lost_segments=True)
+    assert report.changed and any(f"IDs {lost}..{left - 1}" in line for line in report.cut), report
+    assert _first(tmp_path) == left
+    assert verify(str(tmp_path), "p1") == []
+    with build(tmp_path) as opener:
+        w = open_rw(opener)
+        assert int(read_all(w)[0].message_id.value) == left  # type: ignore[attr-defined]
+        assert w.append(msg(b"after", tt=10_000)) == LocalFSMessageID(201)  # IDs go on after the newest
+        w.close()
+
+
+def test_every_segment_deleted_from_outside_is_refused_not_numbered_from_1_again(tmp_path: Path) -> None:
+    """Before FIRST, a channel whose segments were all deleted opened as a new log and gave ID 1 again."""
+    _write(tmp_path, 200)
+    _delete_oldest(tmp_path, len(_segments(tmp_path)) - 1)
+    last = _segments(tmp_path)[0]
+    last.unlink()
+    last.with_suffix(".idx").unlink()
+    with build(tmp_path) as opener:
+        with pytest.raises(CorruptedError, match="every segment is gone"):
+            open_rw(opener)
+    assert [p.path for p in verify(str(tmp_path), "p1")] == [str(tmp_path / "p1" / "FIRST")]
+    with pytest.raises(CorruptedError, match="every segment is gone"):
+        repair(str(tmp_path), "p1", accept_lost_segments=True)  # nothing left to number new messages after
+
+
+def test_retention_and_truncate_move_first_before_they_delete(tmp_path: Path) -> None:
+    with build(tmp_path, segment_bytes=SEG, retention_bytes=4 * SEG) as opener:
+        w = open_rw(opener)
+        assert _first(tmp_path) == 1  # written with the log's first segment
+        for i in range(300):
+            w.append(msg(_payload(i), tt=100 + i))
+        segs = _segments(tmp_path)
+        assert int(segs[0].name[:20]) > 1  # retention deleted some
+        assert _first(tmp_path) == int(segs[0].name[:20])
+        w.truncate(LocalFSMessageID(int(segs[2].name[:20])))
+        assert _first(tmp_path) == int(_segments(tmp_path)[0].name[:20]) == int(segs[2].name[:20])
+        w.close()
+    # A crash between moving FIRST and deleting leaves it above segments still there: no damage.
+    (tmp_path / "p1" / "FIRST").write_bytes(first_text(int(_segments(tmp_path)[1].name[:20])))
+    assert verify(str(tmp_path), "p1") == []
+    with build(tmp_path, segment_bytes=SEG) as opener:
+        open_rw(opener).close()
+
+
+def test_first_is_written_by_the_first_open_of_a_log_older_than_it(tmp_path: Path) -> None:
+    _write(tmp_path, 200)
+    (tmp_path / "p1" / "FIRST").unlink()  # as a version before FIRST left the log
+    assert verify(str(tmp_path), "p1") == []
+    with build(tmp_path, segment_bytes=SEG) as opener:
+        open_rw(opener).close()
+    assert _first(tmp_path) == 1
+    _delete_oldest(tmp_path, 1)
+    with build(tmp_path) as opener:
+        with pytest.raises(CorruptedError, match=r"no segment holds IDs 1\.\."):
+            open_rw(opener)
+
+
+def test_an_unreadable_first_is_refused_and_repair_writes_it_again(tmp_path: Path) -> None:
+    _write(tmp_path, 200)
+    path = tmp_path / "p1" / "FIRST"
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x01  # a flipped bit in its checksum
+    path.write_bytes(bytes(raw))
+    with build(tmp_path) as opener:
+        with pytest.raises(CorruptedError, match="unreadable first-segment file"):
+            open_rw(opener)
+    assert [p.path for p in verify(str(tmp_path), "p1")] == [str(path)]
+    report = repair(str(tmp_path), "p1")
+    assert report.changed and report.first_restored == 1
+    assert _first(tmp_path) == 1 and verify(str(tmp_path), "p1") == []
 
 
 def test_a_sealed_segment_cut_inside_its_data_is_refused_not_grown_and_trusted(tmp_path: Path) -> None:

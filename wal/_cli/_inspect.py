@@ -106,7 +106,8 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({
                 "channel": ci.name, "term": ci.term, "writer_locked": ci.writer_locked,
-                "lock_missing": ci.lock_missing, "lost_from": ci.lost_from, "messages": total_msgs,
+                "lock_missing": ci.lock_missing, "lost_from": ci.lost_from,
+                "lost_front": None if ci.lost_front is None else list(ci.lost_front), "messages": total_msgs,
                 "bytes_on_disk": total_bytes,
                 "segments": [{"path": s.path, "first_id": s.first_id, "last_id": s.last_id,
                               "first_time_tick": s.first_time_tick, "last_time_tick": s.last_time_tick,
@@ -126,6 +127,10 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
         if ci.lost_from is not None:
             click.echo(f"  LOST            every message from id {ci.lost_from} on: the newest segments were deleted "
                        "(see wal verify)")
+        if ci.lost_front is not None:
+            lo, left = ci.lost_front
+            click.echo(f"  LOST            ids {lo}..{left - 1}: the oldest segments were deleted from outside, not by "
+                       "retention (see wal verify)")
         if nonempty:
             click.echo(f"  first message   id {nonempty[0].first_id}, tick {_tick(nonempty[0].first_time_tick)}")
             last_tick = max(s.last_time_tick for s in nonempty)
@@ -251,8 +256,8 @@ def _count_segments(root: str, names: list[str]) -> int:
               help="You checked that no process has the channel open for writing: needed only when its LOCK file "
                    "was deleted (then the lock cannot tell).")
 @click.option("--accept-lost-segments", is_flag=True,
-              help="The newest segments were deleted from outside and cannot be restored from a copy: go on after "
-                   "what is left (new messages then reuse the lost messages' IDs).")
+              help="The newest or oldest segments were deleted from outside and cannot be restored from a copy: go "
+                   "on with what is left (when the newest were lost, new messages reuse their IDs).")
 @reports_errors
 def repair(root: str, channel: str, no_writer_running: bool, accept_lost_segments: bool) -> None:
     """Cut a torn tail (bytes a crash left half written) and rebuild missing or wrong indexes and seal summaries.
@@ -278,6 +283,8 @@ def repair(root: str, channel: str, no_writer_running: bool, accept_lost_segment
         click.echo(f"wrote seal summary: {path}")
     if report.term_restored is not None:
         click.echo(f"rewrote TERM (it was unreadable) with term {report.term_restored}, the highest the log shows")
+    if report.first_restored is not None:
+        click.echo(f"rewrote FIRST (it was unreadable) with id {report.first_restored}, the oldest segment's first")
     problems = fstools.verify(root, channel)
     for p in problems:
         click.echo(str(p))

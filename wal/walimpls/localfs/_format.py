@@ -33,6 +33,7 @@ INDEX_SUFFIX = ".idx"
 TMP_SUFFIX = ".tmp"
 LOCK_NAME = "LOCK"
 TERM_NAME = "TERM"
+FIRST_NAME = "FIRST"
 
 # -- segment file -----------------------------------------------------------------------------------------------------
 SEG_MAGIC = b"WALLFSEG"
@@ -89,8 +90,10 @@ IDX_TRAILER = struct.Struct("<4sIQI4x")  # b"IEND", pad, entry count, crc32c of 
 IDX_END_MAGIC = b"IEND"
 INDEX_INTERVAL = 4096
 
-# -- term file --------------------------------------------------------------------------------------------------------
-TERM_FMT = "wal-localfs-term v{version} {term} {crc:08x}\n"
+# -- term and first files ---------------------------------------------------------------------------------------------
+# One number each, in a line of text with its crc32c: TERM, the highest writer term; FIRST, the first ID of the
+# oldest segment the log must hold (moved by retention and truncate before they delete anything).
+_COUNTER_FMT = "wal-localfs-{kind} v{version} {value} {crc:08x}\n"
 
 _ZERO_HEADER = bytes(REC_HEADER_SIZE)
 _MT: dict[int, MessageType] = {int(t): t for t in MessageType}
@@ -614,18 +617,35 @@ def parse_index(raw: bytes, first_id: int, data_end: int | None = None) -> Index
 
 
 def term_text(term: int) -> bytes:
-    return TERM_FMT.format(version=LAYOUT_VERSION, term=term, crc=crc32c(str(term).encode())).encode()
+    return _counter_text("term", term)
 
 
 def parse_term(raw: bytes) -> int | None:
+    return _parse_counter("term", raw)
+
+
+def first_text(first_id: int) -> bytes:
+    return _counter_text("first", first_id)
+
+
+def parse_first(raw: bytes) -> int | None:
+    return _parse_counter("first", raw)
+
+
+def _counter_text(kind: str, value: int) -> bytes:
+    crc = crc32c(str(value).encode())
+    return _COUNTER_FMT.format(kind=kind, version=LAYOUT_VERSION, value=value, crc=crc).encode()
+
+
+def _parse_counter(kind: str, raw: bytes) -> int | None:
     try:
         parts = raw.decode("ascii").split()
-        if len(parts) != 4 or parts[0] != "wal-localfs-term" or parts[1] != f"v{LAYOUT_VERSION}":
+        if len(parts) != 4 or parts[0] != f"wal-localfs-{kind}" or parts[1] != f"v{LAYOUT_VERSION}":
             return None
-        term = int(parts[2])
-        if int(parts[3], 16) != crc32c(str(term).encode()):
+        value = int(parts[2])
+        if value < 0 or int(parts[3], 16) != crc32c(str(value).encode()):
             return None
-        return term
+        return value
     except (UnicodeDecodeError, ValueError):
         return None
 

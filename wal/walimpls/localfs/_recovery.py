@@ -23,6 +23,7 @@ from ._format import (
     CLOSE_MAGIC,
     CLOSE_OFF,
     DATA_START,
+    FIRST_NAME,
     IDX_HEADER,
     IDX_TRAILER,
     INDEX_SUFFIX,
@@ -44,10 +45,12 @@ from ._format import (
     Summary,
     check_record,
     find_valid_record_after,
+    first_text,
     index_file_bytes,
     index_name,
     is_zero_header,
     last_nonzero_end,
+    parse_first,
     parse_index,
     parse_next_mark,
     parse_segment_name,
@@ -64,10 +67,12 @@ __all__ = [
     "list_segments",
     "lock_deleted",
     "log_term",
+    "read_first",
     "read_term",
     "recover",
     "stored_max_time_tick",
     "successor_mark",
+    "write_first",
     "write_term",
 ]
 
@@ -87,6 +92,13 @@ class Recovered:
     tail_synced: bool = False
     # The first ID of newest segments deleted from outside, when ``accept_lost_segments`` let recovery go on.
     lost_from: int | None = None
+    # Oldest segments deleted from outside, when ``accept_lost_segments`` let recovery go on: the first lost ID and
+    # the first ID left (see ``_check_first``).
+    lost_front: tuple[int, int] | None = None
+    # What ``FIRST`` says (None: missing, as in logs older than it); ``first_restored``: it was unreadable, and
+    # was written again (``restore_first``).
+    first: int | None = None
+    first_restored: bool = False
 
 
 # Channel directories whose writer failed with an I/O error in this process. After a failed fdatasync Linux marks
@@ -208,6 +220,25 @@ def write_term(fops: FileOps, chdir: str, term: int) -> None:
     fops.write_file_atomic(os.path.join(chdir, TERM_NAME), term_text(term))
 
 
+def read_first(fops: FileOps, chdir: str) -> int | None:
+    """What ``FIRST`` says (None when missing); :class:`CorruptedError` when unreadable."""
+    path = os.path.join(chdir, FIRST_NAME)
+    try:
+        raw = fops.read_file(path)
+    except FileNotFoundError:
+        return None
+    first = parse_first(raw)
+    if first is None:
+        raise CorruptedError(f"{path}: unreadable first-segment file (`wal repair` writes it again)", path=path,
+                             offset=0)
+    return first
+
+
+def write_first(fops: FileOps, chdir: str, first_id: int) -> None:
+    """Durably, before any segment below ``first_id`` is deleted (see ``_check_first``)."""
+    fops.write_file_atomic(os.path.join(chdir, FIRST_NAME), first_text(first_id))
+
+
 def _read_all(fops: FileOps, fd: int, size: int) -> memoryview:
     """The whole segment, mapped read-only (recovery reads through a map, like scanners)."""
     return memoryview(fops.mmap(fd, size))
@@ -304,12 +335,15 @@ def damage_proof(version: int) -> str:
 
 
 def recover(
-    fops: FileOps, chdir: str, *, write: bool, segment_bytes: int = 0, accept_lost_segments: bool = False
+    fops: FileOps, chdir: str, *, write: bool, segment_bytes: int = 0, accept_lost_segments: bool = False,
+    restore_first: bool = False,
 ) -> Recovered:
     """Read (and, with ``write``, repair) a channel directory. The caller holds the write lock when ``write``.
 
-    Newest segments deleted from outside raise :class:`CorruptedError` (see :func:`_check_successor`), unless
-    ``accept_lost_segments``: then, with ``write``, the log goes on after what is left, and says what was lost.
+    Newest or oldest segments deleted from outside raise :class:`CorruptedError` (see :func:`_check_successor`
+    and :func:`_check_first`), unless ``accept_lost_segments``: then, with ``write``, the log goes on after what
+    is left, and says what was lost. An unreadable ``FIRST`` raises too, unless ``restore_first`` (``wal repair``):
+    then, with ``write``, it is written again from the oldest segment left.
     """
     rec = Recovered(segments=[], next_id=1, max_tt=0)
     if write:
@@ -322,6 +356,7 @@ def recover(
         for name in fops.listdir(chdir):
             if name.endswith(INDEX_SUFFIX) and name not in keep:
                 fops.unlink(os.path.join(chdir, name))
+    _check_first(fops, chdir, segs, write=write, accept=accept_lost_segments, restore=restore_first, rec=rec)
     for i, (fid, path) in enumerate(segs):
         is_last = i == len(segs) - 1
         fd = fops.open(path, os.O_RDWR if write else os.O_RDONLY)
@@ -422,6 +457,49 @@ def _check_successor(fops: FileOps, chdir: str, path: str, fd: int, *, write: bo
         log.warning("localfs recovery: %s; the loss was accepted", what)
     rec.cut.append(f"{what}; the loss was accepted")
     rec.lost_from = nxt
+
+
+def _check_first(fops: FileOps, chdir: str, segs: list[tuple[int, str]], *, write: bool, accept: bool,
+                 restore: bool, rec: Recovered) -> None:
+    """The oldest segment left starts after the ID that ``FIRST`` names: segments were deleted from outside.
+
+    Why: without it a deleted oldest segment looked like retention, and a log whose every segment was deleted
+    opened empty and gave ID 1 to new messages again. Retention and truncate write ``FIRST`` (durably) before they
+    delete, so a crash between leaves it *above* segments still present, never below. Read after ``segs`` was
+    listed: a live writer's retention that the listing shows had moved ``FIRST`` before it deleted.
+    """
+    try:
+        first = read_first(fops, chdir)
+    except CorruptedError:
+        if not (restore and segs):
+            raise
+        first = None
+        if write:
+            first = segs[0][0]
+            write_first(fops, chdir, first)
+            rec.first_restored = True
+            log.warning("localfs recovery: %s was unreadable: written again from the oldest segment, %s",
+                        FIRST_NAME, segs[0][1])
+    rec.first = first
+    if first is None or (segs and segs[0][0] <= first):
+        return
+    path = os.path.join(chdir, FIRST_NAME)
+    if not segs:
+        raise CorruptedError(
+            f"{chdir}: every segment is gone, though {FIRST_NAME} says the log holds messages from ID {first} on: "
+            "deleted from outside; restore them from a copy (nothing is left to number new messages after them: to "
+            "start a new log, delete the channel's directory)", path=path, offset=0)
+    oldest = segs[0][0]
+    what = (f"{chdir}: no segment holds IDs {first}..{oldest - 1}, though {FIRST_NAME} says the log keeps them "
+            "(retention and truncate move it before they delete): the oldest segments were deleted from outside")
+    if not accept:
+        raise CorruptedError(f"{what}; restore them from a copy, or accept the loss with "
+                             "`wal repair --accept-lost-segments`", path=path, offset=0)
+    if write:
+        write_first(fops, chdir, oldest)
+        log.warning("localfs recovery: %s; the loss was accepted", what)
+    rec.cut.append(f"{what}; the loss was accepted")
+    rec.lost_front = (first, oldest)
 
 
 def _ensure_sealed_index(fops: FileOps, st: SegmentState, seal: Summary, rec: Recovered) -> None:

@@ -59,7 +59,7 @@ from ._format import (
 )
 from ._lock import release as release_lock
 from ._message_id import WAL_NAME, LocalFSMessageID, fast_id
-from ._recovery import Recovered, note_io_failure, stored_max_time_tick, successor_mark, write_index
+from ._recovery import Recovered, note_io_failure, stored_max_time_tick, successor_mark, write_first, write_index
 from ._retention import retention_count
 from ._scanner import DirSource, LocalFSScanner, WriterSource
 from ._state import ChannelLog, Hub, SegmentState
@@ -224,6 +224,8 @@ class LocalFSWAL(_Base):
                     # its name is durable (as _roll does), or a power cut could keep the mark and lose the segment.
                     self._fops.fsync_dir(self._chdir)
                     self._mark_successor(prev, self._log.segments[-1].first_id)
+            if recovered.first is None:  # a new log, or one older than FIRST: from now on deleted segments show
+                write_first(self._fops, self._chdir, self._log.segments[0].first_id)
             self._open_active(self._log.segments[-1])
             if recovered.tail_synced:  # recovery synced what it kept: the first flush vouches for it
                 self._synced_end = self._end
@@ -730,6 +732,9 @@ class LocalFSWAL(_Base):
             if not n:
                 return
             gone = segs[:n]
+            # Before anything is deleted (the active segment never is, so segs[n] exists): from now on a missing
+            # segment below it is retention's doing, and one above it is damage (``_recovery._check_first``).
+            write_first(self._fops, self._chdir, segs[n].first_id)
             self._log.segments = segs[n:]
         for s in gone:
             for path in (s.path, os.path.join(self._chdir, index_name(s.first_id))):

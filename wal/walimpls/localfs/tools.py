@@ -24,6 +24,7 @@ from ._format import (
     CLOSE_MAGIC,
     CLOSE_OFF,
     DATA_START,
+    FIRST_NAME,
     NEXT_OFF,
     SEAL_MAGIC,
     SEAL_OFF,
@@ -59,6 +60,7 @@ from ._recovery import (
     load_index,
     lock_deleted,
     log_term,
+    read_first,
     recover,
     successor_mark,
     write_index,
@@ -101,6 +103,8 @@ class ChannelInfo:
     writer_locked: bool
     lock_missing: bool = False  # LOCK was deleted (TERM or a segment exists): a writer may still hold the deleted file
     lost_from: int | None = None  # newest segments were deleted from outside: the first lost ID (see ``verify``)
+    # Oldest segments were deleted from outside (not by retention): the first lost ID and the first ID left.
+    lost_front: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,10 +125,12 @@ class RepairReport:
     rebuilt_indexes: list[str] = field(default_factory=list)
     sealed: list[str] = field(default_factory=list)  # segments whose missing seal summary was written
     term_restored: int | None = None  # TERM was unreadable: rewritten with the highest term the log shows
+    first_restored: int | None = None  # FIRST was unreadable: rewritten with the oldest segment's first ID
 
     @property
     def changed(self) -> bool:
-        return bool(self.cut or self.rebuilt_indexes or self.sealed or self.term_restored is not None)
+        return bool(self.cut or self.rebuilt_indexes or self.sealed or self.term_restored is not None
+                    or self.first_restored is not None)
 
 
 def is_channel_dir(path: str) -> bool:
@@ -179,7 +185,8 @@ def channel_info(root: str, channel: str) -> ChannelInfo:
     """What a channel holds: term, segments (IDs, time ticks, bytes), whether a writer holds it. Read-only.
 
     Raises :class:`~wal.errors.CorruptedError` when the files cannot be understood (``verify`` says more). Newest
-    segments deleted from outside are no such case: the segments left are shown, with ``lost_from``.
+    or oldest segments deleted from outside are no such case: the segments left are shown, with ``lost_from`` or
+    ``lost_front``.
     """
     chdir = _chdir(root, channel)
     for attempt in range(5):
@@ -198,7 +205,7 @@ def channel_info(root: str, channel: str) -> ChannelInfo:
         for s in rec.segments
     ]
     return ChannelInfo(name=channel, term=_term(chdir), segments=segs, writer_locked=_writer_locked(chdir),
-                       lock_missing=_lock_missing(chdir), lost_from=rec.lost_from)
+                       lock_missing=_lock_missing(chdir), lost_from=rec.lost_from, lost_front=rec.lost_front)
 
 
 def _lock_missing(chdir: str) -> bool:
@@ -275,10 +282,32 @@ def verify(
             done += _size(path)
             if progress is not None:
                 progress(done, total)
-        lost = _lost_successor(chdir, segs)
-        if lost is not None:
-            problems.append(lost)
+        for lost in (_lost_successor(chdir, segs), _lost_front(chdir)):
+            if lost is not None:
+                problems.append(lost)
     return problems
+
+
+def _lost_front(chdir: str) -> Problem | None:
+    """The rule of recovery (``_recovery._check_first``): the oldest segment left starts after ``FIRST``."""
+    path = os.path.join(chdir, FIRST_NAME)
+    segs = list_segments(DEFAULT_FILE_OPS, chdir)  # listed before FIRST is read, as recovery does
+    try:
+        first = read_first(DEFAULT_FILE_OPS, chdir)
+    except CorruptedError:
+        return Problem(path, None, "unreadable first-segment file: opening for write refuses; `repair` writes it "
+                                   "again from the oldest segment")
+    except OSError as e:
+        return Problem(path, None, f"first-segment file cannot be read ({_why(e)})")
+    if first is None or (segs and segs[0][0] <= first):
+        return None
+    if not segs:
+        return Problem(path, None, f"every segment is gone, though the log held messages from ID {first} on: "
+                                   "deleted from outside (restore them from a copy)")
+    return Problem(path, None, f"no segment holds IDs {first}..{segs[0][0] - 1}, though the log keeps them "
+                               "(retention and truncate move this file before they delete): the oldest segments "
+                               "were deleted from outside (restore them from a copy, or accept the loss with "
+                               "`repair --accept-lost-segments`)")
 
 
 def _lost_successor(chdir: str, segs: list[tuple[int, str]]) -> Problem | None:
@@ -477,7 +506,9 @@ def repair(
     Cutting overwrites the torn bytes with zeros; it never truncates a file (a reader may have it mapped).
     Newest segments deleted from outside (the last one left is sealed and names its successor) are refused too,
     unless ``accept_lost_segments``: the log then goes on after what is left, and new messages reuse the IDs of
-    the lost ones (the report says which).
+    the lost ones (the report says which); so are oldest segments deleted from outside (the oldest left starts
+    after the ID in ``FIRST``), which ``accept_lost_segments`` accepts by moving ``FIRST``. An unreadable ``FIRST``
+    is written again from the oldest segment (``first_restored``).
     """
     fops = DEFAULT_FILE_OPS
     chdir = _chdir(root, channel)
@@ -500,10 +531,12 @@ def repair(
         close_slot = _clean_close_slot(chdir)
         accept = accept_lost_segments
         restored = _SizesRestored()
-        _check_repairable(restored, recover(restored, chdir, write=False, accept_lost_segments=accept), close_slot)
-        rec = recover(fops, chdir, write=True, accept_lost_segments=accept)
+        pre = recover(restored, chdir, write=False, accept_lost_segments=accept, restore_first=True)
+        _check_repairable(restored, pre, close_slot)
+        rec = recover(fops, chdir, write=True, accept_lost_segments=accept, restore_first=True)
         report = RepairReport(channel=channel, cut=list(rec.cut), rebuilt_indexes=list(rec.rebuilt_indexes),
-                              sealed=list(rec.sealed_now))
+                              sealed=list(rec.sealed_now),
+                              first_restored=rec.first if rec.first_restored else None)
         for st in rec.segments:
             ipath = os.path.join(chdir, index_name(st.first_id))
             if ipath in report.rebuilt_indexes:
