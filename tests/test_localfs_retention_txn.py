@@ -181,3 +181,24 @@ def test_starting_from_id_0_of_a_log_that_deleted_nothing_warns_nothing(
     assert bytes(m.payload) == b"a"
     assert "was deleted" not in caplog.text
     op.close()
+
+
+def test_truncate_reads_nothing_below_the_oldest_kept_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # truncate's txn probes (adaptor/_truncate.py) started below the oldest kept message, at the ID given or at a
+    # deleted last-confirmed ID, and localfs warned "scanner 'truncate-probe': message ID .. was deleted" about a
+    # scanner the user never opened. Truncating at or below the oldest kept message is a no-op.
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=4096)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    rs = w.append_messages([_ins(b"z" * 200) for _ in range(100)])  # one batch: all share an early last-confirmed
+    w.truncate(rs[60].message_id)
+    kept = _segments(tmp_path)
+    with caplog.at_level("WARNING", logger="wal"):
+        w.truncate(rs[3].message_id)  # below the oldest kept message
+        assert _segments(tmp_path) == kept
+        w.truncate(rs[90].message_id)  # above it, but the last-confirmed ID of rs[90] is deleted
+    assert len(_segments(tmp_path)) < len(kept)
+    assert "was deleted" not in caplog.text and "truncate-probe" not in caplog.text
+    assert [m.message_id for m in _delivered(w)][-10:] == [r.message_id for r in rs[-10:]]
+    op.close()

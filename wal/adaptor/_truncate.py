@@ -12,7 +12,13 @@ txn that is still unfinished at ``x``:
   (invariant 4: a message appended while a txn is open, the commit included, has a last-confirmed ID at or before
   its begin), so reading from there up to ``x`` finds every such begin. That is a short read: back to the start
   of the in-flight window, or of the longest txn around ``x``.
+
+These reads start at or after the oldest message kept. A backend reader asked to start below it (at an ID that
+``truncate`` or retention deleted) goes on at the oldest and, in localfs, logs a warning naming the IDs it missed:
+right for a user's reader, noise about a probe the user never opened. So ``x`` at or before the oldest kept message
+is a no-op (nothing lies wholly before it), and the txn search starts no lower than the oldest.
 """
+
 
 from __future__ import annotations
 
@@ -25,6 +31,15 @@ __all__ = ["truncation_point"]
 
 _WAIT = 10.0  # every message read here is stored already: a wait this long means the backend is stuck
 _BATCH = 256
+
+
+def _oldest(impls: ROWALImpls) -> MessageID:
+    """The ID of the oldest message the backend keeps."""
+    s = impls.read(ReadOption(name="truncate-probe", deliver_policy=DeliverPolicy.all()))
+    try:
+        return s.recv(_WAIT).message_id
+    finally:
+        s.close()
 
 
 def _first_at(impls: ROWALImpls, x: MessageID) -> MessageID | None:
@@ -67,10 +82,13 @@ def truncation_point(impls: ROWALImpls, x: MessageID, confirmed: MessageID | Non
     if confirmed < x:
         x = confirmed
     try:
+        oldest = _oldest(impls)
+        if not oldest < x:
+            return x  # nothing lies before x: the backend deletes nothing
         lo = _first_at(impls, x)
         if lo is None or not lo < x:
             return x
-        begins = _unfinished_begins(impls, lo, x)
+        begins = _unfinished_begins(impls, max(lo, oldest), x)
     except WALTimeoutError as e:
         raise WALTimeoutError(f"truncate: reading the txns around {x} took over {_WAIT} s") from e
     return min(begins) if begins else x
