@@ -411,6 +411,43 @@ def test_a_type_filter_that_drops_some_of_a_txns_body_still_gets_the_txn(backend
 
 
 @pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_a_type_filter_that_drops_all_of_a_txns_body_still_gets_the_txn_empty(backend: str, tmp_path: Any) -> None:
+    """Kept on purpose, as in Milvus (its scanner filters body messages before the txn buffer, which builds the TXN
+    from the commit whatever is left): TXN is a system type, which type filters never drop (DESIGN), and a txn
+    committed with no body is delivered empty anyway. The empty TXN tells the reader the commit happened, at the
+    commit's ID and time tick (a checkpoint, see DeliverFilter.message_type)."""
+    from wal.options import DeliverFilter
+
+    op = _open(backend, tmp_path, time_tick_interval=0.01)
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    only_deletes = ReadOption(deliver_filters=[DeliverFilter.message_type(MessageType.DELETE)])
+    tailing = w.read(only_deletes)
+    t = w.begin_txn("v")
+    t.append(MutableMessage(MessageType.INSERT, b"i0"))
+    t.append(MutableMessage(MessageType.INSERT, b"i1"))
+    commit = t.commit()
+    with w.begin_txn("v"):
+        pass  # no body at all: delivered empty to every reader
+    end = w.append(MutableMessage(MessageType.DELETE, b"end", vchannel="v")).message_id
+    for s in (tailing, w.read(only_deletes)):  # tailing, and catching up from the backend
+        got = []
+        while True:
+            m = s.recv(10)
+            if m.message_type is not MessageType.TIME_TICK:
+                got.append(m)
+            if m.message_id == end:
+                break
+        txn, no_body, last = got
+        assert txn.message_type is MessageType.TXN and txn.messages == () and txn.size() == 0
+        assert no_body.message_type is MessageType.TXN and no_body.messages == ()
+        assert (txn.message_id, txn.time_tick) == (commit.message_id, commit.time_tick)
+        assert bytes(last.payload) == b"end"
+        s.close()
+    w.close()
+    op.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
 def test_a_txn_message_on_another_vchannel_than_its_begin_is_refused(backend: str, tmp_path: Any) -> None:
     """A reader selecting the txn's vchannel would drop such a body and expire the txn before its commit; Milvus
     keeps a txn on one vchannel. Raw BEGIN/body/COMMIT messages (a Milvus client's way) are checked too."""

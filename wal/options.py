@@ -73,7 +73,9 @@ class DeliverFilter:
 
     - ``time_tick_gt(t)`` / ``time_tick_gte(t)``: apply to messages outside a transaction and to commits (and
       to whole ``TXN`` messages); other transaction members always pass.
-    - ``message_type(*types)``: keeps those types; system types always pass, and naming one raises.
+    - ``message_type(*types)``: keeps those types; system types always pass, and naming one raises. In a ``TXN``
+      message it keeps the body messages of those types: a committed txn none of whose body matches is still
+      delivered, as a ``TXN`` with no ``messages`` (as in Milvus, see ``message_type``).
     """
 
     kind: DeliverFilterKind
@@ -92,7 +94,14 @@ class DeliverFilter:
 
     @classmethod
     def message_type(cls, *types: MessageType) -> DeliverFilter:
-        """Keep messages of these types (and every system type, which this filter never drops)."""
+        """Keep messages of these types (and every system type, which this filter never drops).
+
+        ``TXN`` is a system type: a committed transaction is always delivered, with only the body messages of these
+        types, so possibly with none (``m.messages == ()``). Kept on purpose, as in Milvus (whose scanner filters
+        body messages before its txn buffer builds the TXN from the commit): the empty TXN says the commit happened,
+        at its ID and time tick, a checkpoint like any delivered message; a txn committed with no body comes empty
+        too. Skip ``TXN`` messages whose ``messages`` is empty where only data matters.
+        """
         if not types:
             raise InvalidArgumentError("message_type filter needs at least one type")
         out = set()
