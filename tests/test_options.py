@@ -71,3 +71,13 @@ def test_policies_and_filters_are_values() -> None:
     assert DeliverPolicy.start_from(ID(3)) == DeliverPolicy.start_from(ID(3)) != DeliverPolicy.start_after(ID(3))
     assert hash(DeliverFilter.time_tick_gt(4)) == hash(DeliverFilter.time_tick_gt(4))
     assert DeliverFilter.time_tick_gt(4) != DeliverFilter.time_tick_gte(4)
+
+
+def test_read_option_refuses_an_empty_vchannel() -> None:
+    # vchannel="" read every vchannel, like None: almost surely a name left empty by mistake. A message's vchannel
+    # "" means "for every vchannel", so the reader it asks for is not even clear.
+    from wal import ReadOption
+
+    with pytest.raises(InvalidArgumentError, match="None"):
+        ReadOption(vchannel="")
+    assert ReadOption(vchannel=None).vchannel is None and ReadOption(vchannel="v1").vchannel == "v1"

@@ -78,6 +78,8 @@ class ReadOption:
     """How to read: where to start, what to keep, which vchannel.
 
     ``vchannel`` keeps that vchannel's messages and those addressed to every vchannel; None keeps everything.
+    ``""`` raises :class:`~wal.errors.InvalidArgumentError`: it names no vchannel (on a message it means "for every
+    vchannel"), so it is a mistake, most often a name that was never filled in; it used to read everything, quietly.
     ``name`` names the scanner (generated when None).
     """
 
@@ -102,6 +104,8 @@ class ReadOption:
         for what, v in (("vchannel", self.vchannel), ("name", self.name)):
             if v is not None and not isinstance(v, str):
                 raise InvalidArgumentError(f"{what} must be a str or None, got {v!r}")
+        if self.vchannel == "":
+            raise InvalidArgumentError('vchannel "" names no vchannel: pass None to read every vchannel')
 
 
 @dataclass(slots=True)
