@@ -308,3 +308,39 @@ def test_a_follower_moved_past_a_deleted_segment_reports_only_the_ids_it_asked_f
         s.close()
         ro.close()
         w.close()
+
+
+def test_a_read_only_open_of_a_missing_channel_creates_nothing(tmp_path: Path) -> None:
+    # A read-only open made the channel directory (and the root): a follower writes nothing, and a mistyped
+    # channel name left a directory behind. Through the whole stack (the adaptor's RO WAL and a scanner).
+    from wal import AccessMode, OpenOption, PChannelInfo, registry
+    from wal import ReadOption as UserReadOption
+
+    root = tmp_path / "root"
+    with registry.must_get_builder("localfs").build(root=str(root)) as op:
+        with op.open(OpenOption(PChannelInfo("nowhere", 0, AccessMode.RO))) as ro:
+            with ro.read(UserReadOption()) as s, pytest.raises(WALTimeoutError):
+                s.recv(0.05)
+    assert not root.exists()
+
+
+def test_a_follower_started_before_its_writer_made_the_channel_is_woken_by_its_events(tmp_path: Path) -> None:
+    # The follower's opener could not watch a directory that was not there: it watches it once a scanner finds it.
+    with build(tmp_path) as ropener, build(tmp_path, segment_bytes=4096) as wopener:
+        ro = open_ro(ropener, "later")
+        s = ro.read(ReadOption(name="f"))
+        with pytest.raises(WALTimeoutError):
+            s.recv(0.05)
+        assert not (tmp_path / "later").exists() and "later" not in ropener._watches
+        w = open_rw(wopener, "later")  # another opener: only file events and polling reach the follower
+        w.append(msg(b"first"))
+        assert bytes(s.recv(10.0).payload) == b"first"
+        with pytest.raises(WALTimeoutError):
+            s.recv(0.05)  # waiting again: the watch is made now
+        assert "later" in ropener._watches
+        w.append(msg(b"second"))
+        assert bytes(s.recv(10.0).payload) == b"second"
+        s.close()
+        ro.close()
+        assert "later" not in ropener._watches
+        w.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -132,6 +133,7 @@ def _forget_watches_in_child() -> None:
         op._watches = {}
         for hub in op._hubs.values():
             hub.watchers = 0
+            hub.arm = None
             hub.lock = threading.RLock()
             hub.cond = threading.Condition(hub.lock)
 
@@ -171,17 +173,19 @@ class LocalFSOpener(OpenerImpls):
         chdir = os.path.join(self.opts.root, ch.name)
         if os.path.islink(chdir):  # a planted link must not lead the WAL (or its lock) outside root
             raise InvalidArgumentError(f"localfs: channel directory {chdir} is a symbolic link; refusing to follow it")
-        try:
-            ensure_dir(fops, chdir)
-        except OSError as e:
-            raise WALIOError(f"localfs: cannot create channel directory {chdir}: {e}") from e
         hub = self._hub(ch.name, chdir)
         w: _Base
         if ch.access_mode is AccessMode.RO:
+            # Writes nothing, not even the channel directory: a follower may start before its writer (it reads
+            # nothing until the writer makes the directory), and a mistyped name must not leave one behind.
             w = LocalFSROWAL(self, hub, ch, chdir, fops)
             self._watch(hub)
             w._watched_in = _fork.generation
         else:
+            try:
+                ensure_dir(fops, chdir)
+            except OSError as e:
+                raise WALIOError(f"localfs: cannot create channel directory {chdir}: {e}") from e
             w = self._open_rw(opt, chdir, hub)
         with self._lock:
             if self._closed:
@@ -234,24 +238,45 @@ class LocalFSOpener(OpenerImpls):
             hub.watchers += 1
             if hub.watchers > 1 or self._closed:
                 return
-            try:
-                if self._observer is None:
-                    from watchdog.observers import Observer
+            if not os.path.isdir(hub.directory):
+                # inotify needs the directory, and a read-only open does not make it: its scanners poll, and arm
+                # the watch when they find the directory (hub.arm), so a follower started before its writer is
+                # woken by events from then on.
+                hub.arm = functools.partial(self._arm, hub)
+                return
+            self._schedule(hub)
 
-                    _quiet_stop_race()
-                    obs = Observer()
-                    obs.daemon = True
-                    obs.start()
-                    self._observer = obs
-                self._watches[hub.name] = self._observer.schedule(_make_wake(hub), hub.directory, recursive=False)
-            except Exception:  # no inotify (limits, platform): polling alone still delivers everything
-                self._watches.pop(hub.name, None)
+    def _arm(self, hub: Hub) -> None:
+        if not os.path.isdir(hub.directory):
+            return
+        with self._lock:
+            if hub.arm is None:
+                return  # armed by another scanner, or no read-only WAL left
+            hub.arm = None
+            if not self._closed:
+                self._schedule(hub)
+
+    def _schedule(self, hub: Hub) -> None:
+        """Watch ``hub``'s directory (under ``_lock``)."""
+        try:
+            if self._observer is None:
+                from watchdog.observers import Observer
+
+                _quiet_stop_race()
+                obs = Observer()
+                obs.daemon = True
+                obs.start()
+                self._observer = obs
+            self._watches[hub.name] = self._observer.schedule(_make_wake(hub), hub.directory, recursive=False)
+        except Exception:  # no inotify (limits, platform): polling alone still delivers everything
+            self._watches.pop(hub.name, None)
 
     def _unwatch(self, hub: Hub) -> None:
         with self._lock:
             hub.watchers -= 1
             if hub.watchers > 0:
                 return
+            hub.arm = None
             watch = self._watches.pop(hub.name, None)
             obs = self._observer
         if watch is not None and obs is not None:

@@ -386,6 +386,8 @@ class LocalFSScanner(ScannerImpls):
                     raise WALIOError(f"localfs scanner {self._name!r}: {e}") from e
                 if out:
                     return out
+                if hub.arm is not None:  # a channel directory not made yet: watch it once it exists
+                    hub.arm()
                 wait = _MAX_BACKOFF * 10 if self._source.exact_wait else backoff
                 if deadline is not None:
                     left = deadline - time.monotonic()

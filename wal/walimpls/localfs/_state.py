@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..._metrics import metrics
@@ -113,6 +114,9 @@ class Hub:
         self.cond = threading.Condition(self.lock)
         self.version = 0
         self.watchers = 0
+        # Set while read-only WALs wait for a channel directory that does not exist yet (the opener watches it once
+        # it does); their scanners call it when they find nothing to read. See LocalFSOpener._watch.
+        self.arm: Callable[[], None] | None = None
 
     def bump(self) -> None:
         with self.lock:
