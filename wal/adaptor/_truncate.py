@@ -19,7 +19,6 @@ right for a user's reader, noise about a probe the user never opened. So ``x`` a
 is a no-op (nothing lies wholly before it), and the txn search starts no lower than the oldest.
 """
 
-
 from __future__ import annotations
 
 from ..errors import WALTimeoutError
