@@ -96,6 +96,8 @@ def test_unknown_and_bad_options_raise() -> None:
         b.build(stream_prefix="a.b")
     with pytest.raises(InvalidArgumentError, match="tls_key_file needs tls_cert_file"):  # was silently ignored
         b.build(tls_key_file="/nonexistent/key.pem")
+    with pytest.raises(InvalidArgumentError, match="use wss://"):  # the TLS check cannot see a websocket's socket
+        b.build(servers="ws://127.0.0.1:1", tls_ca_file="/nonexistent/ca.pem")
     import importlib.util
 
     if importlib.util.find_spec("nkeys") is None:  # a bare ModuleNotFoundError at connect, before
@@ -571,7 +573,7 @@ def test_fence_check_of_replicated_streams_skips_the_writers_own_re_fence(opener
     assert pub._fenced is None
 
 
-@pytest.mark.parametrize("how", ["tls:// URL", "tls_ca_file"])
+@pytest.mark.parametrize("how", ["tls:// URL", "tls_ca_file", "tls_hostname"])
 def test_tls_asked_for_but_not_used_is_refused(server: NatsServer, how: str) -> None:
     """nats-py upgrades to TLS only when the server requires it: with TLS options (or a tls:// URL) against a server
     (or a man in the middle) that does not, it connected in plaintext and build() succeeded (review 11e)."""
@@ -580,6 +582,9 @@ def test_tls_asked_for_but_not_used_is_refused(server: NatsServer, how: str) -> 
     kw: dict[str, object] = {"connect_timeout": 2.0, "max_reconnect_attempts": 0}
     if how == "tls:// URL":
         kw["servers"] = server.url.replace("nats://", "tls://")
+    elif how == "tls_hostname":  # the name to check the server's certificate against: it asks for TLS too
+        kw["servers"] = server.url
+        kw["tls_hostname"] = "localhost"
     else:
         kw["servers"] = server.url
         kw["tls_ca_file"] = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"

@@ -53,10 +53,11 @@ class NatsOptions:
     read_ahead: int = 2048
 
     def tls_wanted(self) -> bool:
-        """Whether the user asked for TLS: a CA, a client certificate or key, a ``tls://`` URL, handshake first."""
+        """Whether the user asked for TLS: a CA, a client certificate or key, the name to check the server's
+        certificate against, a ``tls://`` URL, handshake first."""
         return bool(
-            self.tls_ca_file or self.tls_cert_file or self.tls_key_file or self.tls_handshake_first
-            or any(u.lower().startswith("tls://") for u in self.servers)
+            self.tls_ca_file or self.tls_cert_file or self.tls_key_file or self.tls_hostname
+            or self.tls_handshake_first or any(u.lower().startswith("tls://") for u in self.servers)
         )
 
     def tls_context(self) -> ssl.SSLContext | None:
@@ -131,6 +132,10 @@ def parse_options(options: dict[str, Any]) -> NatsOptions:
         raise InvalidArgumentError("nats: max_pending and read_ahead must be >= 1")
     if o.publish_timeout <= 0 or o.append_timeout <= 0 or o.request_timeout <= 0 or o.connect_timeout <= 0:
         raise InvalidArgumentError("nats: timeouts must be > 0")
+    if o.tls_wanted() and any(u.lower().startswith("ws://") for u in o.servers):
+        # Over a websocket the TLS check cannot see the socket: only wss:// says the connection is encrypted.
+        raise InvalidArgumentError("nats: TLS was asked for (a tls_* option) with a ws:// URL, which is plaintext: "
+                                   "use wss://")
     if o.tls_key_file and not o.tls_cert_file:
         raise InvalidArgumentError("nats: tls_key_file needs tls_cert_file (the client certificate it belongs to)")
     # nats-py signs with nkeys; without it the connect failed with a bare ModuleNotFoundError
