@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _cli_util import fill, snapshot, start_writer, stop_writer, wal_cmd, writer_append
@@ -440,3 +441,30 @@ def test_dump_prints_every_message_before_a_damaged_or_missing_segment(tmp_path:
     shown = [json.loads(line)["id"] for line in r.stdout.splitlines()]
     assert shown == [str(i) for i in range(1, before)], r.stderr  # every ID, time ticks included
     assert str(named) in r.stderr
+
+
+def test_info_shows_the_writer_as_unknown_when_lock_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreadable LOCK ended `wal info` with "Permission denied (.../LOCK)"; it shows the channel now."""
+    import errno
+    import os
+
+    from click.testing import CliRunner
+
+    from wal._cli._main import cli
+
+    fill(tmp_path, n=10)
+    lock, real_open = str(tmp_path / "p1" / "LOCK"), os.open
+
+    def refuse(path: str, *args: Any, **kw: Any) -> int:
+        if os.fspath(path) == lock:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), lock)
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(os, "open", refuse)
+    r = CliRunner().invoke(cli, ["info", "--root", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "writer running  unknown (LOCK cannot be read: Permission denied" in r.output, r.output
+    r = CliRunner().invoke(cli, ["info", "--root", str(tmp_path), "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["lock_error"] == "Permission denied", r.output

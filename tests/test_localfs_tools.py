@@ -648,3 +648,38 @@ def test_verify_reports_an_unreadable_newest_segment_once(tmp_path: Path) -> Non
     problems = verify(str(tmp_path), "a")
     assert [p.path for p in problems].count(str(newest)) == 1, problems
     assert "cannot be read" in next(p.message for p in problems if p.path == str(newest))
+
+
+def _refuse_opening(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Opening ``path`` fails with EACCES, as for a user without the right (the tests run as root)."""
+    import errno
+    import os
+
+    real_os_open = os.open
+
+    def fake_os_open(p: Any, *args: Any, **kw: Any) -> int:
+        if os.fspath(p) == str(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(p))
+        return real_os_open(p, *args, **kw)
+
+    monkeypatch.setattr(os, "open", fake_os_open)
+
+
+def test_an_unreadable_lock_file_is_one_problem_and_verify_checks_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LOCK that cannot be opened (mode 000 for another user) ended verify with PermissionError, and info too:
+    nothing was checked. It is one problem now (whether a writer runs is unknown, so the newest segment is checked
+    as a live writer's), and info shows the writer as unknown."""
+    _fill(tmp_path, "a", 100)
+    _fill(tmp_path, "b", 100)
+    lock = tmp_path / "a" / "LOCK"
+    _flip(sorted((tmp_path / "a").glob("*.seg"))[1], 1024 + 50)  # damage in the same channel
+    _flip(sorted((tmp_path / "b").glob("*.seg"))[1], 1024 + 50)  # and in the next one
+    _refuse_opening(monkeypatch, lock)
+    problems = verify(str(tmp_path))
+    at_lock = [p for p in problems if p.path == str(lock)]
+    assert len(at_lock) == 1 and "LOCK cannot be read (Permission denied)" in at_lock[0].message, problems
+    assert sum(1 for p in problems if p.offset == 1024 and "corrupt" in p.message) == 2, problems
+    info = channel_info(str(tmp_path), "a")
+    assert info.lock_error == "Permission denied" and not info.writer_locked and info.segments[-1].last_id == 100

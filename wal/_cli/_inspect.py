@@ -106,7 +106,7 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({
                 "channel": ci.name, "term": ci.term, "writer_locked": ci.writer_locked,
-                "lock_missing": ci.lock_missing, "lost_from": ci.lost_from,
+                "lock_missing": ci.lock_missing, "lock_error": ci.lock_error, "lost_from": ci.lost_from,
                 "lost_front": None if ci.lost_front is None else list(ci.lost_front), "messages": total_msgs,
                 "bytes_on_disk": total_bytes,
                 "segments": [{"path": s.path, "first_id": s.first_id, "last_id": s.last_id,
@@ -119,6 +119,8 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
         writer = "yes (a writer holds the lock)" if ci.writer_locked else "no"
         if ci.lock_missing:
             writer = "unknown (LOCK was deleted: a writer may still run; see wal verify)"
+        elif ci.lock_error is not None:
+            writer = f"unknown (LOCK cannot be read: {ci.lock_error}; see wal verify)"
         click.echo(f"channel {ci.name}")
         click.echo(f"  term            {'damaged TERM file (run wal verify)' if ci.term is None else ci.term}")
         click.echo(f"  writer running  {writer}")

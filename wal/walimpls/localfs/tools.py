@@ -102,6 +102,7 @@ class ChannelInfo:
     segments: list[SegmentInfo]
     writer_locked: bool
     lock_missing: bool = False  # LOCK was deleted (TERM or a segment exists): a writer may still hold the deleted file
+    lock_error: str | None = None  # why LOCK cannot be read (then whether a writer runs is unknown)
     lost_from: int | None = None  # newest segments were deleted from outside: the first lost ID (see ``verify``)
     # Oldest segments were deleted from outside (not by retention): the first lost ID and the first ID left.
     lost_front: tuple[int, int] | None = None
@@ -204,8 +205,13 @@ def channel_info(root: str, channel: str) -> ChannelInfo:
         )
         for s in rec.segments
     ]
-    return ChannelInfo(name=channel, term=_term(chdir), segments=segs, writer_locked=_writer_locked(chdir),
-                       lock_missing=_lock_missing(chdir), lost_from=rec.lost_from, lost_front=rec.lost_front)
+    try:
+        locked, lock_error = _writer_locked(chdir), None
+    except OSError as e:  # shown as such: whether a writer runs is unknown
+        locked, lock_error = False, _why(e)
+    return ChannelInfo(name=channel, term=_term(chdir), segments=segs, writer_locked=locked,
+                       lock_missing=_lock_missing(chdir), lock_error=lock_error, lost_from=rec.lost_from,
+                       lost_front=rec.lost_front)
 
 
 def _lock_missing(chdir: str) -> bool:
@@ -224,7 +230,8 @@ def verify(
     appending to are then not reported (they may be a write in progress) unless a later record proves them
     damage (the rule of recovery: see :func:`~wal.walimpls.localfs._format.find_valid_record_after`). A torn tail
     is reported with exactly the bytes (and intact but never-durable records) that ``repair`` or the next writer
-    cuts.
+    cuts. A file it cannot read (a segment, an index, ``TERM``, ``LOCK``) is one problem, and the rest is checked;
+    with ``LOCK`` unreadable, whether a writer runs is unknown, so the newest segment is checked as a live writer's.
     ``progress(bytes_done, bytes_total)`` is called after each segment.
     """
     channels = [channel] if channel is not None else list_channels(root)
@@ -264,7 +271,13 @@ def verify(
                                                      "refuses, since "
                                                      "a running writer may still hold the deleted file's lock; once "
                                                      "none runs, `repair --no-writer-running` makes a new one"))
-        locked = _writer_locked(chdir)
+        try:
+            locked = _writer_locked(chdir)
+        except OSError as e:  # one problem; the segments are checked as a live writer's (nothing it writes is blamed)
+            problems.append(Problem(lock_path, None, f"LOCK cannot be read ({_why(e)}): whether a writer runs cannot "
+                                                     "be checked, so the newest segment is checked as a running "
+                                                     "writer's; opening for write and `repair` fail on it"))
+            locked = True
         prev_last: int | None = None
         for i, (fid, path) in enumerate(segs):
             is_last = i == len(segs) - 1
