@@ -468,3 +468,22 @@ def test_info_shows_the_writer_as_unknown_when_lock_cannot_be_read(
     assert "writer running  unknown (LOCK cannot be read: Permission denied" in r.output, r.output
     r = CliRunner().invoke(cli, ["info", "--root", str(tmp_path), "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["lock_error"] == "Permission denied", r.output
+
+
+def test_info_names_an_unreadable_segment_and_shows_the_rest(tmp_path: Path) -> None:
+    """A directory where a segment should be: `wal info` printed only "error: Is a directory" and exited 1, showing
+    neither that channel nor the next. Like verify, it names the file and goes on."""
+    fill(tmp_path, "p1", n=100)
+    fill(tmp_path, "p2", n=10)
+    segs = [Path(str(s["path"])) for s in _segments(tmp_path, "p1")]
+    segs[1].unlink()
+    segs[1].mkdir()
+    r = wal_cmd("info", "--root", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"UNREADABLE      {segs[1].name} (Is a directory): left out" in r.stdout, r.stdout
+    assert "channel p2" in r.stdout and segs[2].name in r.stdout, r.stdout
+    r = wal_cmd("info", "--root", str(tmp_path), "--channel", "p1", "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["unreadable"] == {str(segs[1]): "Is a directory"}
+    assert [s["path"] for s in got["segments"]] == [str(p) for p in segs if p != segs[1]]

@@ -683,3 +683,34 @@ def test_an_unreadable_lock_file_is_one_problem_and_verify_checks_the_rest(
     assert sum(1 for p in problems if p.offset == 1024 and "corrupt" in p.message) == 2, problems
     info = channel_info(str(tmp_path), "a")
     assert info.lock_error == "Permission denied" and not info.writer_locked and info.segments[-1].last_id == 100
+
+
+def _make_dir_of(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def test_info_shows_what_it_can_read_and_names_the_files_it_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segment, an index or TERM that cannot be read (a directory in its place, or a read refused) ended
+    channel_info with the OSError: `wal info` showed nothing after it. Each is named in ``unreadable`` now, with
+    why, and the rest is shown; an unreadable newest segment is not taken for newest segments deleted (lost_from)."""
+    _fill(tmp_path, "a", 150)
+    _fill(tmp_path, "b", 100)
+    segs_a = sorted((tmp_path / "a").glob("*.seg"))
+    segs_b = sorted((tmp_path / "b").glob("*.seg"))
+    assert len(segs_a) >= 4
+    _make_dir_of(segs_a[1])
+    _make_dir_of(segs_a[-1].with_suffix(".idx"))  # read at once: the last segment was closed cleanly
+    _refuse_opening(monkeypatch, segs_a[2])
+    _make_dir_of(segs_b[-1])
+    _make_dir_of(tmp_path / "b" / "TERM")
+    a = channel_info(str(tmp_path), "a")
+    assert set(a.unreadable) == {str(segs_a[1]), str(segs_a[2]), str(segs_a[-1].with_suffix(".idx"))}, a.unreadable
+    assert a.unreadable[str(segs_a[2])] == "Permission denied"
+    assert [s.path for s in a.segments] == [str(p) for p in segs_a if p not in segs_a[1:3]]
+    assert a.segments[-1].last_id == 150 and a.term == 2 and a.lost_from is None
+    b = channel_info(str(tmp_path), "b")
+    assert set(b.unreadable) == {str(segs_b[-1]), str(tmp_path / "b" / "TERM")} and b.term is None
+    assert [s.path for s in b.segments] == [str(p) for p in segs_b[:-1]] and b.lost_from is None

@@ -64,7 +64,8 @@ def _tick(tt: int) -> str:
 def info(root: str, channel: str | None, as_json: bool) -> None:
     """Channels, segments, sizes, first/last message ID and time tick, term, and whether a writer holds the lock.
 
-    Read-only and safe while a writer appends.
+    Read-only and safe while a writer appends. A segment, index or TERM it cannot read is named, with why, and the
+    rest is shown (an unreadable segment's messages are not counted); `wal verify` says more.
     """
     if channel is not None:
         channel_dir_or_fail(root, channel)
@@ -107,7 +108,8 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
             click.echo(json.dumps({
                 "channel": ci.name, "term": ci.term, "writer_locked": ci.writer_locked,
                 "lock_missing": ci.lock_missing, "lock_error": ci.lock_error, "lost_from": ci.lost_from,
-                "lost_front": None if ci.lost_front is None else list(ci.lost_front), "messages": total_msgs,
+                "lost_front": None if ci.lost_front is None else list(ci.lost_front), "unreadable": ci.unreadable,
+                "messages": total_msgs,
                 "bytes_on_disk": total_bytes,
                 "segments": [{"path": s.path, "first_id": s.first_id, "last_id": s.last_id,
                               "first_time_tick": s.first_time_tick, "last_time_tick": s.last_time_tick,
@@ -122,17 +124,27 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
         elif ci.lock_error is not None:
             writer = f"unknown (LOCK cannot be read: {ci.lock_error}; see wal verify)"
         click.echo(f"channel {ci.name}")
-        click.echo(f"  term            {'damaged TERM file (run wal verify)' if ci.term is None else ci.term}")
+        term: object = ci.term
+        if ci.term is None:
+            why = ci.unreadable.get(os.path.join(root, ci.name, "TERM"))
+            term = "damaged TERM file (run wal verify)" if why is None else f"unknown (TERM cannot be read: {why})"
+        click.echo(f"  term            {term}")
         click.echo(f"  writer running  {writer}")
         click.echo(f"  segments        {len(segs)} ({_human_bytes(total_bytes)} on disk)")
         click.echo(f"  messages        {total_msgs}")
+        for path, why in ci.unreadable.items():  # TERM's is on the term line
+            if path.endswith(".seg"):
+                click.echo(f"  UNREADABLE      {os.path.basename(path)} ({why}): left out, its messages not counted")
+            elif path.endswith(".idx"):
+                click.echo(f"  UNREADABLE      {os.path.basename(path)} ({why}): its segment was read without it")
         if ci.lost_from is not None:
             click.echo(f"  LOST            every message from id {ci.lost_from} on: the newest segments were deleted "
                        "(see wal verify)")
         if ci.lost_front is not None:
             lo, left = ci.lost_front
-            click.echo(f"  LOST            ids {lo}..{left - 1}: the oldest segments were deleted from outside, not by "
-                       "retention (see wal verify)")
+            lost = f"every message from id {lo} on" if left is None else f"ids {lo}..{left - 1}"
+            click.echo(f"  LOST            {lost}: the oldest segments were deleted from outside, not by retention "
+                       "(see wal verify)")
         if nonempty:
             click.echo(f"  first message   id {nonempty[0].first_id}, tick {_tick(nonempty[0].first_time_tick)}")
             last_tick = max(s.last_time_tick for s in nonempty)

@@ -8,6 +8,7 @@ while a writer holds it. A channel that does not exist (or a bad channel name) r
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import time
@@ -104,8 +105,10 @@ class ChannelInfo:
     lock_missing: bool = False  # LOCK was deleted (TERM or a segment exists): a writer may still hold the deleted file
     lock_error: str | None = None  # why LOCK cannot be read (then whether a writer runs is unknown)
     lost_from: int | None = None  # newest segments were deleted from outside: the first lost ID (see ``verify``)
-    # Oldest segments were deleted from outside (not by retention): the first lost ID and the first ID left.
-    lost_front: tuple[int, int] | None = None
+    # Oldest segments were deleted from outside (not by retention): the first lost ID and the first ID left (None:
+    # every segment was deleted).
+    lost_front: tuple[int, int | None] | None = None
+    unreadable: dict[str, str] = field(default_factory=dict)  # files that cannot be read (left out) -> why
 
 
 @dataclass(frozen=True)
@@ -187,12 +190,16 @@ def channel_info(root: str, channel: str) -> ChannelInfo:
 
     Raises :class:`~wal.errors.CorruptedError` when the files cannot be understood (``verify`` says more). Newest
     or oldest segments deleted from outside are no such case: the segments left are shown, with ``lost_from`` or
-    ``lost_front``.
+    ``lost_front``. Nor is a file that cannot be read (a segment, an index, ``TERM``, ``FIRST``): it is named in
+    ``unreadable``, with why, and the rest is shown (``segments`` leaves such a segment out).
     """
     chdir = _chdir(root, channel)
     for attempt in range(5):
         try:
-            rec = recover(DEFAULT_FILE_OPS, chdir, write=False, accept_lost_segments=True)  # show what is left
+            runs, unreadable, newest = _readable_runs(chdir)
+            recs = [recover(_Leaving(run, unreadable, newest if k == len(runs) - 1 else None), chdir, write=False,
+                            accept_lost_segments=True)  # show what is left
+                    for k, run in enumerate(runs)]
             break
         except FileNotFoundError:  # a live writer's retention or roll changed the files under the listing
             if attempt == 4:
@@ -203,15 +210,82 @@ def channel_info(root: str, channel: str) -> ChannelInfo:
             path=s.path, first_id=s.first_id, last_id=s.last_id, first_time_tick=s.first_tt, last_time_tick=s.max_tt,
             bytes_used=s.data_end, sealed=s.sealed,
         )
-        for s in rec.segments
+        for rec in recs for s in rec.segments
     ]
     try:
         locked, lock_error = _writer_locked(chdir), None
     except OSError as e:  # shown as such: whether a writer runs is unknown
         locked, lock_error = False, _why(e)
-    return ChannelInfo(name=channel, term=_term(chdir), segments=segs, writer_locked=locked,
-                       lock_missing=_lock_missing(chdir), lock_error=lock_error, lost_from=rec.lost_from,
-                       lost_front=rec.lost_front)
+    term_path = os.path.join(chdir, TERM_NAME)
+    try:
+        term = _term(chdir)
+    except OSError as e:
+        term, unreadable[term_path] = None, _why(e)
+    lost_front = None
+    try:
+        lost_front = _front_loss(chdir)
+    except (OSError, CorruptedError) as e:
+        unreadable[os.path.join(chdir, FIRST_NAME)] = _why(e) if isinstance(e, OSError) else "unreadable content"
+    return ChannelInfo(name=channel, term=term, segments=segs, writer_locked=locked,
+                       lock_missing=_lock_missing(chdir), lock_error=lock_error, lost_from=recs[-1].lost_from,
+                       lost_front=lost_front, unreadable=unreadable)
+
+
+def _readable_runs(chdir: str) -> tuple[list[list[str]], dict[str, str], str]:
+    """The channel's segments in runs of consecutive ones that can be read (their names), the files that cannot
+    (segments and indexes) with why, and the newest segment's name. The last run holds the newest segment (it is
+    empty when that cannot be read): only its recovery tells whether newer segments were lost (another run's last
+    segment names an unreadable one)."""
+    runs: list[list[str]] = [[]]
+    unreadable: dict[str, str] = {}
+    segs = list_segments(DEFAULT_FILE_OPS, chdir)
+    for fid, path in segs:
+        why = _cannot_read(path)
+        if why is not None:
+            unreadable[path] = why
+            runs.append([])
+            continue
+        runs[-1].append(os.path.basename(path))
+        ipath = os.path.join(chdir, index_name(fid))
+        if (why := _cannot_read(ipath)) is not None:
+            unreadable[ipath] = why
+    return [run for run in runs[:-1] if run] + runs[-1:], unreadable, os.path.basename(segs[-1][1]) if segs else ""
+
+
+def _cannot_read(path: str) -> str | None:
+    """Why ``path`` cannot be opened and read, or None (also when it does not exist)."""
+    try:
+        fd = DEFAULT_FILE_OPS.open(path, os.O_RDONLY)
+        try:
+            DEFAULT_FILE_OPS.pread(fd, SEG_HEADER.size, 0)
+        finally:
+            DEFAULT_FILE_OPS.close(fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return _why(e)
+    return None
+
+
+class _Leaving(FileOps):
+    """Read-only file calls that leave out files ``channel_info`` cannot read: only the segments named in ``listed``
+    are listed (and, with ``after``, those named after it: made since by a live writer's roll), and an index in
+    ``unreadable`` opens as missing (recovery then scans its segment). ``FIRST`` opens as missing too: a run is not
+    the whole log, so the front is checked once, against the whole listing (:func:`_front_loss`)."""
+
+    def __init__(self, listed: list[str], unreadable: dict[str, str], after: str | None) -> None:
+        self._listed = set(listed)
+        self._unreadable = unreadable
+        self._after = after
+
+    def list_files(self, path: str) -> list[str]:
+        return [n for n in super().list_files(path) if parse_segment_name(n) is None or n in self._listed
+                or (self._after is not None and n > self._after)]
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        if path in self._unreadable or os.path.basename(path) == FIRST_NAME:
+            raise FileNotFoundError(errno.ENOENT, "left out: it cannot be read", path)
+        return super().open(path, flags, mode)
 
 
 def _lock_missing(chdir: str) -> bool:
@@ -304,23 +378,33 @@ def verify(
 def _lost_front(chdir: str) -> Problem | None:
     """The rule of recovery (``_recovery._check_first``): the oldest segment left starts after ``FIRST``."""
     path = os.path.join(chdir, FIRST_NAME)
-    segs = list_segments(DEFAULT_FILE_OPS, chdir)  # listed before FIRST is read, as recovery does
     try:
-        first = read_first(DEFAULT_FILE_OPS, chdir)
+        loss = _front_loss(chdir)
     except CorruptedError:
         return Problem(path, None, "unreadable first-segment file: opening for write refuses; `repair` writes it "
                                    "again from the oldest segment")
     except OSError as e:
         return Problem(path, None, f"first-segment file cannot be read ({_why(e)})")
-    if first is None or (segs and segs[0][0] <= first):
+    if loss is None:
         return None
-    if not segs:
+    first, left = loss
+    if left is None:
         return Problem(path, None, f"every segment is gone, though the log held messages from ID {first} on: "
                                    "deleted from outside (restore them from a copy)")
-    return Problem(path, None, f"no segment holds IDs {first}..{segs[0][0] - 1}, though the log keeps them "
+    return Problem(path, None, f"no segment holds IDs {first}..{left - 1}, though the log keeps them "
                                "(retention and truncate move this file before they delete): the oldest segments "
                                "were deleted from outside (restore them from a copy, or accept the loss with "
                                "`repair --accept-lost-segments`)")
+
+
+def _front_loss(chdir: str) -> tuple[int, int | None] | None:
+    """Oldest segments deleted from outside: the first lost ID (``FIRST``) and the first ID left (None: no segment
+    is left); None when none was. Raises :class:`CorruptedError` or ``OSError`` when ``FIRST`` cannot be read."""
+    segs = list_segments(DEFAULT_FILE_OPS, chdir)  # listed before FIRST is read, as recovery does
+    first = read_first(DEFAULT_FILE_OPS, chdir)
+    if first is None or (segs and segs[0][0] <= first):
+        return None
+    return first, segs[0][0] if segs else None
 
 
 def _lost_successor(chdir: str, segs: list[tuple[int, str]]) -> Problem | None:
