@@ -714,3 +714,29 @@ def test_info_shows_what_it_can_read_and_names_the_files_it_cannot(
     b = channel_info(str(tmp_path), "b")
     assert set(b.unreadable) == {str(segs_b[-1]), str(tmp_path / "b" / "TERM")} and b.term is None
     assert [s.path for s in b.segments] == [str(p) for p in segs_b[:-1]] and b.lost_from is None
+
+
+@pytest.mark.parametrize("why", ["damage", "live writer"])
+def test_a_refused_repair_of_a_channel_whose_lock_was_deleted_makes_no_lock(tmp_path: Path, why: str) -> None:
+    """`repair --no-writer-running` took the lock, which made a new LOCK, and only then refused (damage, or a
+    writer that still holds the deleted LOCK's lock): the refused repair had changed the channel, and the LOCK it
+    left made the channel look as if its LOCK had never been deleted (info then said no writer runs)."""
+    chdir = tmp_path / "a"
+    kept: Any = None
+    if why == "damage":
+        _fill(tmp_path, "a", 100)
+        _flip(sorted(chdir.glob("*.seg"))[1], 1024 + 50)
+    else:
+        kept = _fill(tmp_path, "a", 100, keep_open=True)
+    try:
+        (chdir / "LOCK").unlink()
+        before = _dir_state(chdir)
+        with pytest.raises(CorruptedError if why == "damage" else WALLockedError):
+            repair(str(tmp_path), "a", no_writer_running=True)
+        assert _dir_state(chdir) == before
+        assert channel_info(str(tmp_path), "a").lock_missing
+    finally:
+        if kept is not None:
+            opener, w = kept
+            w.close()
+            opener.close()

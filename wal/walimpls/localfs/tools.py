@@ -605,31 +605,31 @@ def repair(
     unless ``accept_lost_segments``: the log then goes on after what is left, and new messages reuse the IDs of
     the lost ones (the report says which); so are oldest segments deleted from outside (the oldest left starts
     after the ID in ``FIRST``), which ``accept_lost_segments`` accepts by moving ``FIRST``. An unreadable ``FIRST``
-    is written again from the oldest segment (``first_restored``).
+    is written again from the oldest segment (``first_restored``). A refused repair changes nothing on disk: it
+    does not even make a new ``LOCK`` for a channel whose ``LOCK`` was deleted.
     """
     fops = DEFAULT_FILE_OPS
     chdir = _chdir(root, channel)
-    if _lock_missing(chdir) and not no_writer_running:
-        raise WALLockedError(
-            f"localfs channel {channel!r}: its LOCK file was deleted, so whether a writer still runs cannot be "
-            "checked (a writer keeps its lock on the deleted file); once you are sure no process has the channel "
-            "open for writing, repair with --no-writer-running"
-        )
+    lock_path = os.path.join(chdir, _LOCK_NAME)
+    accept = accept_lost_segments
+    if _lock_missing(chdir):
+        if not no_writer_running:
+            raise WALLockedError(
+                f"localfs channel {channel!r}: its LOCK file was deleted, so whether a writer still runs cannot be "
+                "checked (a writer keeps its lock on the deleted file); once you are sure no process has the channel "
+                "open for writing, repair with --no-writer-running"
+            )
+        # Taking the lock makes a new LOCK: whatever refuses is checked before it, so a refused repair changes nothing
+        if holders := deleted_lock_holders(lock_path):
+            refused = LockRefusedError(lock_path, tuple(holders))
+            raise WALLockedError(f"localfs channel {channel!r}: {refused.describe()}; stop that process first")
+        _check_before_writing(chdir, accept)
     try:
-        lock_fd = take_lock(fops, os.path.join(chdir, _LOCK_NAME))
+        lock_fd = take_lock(fops, lock_path)
     except LockRefusedError as e:
         raise WALLockedError(f"localfs channel {channel!r}: {e.describe()}; stop that process first") from None
     try:
-        # Damage is refused before anything is written: recovery for writing clears a clean-close summary (the
-        # proof that its segment's data was all durable), and a repair that refused afterwards left the damage
-        # looking like a torn tail, which the next repair or open then cut.
-        # The check runs on the bytes recovery for writing will see: a segment cut from outside is grown back to
-        # its capacity before it is looked at, which can make its seal summary trusted and the cut damage.
-        close_slot = _clean_close_slot(chdir)
-        accept = accept_lost_segments
-        restored = _SizesRestored()
-        pre = recover(restored, chdir, write=False, accept_lost_segments=accept, restore_first=True)
-        _check_repairable(restored, pre, close_slot)
+        close_slot = _check_before_writing(chdir, accept)  # again: under the lock, nothing changes it meanwhile
         rec = recover(fops, chdir, write=True, accept_lost_segments=accept, restore_first=True)
         report = RepairReport(channel=channel, cut=list(rec.cut), rebuilt_indexes=list(rec.rebuilt_indexes),
                               sealed=list(rec.sealed_now),
@@ -660,6 +660,23 @@ def repair(
         return report
     finally:
         release_lock(fops, lock_fd)
+
+
+def _check_before_writing(chdir: str, accept_lost_segments: bool) -> tuple[str, bytes, Summary] | None:
+    """Raise what makes :func:`repair` refuse, before it writes anything; returns the last segment's clean-close
+    summary slot (:func:`_clean_close_slot`), which recovery for writing clears.
+
+    Damage is refused before anything is written: recovery for writing clears a clean-close summary (the proof that
+    its segment's data was all durable), and a repair that refused afterwards left the damage looking like a torn
+    tail, which the next repair or open then cut. The check runs on the bytes recovery for writing will see: a
+    segment cut from outside is grown back to its capacity before it is looked at, which can make its seal summary
+    trusted and the cut damage.
+    """
+    close_slot = _clean_close_slot(chdir)
+    restored = _SizesRestored()
+    rec = recover(restored, chdir, write=False, accept_lost_segments=accept_lost_segments, restore_first=True)
+    _check_repairable(restored, rec, close_slot)
+    return close_slot
 
 
 class _SizesRestored(FileOps):
