@@ -480,10 +480,28 @@ def test_info_names_an_unreadable_segment_and_shows_the_rest(tmp_path: Path) -> 
     segs[1].mkdir()
     r = wal_cmd("info", "--root", str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"UNREADABLE      {segs[1].name} (Is a directory): left out" in r.stdout, r.stdout
+    assert f"UNREADABLE      {segs[1].name} (a directory, not a regular file): left out" in r.stdout, r.stdout
     assert "channel p2" in r.stdout and segs[2].name in r.stdout, r.stdout
     r = wal_cmd("info", "--root", str(tmp_path), "--channel", "p1", "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
-    assert got["unreadable"] == {str(segs[1]): "Is a directory"}
+    assert got["unreadable"] == {str(segs[1]): "a directory, not a regular file"}
     assert [s["path"] for s in got["segments"]] == [str(p) for p in segs if p != segs[1]]
+
+
+def test_read_only_commands_report_a_fifo_named_like_a_segment_instead_of_hanging(tmp_path: Path) -> None:
+    """A named pipe where a segment should be: info, verify and dump opened it for reading and hung (waiting for a
+    writer of the pipe). Each says what it is now: info and verify name it, dump stops there with exit 1."""
+    import os
+
+    fill(tmp_path, "p1", n=100)
+    segs = [Path(str(s["path"])) for s in _segments(tmp_path, "p1")]
+    segs[1].unlink()
+    os.mkfifo(segs[1])
+    r = wal_cmd("info", "--root", str(tmp_path))
+    assert r.returncode == 0 and f"{segs[1].name} (a FIFO, not a regular file)" in r.stdout, r.stdout + r.stderr
+    r = wal_cmd("verify", "--root", str(tmp_path))
+    assert r.returncode == 1 and f"{segs[1]}: segment cannot be read (a FIFO, not a regular file)" in r.stdout, r.stdout
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 1 and f"{segs[1]}: a FIFO, not a regular file" in r.stderr, r.stderr
+    assert "damage after" in r.stderr and r.stdout.count("\n") > 10

@@ -344,3 +344,56 @@ def test_a_follower_started_before_its_writer_made_the_channel_is_woken_by_its_e
         ro.close()
         assert "later" not in ropener._watches
         w.close()
+
+
+def _fifo_of(path: Path) -> None:
+    import os
+
+    path.unlink()
+    os.mkfifo(path)
+
+
+@pytest.mark.timeout(60)  # before: the follower's open of the segment blocked for ever
+def test_a_follower_raises_at_a_fifo_named_like_a_segment(tmp_path: Path) -> None:
+    """A FIFO under a segment's name: a read-only follower opened it for reading and waited for a writer of the pipe
+    for ever. It delivers the messages before it, then raises CorruptedError naming it (no writer makes one)."""
+    with build(tmp_path, segment_bytes=4096) as opener:
+        w = open_rw(opener)
+        for i in range(100):
+            w.append(msg(b"x" * 64, tt=1000 + i, vchannel="v1"))
+        w.close()
+    bad = sorted((tmp_path / "p1").glob("*.seg"))[1]
+    _fifo_of(bad)
+    got: list[int] = []
+    with build(tmp_path, segment_bytes=4096) as opener:
+        ro = open_ro(opener)
+        with ro.read(ReadOption(name="t")) as s:
+            with pytest.raises(CorruptedError, match="a FIFO, not a regular file") as e:
+                while True:
+                    got += [m.message_id.value for m in s.recv_batch(1000, 5.0)]  # type: ignore[attr-defined]
+        ro.close()
+    assert got == list(range(1, int(bad.name[:20])))
+    assert (e.value.path, e.value.offset) == (str(bad), 0)
+
+
+@pytest.mark.timeout(60)  # before: the writer's open blocked for ever on a FIFO index or TERM
+@pytest.mark.parametrize("which", ["segment", "index", "TERM", "LOCK"])
+def test_opening_for_write_refuses_a_fifo_named_like_a_channel_file(tmp_path: Path, which: str) -> None:
+    """A FIFO under an index's or TERM's name made the writer's open block for ever; under a segment's name it
+    failed with "Illegal seek", and under LOCK's it was taken for the lock. Each is refused now, naming the file."""
+    from wal.errors import WALIOError
+
+    with build(tmp_path, segment_bytes=4096) as opener:
+        w = open_rw(opener, term=2)
+        for i in range(100):
+            w.append(msg(b"x" * 64, tt=1000 + i, vchannel="v1"))
+        w.close()
+    chdir = tmp_path / "p1"
+    segs = sorted(chdir.glob("*.seg"))
+    path = {"segment": segs[1], "index": segs[1].with_suffix(".idx"), "TERM": chdir / "TERM",
+            "LOCK": chdir / "LOCK"}[which]
+    _fifo_of(path)
+    with build(tmp_path, segment_bytes=4096) as opener:
+        with pytest.raises(WALIOError, match="a FIFO, not a regular file") as e:
+            open_rw(opener, term=3)
+        assert str(path) in str(e.value)

@@ -740,3 +740,43 @@ def test_a_refused_repair_of_a_channel_whose_lock_was_deleted_makes_no_lock(tmp_
             opener, w = kept
             w.close()
             opener.close()
+
+
+def _fifo_of(path: Path) -> None:
+    """A named pipe in place of ``path``: opening it for reading waits for a writer, which never comes."""
+    import os
+
+    path.unlink()
+    os.mkfifo(path)
+
+
+@pytest.mark.timeout(60)  # before: verify, info and dump blocked for ever in open()
+@pytest.mark.parametrize("which", ["segment", "index", "TERM", "LOCK"])
+def test_a_fifo_named_like_a_channel_file_is_reported_and_never_waited_on(tmp_path: Path, which: str) -> None:
+    """A FIFO (named pipe) under a segment's, an index's, TERM's or LOCK's name: verify, info and dump opened it
+    for reading, which waits for a writer of the pipe, so they hung. It is a file that cannot be read now: one
+    problem for verify, named by info, and damage where dump reaches a segment (the messages before it first)."""
+    _fill(tmp_path, "a", 100)
+    chdir = tmp_path / "a"
+    segs = sorted(chdir.glob("*.seg"))
+    path = {"segment": segs[1], "index": segs[1].with_suffix(".idx"), "TERM": chdir / "TERM",
+            "LOCK": chdir / "LOCK"}[which]
+    _fifo_of(path)
+    problems = verify(str(tmp_path))
+    assert [str(p) for p in problems if p.path == str(path)] == [str(p) for p in problems], problems
+    assert len(problems) == 1 and "(a FIFO, not a regular file)" in problems[0].message, problems
+    info = channel_info(str(tmp_path), "a")
+    if which == "LOCK":
+        assert info.lock_error == "a FIFO, not a regular file", info
+    else:
+        assert info.unreadable == {str(path): "a FIFO, not a regular file"}, info
+    got: list[int] = []
+    if which == "segment":
+        with pytest.raises(CorruptedError, match="a FIFO, not a regular file") as e:
+            got.extend(m.message_id.value for m in iter_messages(str(tmp_path), "a"))  # type: ignore[attr-defined]
+        assert (e.value.path, e.value.offset) == (str(path), 0)
+        assert got == list(range(1, int(path.name[:20])))
+    else:  # an index is derived data: a reader seeks without it
+        start = LocalFSMessageID(int(segs[1].name[:20]) + 2)
+        got.extend(m.message_id.value for m in iter_messages(str(tmp_path), "a", start))  # type: ignore[attr-defined]
+        assert got[0] == start.value and got[-1] >= 100

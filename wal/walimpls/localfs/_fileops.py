@@ -8,28 +8,56 @@ Only the read-only inspection in ``tools.py`` (verify, info) reads files directl
 How failures surface: any ``OSError`` while appending, rolling or syncing becomes
 :class:`~wal.errors.WALIOError` for every append not yet acknowledged, and the WAL closes itself (a failed
 ``fdatasync`` is never retried: the kernel may have dropped the dirty pages). Reopening recovers.
+
+Every file it opens must be a regular file (:class:`NotRegularFileError` otherwise), and opening never waits: a
+FIFO planted under a segment's, an index's, ``TERM``'s or ``LOCK``'s name made a reader's open block for good.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
+import stat
 import time
 
 from ..._metrics import metrics
 
-__all__ = ["DEFAULT_FILE_OPS", "FileOps"]
+__all__ = ["DEFAULT_FILE_OPS", "FileOps", "NotRegularFileError"]
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _IOV_MAX = 1024
+
+
+class NotRegularFileError(OSError):
+    """A file the backend opened is a FIFO, a device, a socket or a directory, not the regular file its name says."""
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 class FileOps:
     """Thin wrappers over ``os``/``fcntl``/``mmap``; one method per operation."""
 
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
-        return os.open(path, flags | _CLOEXEC, mode)
+        """``os.open``; anything but a directory opened with ``O_DIRECTORY`` must be a regular file: else
+        :class:`NotRegularFileError`, at once (opened with ``O_NONBLOCK``, so a FIFO is not waited on)."""
+        if flags & os.O_DIRECTORY:
+            return os.open(path, flags | _CLOEXEC, mode)
+        fd = os.open(path, flags | _CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, mode)
+        try:
+            kind = os.fstat(fd).st_mode
+            if not stat.S_ISREG(kind):
+                raise NotRegularFileError(errno.EINVAL, f"{_kind(kind)}, not a regular file", path)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def close(self, fd: int) -> None:
         os.close(fd)

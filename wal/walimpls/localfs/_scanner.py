@@ -32,7 +32,7 @@ from ...errors import CorruptedError, ShutdownError, WALIOError, WALTimeoutError
 from ...message import ImmutableMessage, MessageType
 from ...options import DeliverPolicy, DeliverPolicyKind
 from .._interfaces import ReadOption, ScannerImpls
-from ._fileops import FileOps
+from ._fileops import FileOps, NotRegularFileError
 from ._format import (
     DATA_START,
     LC_ID,
@@ -185,6 +185,8 @@ class _DSeg:
                 fd = self.fops.open(self.path, os.O_RDONLY)
             except FileNotFoundError:
                 return None
+            except NotRegularFileError as e:  # no writer makes one: damage, as a bad header is (recovery refuses it)
+                raise CorruptedError(f"{self.path}: {e.strerror}", path=self.path, offset=0) from None
             try:
                 size = self.fops.fstat_size(fd)
                 if size < DATA_START:  # segments get their full size before their name: this one was cut
@@ -237,7 +239,10 @@ class _DSeg:
     def index(self) -> list[tuple[int, int, int]]:
         if self._index is None:
             limit, exact, _sealed, _ = self.status()
-            idx = load_index(self.fops, self.path, self.first_id, limit if exact else None)
+            try:
+                idx = load_index(self.fops, self.path, self.first_id, limit if exact else None)
+            except NotRegularFileError:  # derived data: read the segment without it (``wal verify`` reports it)
+                idx = None
             entries = idx.entries if idx is not None else []
             if not _index_matches(self, entries):
                 mv = self.view(0)

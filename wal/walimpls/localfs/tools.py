@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from ..._types import validate_channel_name
 from ...errors import CorruptedError, InvalidArgumentError, WALIOError, WALLockedError, WALTimeoutError
@@ -169,6 +170,12 @@ def _chdir(root: str, channel: str) -> str:
     return path
 
 
+def _open_ro(path: str) -> BinaryIO:
+    """``open(path, "rb")`` that never waits: a FIFO (or any file but a regular one) raises
+    :class:`~wal.walimpls.localfs._fileops.NotRegularFileError` at once, as for the backend's own opens."""
+    return os.fdopen(DEFAULT_FILE_OPS.open(path, os.O_RDONLY), "rb")
+
+
 def _writer_locked(chdir: str, fops: FileOps = DEFAULT_FILE_OPS) -> bool:
     path = os.path.join(chdir, _LOCK_NAME)
     locked = probe_lock(fops, path)
@@ -179,7 +186,7 @@ def _writer_locked(chdir: str, fops: FileOps = DEFAULT_FILE_OPS) -> bool:
 
 def _term(chdir: str) -> int | None:
     try:
-        with open(os.path.join(chdir, TERM_NAME), "rb") as f:
+        with _open_ro(os.path.join(chdir, TERM_NAME)) as f:
             return parse_term(f.read())
     except FileNotFoundError:
         return 0
@@ -321,7 +328,7 @@ def verify(
         stored: int | None = 0
         if os.path.exists(term_path):
             try:
-                with open(term_path, "rb") as f:
+                with _open_ro(term_path) as f:
                     stored = parse_term(f.read())
             except FileNotFoundError:
                 pass
@@ -429,7 +436,7 @@ def _segment_terms(chdir: str, segs: list[tuple[int, str]]) -> dict[str, int]:
     out = {}
     for _fid, path in segs:
         try:
-            with open(path, "rb") as f:
+            with _open_ro(path) as f:
                 out[path] = SegmentHeader.unpack(f.read(SEG_HEADER.size), path).term
         except (OSError, CorruptedError):  # deleted meanwhile, or unreadable or damaged: the segment's check says
             continue
@@ -498,7 +505,7 @@ def _check_segment(
     path: str, fid: int, is_last: bool, writer_running: bool, prev_last: int | None, problems: list[Problem]
 ) -> tuple[int | None, bool]:
     """One check of a segment: (its last ID or None, whether its summary slots stayed the same throughout)."""
-    with open(path, "rb") as f:
+    with _open_ro(path) as f:
         size = os.fstat(f.fileno()).st_size
         if size < SEG_HEADER.size:
             problems.append(Problem(path, 0, f"segment is only {size} bytes"))
@@ -569,7 +576,7 @@ def _verify_index(
 ) -> None:
     path = os.path.join(os.path.dirname(seg_path), index_name(fid))
     try:
-        with open(path, "rb") as f:
+        with _open_ro(path) as f:
             raw = f.read()
     except FileNotFoundError:
         if not os.path.exists(seg_path):  # deleted with its segment since the segment was checked
@@ -640,7 +647,7 @@ def repair(
                 continue
             res = _scan_published(fops, st)
             try:
-                with open(ipath, "rb") as f:
+                with _open_ro(ipath) as f:
                     idx = parse_index(f.read(), st.first_id)
                 ok = not idx.problem and idx.entries == res.index and idx.sealed == st.sealed
             except FileNotFoundError:
@@ -771,7 +778,7 @@ def _clean_close_slot(chdir: str) -> tuple[str, bytes, Summary] | None:
     if not segs:
         return None
     path = segs[-1][1]
-    with open(path, "rb") as f:
+    with _open_ro(path) as f:
         f.seek(CLOSE_OFF)
         raw = f.read(SUMMARY.size)
     close = Summary.unpack(raw, 0, CLOSE_MAGIC)
@@ -875,7 +882,7 @@ def _raise_if_damage(path: str, pos: int, expect: int) -> None:
     after the proof was found.
     """
     try:
-        with open(path, "rb") as f:
+        with _open_ro(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size <= pos:  # the file ends here: damage if it was closed cleanly with more (cut from outside)
                 f.seek(CLOSE_OFF)
