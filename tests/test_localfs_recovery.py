@@ -931,6 +931,7 @@ def test_every_segment_deleted_from_outside_is_refused_not_numbered_from_1_again
         with pytest.raises(CorruptedError, match="every segment is gone"):
             open_rw(opener)
     assert [p.path for p in verify(str(tmp_path), "p1")] == [str(tmp_path / "p1" / "FIRST")]
+    assert channel_info(str(tmp_path), "p1").lost_front == (1, None)
     with pytest.raises(CorruptedError, match="every segment is gone"):
         repair(str(tmp_path), "p1", accept_lost_segments=True)  # nothing left to number new messages after
 
@@ -977,6 +978,8 @@ def test_an_unreadable_first_is_refused_and_repair_writes_it_again(tmp_path: Pat
         with pytest.raises(CorruptedError, match="unreadable first-segment file"):
             open_rw(opener)
     assert [p.path for p in verify(str(tmp_path), "p1")] == [str(path)]
+    info = channel_info(str(tmp_path), "p1")  # shows the rest, and names FIRST
+    assert list(info.unreadable) == [str(path)] and info.lost_front is None and info.segments[0].first_id == 1
     report = repair(str(tmp_path), "p1")
     assert report.changed and report.first_restored == 1
     assert _first(tmp_path) == 1 and verify(str(tmp_path), "p1") == []
