@@ -8,6 +8,7 @@ import mmap
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from _localfs_util import build, msg, open_rw, read_all
 
 from wal.errors import CorruptedError, WALTimeoutError
 from wal.options import DeliverPolicy
-from wal.walimpls.localfs import LocalFSMessageID
+from wal.walimpls.localfs import FileOps, LocalFSMessageID
 from wal.walimpls.localfs._format import (
     DATA_START,
     NEXT_MARK,
@@ -953,6 +954,75 @@ def test_retention_and_truncate_move_first_before_they_delete(tmp_path: Path) ->
     assert verify(str(tmp_path), "p1") == []
     with build(tmp_path, segment_bytes=SEG) as opener:
         open_rw(opener).close()
+
+
+class _GatedUnlink(FileOps):
+    """Holds the first unlink of a path ending with ``block`` until ``go`` is set."""
+
+    def __init__(self) -> None:
+        self.block = ""
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def unlink(self, path: str) -> None:
+        if self.block and path.endswith(self.block):
+            self.block = ""
+            self.entered.set()
+            self.go.wait()
+        super().unlink(path)
+
+
+class _ContendedLock:
+    """A lock that says when an acquire finds it held."""
+
+    def __init__(self, contended: threading.Event) -> None:
+        self._lock = threading.Lock()
+        self._contended = contended
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        self._contended.set()
+        return self._lock.acquire(blocking=blocking)
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def test_two_deletions_side_by_side_leave_no_gap_between_segments(tmp_path: Path) -> None:
+    """A truncate deleting while another (or a roll's retention) deleted newer segments left a gap on disk: live
+    readers saw damage, and a crash then left a log that recovery refused (review 12d)."""
+    fops = _GatedUnlink()
+    with build(tmp_path, segment_bytes=4096, _file_ops=fops) as opener:
+        w = open_rw(opener)
+        for i in range(200):
+            w.append(msg(b"x" * 300, tt=100 + i))
+        ids = [int(p.name[:20]) for p in _segments(tmp_path)]
+        step = threading.Event()  # the second truncate is done, or waits for the first
+        w._delete_lock = _ContendedLock(step)  # absent before the fix: then nothing waits
+        fops.block = f"{ids[0]:020d}.seg"
+        first = threading.Thread(target=w.truncate, args=(LocalFSMessageID(ids[2]),))
+        first.start()
+        assert fops.entered.wait(60)
+        second = threading.Thread(target=lambda: (w.truncate(LocalFSMessageID(ids[4])), step.set()))
+        second.start()
+        assert step.wait(60)
+        try:
+            crash = tmp_path / "crash"
+            shutil.copytree(tmp_path, crash, ignore=shutil.ignore_patterns("crash"))  # as a SIGKILL leaves it
+            assert verify(str(tmp_path), "p1") == []  # beside the live writer
+            channel_info(str(tmp_path), "p1")
+        finally:
+            fops.go.set()
+            first.join()
+            second.join()
+        w.close()
+    assert _first(tmp_path) == ids[4] == int(_segments(tmp_path)[0].name[:20])
+    with build(crash, segment_bytes=4096) as opener:
+        w = open_rw(opener, term=2)
+        got = [int(m.message_id.value) for m in read_all(w)]  # type: ignore[attr-defined]
+        assert got == list(range(1, 201))  # nothing was deleted when it crashed
+        w.close()
 
 
 def test_first_is_written_by_the_first_open_of_a_log_older_than_it(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ... import _fork
@@ -198,6 +198,10 @@ class LocalFSWAL(_Base):
         self._lock = threading.RLock()  # not a Lock: docs/ARCHITECTURE.md, "Interrupts"
         self._cv = threading.Condition(self._lock)  # notified whenever a flush or sync ends (close waits on it)
         self._seg_lock = threading.Lock()  # rolls and retention change the segment list
+        # One deletion at a time, its unlinks included (see _delete_front): a truncate and the retention of a roll
+        # deleting side by side left a gap between the segments on disk (a crash then left a log that recovery
+        # refused, and live readers saw the gap as damage).
+        self._delete_lock = threading.Lock()
         self._open_batch: _Batch | None = None  # records queued for the next group commit
         self._woken: deque[_thread.LockType] = deque()  # waiters of settled batches, still to be woken
         self._flushing = False
@@ -719,11 +723,20 @@ class LocalFSWAL(_Base):
         )
         if n:
             drop = {s.first_id for s in segs[:n]}
-            self._delete_front(lambda s: s.first_id in drop)
+            self._delete_front(lambda s: s.first_id in drop, wait=False)
 
-    def _delete_front(self, pred: object) -> None:
-        """Delete the oldest sealed segments while ``pred`` holds (whole files, never truncated)."""
-        assert callable(pred)
+    def _delete_front(self, pred: Callable[[SegmentState], bool], *, wait: bool = True) -> None:
+        """Delete the oldest sealed segments while ``pred`` holds (whole files, never truncated). Without ``wait``
+        (the retention of a roll, on the append path) nothing is done while another deletion runs: the next roll
+        does it."""
+        if not self._delete_lock.acquire(blocking=wait):
+            return
+        try:
+            self._delete_front_locked(pred)
+        finally:
+            self._delete_lock.release()
+
+    def _delete_front_locked(self, pred: Callable[[SegmentState], bool]) -> None:
         with self._seg_lock:
             segs = self._log.segments
             n = 0
