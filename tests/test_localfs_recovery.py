@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import mmap
@@ -1023,6 +1024,57 @@ def test_two_deletions_side_by_side_leave_no_gap_between_segments(tmp_path: Path
         got = [int(m.message_id.value) for m in read_all(w)]  # type: ignore[attr-defined]
         assert got == list(range(1, 201))  # nothing was deleted when it crashed
         w.close()
+
+
+class _FullDisk(FileOps):
+    """A full disk: no file can be made (nor space allocated) until a file that held data is deleted."""
+
+    full = False
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        if self.full and flags & os.O_CREAT and not os.path.exists(path):
+            raise OSError(errno.ENOSPC, "No space left on device (test)", path)
+        return super().open(path, flags, mode)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        if self.full and self.fstat_size(fd) < offset + length:
+            raise OSError(errno.ENOSPC, "No space left on device (test)")
+        super().fallocate(fd, offset, length)
+
+    def unlink(self, path: str) -> None:
+        if os.path.getsize(path):
+            self.full = False
+        super().unlink(path)
+
+
+def test_truncate_and_retention_free_space_on_a_full_disk(tmp_path: Path) -> None:
+    """Moving FIRST needs a new file: on a full disk truncate deleted nothing, a roll's retention closed the WAL, and
+    a writer with retention no longer opened at its term (before FIRST, deleting was what freed the space) (review
+    12d)."""
+    _write(tmp_path, 400)
+    ids = [int(p.name[:20]) for p in _segments(tmp_path)]
+    fops = _FullDisk()
+    with build(tmp_path, segment_bytes=SEG, _file_ops=fops) as opener:
+        w = open_rw(opener, term=2)
+        fops.full = True
+        w.truncate(LocalFSMessageID(ids[1]))
+        assert not fops.full and _first(tmp_path) == ids[1] == int(_segments(tmp_path)[0].name[:20])
+        w.close()
+    assert verify(str(tmp_path), "p1") == []
+    fops.full = True
+    with build(tmp_path, segment_bytes=SEG, retention_bytes=2 * SEG, _file_ops=fops) as opener:
+        w = open_rw(opener, term=2)  # the same term: a higher one writes TERM, which needs space too
+        assert not fops.full and _first(tmp_path) == int(_segments(tmp_path)[0].name[:20]) > ids[1]
+        w.close()
+    assert verify(str(tmp_path), "p1") == []
+    (tmp_path / "p1" / "FIRST").unlink()  # a log older than FIRST, on a full disk
+    fops.full = True
+    with build(tmp_path, segment_bytes=SEG, _file_ops=fops) as opener:
+        open_rw(opener, term=2).close()
+    assert not (tmp_path / "p1" / "FIRST").exists()  # written by the next open or deletion
+    with build(tmp_path, segment_bytes=SEG) as opener:
+        open_rw(opener, term=5).close()
+    assert _first(tmp_path) == int(_segments(tmp_path)[0].name[:20])
 
 
 def test_first_is_written_by_the_first_open_of_a_log_older_than_it(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ appenders cost about one sync per round, not N, and the path between two syncs h
 from __future__ import annotations
 
 import _thread
+import errno
 import logging
 import os
 import struct
@@ -37,6 +38,7 @@ from ._format import (
     CLOSE_MAGIC,
     CLOSE_OFF,
     DATA_START,
+    FIRST_NAME,
     FLUSH_START,
     INDEX_INTERVAL,
     NEXT_OFF,
@@ -229,7 +231,13 @@ class LocalFSWAL(_Base):
                     self._fops.fsync_dir(self._chdir)
                     self._mark_successor(prev, self._log.segments[-1].first_id)
             if recovered.first is None:  # a new log, or one older than FIRST: from now on deleted segments show
-                write_first(self._fops, self._chdir, self._log.segments[0].first_id)
+                try:
+                    write_first(self._fops, self._chdir, self._log.segments[0].first_id)
+                except OSError as e:  # a full disk: the log stays as one older than FIRST (retention writes it)
+                    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    log.warning("localfs: no space to write %s in %s (%s): the next open or deletion writes it",
+                                FIRST_NAME, self._chdir, e)
             self._open_active(self._log.segments[-1])
             if recovered.tail_synced:  # recovery synced what it kept: the first flush vouches for it
                 self._synced_end = self._end
@@ -747,7 +755,7 @@ class LocalFSWAL(_Base):
             gone = segs[:n]
             # Before anything is deleted (the active segment never is, so segs[n] exists): from now on a missing
             # segment below it is retention's doing, and one above it is damage (``_recovery._check_first``).
-            write_first(self._fops, self._chdir, segs[n].first_id)
+            self._write_first_making_room(segs[n].first_id, gone)
             self._log.segments = segs[n:]
         for s in gone:
             for path in (s.path, os.path.join(self._chdir, index_name(s.first_id))):
@@ -760,6 +768,27 @@ class LocalFSWAL(_Base):
             self._fops.fsync_dir(self._chdir)
             s.drop_mapping()
             log.info("localfs retention: deleted %s (IDs %d..%d)", s.path, s.first_id, s.last_id)
+
+    def _write_first_making_room(self, first_id: int, gone: Sequence[SegmentState]) -> None:
+        """``write_first``, which needs a free block: on a full disk it would fail, and retention and truncate, which
+        are there to free space, would delete nothing (and a writer with retention no longer opened). Then the
+        indexes of the segments to delete go first: derived data (rebuilt when missing), and deleting them leaves
+        the log as it was."""
+        try:
+            write_first(self._fops, self._chdir, first_id)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("localfs retention: no space to write %s (%s): deleting the indexes of the segments to "
+                        "delete first", FIRST_NAME, e)
+        for s in gone:
+            try:
+                self._fops.unlink(os.path.join(self._chdir, index_name(s.first_id)))
+            except FileNotFoundError:
+                pass
+        self._fops.fsync_dir(self._chdir)  # freed blocks are reused only once the deletion is committed
+        write_first(self._fops, self._chdir, first_id)
 
     # -- reading and lifetime ----------------------------------------------------------------------------------------
     def read(self, opt: ReadOption) -> ScannerImpls:
