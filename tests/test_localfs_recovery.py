@@ -1077,6 +1077,58 @@ def test_truncate_and_retention_free_space_on_a_full_disk(tmp_path: Path) -> Non
     assert _first(tmp_path) == int(_segments(tmp_path)[0].name[:20])
 
 
+class _LockOrder(_GatedUnlink):
+    """Also records the order of segment deletions and lock releases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+        self.lock_fds: set[int] = set()
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        fd = super().open(path, flags, mode)
+        if path.endswith("LOCK"):
+            self.lock_fds.add(fd)
+        return fd
+
+    def close(self, fd: int) -> None:
+        if fd in self.lock_fds:
+            self.lock_fds.discard(fd)
+            self.events.append("lock released")
+        super().close(fd)
+
+    def unlink(self, path: str) -> None:
+        super().unlink(path)
+        if path.endswith(".seg"):
+            self.events.append("deleted")
+
+
+def test_close_waits_for_a_truncate_still_deleting(tmp_path: Path) -> None:
+    """A close in one thread while a truncate in another still deleted released the lock: a new writer then opened
+    the channel while the old one deleted its segments, and its retention, from a list holding them, wrote FIRST
+    below them: the next open refused the log as damaged (review 12d)."""
+    fops = _LockOrder()
+    with build(tmp_path, segment_bytes=4096, _file_ops=fops) as opener:
+        w = open_rw(opener)
+        for i in range(100):
+            w.append(msg(b"x" * 300, tt=100 + i))
+        ids = [int(p.name[:20]) for p in _segments(tmp_path)]
+        step = threading.Event()  # the close is done, or waits for the truncate
+        w._delete_lock = _ContendedLock(step)  # absent before the fix: then nothing waits
+        fops.block = f"{ids[1]:020d}.seg"
+        truncating = threading.Thread(target=w.truncate, args=(LocalFSMessageID(ids[4]),))
+        truncating.start()
+        assert fops.entered.wait(60)
+        closing = threading.Thread(target=lambda: (w.close(), step.set()))
+        closing.start()
+        assert step.wait(60)
+        fops.go.set()
+        truncating.join()
+        closing.join()
+    assert fops.events == ["deleted"] * 4 + ["lock released"], fops.events
+    assert _first(tmp_path) == ids[4] == int(_segments(tmp_path)[0].name[:20])
+
+
 def test_first_is_written_by_the_first_open_of_a_log_older_than_it(tmp_path: Path) -> None:
     _write(tmp_path, 200)
     (tmp_path / "p1" / "FIRST").unlink()  # as a version before FIRST left the log

@@ -503,6 +503,7 @@ class LocalFSWAL(_Base):
             self._err.__cause__ = err
             log.error("%s; the WAL is closed, reopen it to recover", msg)
         self._closed = True
+        self._wait_deletion()
         self._close_fds()
         note_io_failure(self._chdir)  # a reopen in this process must rewrite the tail before trusting it
         self._opener._release(self)
@@ -744,7 +745,17 @@ class LocalFSWAL(_Base):
         finally:
             self._delete_lock.release()
 
+    def _wait_deletion(self) -> None:
+        """Before the lock is released: a deletion still running (a truncate in another thread) ends first. Else a
+        new writer opened the channel while this one still deleted: its retention, from a list of segments already
+        gone, then wrote FIRST below them, and the log was refused as damaged. Deletions after this one see
+        ``_closed`` and delete nothing."""
+        self._delete_lock.acquire()  # (a deletion never waits for a close: no deadlock)
+        self._delete_lock.release()
+
     def _delete_front_locked(self, pred: Callable[[SegmentState], bool]) -> None:
+        if self._closed:
+            raise ShutdownError(f"localfs channel {self._channel} is closed")
         with self._seg_lock:
             segs = self._log.segments
             n = 0
@@ -849,6 +860,7 @@ class LocalFSWAL(_Base):
         finally:
             with self._lock:
                 self._closed = True
+            self._wait_deletion()
             self._close_fds()
             self._log.retire()
             self._opener._release(self)
