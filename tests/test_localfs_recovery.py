@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _localfs_util import build, msg, open_rw, read_all
@@ -1127,6 +1128,37 @@ def test_close_waits_for_a_truncate_still_deleting(tmp_path: Path) -> None:
         closing.join()
     assert fops.events == ["deleted"] * 4 + ["lock released"], fops.events
     assert _first(tmp_path) == ids[4] == int(_segments(tmp_path)[0].name[:20])
+
+
+def test_tools_beside_the_first_open_of_a_channel_report_no_lost_segments(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer makes a log's first segment, then FIRST: `wal verify` and `wal info` that listed the directory
+    before the segment and read FIRST after it reported every segment deleted from outside (review 12d)."""
+    from wal.walimpls.localfs import _recovery, tools
+
+    with build(tmp_path, segment_bytes=SEG) as opener:
+        open_rw(opener).close()
+    real_list, real_first = _recovery.list_segments, _recovery.read_first
+    first_read = [False]
+
+    def listed_too_early(fops: Any, chdir: str) -> list[tuple[int, str]]:
+        return real_list(fops, chdir) if first_read[0] else []  # as before the writer made its first segment
+
+    def read_first(fops: Any, chdir: str) -> int | None:
+        first_read[0] = True
+        return real_first(fops, chdir)
+
+    for module in (tools, _recovery):
+        monkeypatch.setattr(module, "list_segments", listed_too_early)
+        monkeypatch.setattr(module, "read_first", read_first)
+    assert [p for p in verify(str(tmp_path), "p1") if p.path.endswith("FIRST")] == []
+    first_read[0] = False
+    assert channel_info(str(tmp_path), "p1").lost_front is None
+    monkeypatch.undo()
+    (tmp_path / "p1" / "00000000000000000001.seg").unlink()  # really gone: still reported
+    assert [p.path for p in verify(str(tmp_path), "p1")] == [str(tmp_path / "p1" / "FIRST")]
+    with pytest.raises(CorruptedError, match="every segment is gone"):
+        channel_info(str(tmp_path), "p1")
 
 
 def test_first_is_written_by_the_first_open_of_a_log_older_than_it(tmp_path: Path) -> None:

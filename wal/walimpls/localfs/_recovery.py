@@ -64,6 +64,7 @@ from ._state import SegmentState
 
 __all__ = [
     "Recovered",
+    "front_lost",
     "list_segments",
     "lock_deleted",
     "log_term",
@@ -459,6 +460,29 @@ def _check_successor(fops: FileOps, chdir: str, path: str, fd: int, *, write: bo
     rec.lost_from = nxt
 
 
+def front_lost(fops: FileOps, chdir: str, segs: list[tuple[int, str]], first: int | None, *, live: bool) -> bool:
+    """Whether the oldest of ``segs`` (listed before ``FIRST`` was read as ``first``) starts after ``first``.
+
+    ``live``: read-only, beside a writer that may be making the log's first segment (which it does before
+    ``FIRST``) or moving ``FIRST`` and deleting: a listing made before its first segment, read with the ``FIRST``
+    written after it, looked like every segment deleted. Then look again, with ``FIRST`` read before and after the
+    listing: the same value both times means every segment from it on was there for the whole listing.
+    """
+    def lost(listed: list[tuple[int, str]], f: int | None) -> bool:
+        return f is not None and (not listed or listed[0][0] > f)
+
+    if not lost(segs, first):
+        return False
+    if not live:
+        return True
+    try:
+        before = read_first(fops, chdir)
+        again = list_segments(fops, chdir)
+        return before == read_first(fops, chdir) and lost(again, before)
+    except (CorruptedError, OSError):
+        return True  # as first read
+
+
 def _check_first(fops: FileOps, chdir: str, segs: list[tuple[int, str]], *, write: bool, accept: bool,
                  restore: bool, rec: Recovered) -> None:
     """The oldest segment left starts after the ID that ``FIRST`` names: segments were deleted from outside.
@@ -481,7 +505,7 @@ def _check_first(fops: FileOps, chdir: str, segs: list[tuple[int, str]], *, writ
             log.warning("localfs recovery: %s was unreadable: written again from the oldest segment, %s",
                         FIRST_NAME, segs[0][1])
     rec.first = first
-    if first is None or (segs and segs[0][0] <= first):
+    if first is None or not front_lost(fops, chdir, segs, first, live=not write):
         return
     path = os.path.join(chdir, FIRST_NAME)
     if not segs:

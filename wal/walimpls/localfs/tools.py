@@ -58,6 +58,7 @@ from ._message_id import LocalFSMessageID
 from ._recovery import (
     Recovered,
     damage_proof,
+    front_lost,
     list_segments,
     load_index,
     lock_deleted,
@@ -409,7 +410,7 @@ def _front_loss(chdir: str) -> tuple[int, int | None] | None:
     is left); None when none was. Raises :class:`CorruptedError` or ``OSError`` when ``FIRST`` cannot be read."""
     segs = list_segments(DEFAULT_FILE_OPS, chdir)  # listed before FIRST is read, as recovery does
     first = read_first(DEFAULT_FILE_OPS, chdir)
-    if first is None or (segs and segs[0][0] <= first):
+    if first is None or not front_lost(DEFAULT_FILE_OPS, chdir, segs, first, live=True):  # a writer may be making it
         return None
     return first, segs[0][0] if segs else None
 
