@@ -306,6 +306,24 @@ def test_info_says_when_the_term_file_is_damaged(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["term"] is None
 
 
+def test_info_names_an_unreadable_first_file_in_its_table_too(tmp_path: Path) -> None:
+    """A damaged FIRST (or one that is not a regular file) was in --json's ``unreadable`` but the text output said
+    nothing: the channel looked healthy while opening it for write refused. Both outputs name it now."""
+    import os
+
+    fill(tmp_path, "p1", 3)
+    first = tmp_path / "p1" / "FIRST"
+    first.write_bytes(b"garbage")
+    r = wal_cmd("info", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 0 and "UNREADABLE      FIRST (unreadable content)" in r.stdout, r.stdout
+    first.unlink()
+    os.mkfifo(first)
+    r = wal_cmd("info", "--root", str(tmp_path), "--channel", "p1")
+    assert r.returncode == 0 and "UNREADABLE      FIRST (a FIFO, not a regular file)" in r.stdout, r.stdout
+    r = wal_cmd("info", "--root", str(tmp_path), "--channel", "p1", "--json")
+    assert json.loads(r.stdout)["unreadable"] == {str(first): "a FIFO, not a regular file"}
+
+
 def test_repair_rewrites_an_unreadable_term_file_from_the_log(tmp_path: Path) -> None:
     """Opening refuses an unreadable TERM, and repair said "nothing to repair" then "1 problem(s) remain": no way out
     short of writing the file by hand (review 11b). The log's own terms say what it was."""

@@ -137,6 +137,9 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
                 click.echo(f"  UNREADABLE      {os.path.basename(path)} ({why}): left out, its messages not counted")
             elif path.endswith(".idx"):
                 click.echo(f"  UNREADABLE      {os.path.basename(path)} ({why}): its segment was read without it")
+            elif os.path.basename(path) == "FIRST":
+                click.echo(f"  UNREADABLE      FIRST ({why}): whether oldest segments were lost is unknown, and "
+                           "opening for write refuses (see wal verify)")
         if ci.lost_from is not None:
             click.echo(f"  LOST            every message from id {ci.lost_from} on: the newest segments were deleted "
                        "(see wal verify)")
