@@ -180,7 +180,8 @@ def dump(root: str, channel: str, from_id: str | None, limit: int | None, as_jso
 
     Shows the records of the log one by one (a transaction appears as its BEGIN_TXN, body and COMMIT_TXN
     records; TIME_TICK records included). Stops at the end of the valid data; at damage inside it (a bad record,
-    a damaged segment header, a missing segment) prints every message before it, then the error, and exits 1.
+    a damaged segment header, a missing segment, a segment that is not a regular file) prints every message before
+    it, then the error, and exits 1.
     Read-only and safe while a writer appends.
     """
     channel_dir_or_fail(root, channel)
@@ -279,8 +280,11 @@ def _count_segments(root: str, names: list[str]) -> int:
 def repair(root: str, channel: str, no_writer_running: bool, accept_lost_segments: bool) -> None:
     """Cut a torn tail (bytes a crash left half written) and rebuild missing or wrong indexes and seal summaries.
 
-    Refuses, with exit 1, while a writer holds the channel's lock, and for damage that is not a torn tail (a bad
-    record followed by good ones: acknowledged data is never cut). Says what it cut, then verifies the channel.
+    Also rewrites an unreadable TERM (with the highest term the log shows) and an unreadable FIRST (from the oldest
+    segment). Refuses, with exit 1, while a writer holds the channel's lock, and for damage that is not a torn tail
+    (a bad record followed by good ones: acknowledged data is never cut), and for a file that is not a regular one
+    (a FIFO, a directory: move it away first); a refused repair changes no file. Says what it cut, then verifies the
+    channel.
     """
     channel_dir_or_fail(root, channel)
     try:

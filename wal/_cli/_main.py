@@ -16,7 +16,8 @@ __all__ = ["cli", "main"]
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
-    epilog=EXIT_CODES_HELP + " The localfs root defaults to $WAL_LOCALFS_ROOT, else ./wal-data.",
+    epilog=EXIT_CODES_HELP + " The --root of info, dump, tail, verify and repair defaults to $WAL_LOCALFS_ROOT, "
+    "else ./wal-data.",
 )
 @click.version_option(__version__, prog_name="wal")
 @click.option("-v", "--verbose", count=True, help="log more (-v info, -vv debug) to stderr.")
