@@ -3,7 +3,8 @@
 Fault-injection tests pass a subclass through the private build option ``_file_ops`` and make any call fail
 (ENOSPC from ``fallocate``, EIO from ``fdatasync``...). Nothing in the backend (opener, writer, recovery,
 scanners) calls ``os`` file functions directly, so an injected fault always takes the same path as a real one.
-Only the read-only inspection in ``tools.py`` (verify, info) reads files directly.
+The tools in ``tools.py`` open and read files through :data:`DEFAULT_FILE_OPS` too (so they refuse what is not a
+regular file); only their directory listings and sizes call ``os`` directly.
 
 How failures surface: any ``OSError`` while appending, rolling or syncing becomes
 :class:`~wal.errors.WALIOError` for every append not yet acknowledged, and the WAL closes itself (a failed
