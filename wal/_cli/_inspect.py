@@ -219,7 +219,7 @@ def _quiet_broken_pipe() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="print only the problems.")
 @reports_errors
 def verify(root: str, channel: str | None, quiet: bool) -> None:
-    """Check every record's checksum, each segment's header and summaries, each index, and the term file.
+    """Check every record's checksum, each segment's header and summaries, each index, TERM and FIRST.
 
     Prints each problem as FILE:OFFSET: WHAT. Exits 0 when everything is clean, 1 when anything is wrong.
     Never changes a file; safe while a writer appends (bytes being written at that moment are not reported).

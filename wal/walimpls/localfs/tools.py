@@ -306,15 +306,15 @@ def _lock_missing(chdir: str) -> bool:
 def verify(
     root: str, channel: str | None = None, progress: Callable[[int, int], None] | None = None
 ) -> list[Problem]:
-    """Check every record's CRC, each segment's header and summaries, each index, and the term file.
+    """Check every record's CRC, each segment's header and summaries, each index, ``TERM`` and ``FIRST``.
 
     Never writes. Safe while a writer runs: the bytes after the last valid record of the segment it is
     appending to are then not reported (they may be a write in progress) unless a later record proves them
     damage (the rule of recovery: see :func:`~wal.walimpls.localfs._format.find_valid_record_after`). A torn tail
     is reported with exactly the bytes (and intact but never-durable records) that ``repair`` or the next writer
-    cuts. A file it cannot read (a segment, an index, ``TERM``, ``LOCK``) is one problem, and the rest is checked;
-    with ``LOCK`` unreadable, whether a writer runs is unknown, so the newest segment is checked as a live writer's.
-    ``progress(bytes_done, bytes_total)`` is called after each segment.
+    cuts. A file it cannot read (a segment, an index, ``TERM``, ``FIRST``, ``LOCK``) is one problem, and the rest is
+    checked; with ``LOCK`` unreadable, whether a writer runs is unknown, so the newest segment is checked as a live
+    writer's. ``progress(bytes_done, bytes_total)`` is called after each segment.
     """
     channels = [channel] if channel is not None else list_channels(root)
     work: list[tuple[str, list[tuple[int, str]]]] = []
