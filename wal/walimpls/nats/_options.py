@@ -134,8 +134,8 @@ def parse_options(options: dict[str, Any]) -> NatsOptions:
         raise InvalidArgumentError("nats: timeouts must be > 0")
     if o.tls_wanted() and any(u.lower().startswith("ws://") for u in o.servers):
         # Over a websocket the TLS check cannot see the socket: only wss:// says the connection is encrypted.
-        raise InvalidArgumentError("nats: TLS was asked for (a tls_* option) with a ws:// URL, which is plaintext: "
-                                   "use wss://")
+        raise InvalidArgumentError("nats: TLS was asked for (a tls_* option or a tls:// URL) with a ws:// URL, which "
+                                   "is plaintext: use wss://")
     if o.tls_key_file and not o.tls_cert_file:
         raise InvalidArgumentError("nats: tls_key_file needs tls_cert_file (the client certificate it belongs to)")
     # nats-py signs with nkeys; without it the connect failed with a bare ModuleNotFoundError
