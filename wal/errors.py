@@ -41,11 +41,14 @@ class FencedError(WALError):
 
 
 class WALLockedError(WALError):
-    """Another writer (thread or process) holds the channel's write lock."""
+    """Another writer (thread or process) holds the channel's write lock, or may: localfs also raises it when the
+    channel's ``LOCK`` file was deleted, since a writer keeps its lock on the deleted file and a new one cannot tell
+    (``wal repair --no-writer-running`` once no writer runs)."""
 
 
 class CorruptedError(WALError):
-    """Bytes on disk fail their checksum or structure check, in a place that cannot be a torn tail.
+    """Bytes on disk fail their checksum or structure check, in a place that cannot be a torn tail; or files the
+    log says it holds are gone (segments deleted from outside), or are not regular files.
 
     The message names the file and the byte offset. The library never returns the damaged data and never cuts
     acknowledged records to "repair" it: inspect with ``wal verify`` and restore from a replica or backup.
@@ -108,8 +111,10 @@ class WALTimeoutError(WALError, TimeoutError):
 
 
 class TxnExpiredError(WALError):
-    """The transaction passed its keepalive, was already committed or rolled back, or is unknown."""
+    """The transaction passed its keepalive, was already committed or rolled back, or is unknown (the WAL no longer
+    knows it). A ``Txn`` handle used after its own commit or rollback raises :class:`InvalidTxnStateError`."""
 
 
 class InvalidTxnStateError(WALError):
-    """The transaction is in a state that does not allow this operation (e.g. append after commit began)."""
+    """The transaction is in a state that does not allow this operation (e.g. append after commit began, or a
+    ``Txn`` handle used after its commit or rollback)."""
