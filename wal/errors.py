@@ -48,7 +48,8 @@ class WALLockedError(WALError):
 
 class CorruptedError(WALError):
     """Bytes on disk fail their checksum or structure check, in a place that cannot be a torn tail; or files the
-    log says it holds are gone (segments deleted from outside), or are not regular files.
+    log says it holds are gone (segments deleted from outside); or a reader meets a segment that is not a regular
+    file (opening for write raises :class:`WALIOError` for that).
 
     The message names the file and the byte offset. The library never returns the damaged data and never cuts
     acknowledged records to "repair" it: inspect with ``wal verify`` and restore from a replica or backup.
@@ -61,7 +62,8 @@ class CorruptedError(WALError):
 
 
 class WALIOError(WALError):
-    """An operating-system I/O error (ENOSPC, EIO, a failed fdatasync) hit the log.
+    """An operating-system I/O error (ENOSPC, EIO, a failed fdatasync) hit the log, or opening for write found a
+    file that is not a regular one (a FIFO, a directory) under a file's name; nats: the cluster cannot be reached.
 
     After a failed fdatasync the WAL closes itself: the kernel may have dropped the dirty pages, so retrying the
     sync could report success for data that is gone (the "fsyncgate" lesson). Reopen to recover.
