@@ -9,7 +9,8 @@ for writing recovers: a torn tail is cut (overwritten with zeros) and logged, da
 Build options (``registry.get_impls_builder("localfs").build(**options)``):
 
 - ``root``: the directory holding one sub-directory per channel. Default ``$WAL_LOCALFS_ROOT``, else
-  ``./wal-data``. Created with mode 0700; files are 0600.
+  ``./wal-data``. Created with mode 0700 by the first open for writing (``build`` and read-only opens create
+  nothing); files are 0600.
 - ``segment_bytes`` (64 MiB): size each segment is preallocated to (``posix_fallocate``); a segment rolls when
   the next record does not fit. 4096 ... 2**32-1. A single record larger than that gets a segment of its own.
 - ``sync``: ``"always"`` (default): an append returns after its bytes are on disk (``fdatasync``), shared by
