@@ -454,6 +454,25 @@ def test_verify_reports_what_makes_opening_for_write_refuse_or_warn(tmp_path: Pa
     assert verify(str(tmp_path), "b") == []
 
 
+def test_a_repair_that_makes_a_new_lock_makes_it_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``repair --no-writer-running`` made LOCK again without syncing the directory: a power cut soon after could
+    take it back, and opening refused again ("LOCK was deleted") until another repair (review 12a)."""
+    from wal.walimpls.localfs import tools
+
+    _fill(tmp_path, "b", 10)
+    (tmp_path / "b" / "LOCK").unlink()
+    synced_with_lock: list[bool] = []
+    real = tools.DEFAULT_FILE_OPS.fsync_dir
+
+    def fsync_dir(path: str) -> None:
+        synced_with_lock.append((Path(path) / "LOCK").exists())
+        real(path)
+
+    monkeypatch.setattr(tools.DEFAULT_FILE_OPS, "fsync_dir", fsync_dir)
+    repair(str(tmp_path), "b", no_writer_running=True)
+    assert any(synced_with_lock), "the new LOCK's directory entry was never synced"
+
+
 def test_repair_refuses_a_cleanly_closed_segment_cut_inside_a_record_without_writing(tmp_path: Path) -> None:
     """The last segment of a cleanly closed channel cut from outside inside a record: a read-only recovery does
     not trust the clean-close summary (its end lies past the file) and sees a torn tail, so repair went on,

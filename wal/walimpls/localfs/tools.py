@@ -620,7 +620,8 @@ def repair(
     chdir = _chdir(root, channel)
     lock_path = os.path.join(chdir, _LOCK_NAME)
     accept = accept_lost_segments
-    if _lock_missing(chdir):
+    remake_lock = _lock_missing(chdir)
+    if remake_lock:
         if not no_writer_running:
             raise WALLockedError(
                 f"localfs channel {channel!r}: its LOCK file was deleted, so whether a writer still runs cannot be "
@@ -637,6 +638,8 @@ def repair(
     except LockRefusedError as e:
         raise WALLockedError(f"localfs channel {channel!r}: {e.describe()}; stop that process first") from None
     try:
+        if remake_lock:  # durable now: else a power cut could take it back, and opening would refuse again
+            fops.fsync_dir(chdir)
         close_slot = _check_before_writing(chdir, accept)  # again: under the lock, nothing changes it meanwhile
         rec = recover(fops, chdir, write=True, accept_lost_segments=accept, restore_first=True)
         report = RepairReport(channel=channel, cut=list(rec.cut), rebuilt_indexes=list(rec.rebuilt_indexes),
