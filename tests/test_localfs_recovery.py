@@ -990,6 +990,12 @@ class _ContendedLock:
     def release(self) -> None:
         self._lock.release()
 
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
 
 def test_two_deletions_side_by_side_leave_no_gap_between_segments(tmp_path: Path) -> None:
     """A truncate deleting while another (or a roll's retention) deleted newer segments left a gap on disk: live
@@ -1263,3 +1269,64 @@ def test_a_grown_sealed_segment_cut_inside_its_data_is_refused_with_nothing_chan
     assert grown.read_bytes()[128:452] == seal_before
     with pytest.raises(CorruptedError, match="sealed segment cut from outside"):
         repair(str(tmp_path), "p1")
+
+
+def _blocked_in(ident: int, names: set[str]) -> bool:
+    import sys
+
+    f = sys._current_frames().get(ident)
+    while f is not None:
+        if f.f_code.co_name in names:
+            return True
+        f = f.f_back
+    return False
+
+
+@pytest.mark.parametrize("waiter", ["truncate", "close"])
+def test_a_ctrl_c_as_a_deletion_lock_is_taken_never_leaves_it_held(tmp_path: Path, waiter: str) -> None:
+    """The main thread waits for a truncate deleting in another thread (its own truncate, or a close); a real
+    interrupt lands just as that truncate lets go of the deletion lock and the main thread gets it. With a plain
+    Lock taken by ``acquire()`` the interrupt came after the lock was taken and before anything could release it:
+    every later truncate and close hung for ever, and a roll's retention skipped for ever (review 12f)."""
+    from _interrupts import returns_within, sigusr1_interrupts
+
+    fops = _GatedUnlink()
+    with build(tmp_path, segment_bytes=4096, retention_bytes=20_000, _file_ops=fops) as opener:
+        w = open_rw(opener)
+        for i in range(20):
+            w.append(msg(b"x" * 300, tt=100 + i))
+        ids = [int(p.name[:20]) for p in _segments(tmp_path)]
+        fops.block = f"{ids[0]:020d}.seg"
+        with sigusr1_interrupts() as main:
+            import signal
+
+            def first() -> None:
+                w.truncate(LocalFSMessageID(ids[1]))  # held in its unlink until the main thread waits for it
+                signal.pthread_kill(main, signal.SIGUSR1)  # just as the main thread takes the lock
+
+            def gate() -> None:
+                assert fops.entered.wait(60)
+                while not _blocked_in(main, {"_delete_front", "_wait_deletion"}):
+                    time.sleep(0.001)
+                fops.go.set()
+
+            threads = [threading.Thread(target=first), threading.Thread(target=gate)]
+            for t in threads:
+                t.start()
+            assert fops.entered.wait(60)
+            try:
+                if waiter == "truncate":
+                    w.truncate(LocalFSMessageID(ids[2]))
+                else:
+                    w.close()
+            except KeyboardInterrupt:
+                pass
+            for t in threads:
+                t.join()
+        if waiter == "truncate":
+            assert returns_within(lambda: w.truncate(LocalFSMessageID(ids[2])), 60)
+            for i in range(100):  # retention runs again at the rolls
+                w.append(msg(b"x" * 300, tt=200 + i))
+            assert len(_segments(tmp_path)) <= 7
+        assert returns_within(w.close, 60)
+

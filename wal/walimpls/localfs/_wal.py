@@ -203,7 +203,10 @@ class LocalFSWAL(_Base):
         # One deletion at a time, its unlinks included (see _delete_front): a truncate and the retention of a roll
         # deleting side by side left a gap between the segments on disk (a crash then left a log that recovery
         # refused, and live readers saw the gap as damage).
-        self._delete_lock = threading.Lock()
+        # An RLock entered as ``with`` (docs/ARCHITECTURE.md, "Interrupts"): a Ctrl-C just after a plain Lock's
+        # acquire() returned left it held for good (every later truncate and close hung, retention never ran again).
+        self._delete_lock = threading.RLock()
+        self._deleting = False  # a deletion runs (set and cleared under _delete_lock): a roll's retention skips
         self._open_batch: _Batch | None = None  # records queued for the next group commit
         self._woken: deque[_thread.LockType] = deque()  # waiters of settled batches, still to be woken
         self._flushing = False
@@ -738,20 +741,22 @@ class LocalFSWAL(_Base):
         """Delete the oldest sealed segments while ``pred`` holds (whole files, never truncated). Without ``wait``
         (the retention of a roll, on the append path) nothing is done while another deletion runs: the next roll
         does it."""
-        if not self._delete_lock.acquire(blocking=wait):
+        if not wait and self._deleting:
             return
-        try:
-            self._delete_front_locked(pred)
-        finally:
-            self._delete_lock.release()
+        with self._delete_lock:  # (a roll's retention may still wait here for a truncate that just started)
+            self._deleting = True
+            try:
+                self._delete_front_locked(pred)
+            finally:
+                self._deleting = False
 
     def _wait_deletion(self) -> None:
         """Before the lock is released: a deletion still running (a truncate in another thread) ends first. Else a
         new writer opened the channel while this one still deleted: its retention, from a list of segments already
         gone, then wrote FIRST below them, and the log was refused as damaged. Deletions after this one see
         ``_closed`` and delete nothing."""
-        self._delete_lock.acquire()  # (a deletion never waits for a close: no deadlock)
-        self._delete_lock.release()
+        with self._delete_lock:  # (a deletion never waits for a close: no deadlock)
+            pass
 
     def _delete_front_locked(self, pred: Callable[[SegmentState], bool]) -> None:
         if self._closed:
