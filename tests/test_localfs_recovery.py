@@ -1330,3 +1330,48 @@ def test_a_ctrl_c_as_a_deletion_lock_is_taken_never_leaves_it_held(tmp_path: Pat
             assert len(_segments(tmp_path)) <= 7
         assert returns_within(w.close, 60)
 
+
+@pytest.mark.parametrize("how", ["EIO", "Ctrl-C"])
+def test_segments_a_failed_deletion_left_are_deleted_by_the_next_and_leave_no_gap(tmp_path: Path, how: str) -> None:
+    """A truncate that failed (an unlink's I/O error, or a Ctrl-C) between deleting two segments had taken them all
+    out of the writer's list: those left were never deleted, and the next deletion, of newer segments, left a gap
+    between them and the rest: live readers reported damage and the next open refused the log (review 12f)."""
+    from _interrupts import interrupt_at_line
+
+    from wal.errors import WALIOError
+    from wal.walimpls.localfs._wal import LocalFSWAL
+
+    class FailingUnlink(FileOps):
+        fail = ""
+
+        def unlink(self, path: str) -> None:
+            if self.fail and path.endswith(self.fail):
+                self.fail = ""
+                raise OSError(errno.EIO, "injected EIO", path)
+            super().unlink(path)
+
+    fops = FailingUnlink()
+    with build(tmp_path, segment_bytes=4096, _file_ops=fops) as opener:
+        w = open_rw(opener)
+        for i in range(200):
+            w.append(msg(b"x" * 300, tt=100 + i))
+        ids = [int(p.name[:20]) for p in _segments(tmp_path)]
+        if how == "EIO":
+            fops.fail = f"{ids[1]:020d}.seg"
+            with pytest.raises(WALIOError):
+                w.truncate(LocalFSMessageID(ids[3]))
+        else:
+            cut = interrupt_at_line(LocalFSWAL._delete_front_locked, "s.drop_mapping()")  # after the first deleted
+            with cut, pytest.raises(KeyboardInterrupt):
+                w.truncate(LocalFSMessageID(ids[3]))
+        assert int(_segments(tmp_path)[0].name[:20]) in (ids[1], ids[2])  # the failed truncate deleted one, or none
+        w.truncate(LocalFSMessageID(ids[5]))  # deletes what the failed one left, then the rest
+        assert [int(p.name[:20]) for p in _segments(tmp_path)] == ids[5:]
+        assert verify(str(tmp_path), "p1") == []  # beside the live writer
+        w.close()
+    assert verify(str(tmp_path), "p1") == []
+    with build(tmp_path, segment_bytes=4096) as opener:
+        w = open_rw(opener, term=2)
+        got = [int(m.message_id.value) for m in read_all(w)]  # type: ignore[attr-defined]
+        assert got == list(range(ids[5], 201))
+        w.close()

@@ -773,17 +773,26 @@ class LocalFSWAL(_Base):
             # segment below it is retention's doing, and one above it is damage (``_recovery._check_first``).
             self._write_first_making_room(segs[n].first_id, gone)
             self._log.segments = segs[n:]
-        for s in gone:
-            for path in (s.path, os.path.join(self._chdir, index_name(s.first_id))):
-                try:
-                    self._fops.unlink(path)
-                except FileNotFoundError:
-                    pass
-            # Oldest first, each deletion durable before the next: a power cut can then only bring back a prefix
-            # of what was deleted, never leave a gap between segments (which recovery would call corruption).
-            self._fops.fsync_dir(self._chdir)
-            s.drop_mapping()
-            log.info("localfs retention: deleted %s (IDs %d..%d)", s.path, s.first_id, s.last_id)
+        left = list(gone)  # not durably deleted yet
+        try:
+            for s in gone:
+                for path in (s.path, os.path.join(self._chdir, index_name(s.first_id))):
+                    try:
+                        self._fops.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                # Oldest first, each deletion durable before the next: a power cut can then only bring back a
+                # prefix of what was deleted, never leave a gap between segments (which recovery calls corruption).
+                self._fops.fsync_dir(self._chdir)
+                del left[0]
+                s.drop_mapping()
+                log.info("localfs retention: deleted %s (IDs %d..%d)", s.path, s.first_id, s.last_id)
+        finally:
+            if left:  # an I/O error or a Ctrl-C: what is still on disk stays listed, and the next deletion deletes
+                # it. Dropped from the list, it was never deleted, and a later deletion of newer segments left a gap
+                # between it and them: live readers reported damage and the next open refused the log.
+                with self._seg_lock:
+                    self._log.segments = (*left, *self._log.segments)
 
     def _write_first_making_room(self, first_id: int, gone: Sequence[SegmentState]) -> None:
         """``write_first``, which needs a free block: on a full disk it would fail, and retention and truncate, which
