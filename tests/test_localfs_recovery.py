@@ -1375,3 +1375,91 @@ def test_segments_a_failed_deletion_left_are_deleted_by_the_next_and_leave_no_ga
         got = [int(m.message_id.value) for m in read_all(w)]  # type: ignore[attr-defined]
         assert got == list(range(ids[5], 201))
         w.close()
+
+
+def test_an_io_error_while_a_truncate_deletes_fails_every_appender_and_leaves_the_release_to_it(
+    tmp_path: Path,
+) -> None:
+    """An I/O error in a flush closes the WAL (``_fail``, under the writer's lock) while a truncate in another
+    thread still deletes. ``_fail`` waited for the truncate there, and a Ctrl-C in that wait cut it short: the
+    appenders queued behind the failed flush slept for good, even after close (review 12f). Now the truncate
+    releases the channel when it is done, and nothing waits under the lock."""
+    from _interrupts import returns_within, sigusr1_interrupts
+
+    class Faults(_GatedUnlink):
+        sync_fail = False
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.in_sync = threading.Event()
+            self.sync_go = threading.Event()
+
+        def fdatasync(self, fd: int) -> None:
+            if self.sync_fail:
+                self.sync_fail = False
+                self.in_sync.set()
+                self.sync_go.wait()
+                raise OSError(errno.EIO, "injected EIO")
+            super().fdatasync(fd)
+
+    fops = Faults()
+    opener = build(tmp_path, segment_bytes=4096, sync="always", _file_ops=fops).__enter__()
+    w = open_rw(opener)
+    for i in range(60):
+        w.append(msg(b"x" * 300, tt=100 + i))
+    ids = [int(p.name[:20]) for p in _segments(tmp_path)]
+    fops.block = f"{ids[0]:020d}.seg"
+    truncating = threading.Thread(target=w.truncate, args=(LocalFSMessageID(ids[2]),))
+    truncating.start()
+    assert fops.entered.wait(60)
+    got: list[str] = []
+    main_got: list[str] = []
+    locked_while_deleting: list[bool] = []
+
+    def append(i: int) -> None:
+        try:
+            w.append(msg(b"y", tt=1000 + i))
+            got.append("acknowledged")
+        except BaseException as e:
+            got.append(type(e).__name__)
+
+    appenders = [threading.Thread(target=append, args=(i,), daemon=True) for i in range(3)]
+    with sigusr1_interrupts() as main:
+        import signal
+
+        def drive() -> None:
+            assert fops.in_sync.wait(60)
+            for a in appenders:
+                a.start()
+            while sum(len(b.waiters) for b in [w._open_batch] if b is not None) < 3:  # queued behind the flush
+                time.sleep(0.001)
+            fops.sync_go.set()
+            while not main_got:
+                if _blocked_in(main, {"_wait_deletion"}):  # before the fix: a Ctrl-C there
+                    signal.pthread_kill(main, signal.SIGUSR1)
+                    break
+                time.sleep(0.001)
+            locked_while_deleting.append(w._lock_fd is not None)
+            fops.go.set()
+
+        driver = threading.Thread(target=drive)
+        driver.start()
+        fops.sync_fail = True
+        try:
+            w.append(msg(b"z", tt=999))
+            main_got.append("acknowledged")
+        except BaseException as e:
+            main_got.append(type(e).__name__)
+        driver.join()
+    truncating.join()
+    assert all(returns_within(a.join, 60) for a in appenders), got
+    assert main_got == ["WALIOError"] and got == ["WALIOError"] * 3, (main_got, got)
+    assert locked_while_deleting == [True]  # released only once the truncate was done
+    assert w._lock_fd is None
+    w.close()
+    assert _first(tmp_path) == ids[2] == int(_segments(tmp_path)[0].name[:20])
+    w2 = open_rw(opener, term=2)
+    kept = [int(m.message_id.value) for m in read_all(w2)]  # type: ignore[attr-defined]
+    assert kept[: 61 - ids[2]] == list(range(ids[2], 61))  # (the failed flush's records may be there too)
+    w2.close()
+    opener.close()

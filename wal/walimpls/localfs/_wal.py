@@ -206,7 +206,8 @@ class LocalFSWAL(_Base):
         # An RLock entered as ``with`` (docs/ARCHITECTURE.md, "Interrupts"): a Ctrl-C just after a plain Lock's
         # acquire() returned left it held for good (every later truncate and close hung, retention never ran again).
         self._delete_lock = threading.RLock()
-        self._deleting = False  # a deletion runs (set and cleared under _delete_lock): a roll's retention skips
+        self._deleting = False  # a deletion runs (set and cleared under both locks): a roll's retention skips it
+        self._release_after_deletion = False  # an I/O error closed the WAL while a truncate deleted (see _fail)
         self._open_batch: _Batch | None = None  # records queued for the next group commit
         self._woken: deque[_thread.LockType] = deque()  # waiters of settled batches, still to be woken
         self._flushing = False
@@ -506,9 +507,17 @@ class LocalFSWAL(_Base):
             self._err.__cause__ = err
             log.error("%s; the WAL is closed, reopen it to recover", msg)
         self._closed = True
-        self._wait_deletion()
-        self._close_fds()
         note_io_failure(self._chdir)  # a reopen in this process must rewrite the tail before trusting it
+        # The channel is released once no deletion runs (see _wait_deletion): a truncate still deleting releases
+        # it when done. Waiting for it here, under the writer's lock, a Ctrl-C in the wait cut the leader's
+        # failure short: the appenders queued behind its flush slept for good (review 12f).
+        if self._deleting:
+            self._release_after_deletion = True
+        else:
+            self._release_failed()
+
+    def _release_failed(self) -> None:
+        self._close_fds()
         self._opener._release(self)
 
     def _flush(self, b: _Batch, synced: _Batch | None = None) -> None:
@@ -744,11 +753,16 @@ class LocalFSWAL(_Base):
         if not wait and self._deleting:
             return
         with self._delete_lock:  # (a roll's retention may still wait here for a truncate that just started)
-            self._deleting = True
+            with self._lock:  # _fail reads it under the lock
+                self._deleting = True
             try:
                 self._delete_front_locked(pred)
             finally:
-                self._deleting = False
+                with self._lock:
+                    self._deleting = False
+                    release, self._release_after_deletion = self._release_after_deletion, False
+                if release:  # an I/O error closed the WAL meanwhile: its release was left to this deletion
+                    self._release_failed()
 
     def _wait_deletion(self) -> None:
         """Before the lock is released: a deletion still running (a truncate in another thread) ends first. Else a
