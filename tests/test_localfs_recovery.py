@@ -997,17 +997,23 @@ class _ContendedLock:
         self.release()
 
 
+def _watched_deletions(opener: Any, tmp_path: Path, n: int, step: threading.Event) -> tuple[Any, list[int]]:
+    """A writer holding ``n`` messages in 4 KiB segments, whose deletion lock sets ``step`` when a deletion finds
+    another one running (absent before the fix: then nothing waits); and the first IDs of its segments."""
+    w = open_rw(opener)
+    for i in range(n):
+        w.append(msg(b"x" * 300, tt=100 + i))
+    w._delete_lock = _ContendedLock(step)
+    return w, [int(p.name[:20]) for p in _segments(tmp_path)]
+
+
 def test_two_deletions_side_by_side_leave_no_gap_between_segments(tmp_path: Path) -> None:
     """A truncate deleting while another (or a roll's retention) deleted newer segments left a gap on disk: live
     readers saw damage, and a crash then left a log that recovery refused (review 12d)."""
     fops = _GatedUnlink()
+    step = threading.Event()  # the second truncate is done, or waits for the first
     with build(tmp_path, segment_bytes=4096, _file_ops=fops) as opener:
-        w = open_rw(opener)
-        for i in range(200):
-            w.append(msg(b"x" * 300, tt=100 + i))
-        ids = [int(p.name[:20]) for p in _segments(tmp_path)]
-        step = threading.Event()  # the second truncate is done, or waits for the first
-        w._delete_lock = _ContendedLock(step)  # absent before the fix: then nothing waits
+        w, ids = _watched_deletions(opener, tmp_path, 200, step)
         fops.block = f"{ids[0]:020d}.seg"
         first = threading.Thread(target=w.truncate, args=(LocalFSMessageID(ids[2]),))
         first.start()
@@ -1115,13 +1121,9 @@ def test_close_waits_for_a_truncate_still_deleting(tmp_path: Path) -> None:
     the channel while the old one deleted its segments, and its retention, from a list holding them, wrote FIRST
     below them: the next open refused the log as damaged (review 12d)."""
     fops = _LockOrder()
+    step = threading.Event()  # the close is done, or waits for the truncate
     with build(tmp_path, segment_bytes=4096, _file_ops=fops) as opener:
-        w = open_rw(opener)
-        for i in range(100):
-            w.append(msg(b"x" * 300, tt=100 + i))
-        ids = [int(p.name[:20]) for p in _segments(tmp_path)]
-        step = threading.Event()  # the close is done, or waits for the truncate
-        w._delete_lock = _ContendedLock(step)  # absent before the fix: then nothing waits
+        w, ids = _watched_deletions(opener, tmp_path, 100, step)
         fops.block = f"{ids[1]:020d}.seg"
         truncating = threading.Thread(target=w.truncate, args=(LocalFSMessageID(ids[4]),))
         truncating.start()

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _nats_server import NatsServer, find_nats_server
@@ -441,6 +442,15 @@ def test_oversized_message_is_refused_and_the_chain_goes_on(opener: wn.NatsOpene
         assert drain(s, 3) == [0, 1, 2]
 
 
+def _first_payloads(w: Any, n: int) -> list[bytes]:
+    """The payloads of the first ``n`` messages of ``w`` (at least ``n`` must be there)."""
+    with w.read(ReadOption("r")) as s:
+        got = s.recv_batch(10, 5.0)
+        while len(got) < n:
+            got += s.recv_batch(10, 5.0)
+    return [bytes(m.payload) for m in got]
+
+
 def test_chain_broken_by_a_foreign_publish_fails_once_then_recovers(opener: wn.NatsOpener) -> None:
     """Someone publishes to the channel's subject behind the WAL's back: the writer's next append is refused by the
     server (its expected last message is gone), fails with WALIOError, and the writer re-fences and goes on."""
@@ -451,11 +461,7 @@ def test_chain_broken_by_a_foreign_publish_fails_once_then_recovers(opener: wn.N
     with pytest.raises(WALIOError, match="predecessor"):
         w.append(msg(1))
     w.append_batch([msg(2), msg(3)])
-    with w.read(ReadOption("r")) as s:
-        got = s.recv_batch(10, 5.0)
-        while len(got) < 4:
-            got += s.recv_batch(10, 5.0)
-    assert [bytes(m.payload) for m in got] == [b"p0", b"foreign", b"p2", b"p3"]
+    assert _first_payloads(w, 4) == [b"p0", b"foreign", b"p2", b"p3"]
 
 
 def test_scanners_skip_an_older_writers_message_stored_after_a_newer_fence(opener: wn.NatsOpener) -> None:
@@ -536,11 +542,7 @@ def test_resync_fence_whose_ack_was_lost_does_not_fence_the_writer_itself(opener
     finally:
         pub._js.publish = real
     w.append_batch([msg(3), msg(4)])
-    with w.read(ReadOption("r")) as s:
-        got = s.recv_batch(10, 5.0)
-        while len(got) < 4:
-            got += s.recv_batch(10, 5.0)
-    assert [bytes(m.payload) for m in got] == [b"p0", b"foreign", b"p3", b"p4"]
+    assert _first_payloads(w, 4) == [b"p0", b"foreign", b"p3", b"p4"]
 
 
 def test_fence_check_of_replicated_streams_skips_the_writers_own_re_fence(opener: wn.NatsOpener) -> None:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,7 +57,7 @@ def _fill(mnt: Path, leave: int) -> Path:
     return filler
 
 
-def _open(root: Path, term: int, segment_bytes: int) -> tuple[object, object]:
+def _open(root: Path, term: int, segment_bytes: int) -> tuple[Any, Any]:
     opener = registry.must_get_builder("localfs").build(root=str(root), segment_bytes=segment_bytes, sync="always")
     try:
         return opener, opener.open(OpenOption(channel=PChannelInfo(name="p1", term=term)))
@@ -71,11 +72,11 @@ def _payload(t: int, n: int, rng: random.Random) -> bytes:
     return (head * (size // len(head) + 1))[:size]
 
 
-def _user_messages(w: object) -> dict[int, bytes]:
+def _user_messages(w: Any) -> dict[int, bytes]:
     """Every INSERT stored: read until a second passes without one (a tailing reader also gets the WAL's
     unpersisted time ticks, every ``time_tick_interval``)."""
     out: dict[int, bytes] = {}
-    with w.read(ReadOption(deliver_policy=DeliverPolicy.all())) as s:  # type: ignore[attr-defined]
+    with w.read(ReadOption(deliver_policy=DeliverPolicy.all())) as s:
         quiet_until = time.monotonic() + 1.0
         while time.monotonic() < quiet_until:
             try:
@@ -117,7 +118,7 @@ def test_a_full_disk_fails_appends_cleanly_and_loses_nothing_acknowledged(
                 attempted.add(p)
             m = MutableMessage(MessageType.INSERT, p, None, f"v{t}")
             try:
-                r = w.append_async(m).result(timeout=30) if use_async else w.append(m, timeout=30)  # type: ignore[attr-defined]
+                r = w.append_async(m).result(timeout=30) if use_async else w.append(m, timeout=30)
             except BaseException as e:  # every failure is checked below
                 with lock:
                     errors.append(e)
@@ -136,10 +137,10 @@ def test_a_full_disk_fails_appends_cleanly_and_loses_nothing_acknowledged(
     assert all(isinstance(e, WALError) for e in errors), [repr(e) for e in errors]
     assert acked, "nothing was acknowledged before the disk filled"
     try:
-        w.close()  # type: ignore[attr-defined]
+        w.close()
     except WALError:
         pass  # its close summary may not fit either: recovery does without it
-    opener.close()  # type: ignore[attr-defined]
+    opener.close()
 
     # Still full: an open either works or fails with a WALError, and changes nothing that was acknowledged.
     try:
@@ -148,10 +149,10 @@ def test_a_full_disk_fails_appends_cleanly_and_loses_nothing_acknowledged(
         pass
     else:
         try:
-            w.close()  # type: ignore[attr-defined]
+            w.close()
         except WALError:
             pass
-        opener.close()  # type: ignore[attr-defined]
+        opener.close()
 
     filler.unlink()
     opener, w = _open(root, 3, segment_bytes)
@@ -161,8 +162,8 @@ def test_a_full_disk_fails_appends_cleanly_and_loses_nothing_acknowledged(
         assert not lost, f"{len(lost)} acknowledged message(s) lost, first IDs {lost[:5]}"
         assert all(got[i] == p for i, p in acked.items()), "an acknowledged message came back with other bytes"
         assert set(got.values()) <= attempted, "a message that was never appended came back"
-        w.append(MutableMessage(MessageType.INSERT, b"after", None, "v0"), timeout=10)  # type: ignore[attr-defined]
+        w.append(MutableMessage(MessageType.INSERT, b"after", None, "v0"), timeout=10)
     finally:
-        w.close()  # type: ignore[attr-defined]
-        opener.close()  # type: ignore[attr-defined]
+        w.close()
+        opener.close()
     assert verify(str(root), "p1") == []

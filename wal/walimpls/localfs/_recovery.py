@@ -93,9 +93,6 @@ class Recovered:
     tail_synced: bool = False
     # The first ID of newest segments deleted from outside, when ``accept_lost_segments`` let recovery go on.
     lost_from: int | None = None
-    # Oldest segments deleted from outside, when ``accept_lost_segments`` let recovery go on: the first lost ID and
-    # the first ID left (see ``_check_first``).
-    lost_front: tuple[int, int] | None = None
     # What ``FIRST`` says (None: missing, as in logs older than it); ``first_restored``: it was unreadable, and
     # was written again (``restore_first``).
     first: int | None = None
@@ -523,7 +520,6 @@ def _check_first(fops: FileOps, chdir: str, segs: list[tuple[int, str]], *, writ
         write_first(fops, chdir, oldest)
         log.warning("localfs recovery: %s; the loss was accepted", what)
     rec.cut.append(f"{what}; the loss was accepted")
-    rec.lost_front = (first, oldest)
 
 
 def _ensure_sealed_index(fops: FileOps, st: SegmentState, seal: Summary, rec: Recovered) -> None:
