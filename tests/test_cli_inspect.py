@@ -523,3 +523,27 @@ def test_read_only_commands_report_a_fifo_named_like_a_segment_instead_of_hangin
     r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1")
     assert r.returncode == 1 and f"{segs[1]}: a FIFO, not a regular file" in r.stderr, r.stderr
     assert "damage after" in r.stderr and r.stdout.count("\n") > 10
+
+
+def test_info_shows_a_damaged_channel_and_goes_on_with_the_next(tmp_path: Path) -> None:
+    """A channel whose files cannot be understood (here a segment header that fails its checksum): `wal info`
+    printed only that error and exited 1, showing neither that channel nor the ones after it. It now says what is
+    wrong with that channel and shows the rest, in text and JSON, and exits 0 (info shows damage; verify checks)."""
+    fill(tmp_path, "a", n=50)
+    fill(tmp_path, "b", n=10)
+    seg = Path(str(_segments(tmp_path, "a")[1]["path"]))
+    with open(seg, "r+b") as f:
+        f.seek(32)
+        b = f.read(1)
+        f.seek(32)
+        f.write(bytes([b[0] ^ 0x01]))
+    r = wal_cmd("info", "--root", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "channel a\n  DAMAGED         CorruptedError: " in r.stdout and str(seg) in r.stdout, r.stdout
+    assert "channel b" in r.stdout and "messages        " in r.stdout.split("channel b")[1], r.stdout
+    r = wal_cmd("info", "--root", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    a, b_ = (json.loads(line) for line in r.stdout.splitlines())
+    assert a["channel"] == "a" and a["damaged"] is True and str(seg) in a["error"], a
+    assert b_["channel"] == "b" and b_["messages"] >= 10, b_
+    assert wal_cmd("verify", "--root", str(tmp_path), "--channel", "a").returncode == 1

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..errors import CorruptedError, InvalidMessageIDError, WALLockedError
+from ..errors import CorruptedError, InvalidMessageIDError, WALError, WALLockedError
 from ..message import MessageID, unmarshal_message_id
 from ..walimpls.localfs import WAL_NAME
 from ..walimpls.localfs import tools as fstools
@@ -65,7 +65,9 @@ def info(root: str, channel: str | None, as_json: bool) -> None:
     """Channels, segments, sizes, first/last message ID and time tick, term, and whether a writer holds the lock.
 
     Read-only and safe while a writer appends. A segment, index or TERM it cannot read is named, with why, and the
-    rest is shown (an unreadable segment's messages are not counted); `wal verify` says more.
+    rest is shown (an unreadable segment's messages are not counted). A channel whose files cannot be understood
+    is shown as DAMAGED, with the error, and the others are still shown (exit 0: `wal verify` is the check; exit 1
+    only when a channel could not be read at all). `wal verify` says more.
     """
     if channel is not None:
         channel_dir_or_fail(root, channel)
@@ -73,10 +75,13 @@ def info(root: str, channel: str | None, as_json: bool) -> None:
     if not names:
         click.echo(f"no channels under {root}{_elsewhere(root)}")
         return
+    failed = 0
     try:
-        _info(root, names, as_json)
+        failed = _info(root, names, as_json)
     except BrokenPipeError:  # `wal info ... | head`
         _quiet_broken_pipe()
+    if failed:
+        raise fail(f"{failed} channel(s) could not be read (see above)")
 
 
 def _elsewhere(root: str) -> str:
@@ -96,9 +101,17 @@ def _file_size(path: str) -> int | None:
         return None
 
 
-def _info(root: str, names: list[str], as_json: bool) -> None:
+def _info(root: str, names: list[str], as_json: bool) -> int:
+    """Show each channel; returns how many could not be read (damage that cannot be understood is shown, not
+    counted: ``info`` shows damage and exits 0, ``verify`` is the check)."""
+    failed = 0
     for k, name in enumerate(names):
-        ci = fstools.channel_info(root, name)
+        try:
+            ci = fstools.channel_info(root, name)
+        except (WALError, OSError) as e:  # this channel's problem: said, and the channels after it still shown
+            failed += not isinstance(e, CorruptedError)
+            _channel_problem(name, e, as_json, first=not k)
+            continue
         segs = ci.segments
         nonempty = [s for s in segs if s.last_id >= s.first_id]
         total_msgs = sum(s.last_id - s.first_id + 1 for s in nonempty)
@@ -165,6 +178,22 @@ def _info(root: str, names: list[str], as_json: bool) -> None:
                 rows, right=(False, True, True, True, True, True, True, False),
             )
             click.echo("\n".join("  " + line for line in table.splitlines()))
+    return failed
+
+
+def _channel_problem(name: str, e: Exception, as_json: bool, first: bool) -> None:
+    """A channel ``channel_info`` could not show: files it cannot understand (``CorruptedError``: DAMAGED), or an
+    error reading them (an I/O error, a writer changing them too fast)."""
+    what = f"{type(e).__name__}: {e}" if isinstance(e, WALError) else (
+        f"{e.strerror or e} ({e.filename})" if isinstance(e, OSError) and e.filename else str(e))
+    if as_json:
+        click.echo(json.dumps({"channel": name, "damaged": isinstance(e, CorruptedError), "error": what}))
+        return
+    if not first:
+        click.echo()
+    click.echo(f"channel {name}")
+    label = "DAMAGED" if isinstance(e, CorruptedError) else "CANNOT READ"
+    click.echo(f"  {label:<16}{what} (see wal verify)")
 
 
 @click.command(epilog=EXIT_CODES_HELP, short_help="Print stored messages (text or JSON lines).")
