@@ -250,7 +250,9 @@ def _quiet_broken_pipe() -> None:
 def verify(root: str, channel: str | None, quiet: bool) -> None:
     """Check every record's checksum, each segment's header and summaries, each index, TERM and FIRST.
 
-    Prints each problem as FILE:OFFSET: WHAT. Exits 0 when everything is clean, 1 when anything is wrong.
+    Prints each problem as FILE:OFFSET: WHAT. Exits 0 when everything is clean, 1 when anything is wrong. What a
+    crashed writer left and its next open fixes without loss (a stale index of the active segment) is printed as a
+    note (not with -q) and is no problem.
     Never changes a file; safe while a writer appends (bytes being written at that moment are not reported).
     Shows a progress bar on stderr when stderr is a terminal.
     """
@@ -268,20 +270,25 @@ def verify(root: str, channel: str | None, quiet: bool) -> None:
         bar.update(done - bar.pos)
 
     use_bar = sys.stderr.isatty() and not quiet
+    notes: list[fstools.Problem] = []
     try:
-        problems = fstools.verify(root, channel, progress=progress if use_bar else None)
+        problems = fstools.verify(root, channel, progress=progress if use_bar else None, notes=notes)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
     for p in problems:
         click.echo(str(p))
     if not quiet:
+        for p in notes:
+            click.echo(f"note: {p}")
         segs = _count_segments(root, names)
         what = f"{len(names)} channel(s), {segs} segment(s) under {root}"
+        noted = f" ({len(notes)} note(s): left by a crash, fixed by the next open)" if notes else ""
         if problems:
-            click.echo(f"{len(problems)} problem(s) in {what}", err=True)
+            click.echo(f"{len(problems)} problem(s) in {what}{noted}", err=True)
         else:
-            click.echo(f"ok: {what}, no problems" if names else f"ok: no channels under {root}{_elsewhere(root)}")
+            click.echo(f"ok: {what}, no problems{noted}" if names
+                       else f"ok: no channels under {root}{_elsewhere(root)}")
     if problems:
         raise click.exceptions.Exit(EXIT_FAILURE)
 

@@ -118,6 +118,8 @@ class Problem:
     path: str
     offset: int | None
     message: str
+    # Not damage: what a crash leaves and the next open fixes (``verify`` hands notes out apart from problems).
+    note: bool = False
 
     def __str__(self) -> str:
         where = self.path if self.offset is None else f"{self.path}:{self.offset}"
@@ -304,7 +306,8 @@ def _lock_missing(chdir: str) -> bool:
 
 
 def verify(
-    root: str, channel: str | None = None, progress: Callable[[int, int], None] | None = None
+    root: str, channel: str | None = None, progress: Callable[[int, int], None] | None = None,
+    notes: list[Problem] | None = None,
 ) -> list[Problem]:
     """Check every record's CRC, each segment's header and summaries, each index, ``TERM`` and ``FIRST``.
 
@@ -315,6 +318,13 @@ def verify(
     cuts. A file it cannot read (a segment, an index, ``TERM``, ``FIRST``, ``LOCK``) is one problem, and the rest is
     checked; with ``LOCK`` unreadable, whether a writer runs is unknown, so the newest segment is checked as a live
     writer's. ``progress(bytes_done, bytes_total)`` is called after each segment.
+
+    What a crashed writer leaves and its next open fixes without losing anything is no problem: it goes to
+    ``notes`` (when given), so that an operator checking a channel after a crash is not sent to restore a copy. So
+    far that is the index of the active segment (unsealed, not closed cleanly) behind or ahead of its data: the
+    writer appends index entries after the records they point to, with no sync, so a kill between the two (or a
+    power cut) leaves it so, and opening for write rewrites that index from the data. The same mismatch in a
+    sealed segment, or an index that fails its checks, stays a problem.
     """
     channels = [channel] if channel is not None else list_channels(root)
     work: list[tuple[str, list[tuple[int, str]]]] = []
@@ -380,7 +390,9 @@ def verify(
         for lost in (_lost_successor(chdir, segs), _lost_front(chdir)):
             if lost is not None:
                 problems.append(lost)
-    return problems
+    if notes is not None:
+        notes.extend(p for p in problems if p.note)
+    return [p for p in problems if not p.note]
 
 
 def _lost_front(chdir: str) -> Problem | None:
@@ -566,15 +578,20 @@ def _check_segment(
             problems.append(Problem(path, SEAL_OFF, "sealed segment has no valid seal summary (recovery writes it)"))
         if close is not None and (close.last_id, close.data_end) != (res.last_id, res.end):
             problems.append(Problem(path, CLOSE_OFF, "clean-close summary does not match the data"))
-        _verify_index(path, fid, res.index, sealed, writer_running and is_last, problems)
+        _verify_index(path, fid, res.index, sealed, writer_running and is_last, problems,
+                      crashed=is_last and not sealed and close is None and not writer_running)
         return res.last_id, _summary_slots(mm) == slots
     finally:
         mm.close()
 
 
 def _verify_index(
-    seg_path: str, fid: int, want: list[tuple[int, int, int]], sealed: bool, live: bool, problems: list[Problem]
+    seg_path: str, fid: int, want: list[tuple[int, int, int]], sealed: bool, live: bool, problems: list[Problem],
+    crashed: bool = False,
 ) -> None:
+    """``crashed``: the index of a crashed writer's active segment, which its next open rewrites from the data;
+    one that only lacks entries for its last records, or has entries for records past the data (a kill between a
+    flush's records and its index entries, a power cut that kept entries and lost their records) is a note."""
     path = os.path.join(os.path.dirname(seg_path), index_name(fid))
     try:
         with _open_ro(path) as f:
@@ -595,6 +612,16 @@ def _verify_index(
         if idx.entries[:n] != want[:n]:
             problems.append(Problem(path, None, "index does not match the segment (rebuilt on open or by repair)"))
     elif idx.entries != want:
+        n = min(len(idx.entries), len(want))
+        if crashed and idx.entries[:n] == want[:n]:
+            if n < len(want):
+                what = f"lacks the last {len(want) - n} of the {len(want)} entries its data calls for"
+            else:
+                what = f"has {len(idx.entries) - n} entry(ies) for records past the end of the data"
+            problems.append(Problem(path, None, f"index of the active segment {what}: a writer stopped between a "
+                                                "flush's records and its index (no damage: opening for write or "
+                                                "`repair` rewrites it)", note=True))
+            return
         problems.append(Problem(path, None, "index does not match the segment (rebuilt on open or by repair)"))
 
 
