@@ -397,3 +397,94 @@ def test_opening_for_write_refuses_a_fifo_named_like_a_channel_file(tmp_path: Pa
         with pytest.raises(WALIOError, match="a FIFO, not a regular file") as e:
             open_rw(opener, term=3)
         assert str(path) in str(e.value)
+
+
+class _Refuse:
+    """Makes one file unreadable (EACCES) through the backend's own file calls, as a wrong owner or mode does."""
+
+    def __init__(self) -> None:
+        from wal.walimpls.localfs import FileOps
+
+        outer = self
+        self.path = ""
+
+        class Ops(FileOps):
+            def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+                if path == outer.path:
+                    import errno
+                    import os
+
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+                return super().open(path, flags, mode)
+
+        self.ops = Ops()
+
+
+def _full_ro(root: Path, refuse: _Refuse) -> Any:
+    from wal import AccessMode, OpenOption, PChannelInfo, registry
+
+    opener = registry.must_get_builder("localfs").build(root=str(root), _file_ops=refuse.ops)
+    return opener, opener.open(OpenOption(channel=PChannelInfo(name="p1", term=0, access_mode=AccessMode.RO)))
+
+
+def _data(s: Any, n: int, timeout: float) -> list[int]:
+    import time
+
+    from wal.message import MessageType
+
+    got: list[int] = []
+    end = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < end:
+        try:
+            m = s.recv(timeout=0.5)
+        except WALTimeoutError:
+            continue
+        if m.message_type is MessageType.INSERT:
+            got.append(int(m.message_id.marshal()))
+    return got
+
+
+def test_a_follower_that_may_not_read_a_segment_says_so_and_goes_on_once_it_may(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A segment the follower may not open (EACCES: another user's 0600 file) made it retry for ever in silence:
+    no message, no error, no log line. It still retries (permissions can be fixed while it waits, and a transient
+    error must not end a follower), but it warns once, naming the file and why, and says when it reads again."""
+    import logging
+
+    from _cli_util import fill
+
+    from wal import ReadOption
+    from wal.options import DeliverPolicy
+    from wal.walimpls.localfs import LocalFSMessageID
+
+    ids = [int(i) for i in fill(tmp_path, n=100)]
+    segs = sorted((tmp_path / "p1").glob("*.seg"))
+    assert len(segs) >= 3
+    refuse = _Refuse()
+    refuse.path = str(segs[1])
+    opener, ro = _full_ro(tmp_path, refuse)
+    try:
+        with caplog.at_level(logging.WARNING, logger="wal.adaptor._scanner"):
+            s = ro.read(ReadOption(deliver_policy=DeliverPolicy.all()))
+            got = _data(s, len(ids), 1.5)  # at most the first segment's: the rest lies behind the unreadable one
+            assert len(got) < len(ids) and not s.done().is_set()
+            warned = [r.getMessage() for r in caplog.records if "reading the backend failed" in r.getMessage()]
+            assert len(warned) == 1, warned  # once, not at every retry
+            assert str(segs[1]) in warned[0] and "Permission denied" in warned[0], warned
+            refuse.path = ""  # the operator fixed the mode
+            got += _data(s, len(ids) - len(got), 10.0)
+            assert got == ids
+            assert any("works again" in r.getMessage() for r in caplog.records)
+            s.close()
+            # An index it may not read is derived data: a follower seeking through it reads the segment instead
+            # (before, it retried the same error for ever, silently).
+            refuse.path = str(segs[1].with_suffix(".idx"))
+            start = int(segs[1].name[:20]) + 3
+            s = ro.read(ReadOption(deliver_policy=DeliverPolicy.start_from(LocalFSMessageID(start))))
+            want = [i for i in ids if i >= start]
+            assert _data(s, len(want), 10.0) == want
+            s.close()
+    finally:
+        ro.close()
+        opener.close()

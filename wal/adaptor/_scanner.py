@@ -17,6 +17,7 @@ An RO WAL has no write-ahead buffer: its scanners only catch up (and follow the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -53,6 +54,12 @@ from ..walimpls import ReadOption as ImplsReadOption
 from ..walimpls import ROWALImpls, ScannerImpls
 
 _LAG_SAMPLE = 64  # scanner-lag metric: one observation per this many deliveries (a prometheus observe is ~3 us)
+RETRY_WARNING_EVERY = 60.0
+"""Seconds between warnings while backend reads keep failing: a scanner retries such a read for ever (an I/O error
+or a file it may not read can be fixed while it waits), and says so at the first failure, then at most this often,
+so that a follower is never stuck in silence."""
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ScannerAdaptor"]
 
@@ -154,6 +161,8 @@ class ScannerAdaptor(Scanner):
         self._last_backend: ImmutableMessage | None = None
         self._backoff = 0.0
         self._next_attempt = 0.0
+        self._failing_since: float | None = None  # when backend reads started failing (None: they work)
+        self._warned_at = 0.0
         _live.add(self)
         self.read_attempts = 0
         self.stats = {"to_tailing": 0, "to_catchup": 0}
@@ -332,7 +341,7 @@ class ScannerAdaptor(Scanner):
         except Exception as e:
             if not retry or isinstance(e, ShutdownError) or not _transient(e):
                 raise  # retrying cannot help: the scanner ends with it (see _recv_wait)
-            self._retry_later()  # an I/O error, a broker away
+            self._retry_later(e)  # an I/O error, a broker away
             return
         with self._backend_lock:
             if self._closing.is_set():
@@ -340,9 +349,19 @@ class ScannerAdaptor(Scanner):
                 return
             self._backend = b
 
-    def _retry_later(self) -> None:
+    def _retry_later(self, error: Exception) -> None:
         """Open the backend again after a backoff that doubles (20 ms to 2 s) while reads fail and no message comes
-        (a reader that opens and then fails at once would otherwise reopen thousands of times a second)."""
+        (a reader that opens and then fails at once would otherwise reopen thousands of times a second), and warn:
+        at the first failure, then every :data:`RETRY_WARNING_EVERY` seconds while they go on."""
+        now = time.monotonic()
+        if self._failing_since is None or now - self._warned_at >= RETRY_WARNING_EVERY:
+            since = "" if self._failing_since is None else f" (failing for {now - self._failing_since:.0f} s)"
+            log.warning("scanner %r on %s: reading the backend failed%s: %s: %s; retrying every 2 s at most until it "
+                        "works (or the scanner is closed)", self._name, self._channel.name, since,
+                        type(error).__name__, error)
+            self._warned_at = now
+            if self._failing_since is None:
+                self._failing_since = now
         self._backoff = min(max(self._backoff * 2, 0.02), 2.0)
         self._next_attempt = time.monotonic() + self._backoff
 
@@ -387,10 +406,14 @@ class ScannerAdaptor(Scanner):
             self._drop_backend()
             if last is not None:
                 self._policy = DeliverPolicy.start_after(last.message_id)
-            self._retry_later()
+            self._retry_later(e)
             return
         if batch:
             self._backoff = 0.0  # progress: the next failure starts its backoff afresh
+            if self._failing_since is not None:
+                log.warning("scanner %r on %s: reading the backend works again, after %.0f s", self._name,
+                            self._channel.name, time.monotonic() - self._failing_since)
+                self._failing_since = None
             self._last_backend = self._consume(batch, self._exclusive_start, self._wab is not None)
 
     def _try_switch(self, tick: ImmutableMessage) -> bool:

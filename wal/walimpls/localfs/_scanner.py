@@ -241,8 +241,8 @@ class _DSeg:
             limit, exact, _sealed, _ = self.status()
             try:
                 idx = load_index(self.fops, self.path, self.first_id, limit if exact else None)
-            except NotRegularFileError:  # derived data: read the segment without it (``wal verify`` reports it)
-                idx = None
+            except OSError:  # not a regular file, no right to read it, an I/O error: derived data, so read the
+                idx = None  # segment without it (``wal verify`` reports it) rather than retry the same error for ever
             entries = idx.entries if idx is not None else []
             if not _index_matches(self, entries):
                 mv = self.view(0)
