@@ -488,3 +488,28 @@ def test_a_follower_that_may_not_read_a_segment_says_so_and_goes_on_once_it_may(
     finally:
         ro.close()
         opener.close()
+
+
+def test_a_latest_read_of_a_segment_it_may_not_open_raises_a_wal_error(tmp_path: Path) -> None:
+    """``read(latest())`` positions at once, outside the conversion ``recv`` makes: a newest segment the follower
+    may not open (EACCES) raised a bare ``PermissionError`` from ``read()``, where every error of the library is a
+    ``WALError`` (here ``WALIOError``, naming the file)."""
+    from _cli_util import fill
+
+    from wal import ReadOption
+    from wal.errors import WALIOError
+    from wal.options import DeliverPolicy
+
+    fill(tmp_path, n=50)
+    refuse = _Refuse()
+    refuse.path = str(sorted((tmp_path / "p1").glob("*.seg"))[-1])
+    opener, ro = _full_ro(tmp_path, refuse)
+    try:
+        with pytest.raises(WALIOError, match="Permission denied") as e:
+            ro.read(ReadOption(deliver_policy=DeliverPolicy.latest()))
+        assert refuse.path in str(e.value)
+        refuse.path = ""
+        ro.read(ReadOption(deliver_policy=DeliverPolicy.latest())).close()
+    finally:
+        ro.close()
+        opener.close()

@@ -339,7 +339,10 @@ class LocalFSScanner(ScannerImpls):
         if self._policy.message_id is not None:
             _id_value(self._policy.message_id)  # a foreign ID fails at read(), not at the first recv()
         if self._policy.kind is DeliverPolicyKind.LATEST:
-            self._position()  # "latest" is fixed when read() returns
+            try:
+                self._position()  # "latest" is fixed when read() returns
+            except OSError as e:  # as recv_batch says it: every error of the library is a WALError
+                raise WALIOError(f"localfs scanner {self._name!r}: {e}") from e
 
     @property
     def name(self) -> str:
