@@ -513,3 +513,36 @@ def test_a_latest_read_of_a_segment_it_may_not_open_raises_a_wal_error(tmp_path:
     finally:
         ro.close()
         opener.close()
+
+
+def test_a_read_only_open_of_a_mistyped_channel_warns_once_and_keeps_waiting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only open of a channel no writer ever made (a typo) waited for ever in silence. It still waits (a
+    follower may start before its writer), but after MISSING_CHANNEL_WARNING_AFTER it logs one warning naming the
+    missing directory, the root and the channels the root does hold; and it reads the channel once it is made."""
+    import logging
+
+    from wal.walimpls.localfs import _opener
+
+    monkeypatch.setattr(_opener, "MISSING_CHANNEL_WARNING_AFTER", 0.3, raising=False)
+    with build(tmp_path, segment_bytes=4096) as wopener:
+        open_rw(wopener, "orders").close()
+    with build(tmp_path) as ropener, caplog.at_level(logging.WARNING, logger="wal.walimpls.localfs._opener"):
+        ro = open_ro(ropener, "ordres")
+        with ro.read(ReadOption(name="t")) as s:
+            for _ in range(8):  # 1.2 s: well past the delay, and several polls after the warning
+                with pytest.raises(WALTimeoutError):
+                    s.recv(0.15)
+            assert not s.done().is_set()
+            warned = [r.getMessage() for r in caplog.records if "has waited" in r.getMessage()]
+            assert len(warned) == 1, warned
+            assert str(tmp_path / "ordres") in warned[0] and str(tmp_path) in warned[0], warned
+            assert "channels there: orders" in warned[0], warned
+            with build(tmp_path) as wopener:  # made after all: the follower reads it
+                w = open_rw(wopener, "ordres")
+                w.append(msg(b"late", tt=5))
+                got = s.recv_batch(16, 5.0)
+                w.close()
+            assert any(bytes(m.payload) == b"late" for m in got), got
+        ro.close()

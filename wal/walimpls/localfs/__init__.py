@@ -34,8 +34,10 @@ ignored here, so one dict configures the whole stack; anything else raises
 Reading: scanners map segments read-only and hand out payloads up to 1 KiB as ``bytes`` copies and larger ones as
 ``memoryview`` slices of the map (no copy); such a view stays valid as long as the message object (it keeps the map
 alive), even after retention deletes the file. Use ``bytes(m.payload)`` for a copy. A read-only WAL
-(``AccessMode.RO``, this process or another) follows the writer: woken by the writer of the same opener, by watchdog
-(inotify) events, and by polling with backoff (at most 50 ms), so a lost event costs latency, never a message. A
+(``AccessMode.RO``, this process or another; opened before its writer made the channel, it waits for the directory
+and logs one warning after ``_opener.MISSING_CHANNEL_WARNING_AFTER`` seconds) follows the writer: woken by the
+writer of the same opener, by watchdog (inotify) events, and by polling with backoff (at most 50 ms), so a lost
+event costs latency, never a message. A
 follower in another process may see a record as soon as it is written, which with ``sync="always"`` is at most one
 ``fdatasync`` ahead of durable. It raises :class:`~wal.errors.CorruptedError` at a bad record of the active segment
 that a later flush proves was durable (``docs/FORMAT.md``, "Flush marks"), and

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ from ._state import Hub
 from ._wal import LocalFSROWAL, LocalFSWAL, _Base
 
 __all__ = ["LocalFSBuilder", "LocalFSOpener", "Options"]
+
+log = logging.getLogger(__name__)
 
 _SYNC_MODES = ("always", "interval", "never")
 MIN_SEGMENT_BYTES = 4096
@@ -113,6 +116,12 @@ def ensure_dir(fops: FileOps, path: str) -> None:
         fops.mkdir(path, 0o700)
     except FileExistsError:
         pass
+
+
+MISSING_CHANNEL_WARNING_AFTER = 5.0
+"""Seconds a read-only WAL's scanners wait for a channel directory that does not exist before one warning is logged
+(logger ``wal.walimpls.localfs._opener``) naming it and the root. They go on waiting: a follower started before its
+writer is a supported use, but a mistyped channel name would otherwise wait for ever in silence."""
 
 
 _openers: weakref.WeakSet[LocalFSOpener] = weakref.WeakSet()
@@ -243,11 +252,13 @@ class LocalFSOpener(OpenerImpls):
                 # the watch when they find the directory (hub.arm), so a follower started before its writer is
                 # woken by events from then on.
                 hub.arm = functools.partial(self._arm, hub)
+                hub.missing_since = time.monotonic()
                 return
             self._schedule(hub)
 
     def _arm(self, hub: Hub) -> None:
         if not os.path.isdir(hub.directory):
+            self._warn_missing(hub)
             return
         with self._lock:
             if hub.arm is None:
@@ -255,6 +266,30 @@ class LocalFSOpener(OpenerImpls):
             hub.arm = None
             if not self._closed:
                 self._schedule(hub)
+
+    def _warn_missing(self, hub: Hub) -> None:
+        """Log, once per wait, that ``hub``'s directory has not appeared after :data:`MISSING_CHANNEL_WARNING_AFTER`
+        seconds (see there), saying what the root holds so that a mistyped name shows."""
+        waited = time.monotonic() - hub.missing_since
+        if hub.missing_since == 0.0 or waited < MISSING_CHANNEL_WARNING_AFTER:
+            return
+        with self._lock:
+            if hub.arm is None or hub.missing_since == 0.0:
+                return
+            hub.missing_since = 0.0  # warned: once per wait
+        root = self.opts.root
+        try:
+            names = sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            there = "the root does not exist either"
+        except OSError as e:
+            there = f"the root cannot be listed: {e.strerror or e}"
+        else:
+            shown = ", ".join(names[:10]) + (f" ... ({len(names)} in all)" if len(names) > 10 else "")
+            there = f"channels there: {shown}" if names else "the root holds no channel"
+        log.warning("localfs: read-only channel %r has waited %.0f s for its directory %s, which does not exist "
+                    "under root %s (%s); it goes on waiting and reads the channel once a writer opens it: check the "
+                    "channel name and the root if none will", hub.name, waited, hub.directory, root, there)
 
     def _schedule(self, hub: Hub) -> None:
         """Watch ``hub``'s directory (under ``_lock``)."""

@@ -117,6 +117,7 @@ class Hub:
         # Set while read-only WALs wait for a channel directory that does not exist yet (the opener watches it once
         # it does); their scanners call it when they find nothing to read. See LocalFSOpener._watch.
         self.arm: Callable[[], None] | None = None
+        self.missing_since = 0.0  # when they started waiting for it (monotonic; 0: not waiting, or warned)
 
     def bump(self) -> None:
         with self.lock:
