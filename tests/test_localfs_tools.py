@@ -886,3 +886,32 @@ def test_verify_notes_a_stale_active_index_left_by_a_kill_and_still_reports_a_wr
     opener.close()
     notes = []
     assert verify(str(tmp_path), "a", notes=notes) == [] and notes == []
+
+
+def test_iter_messages_yields_every_message_before_a_segment_it_may_not_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segment that cannot be opened (EACCES): `wal dump` printed no message at all, only the error, because the
+    scanner raised in the call whose batch held every message of the segments before it. Now those come first, then
+    the error (a ``WALIOError`` naming the file), as at damage."""
+    import errno
+    import os
+
+    from wal.errors import WALIOError
+
+    _fill(tmp_path, "a", 100)
+    segs = sorted((tmp_path / "a").glob("*.seg"))
+    refused, real_open = str(segs[1]), os.open
+
+    def refuse(path: Any, *args: Any, **kw: Any) -> int:
+        if os.fspath(path) == refused:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), refused)
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(os, "open", refuse)
+    got: list[int] = []
+    with pytest.raises(WALIOError, match="Permission denied") as e:
+        for m in iter_messages(str(tmp_path), "a"):
+            got.append(m.message_id.value)  # type: ignore[attr-defined]
+    assert refused in str(e.value)
+    assert got == list(range(1, int(segs[1].name[:20])))

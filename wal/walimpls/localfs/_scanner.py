@@ -508,6 +508,14 @@ class LocalFSScanner(ScannerImpls):
     # -- reading -----------------------------------------------------------------------------------------------------
     def _fill(self, max_n: int) -> list[ImmutableMessage]:
         out: list[ImmutableMessage] = []
+        try:
+            self._fill_into(max_n, out)
+        except OSError:  # a file it may not open, an I/O error: said by the next call, after what was read before
+            if not out:  # (raised here, a batch read from the segments before was lost: ``wal dump`` showed none)
+                raise
+        return out
+
+    def _fill_into(self, max_n: int, out: list[ImmutableMessage]) -> list[ImmutableMessage]:
         if not self._positioned and not self._position():
             return out
         while len(out) < max_n and not self._closed:
