@@ -11,7 +11,7 @@ import pytest
 from _localfs_util import build, msg, open_rw
 
 from wal import OpenOption, PChannelInfo, registry
-from wal.errors import CorruptedError, InvalidArgumentError, WALLockedError
+from wal.errors import CorruptedError, InvalidArgumentError, WALIOError, WALLockedError
 from wal.message import MessageType, MutableMessage
 from wal.walimpls.localfs import LocalFSMessageID
 from wal.walimpls.localfs.tools import (
@@ -915,3 +915,46 @@ def test_iter_messages_yields_every_message_before_a_segment_it_may_not_open(
             got.append(m.message_id.value)  # type: ignore[attr-defined]
     assert refused in str(e.value)
     assert got == list(range(1, int(segs[1].name[:20])))
+
+
+def test_a_directory_the_tools_may_not_list_is_never_called_clean(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Channel directories are 0700: run as another user than the writer's, the tools could not list one, took it
+    for "not a channel" and left it out. `wal verify` then said "ok ... no problems" and exited 0 for a root whose
+    channel it never checked, `wal info` did not show it, and `--channel` called it "not a localfs channel" (a
+    usage error). Root ignores permissions, so the refusal is faked where the tools list a directory."""
+    import os
+
+    from click.testing import CliRunner
+
+    from wal._cli._main import cli
+    from wal.walimpls.localfs.tools import unlistable_dirs
+
+    _fill(tmp_path, "a", 3)
+    _fill(tmp_path, "b", 3)
+    (tmp_path / "lost+found").mkdir()  # a mount point's: no one but root may list it, and it is never a channel
+    hidden = {str(tmp_path / "b"), str(tmp_path / "lost+found")}
+    listdir = os.listdir
+
+    def refusing(path: Any = ".") -> list[str]:
+        if os.fspath(path) in hidden:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refusing)
+    assert list_channels(str(tmp_path)) == ["a"]
+    assert unlistable_dirs(str(tmp_path)) == [("b", "Permission denied")]
+    problems = verify(str(tmp_path))
+    assert [p.path for p in problems] == [str(tmp_path / "b")] and "cannot list" in problems[0].message, problems
+    assert verify(str(tmp_path), "a") == []
+    with pytest.raises(WALIOError, match=r"cannot list .*Permission denied"):
+        verify(str(tmp_path), "b")
+    run = CliRunner().invoke
+    out = run(cli, ["verify", "--root", str(tmp_path)])
+    assert out.exit_code == 1 and "cannot list this directory (Permission denied)" in out.output, out.output
+    out = run(cli, ["info", "--root", str(tmp_path)])
+    assert out.exit_code == 1 and "channel a" in out.output and "channel b\n  CANNOT READ" in out.output, out.output
+    for sub in ("verify", "info", "dump"):
+        out = run(cli, [sub, "--root", str(tmp_path), "--channel", "b"])
+        assert out.exit_code == 1 and "cannot list" in out.output and "not a localfs channel" not in out.output, (
+            sub, out.output)

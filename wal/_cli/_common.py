@@ -94,6 +94,11 @@ def channel_dir_or_fail(root: str, channel: str) -> str:
     if not os.path.isdir(path):
         raise click.BadParameter(f"no channel {channel!r} under {root}", param_hint="--channel")
     if not fstools.is_channel_dir(path):
+        try:
+            os.listdir(path)
+        except OSError as e:  # it may be a channel: not a usage error, and not "not a channel"
+            raise fail(f"cannot list {path}: {e.strerror or e} (a channel's files can be read by its writer's "
+                       "user or root)") from None
         raise click.BadParameter(
             f"{path} is a directory but not a localfs channel (no LOCK, TERM or segment)", param_hint="--channel"
         )

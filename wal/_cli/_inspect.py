@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..errors import CorruptedError, InvalidMessageIDError, WALError, WALLockedError
+from ..errors import CorruptedError, InvalidMessageIDError, WALError, WALIOError, WALLockedError
 from ..message import MessageID, unmarshal_message_id
 from ..walimpls.localfs import WAL_NAME
 from ..walimpls.localfs import tools as fstools
@@ -67,17 +67,23 @@ def info(root: str, channel: str | None, as_json: bool) -> None:
     Read-only and safe while a writer appends. A segment, index or TERM it cannot read is named, with why, and the
     rest is shown (an unreadable segment's messages are not counted). A channel whose files cannot be understood
     is shown as DAMAGED, with the error, and the others are still shown (exit 0: `wal verify` is the check; exit 1
-    only when a channel could not be read at all). `wal verify` says more.
+    only when a channel, or a directory under the root that may be one, could not be read at all). `wal verify`
+    says more.
     """
     if channel is not None:
         channel_dir_or_fail(root, channel)
     names = [channel] if channel is not None else fstools.list_channels(root)
-    if not names:
+    unlistable = [] if channel is not None else fstools.unlistable_dirs(root)
+    if not names and not unlistable:
         click.echo(f"no channels under {root}{_elsewhere(root)}")
         return
     failed = 0
     try:
         failed = _info(root, names, as_json)
+        for k, (name, why) in enumerate(unlistable):  # may be channels: never left out in silence
+            _channel_problem(name, WALIOError(f"cannot list {os.path.join(root, name)}: {why}; if it is a channel, "
+                                              "run as its writer's user or root"), as_json, first=not (names or k))
+        failed += len(unlistable)
     except BrokenPipeError:  # `wal info ... | head`
         _quiet_broken_pipe()
     if failed:

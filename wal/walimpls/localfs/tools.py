@@ -83,6 +83,7 @@ __all__ = [
     "iter_messages",
     "list_channels",
     "repair",
+    "unlistable_dirs",
     "verify",
 ]
 
@@ -153,12 +154,44 @@ def is_channel_dir(path: str) -> bool:
 
 
 def list_channels(root: str) -> list[str]:
-    """Names of the channel directories under ``root`` (sorted); ``[]`` when ``root`` does not exist."""
+    """Names of the channel directories under ``root`` (sorted); ``[]`` when ``root`` does not exist. A directory
+    this process may not list is not among them: see :func:`unlistable_dirs`."""
     try:
         names = os.listdir(root)
     except FileNotFoundError:
         return []
     return sorted(n for n in names if is_channel_dir(os.path.join(root, n)))
+
+
+_NEVER_CHANNELS = frozenset({"lost+found"})
+"""Names of directories a filesystem's root holds and no one may list but root: not reported as unlistable, else
+every check of a root that is a mount point would fail for any other user."""
+
+
+def unlistable_dirs(root: str) -> list[tuple[str, str]]:
+    """``(name, why)`` of each directory under ``root`` (not a link) that this process may not list, sorted.
+
+    Why: channel directories are private to the writer's user (0700), so an operator running the tools as another
+    user sees no file of them; :func:`list_channels` cannot tell such a directory from one that is not a channel,
+    and a check that skipped it silently would call the root clean.
+    """
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    out: list[tuple[str, str]] = []
+    for e in entries:
+        if e.name in _NEVER_CHANNELS:
+            continue
+        try:
+            if not e.is_dir(follow_symlinks=False):
+                continue
+            os.listdir(e.path)
+        except (NotADirectoryError, FileNotFoundError):
+            continue
+        except OSError as err:
+            out.append((e.name, err.strerror or str(err)))
+    return out
 
 
 def _chdir(root: str, channel: str) -> str:
@@ -169,8 +202,20 @@ def _chdir(root: str, channel: str) -> str:
     if not os.path.isdir(path):
         raise InvalidArgumentError(f"no localfs channel {channel!r} under {root}")
     if not is_channel_dir(path):  # repair would otherwise write a LOCK into any directory and call it a channel
+        _refuse_unlistable(path)
         raise InvalidArgumentError(f"{path} is a directory but not a localfs channel (no LOCK, TERM or segment)")
     return path
+
+
+def _refuse_unlistable(path: str) -> None:
+    """Raise :class:`~wal.errors.WALIOError` when ``path`` cannot be listed: not "not a channel", which it may be."""
+    try:
+        os.listdir(path)
+    except (NotADirectoryError, FileNotFoundError):
+        return
+    except OSError as e:
+        raise WALIOError(f"cannot list {path}: {e.strerror or e} (a channel's files can be read by its writer's "
+                         "user or root)") from e
 
 
 def _open_ro(path: str) -> BinaryIO:
@@ -317,7 +362,9 @@ def verify(
     is reported with exactly the bytes (and intact but never-durable records) that ``repair`` or the next writer
     cuts. A file it cannot read (a segment, an index, ``TERM``, ``FIRST``, ``LOCK``) is one problem, and the rest is
     checked; with ``LOCK`` unreadable, whether a writer runs is unknown, so the newest segment is checked as a live
-    writer's. ``progress(bytes_done, bytes_total)`` is called after each segment.
+    writer's. A directory under ``root`` that it may not list (see :func:`unlistable_dirs`) is one problem, and a
+    ``channel`` it may not list raises :class:`~wal.errors.WALIOError`. ``progress(bytes_done, bytes_total)`` is
+    called after each segment.
 
     What a crashed writer leaves and its next open fixes without losing anything is no problem: it goes to
     ``notes`` (when given), so that an operator checking a channel after a crash is not sent to restore a copy. So
@@ -334,6 +381,10 @@ def verify(
     total = sum(_size(p) for _, segs in work for _, p in segs)
     done = 0
     problems: list[Problem] = []
+    if channel is None:  # a directory it may not list may be a channel it cannot check: never "no problems"
+        problems += [Problem(os.path.join(root, name), None, f"cannot list this directory ({why}): if it is a "
+                             "channel, it was not checked (run as the writer's user or root)")
+                     for name, why in unlistable_dirs(root)]
     for chdir, segs in work:
         term_path = os.path.join(chdir, TERM_NAME)
         stored: int | None = 0
