@@ -41,6 +41,31 @@ def test_clock_follows_wall_time_and_never_goes_back() -> None:
     assert c.allocate() == compose_ts(2_000)
 
 
+def test_clock_behind_the_last_tick_goes_on_at_the_pace_of_elapsed_time() -> None:
+    """A wall clock stepped back (or behind a recovered tick) froze the physical part for the length of the step:
+    keepalives counted in ticks stood still too. Now it goes on from where it stood, at the monotonic pace."""
+    wall, elapsed = [10_000], [0]
+    c = HybridClock(0, now_ms=lambda: wall[0], elapsed_ms=lambda: elapsed[0])
+    a = c.allocate()
+    wall[0] = 10_000 - 3_600_000  # stepped back an hour
+    b = c.allocate()
+    assert b == a + 1
+    elapsed[0] += 500
+    d = c.allocate()
+    assert physical_ms(d) == 10_500
+    first = c.allocate_many(3)
+    assert d < first and physical_ms(first + 2) == 10_500
+    elapsed[0] += 2**20  # the burst above ran ahead of nothing: the pace holds
+    assert physical_ms(c.allocate()) == 10_500 + 2**20
+    wall[0] = 10_000 + 2**21  # the wall clock ahead again: it leads
+    assert c.allocate() == compose_ts(10_000 + 2**21)
+    restarted = HybridClock(compose_ts(10_000 + 2**21, 5), now_ms=lambda: 0, elapsed_ms=lambda: elapsed[0])
+    e = restarted.allocate()
+    assert e == compose_ts(10_000 + 2**21, 6)
+    elapsed[0] += 1_000
+    assert physical_ms(restarted.allocate()) == 10_000 + 2**21 + 1_000
+
+
 def test_clock_starts_above_last_time_tick() -> None:
     last = compose_ts(5_000, 7)
     c = HybridClock(last, now_ms=lambda: 1_000)

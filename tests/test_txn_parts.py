@@ -218,3 +218,28 @@ def test_a_txn_begun_while_the_wal_closes_is_refused_with_shutdown_error() -> No
     m.graceful_close(0.01)
     with pytest.raises(ShutdownError, match="closing"):
         m.begin_new_txn(1)
+
+
+def test_a_txn_expires_after_its_keepalive_while_the_wall_clock_is_behind_the_last_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DESIGN: a txn not committed within its keepalive expires. With the wall clock stepped back an hour, the
+    ticks stood still (the last one plus one) and a commit a second after a 0.2 s keepalive went through."""
+    from wal import OpenOption, PChannelInfo, registry
+    from wal.message import MessageType, MutableMessage
+
+    wall_offset, elapsed_offset = [0], [0]
+    real_wall, real_elapsed = time.time_ns, time.monotonic_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real_wall() + wall_offset[0])
+    monkeypatch.setattr(time, "monotonic_ns", lambda: real_elapsed() + elapsed_offset[0])
+    with registry.must_get_builder("memory").build() as opener:
+        with opener.open(OpenOption(channel=PChannelInfo(name="p", term=1))) as w:
+            w.append(MutableMessage(MessageType.INSERT, b"a", vchannel="v"))
+            wall_offset[0] = -3600 * 10**9
+            txn = w.begin_txn(vchannel="v", keepalive=0.2)
+            txn.append(MutableMessage(MessageType.INSERT, b"b", vchannel="v"))
+            elapsed_offset[0] = 10**9  # a second passes (the wall clock, an hour behind, cannot tell)
+            with pytest.raises(TxnExpiredError):
+                txn.commit()
+            wall_offset[0] = 0
+            assert w.append(MutableMessage(MessageType.INSERT, b"c", vchannel="v")).time_tick > 0

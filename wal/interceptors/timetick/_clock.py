@@ -16,26 +16,60 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _elapsed_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def _standing_still() -> int:
+    return 0
+
+
 class HybridClock:
     """Strictly increasing ``physical_ms << 18 | logical`` timestamps.
 
     A timestamp is the wall clock when that is ahead of the last one, else the last one plus one: ticks stay
     close to real time (so keepalives in milliseconds mean something) and never repeat or go back, even when the
     wall clock does or the process restarts (seed ``last_time_tick`` with the recovered tick).
+
+    While the wall clock stays behind the last timestamp (stepped back, or behind the tick a restart recovered),
+    the physical part goes on at the pace of ``elapsed_ms`` (the monotonic clock) from where it stood: with "the
+    last one plus one" alone it stood still for as long as the step, so a txn's keepalive, counted in ticks, never
+    ran out and a txn abandoned then held the last-confirmed ID (so truncation and retention) back for that long.
+    An injected ``now_ms`` is the whole source unless ``elapsed_ms`` is given too (tests count 1, 2, 3...).
     """
 
-    __slots__ = ("_last", "_lock", "_now_ms")
+    __slots__ = ("_elapsed_ms", "_last", "_lock", "_now_ms", "_offset")
 
-    def __init__(self, last_time_tick: int = 0, now_ms: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        last_time_tick: int = 0,
+        now_ms: Callable[[], int] | None = None,
+        elapsed_ms: Callable[[], int] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._last = last_time_tick
         self._now_ms = now_ms or _wall_ms
+        self._elapsed_ms = elapsed_ms or (_standing_still if now_ms else _elapsed_ms)
+        self._offset: int | None = None  # physical ms minus elapsed ms while the wall clock is behind, else None
+
+    def _behind(self) -> int:
+        """The next timestamp when the wall clock is at or behind the last one (called under the lock)."""
+        elapsed = self._elapsed_ms()
+        physical = self._last >> LOGICAL_BITS
+        if self._offset is None or self._offset + elapsed < physical:
+            # just fell behind, or the last tick went past the pace (a burst, a barrier): count on from it
+            self._offset = physical - elapsed
+            return self._last + 1
+        ts = (self._offset + elapsed) << LOGICAL_BITS
+        return ts if ts > self._last else self._last + 1
 
     def allocate(self) -> int:
         with self._lock:
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
             if ts <= self._last:
-                ts = self._last + 1
+                ts = self._behind()
+            else:
+                self._offset = None
             self._last = ts
             return ts
 
@@ -48,7 +82,9 @@ class HybridClock:
         with self._lock:
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
             if ts <= self._last:
-                ts = self._last + 1
+                ts = self._behind()
+            else:
+                self._offset = None
             self._last = ts + n - 1
             return ts
 
@@ -59,7 +95,9 @@ class HybridClock:
                 self._last = barrier
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
             if ts <= self._last:
-                ts = self._last + 1
+                ts = self._behind()
+            else:
+                self._offset = None
             self._last = ts
             return ts
 
