@@ -453,6 +453,33 @@ def test_enospc_on_roll_is_walioerror(tmp_path: Path) -> None:
         w.close()
 
 
+@pytest.mark.parametrize("wall_ns", [-86_400 * 10**9, 2**64 + 10**9], ids=["before-1970", "after-2554"])
+def test_a_wall_clock_outside_the_u64_ns_range_still_creates_and_seals_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wall_ns: int
+) -> None:
+    """Segment headers and summaries store ns since the epoch as u64: such a clock made the open fail with a bare
+    ``struct.error`` (no segment could be created), and a roll closed the channel for good."""
+    with build(tmp_path, segment_bytes=4096) as opener:
+        w = open_rw(opener)
+        w.append_batch([msg(b"a" * 200) for _ in range(10)])
+        monkeypatch.setattr(time, "time_ns", lambda: wall_ns)
+        for _ in range(30):  # rolls
+            w.append(msg(b"b" * 200))
+        w.close()
+    with build(tmp_path, segment_bytes=4096) as opener:  # and an open from scratch under that clock
+        w = open_rw(opener, name="p2")
+        w.append_batch([msg(b"c" * 200) for _ in range(30)])
+        w.close()
+    monkeypatch.undo()
+    with build(tmp_path, segment_bytes=4096) as opener:
+        w = open_rw(opener, term=2)
+        assert [bytes(m.payload)[:1] for m in read_all(w)] == [b"a"] * 10 + [b"b"] * 30
+        w.close()
+        w = open_rw(opener, name="p2", term=2)
+        assert len(read_all(w)) == 30
+        w.close()
+
+
 def test_truncate_deletes_whole_segments(tmp_path: Path) -> None:
     with build(tmp_path, segment_bytes=4096) as opener:
         w = open_rw(opener)

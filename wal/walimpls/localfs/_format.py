@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -74,6 +75,7 @@ META_FIXED = struct.Struct("<QBBHI")
 LC_NONE, LC_SELF, LC_ID = 0, 1, 2
 MF_TXN, MF_NOT_PERSISTED, MF_BARRIER = 1, 2, 4
 U64 = struct.Struct("<Q")
+_U64_MAX = (1 << 64) - 1
 TXN = struct.Struct("<qQ")
 PROP_LEN = struct.Struct("<II")
 META_FIXED_SIZE = META_FIXED.size
@@ -139,6 +141,16 @@ def parse_segment_name(name: str) -> int | None:
 
 
 # -- segment header and summaries -------------------------------------------------------------------------------------
+def wall_ns() -> int:
+    """The wall clock for a u64 "ns since the epoch" field (a segment's creation, a summary's writing).
+
+    Kept within the field: a clock set before 1970 (or past 2554) made ``struct`` refuse the header, so no segment
+    could be created: the open failed with a bare ``struct.error`` and a roll closed the channel for good. Those
+    times only age segments for ``retention_seconds``; the ticks that order the log do not come from here.
+    """
+    return min(max(time.time_ns(), 0), _U64_MAX)
+
+
 @dataclass(slots=True)
 class SegmentHeader:
     first_id: int

@@ -59,6 +59,7 @@ from ._format import (
     segment_name,
     term_text,
     valid_ids_after,
+    wall_ns,
 )
 from ._state import SegmentState
 
@@ -271,7 +272,7 @@ def _state_from(path: str, hdr: SegmentHeader, size: int, s: Summary | ScanResul
         end, last_id, first_tt, max_tt, records = s.end, s.last_id, s.first_tt, s.max_tt, s.records
         bloom = bytearray(s.bloom)
         if sealed:
-            written = time.time_ns()
+            written = wall_ns()
     else:
         end, last_id, first_tt, max_tt, records = s.data_end, s.last_id, s.first_tt, s.max_tt, s.records
         bloom = bytearray(s.bloom)
@@ -395,7 +396,7 @@ def recover(
                 res = scan_tail(fops, path, fd, hdr, size, sealed=True, write=write, cut=rec.cut)
                 st = _state_from(path, hdr, size, res, sealed=True)
                 if write:
-                    summ = res.summary(time.time_ns())
+                    summ = res.summary(wall_ns())
                     fops.pwrite_all(fd, summ.pack(SEAL_MAGIC), SEAL_OFF)
                     fops.fdatasync(fd)
                     write_index(fops, path, fid, res.index, sealed=True)

@@ -58,6 +58,7 @@ from ._format import (
     next_mark,
     segment_name,
     stamp_record,
+    wall_ns,
 )
 from ._lock import release as release_lock
 from ._message_id import WAL_NAME, LocalFSMessageID, fast_id
@@ -294,7 +295,7 @@ class LocalFSWAL(_Base):
         fd = fops.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             fops.fallocate(fd, 0, capacity)
-            hdr = SegmentHeader(first_id=first_id, capacity=capacity, created_ns=time.time_ns(),
+            hdr = SegmentHeader(first_id=first_id, capacity=capacity, created_ns=wall_ns(),
                                 term=self._channel.term)
             fops.pwrite_all(fd, hdr.pack(), 0)
             fops.fsync(fd)
@@ -636,7 +637,7 @@ class LocalFSWAL(_Base):
         # must be durable before the seal vouches for it, or a power cut leaves a log that will not open. Two syncs
         # per segment (64 MiB by default) cost nothing measurable.
         fops.fdatasync(self._fd)
-        now = time.time_ns()
+        now = wall_ns()
         summ = Summary(
             last_id=self._w_last_id, first_tt=self._w_first_tt, max_tt=self._w_max_tt, data_end=self._end,
             records=self._w_records, written_ns=now, index_entries=len(old.index), bloom=bytes(old.bloom),
@@ -904,7 +905,7 @@ class LocalFSWAL(_Base):
         seg = self._active
         summ = Summary(
             last_id=self._w_last_id, first_tt=self._w_first_tt, max_tt=self._w_max_tt, data_end=self._end,
-            records=self._w_records, written_ns=time.time_ns(), index_entries=len(seg.index), bloom=bytes(seg.bloom),
+            records=self._w_records, written_ns=wall_ns(), index_entries=len(seg.index), bloom=bytes(seg.bloom),
         )
         fops.pwrite_all(self._fd, summ.pack(CLOSE_MAGIC), CLOSE_OFF)
         fops.fdatasync(self._fd)
