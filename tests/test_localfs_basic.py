@@ -527,6 +527,30 @@ def test_retention_bytes_and_seconds(tmp_path: Path) -> None:
         w.close()
 
 
+def test_retention_seconds_goes_on_after_a_segment_sealed_while_the_clock_ran_years_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One roll under a wall clock ten years ahead stamped its segment's seal in the future: retention stopped at
+    it, and every later segment was kept (the channel grew without bound) until the clock caught up."""
+    real, offset = time.time_ns, [0]
+    monkeypatch.setattr(time, "time_ns", lambda: real() + offset[0])
+    with build(tmp_path, segment_bytes=4096, retention_seconds=10) as opener:
+        w = open_rw(opener)
+        w.append_batch([msg(b"a" * 200) for _ in range(40)])
+        offset[0] = 10 * 365 * 86_400 * 10**9
+        for _ in range(20):  # a roll or two under the clock ten years ahead
+            w.append(msg(b"b" * 200))
+        offset[0] = 0  # the clock is set right
+        for step in (100, 200, 300):  # then time passes: each round's segments are past 10 s at the next
+            offset[0] = step * 10**9
+            for _ in range(60):
+                w.append(msg(b"c" * 200))
+        assert len(list((tmp_path / "p1").glob("*.seg"))) <= 8
+        got = read_all(w)
+        assert got[-1].message_id == LocalFSMessageID(40 + 20 + 180)
+        w.close()
+
+
 def test_vchannel_hint_skips_sealed_segments_by_bloom(tmp_path: Path) -> None:
     from dataclasses import dataclass
 

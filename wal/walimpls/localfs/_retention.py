@@ -18,6 +18,7 @@ longer delivered to readers that start after the deletion (its begin is deleted 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from ._state import SegmentState
@@ -42,8 +43,14 @@ def retention_count(
             total -= segs[n].capacity
             n += 1
     if max_age_ns is not None:
+        # A segment was sealed before every later one, so it is at least as old as the earliest later seal time:
+        # one seal stamped by a wall clock that ran ahead (hours, years, then stepped back) held back, for as long
+        # as the clock had jumped, the deletion of every segment after it (the channel grew without bound).
+        sealed_at = [s.sealed_ns for s in itertools.takewhile(lambda s: s.sealed, segs)]
+        for i in range(len(sealed_at) - 2, -1, -1):
+            sealed_at[i] = min(sealed_at[i], sealed_at[i + 1])
         m = 0
-        while m < len(segs) and segs[m].sealed and segs[m].sealed_ns < now_ns - max_age_ns:
+        while m < len(sealed_at) and sealed_at[m] < now_ns - max_age_ns:
             m += 1
         n = max(n, m)
     if floor is not None:
