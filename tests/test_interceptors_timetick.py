@@ -177,3 +177,21 @@ def test_single_message_path() -> None:
     assert mid == ID(99)
     with pytest.raises(TxnExpiredError):
         w.ic.do_append(ins(ctx=TxnContext(5, 1.0)), lambda m: ID(100))
+
+
+@pytest.mark.parametrize("barrier", [1 << 64, -1, 1.5])
+def test_a_barrier_that_is_not_a_u64_time_tick_is_refused_before_it_reaches_the_clock(barrier: object) -> None:
+    """The clock jumps to a barrier: one at 2**64 left every later tick unstorable (the memory backend stored them,
+    then its channel could not be opened again: a bare OverflowError in the write-ahead buffer)."""
+    from wal import OpenOption, PChannelInfo, registry
+    from wal.errors import InvalidArgumentError
+
+    with registry.must_get_builder("memory").build() as opener:
+        with opener.open(OpenOption(channel=PChannelInfo(name="p", term=1))) as w:
+            m = MutableMessage(MessageType.INSERT, b"a", vchannel="v")
+            with pytest.raises(InvalidArgumentError, match="barrier"):
+                m.with_barrier_time_tick(barrier)  # type: ignore[arg-type]
+            w.append(m)
+            assert w.append(MutableMessage(MessageType.INSERT, b"b", vchannel="v")).time_tick < 1 << 64
+        with opener.open(OpenOption(channel=PChannelInfo(name="p", term=2))) as w:
+            assert w.append(MutableMessage(MessageType.INSERT, b"c", vchannel="v")).time_tick < 1 << 64
