@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +196,28 @@ def test_a_barrier_that_is_not_a_u64_time_tick_is_refused_before_it_reaches_the_
             assert w.append(MutableMessage(MessageType.INSERT, b"b", vchannel="v")).time_tick < 1 << 64
         with opener.open(OpenOption(channel=PChannelInfo(name="p", term=2))) as w:
             assert w.append(MutableMessage(MessageType.INSERT, b"c", vchannel="v")).time_tick < 1 << 64
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_a_wall_clock_past_year_4199_for_a_moment_leaves_the_wal_working(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ticks are u64 (``ms << 18``): a clock past 2**46 ms moved the WAL's clock past them for good: localfs refused
+    every later append until a reopen, the memory backend stored them and then could not open the channel again."""
+    import time
+
+    from wal import OpenOption, PChannelInfo, registry
+
+    real, offset = time.time_ns, [0]
+    monkeypatch.setattr(time, "time_ns", lambda: real() + offset[0])
+    options: dict[str, object] = {"root": str(tmp_path), "segment_bytes": 1 << 16} if backend == "localfs" else {}
+    with registry.must_get_builder(backend).build(**options) as opener:
+        with opener.open(OpenOption(channel=PChannelInfo(name="p", term=1))) as w:
+            ticks = [w.append(MutableMessage(MessageType.INSERT, b"a", vchannel="v")).time_tick]
+            offset[0] = (2**46 + 1_000) * 10**6 - real()
+            ticks += [w.append(MutableMessage(MessageType.INSERT, b"b", vchannel="v")).time_tick for _ in range(3)]
+            offset[0] = 0
+            ticks += [w.append(MutableMessage(MessageType.INSERT, b"c", vchannel="v")).time_tick for _ in range(3)]
+        with opener.open(OpenOption(channel=PChannelInfo(name="p", term=2))) as w:
+            ticks.append(w.append(MutableMessage(MessageType.INSERT, b"d", vchannel="v")).time_tick)
+    assert ticks == sorted(set(ticks)) and ticks[-1] < 1 << 64

@@ -66,6 +66,17 @@ def test_clock_behind_the_last_tick_goes_on_at_the_pace_of_elapsed_time() -> Non
     assert physical_ms(restarted.allocate()) == 10_000 + 2**21 + 1_000
 
 
+def test_clock_takes_a_wall_clock_past_the_u64_ticks_as_behind() -> None:
+    wall, elapsed = [2**46 + 5], [0]
+    c = HybridClock(compose_ts(1_000), now_ms=lambda: wall[0], elapsed_ms=lambda: elapsed[0])
+    a = c.allocate()
+    assert a == compose_ts(1_000) + 1
+    elapsed[0] += 10
+    assert physical_ms(c.allocate()) == 1_010 and physical_ms(c.allocate_with_barrier(0)) == 1_010
+    fresh = HybridClock(0, now_ms=lambda: 2**46)
+    assert 0 < fresh.allocate() < fresh.allocate_many(5) < 1 << 64
+
+
 def test_clock_starts_above_last_time_tick() -> None:
     last = compose_ts(5_000, 7)
     c = HybridClock(last, now_ms=lambda: 1_000)

@@ -11,6 +11,9 @@ from ...message._hybrid import LOGICAL_BITS
 
 __all__ = ["HybridClock"]
 
+# Ticks are u64 (Milvus's TSO): a wall clock past 2**46 ms (year 4199) has no tick, and is taken as behind.
+_TICK_END = 1 << 64
+
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -35,6 +38,9 @@ class HybridClock:
     the physical part goes on at the pace of ``elapsed_ms`` (the monotonic clock) from where it stood: with "the
     last one plus one" alone it stood still for as long as the step, so a txn's keepalive, counted in ticks, never
     ran out and a txn abandoned then held the last-confirmed ID (so truncation and retention) back for that long.
+    A wall clock past the last tick the format holds (2**46 ms, year 4199) counts as behind too: the WAL's clock went
+    there and every later tick was past the u64 the backends store (localfs refused every append until a reopen,
+    even after the clock was set right; the memory backend stored them, then could not open the channel again).
     An injected ``now_ms`` is the whole source unless ``elapsed_ms`` is given too (tests count 1, 2, 3...).
     """
 
@@ -66,7 +72,7 @@ class HybridClock:
     def allocate(self) -> int:
         with self._lock:
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
-            if ts <= self._last:
+            if not self._last < ts < _TICK_END:
                 ts = self._behind()
             else:
                 self._offset = None
@@ -81,7 +87,7 @@ class HybridClock:
         """
         with self._lock:
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
-            if ts <= self._last:
+            if not self._last < ts < _TICK_END:
                 ts = self._behind()
             else:
                 self._offset = None
@@ -94,7 +100,7 @@ class HybridClock:
             if self._last < barrier:
                 self._last = barrier
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
-            if ts <= self._last:
+            if not self._last < ts < _TICK_END:
                 ts = self._behind()
             else:
                 self._offset = None
