@@ -72,10 +72,12 @@ class HybridClock:
     def allocate(self) -> int:
         with self._lock:
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
-            if not self._last < ts < _TICK_END:
-                ts = self._behind()
-            else:
+            if self._last < ts < _TICK_END:
                 self._offset = None
+            elif (self._last ^ ts) >> LOGICAL_BITS:  # behind the last tick's millisecond (or past the ticks)
+                ts = self._behind()
+            else:  # within it: no reason to read the monotonic clock
+                ts = self._last + 1
             self._last = ts
             return ts
 
@@ -87,10 +89,12 @@ class HybridClock:
         """
         with self._lock:
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
-            if not self._last < ts < _TICK_END:
-                ts = self._behind()
-            else:
+            if self._last < ts < _TICK_END:
                 self._offset = None
+            elif (self._last ^ ts) >> LOGICAL_BITS:  # behind the last tick's millisecond (or past the ticks)
+                ts = self._behind()
+            else:  # within it: no reason to read the monotonic clock
+                ts = self._last + 1
             self._last = ts + n - 1
             return ts
 
@@ -100,10 +104,12 @@ class HybridClock:
             if self._last < barrier:
                 self._last = barrier
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
-            if not self._last < ts < _TICK_END:
-                ts = self._behind()
-            else:
+            if self._last < ts < _TICK_END:
                 self._offset = None
+            elif (self._last ^ ts) >> LOGICAL_BITS:  # behind the last tick's millisecond (or past the ticks)
+                ts = self._behind()
+            else:  # within it: no reason to read the monotonic clock
+                ts = self._last + 1
             self._last = ts
             return ts
 
