@@ -180,7 +180,7 @@ def test_single_message_path() -> None:
         w.ic.do_append(ins(ctx=TxnContext(5, 1.0)), lambda m: ID(100))
 
 
-@pytest.mark.parametrize("barrier", [1 << 64, -1, 1.5])
+@pytest.mark.parametrize("barrier", [1 << 64, 1 << 63, -1, 1.5])
 def test_a_barrier_that_is_not_a_u64_time_tick_is_refused_before_it_reaches_the_clock(barrier: object) -> None:
     """The clock jumps to a barrier: one at 2**64 left every later tick unstorable (the memory backend stored them,
     then its channel could not be opened again: a bare OverflowError in the write-ahead buffer)."""
@@ -199,11 +199,12 @@ def test_a_barrier_that_is_not_a_u64_time_tick_is_refused_before_it_reaches_the_
 
 
 @pytest.mark.parametrize("backend", ["memory", "localfs"])
-def test_a_wall_clock_past_year_4199_for_a_moment_leaves_the_wal_working(
+def test_a_wall_clock_past_year_3084_for_a_moment_leaves_the_wal_working(
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ticks are u64 (``ms << 18``): a clock past 2**46 ms moved the WAL's clock past them for good: localfs refused
-    every later append until a reopen, the memory backend stored them and then could not open the channel again."""
+    """Ticks are ``ms << 18``: a clock past 2**46 ms moved the WAL's clock past the u64 for good (localfs refused every
+    later append until a reopen, the memory backend stored them and then could not open the channel again); past
+    2**45 ms, past the i64 txn IDs (drawn from the clock) localfs stores: no txn could ever begin again."""
     import time
 
     from wal import OpenOption, PChannelInfo, registry
@@ -214,10 +215,14 @@ def test_a_wall_clock_past_year_4199_for_a_moment_leaves_the_wal_working(
     with registry.must_get_builder(backend).build(**options) as opener:
         with opener.open(OpenOption(channel=PChannelInfo(name="p", term=1))) as w:
             ticks = [w.append(MutableMessage(MessageType.INSERT, b"a", vchannel="v")).time_tick]
-            offset[0] = (2**46 + 1_000) * 10**6 - real()
+            offset[0] = (2**45 + 1_000) * 10**6 - real()
             ticks += [w.append(MutableMessage(MessageType.INSERT, b"b", vchannel="v")).time_tick for _ in range(3)]
+            with w.begin_txn(vchannel="v") as txn:  # its ID is a tick: localfs stores it as an i64
+                txn.append(MutableMessage(MessageType.INSERT, b"t", vchannel="v"))
             offset[0] = 0
             ticks += [w.append(MutableMessage(MessageType.INSERT, b"c", vchannel="v")).time_tick for _ in range(3)]
         with opener.open(OpenOption(channel=PChannelInfo(name="p", term=2))) as w:
             ticks.append(w.append(MutableMessage(MessageType.INSERT, b"d", vchannel="v")).time_tick)
-    assert ticks == sorted(set(ticks)) and ticks[-1] < 1 << 64
+            with w.begin_txn(vchannel="v") as txn:
+                txn.append(MutableMessage(MessageType.INSERT, b"t", vchannel="v"))
+    assert ticks == sorted(set(ticks)) and ticks[-1] < 1 << 63

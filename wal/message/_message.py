@@ -143,12 +143,13 @@ class MutableMessage:
     def with_barrier_time_tick(self, tt: int) -> MutableMessage:
         """Ask for a time tick above ``tt`` (Milvus's barrier); returns the message.
 
-        ``tt`` must be a u64, as every time tick (Milvus's TSO is a uint64): the WAL's clock jumps to the barrier,
-        so one at or past 2**64 left every later tick of the WAL unstorable (localfs refused each append until a
-        reopen; the memory backend stored them, and its channel could not be opened again).
+        ``tt`` must be a time tick the WAL can reach (below 2**63: see ``timetick/_clock.py``): the WAL's clock
+        jumps to the barrier, so one at or past 2**64 left every later tick of the WAL unstorable (localfs refused
+        each append until a reopen; the memory backend stored them, and its channel could not be opened again), and
+        one at or past 2**63 every later txn ID (localfs could never begin a transaction on the channel again).
         """
-        if tt.__class__ is not int or not 0 <= tt < 1 << 64:
-            raise InvalidArgumentError(f"a barrier time tick is a u64 time tick, got {tt!r}")
+        if tt.__class__ is not int or not 0 <= tt < 1 << 63:
+            raise InvalidArgumentError(f"a barrier time tick is a time tick in [0, 2**63), got {tt!r}")
         self.barrier_time_tick = tt
         return self
 

@@ -11,8 +11,9 @@ from ...message._hybrid import LOGICAL_BITS
 
 __all__ = ["HybridClock"]
 
-# Ticks are u64 (Milvus's TSO): a wall clock past 2**46 ms (year 4199) has no tick, and is taken as behind.
-_TICK_END = 1 << 64
+# Ticks stay below 2**63, which keeps them u64 (Milvus's TSO) and txn IDs, drawn from this clock, i64 (Milvus's
+# TxnID; localfs stores it so): a wall clock past 2**45 ms (year 3084) has no tick, and is taken as behind.
+_TICK_END = 1 << 63
 
 
 def _wall_ms() -> int:
@@ -41,6 +42,8 @@ class HybridClock:
     A wall clock past the last tick the format holds (2**46 ms, year 4199) counts as behind too: the WAL's clock went
     there and every later tick was past the u64 the backends store (localfs refused every append until a reopen,
     even after the clock was set right; the memory backend stored them, then could not open the channel again).
+    So does one past 2**45 ms (year 3084): a tick at or past 2**63 is a txn ID localfs cannot store (an i64), and
+    once one was persisted no transaction could ever begin on the channel again.
     An injected ``now_ms`` is the whole source unless ``elapsed_ms`` is given too (tests count 1, 2, 3...).
     """
 
