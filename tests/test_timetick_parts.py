@@ -41,29 +41,53 @@ def test_clock_follows_wall_time_and_never_goes_back() -> None:
     assert c.allocate() == compose_ts(2_000)
 
 
-def test_clock_behind_the_last_tick_goes_on_at_the_pace_of_elapsed_time() -> None:
+def test_clock_behind_the_last_tick_goes_on_at_half_the_pace_of_elapsed_time() -> None:
     """A wall clock stepped back (or behind a recovered tick) froze the physical part for the length of the step:
-    keepalives counted in ticks stood still too. Now it goes on from where it stood, at the monotonic pace."""
+    keepalives counted in ticks stood still too. Now it goes on from where it stood at half the monotonic pace, so
+    that the wall clock catches up after twice the step and leads again (at the full pace it never would: the ticks
+    stayed ahead by the step for good)."""
     wall, elapsed = [10_000], [0]
     c = HybridClock(0, now_ms=lambda: wall[0], elapsed_ms=lambda: elapsed[0])
     a = c.allocate()
-    wall[0] = 10_000 - 3_600_000  # stepped back an hour
+    step = 3_600_000
+    wall[0] -= step  # stepped back an hour
     b = c.allocate()
     assert b == a + 1
     elapsed[0] += 500
+    wall[0] += 500
     d = c.allocate()
-    assert physical_ms(d) == 10_500
+    assert physical_ms(d) == 10_250
     first = c.allocate_many(3)
-    assert d < first and physical_ms(first + 2) == 10_500
+    assert d < first and physical_ms(first + 2) == 10_250
     elapsed[0] += 2**20  # the burst above ran ahead of nothing: the pace holds
-    assert physical_ms(c.allocate()) == 10_500 + 2**20
-    wall[0] = 10_000 + 2**21  # the wall clock ahead again: it leads
-    assert c.allocate() == compose_ts(10_000 + 2**21)
+    wall[0] += 2**20
+    assert physical_ms(c.allocate()) == 10_250 + 2**19
     restarted = HybridClock(compose_ts(10_000 + 2**21, 5), now_ms=lambda: 0, elapsed_ms=lambda: elapsed[0])
     e = restarted.allocate()
     assert e == compose_ts(10_000 + 2**21, 6)
     elapsed[0] += 1_000
-    assert physical_ms(restarted.allocate()) == 10_000 + 2**21 + 1_000
+    assert physical_ms(restarted.allocate()) == 10_000 + 2**21 + 500
+
+
+def test_clock_behind_the_last_tick_is_caught_up_by_the_wall_clock_after_twice_the_step() -> None:
+    """Ticks allocated steadily (the periodic tick does) while the wall clock is behind: at the full monotonic pace
+    they stayed ahead of the wall clock by the step for good; at half the pace it leads again after twice the step."""
+    step = 60_000
+    wall, elapsed = [1_000_000], [0]
+    c = HybridClock(0, now_ms=lambda: wall[0], elapsed_ms=lambda: elapsed[0])
+    last = c.allocate()
+    wall[0] -= step
+    led_at = None
+    while elapsed[0] < 4 * step:
+        elapsed[0] += 100
+        wall[0] += 100
+        t = c.allocate()
+        assert t > last
+        last = t
+        if t == compose_ts(wall[0]):
+            led_at = elapsed[0]
+            break
+    assert led_at is not None and abs(led_at - 2 * step) <= 200, led_at
 
 
 def test_clock_takes_a_wall_clock_past_the_u64_ticks_as_behind() -> None:
@@ -71,7 +95,7 @@ def test_clock_takes_a_wall_clock_past_the_u64_ticks_as_behind() -> None:
     c = HybridClock(compose_ts(1_000), now_ms=lambda: wall[0], elapsed_ms=lambda: elapsed[0])
     a = c.allocate()
     assert a == compose_ts(1_000) + 1
-    elapsed[0] += 10
+    elapsed[0] += 20
     assert physical_ms(c.allocate()) == 1_010 and physical_ms(c.allocate_with_barrier(0)) == 1_010
     for ms in (2**46, 2**45):
         fresh = HybridClock(0, now_ms=lambda: ms)

@@ -24,6 +24,10 @@ def _elapsed_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
+_BEHIND_PACE = 2
+"""While the wall clock is behind, the ticks' physical part advances 1 ms per this many elapsed (see HybridClock)."""
+
+
 def _standing_still() -> int:
     return 0
 
@@ -36,9 +40,13 @@ class HybridClock:
     wall clock does or the process restarts (seed ``last_time_tick`` with the recovered tick).
 
     While the wall clock stays behind the last timestamp (stepped back, or behind the tick a restart recovered),
-    the physical part goes on at the pace of ``elapsed_ms`` (the monotonic clock) from where it stood: with "the
-    last one plus one" alone it stood still for as long as the step, so a txn's keepalive, counted in ticks, never
-    ran out and a txn abandoned then held the last-confirmed ID (so truncation and retention) back for that long.
+    the physical part goes on from where it stood at half the pace of ``elapsed_ms`` (the monotonic clock), so the
+    wall clock catches up after twice the step and the ticks follow it again. Why not stand still until then (as
+    Milvus's TSO does): a txn's keepalive counts in ticks, so it never ran out for the length of the step, and a
+    txn abandoned then held the last-confirmed ID (so truncation and retention) back for that long. Why not the
+    full pace: the ticks would then stay ahead of the wall clock by the step for good, across restarts too (a clock
+    set a year ahead by mistake, then put right, would leave every later tick a year off). At half the pace a
+    keepalive runs out in at most twice its length.
     A wall clock past the last tick the format holds (2**46 ms, year 4199) counts as behind too: the WAL's clock went
     there and every later tick was past the u64 the backends store (localfs refused every append until a reopen,
     even after the clock was set right; the memory backend stored them, then could not open the channel again).
@@ -59,17 +67,18 @@ class HybridClock:
         self._last = last_time_tick
         self._now_ms = now_ms or _wall_ms
         self._elapsed_ms = elapsed_ms or (_standing_still if now_ms else _elapsed_ms)
-        self._offset: int | None = None  # physical ms minus elapsed ms while the wall clock is behind, else None
+        # While the wall clock is behind: physical ms minus the paced elapsed ms (elapsed // _BEHIND_PACE); else None.
+        self._offset: int | None = None
 
     def _behind(self) -> int:
         """The next timestamp when the wall clock is at or behind the last one (called under the lock)."""
-        elapsed = self._elapsed_ms()
+        paced = self._elapsed_ms() // _BEHIND_PACE
         physical = self._last >> LOGICAL_BITS
-        if self._offset is None or self._offset + elapsed < physical:
+        if self._offset is None or self._offset + paced < physical:
             # just fell behind, or the last tick went past the pace (a burst, a barrier): count on from it
-            self._offset = physical - elapsed
+            self._offset = physical - paced
             return self._last + 1
-        ts = (self._offset + elapsed) << LOGICAL_BITS
+        ts = (self._offset + paced) << LOGICAL_BITS
         return ts if ts > self._last else self._last + 1
 
     def allocate(self) -> int:
