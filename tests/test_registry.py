@@ -99,3 +99,51 @@ def test_unmarshal_garbage_raises_invalid_message_id(backend: str, garbage: str)
 def test_unmarshal_non_str_raises(backend: str) -> None:
     with pytest.raises(InvalidMessageIDError):
         unmarshal_message_id(backend, 12)  # type: ignore[arg-type]
+
+
+def _adaptor_option_names() -> list[str]:
+    from dataclasses import fields
+
+    from wal.adaptor import AdaptorOptions
+
+    return [f.name for f in fields(AdaptorOptions)]
+
+
+def _raw_builder(backend: str) -> OpenerBuilderImpls:
+    if backend == "nats":
+        from wal.walimpls.nats import NatsOpenerBuilder  # not registered without nats-py; its options parse anyway
+
+        return NatsOpenerBuilder()
+    return registry.get_impls_builder(backend)
+
+
+_OWN_OPTIONS: dict[str, dict[str, Any]] = {"memory": {}, "localfs": {"segment_bytes": 4096}, "nats": {}}
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs", "nats"])
+@pytest.mark.parametrize("option", _adaptor_option_names())
+def test_every_backend_builder_refuses_the_adaptors_options_the_same_way(
+    backend: str, option: str, tmp_path: Any
+) -> None:
+    # localfs accepted and ignored them (memory and nats refused them): a raw localfs built with
+    # time_tick_interval=... ran without it, silently. must_get_builder takes them out before the backend sees
+    # the rest, so every backend refuses them, naming where they go.
+    own = dict(_OWN_OPTIONS[backend])
+    if backend == "localfs":
+        own["root"] = str(tmp_path)
+    with pytest.raises(InvalidArgumentError, match=rf"{option}.*must_get_builder\('{backend}'\)"):
+        _raw_builder(backend).build(**own, **{option: 1})
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_the_full_builder_takes_adaptor_and_backend_options_in_one_dict(backend: str, tmp_path: Any) -> None:
+    from wal import OpenOption, PChannelInfo
+
+    own = {"root": str(tmp_path), **_OWN_OPTIONS[backend]} if backend == "localfs" else {}
+    names = _adaptor_option_names()
+    values: dict[str, Any] = {n: 1 for n in names}
+    values["interceptors"] = ()
+    with registry.must_get_builder(backend).build(**own, **values) as op:
+        op.open(OpenOption(PChannelInfo("c", 1))).close()
+    with pytest.raises(InvalidArgumentError, match="bogus"):
+        registry.must_get_builder(backend).build(**own, bogus=1)

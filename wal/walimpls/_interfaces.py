@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._closeable import Closeable
 from .._types import OpenOption, PChannelInfo
+from ..errors import InvalidArgumentError
 from ..message import ImmutableMessage, MessageID, MutableMessage
 from ..options import DeliverPolicy
 
@@ -196,6 +197,29 @@ class OpenerImpls(Closeable):
     @abstractmethod
     def close(self) -> None:
         """Close every channel opened here and release resources. Idempotent."""
+
+
+ADAPTOR_OPTIONS = frozenset({"write_ahead_buffer_bytes", "write_ahead_buffer_keepalive", "time_tick_interval",
+                             "txn_keepalive", "max_inflight_appends", "max_append_batch", "interceptors"})
+"""The build options the adaptor consumes (every field of ``wal.adaptor.AdaptorOptions``, spelled out: a backend
+imports nothing of the adaptor). ``registry.must_get_builder(name).build(...)`` takes them out before the backend's
+builder sees the rest, so a backend builder never gets one on the documented path."""
+
+
+def unknown_options_error(backend: str, names: Iterable[str], known: Iterable[str] = ()) -> InvalidArgumentError:
+    """The error of a backend builder given options it does not know. Every backend refuses the adaptor's options
+    too, saying where they go: localfs used to accept and ignore them (memory and nats refused them), so a raw
+    backend built with ``time_tick_interval=...`` silently ran without it."""
+    names = sorted(names)
+    adaptor = [n for n in names if n in ADAPTOR_OPTIONS]
+    hint = (
+        f" ({', '.join(adaptor)}: option(s) of the full WAL, pass them to "
+        f"registry.must_get_builder({backend!r}).build(...))"
+        if adaptor
+        else ""
+    )
+    listed = f" (known: {', '.join(sorted(known))})" if known else ""
+    return InvalidArgumentError(f"unknown {backend} backend option(s): {', '.join(names)}{hint}{listed}")
 
 
 class OpenerBuilderImpls(ABC):

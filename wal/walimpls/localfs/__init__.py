@@ -27,9 +27,9 @@ Build options (``registry.get_impls_builder("localfs").build(**options)``):
   larger appends raise :class:`~wal.errors.InvalidArgumentError` and store nothing.
 - ``_file_ops`` (private): a :class:`FileOps` through which every file operation goes (fault injection).
 
-Every option of the adaptor (``wal.adaptor.AdaptorOptions``: ``write_ahead_buffer_bytes``...) is accepted and
-ignored here, so one dict configures the whole stack; anything else raises
-:class:`~wal.errors.InvalidArgumentError` naming it.
+Anything else raises :class:`~wal.errors.InvalidArgumentError` naming it, the adaptor's options too
+(``wal.adaptor.AdaptorOptions``: ``time_tick_interval``...): the bare backend has no use for them, and
+``registry.must_get_builder("localfs").build(...)`` takes both kinds in one dict (as for every backend).
 
 Reading: scanners map segments read-only and hand out payloads up to 1 KiB as ``bytes`` copies and larger ones as
 ``memoryview`` slices of the map (no copy); such a view stays valid as long as the message object (it keeps the map

@@ -15,7 +15,7 @@ from ... import _fork
 from ..._checks import seconds
 from ..._types import AccessMode, OpenOption
 from ...errors import FencedError, InvalidArgumentError, ShutdownError, WALIOError, WALLockedError
-from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls
+from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls, unknown_options_error
 from ._fileops import DEFAULT_FILE_OPS, FileOps
 from ._format import DATA_START, LOCK_NAME, TERM_NAME
 from ._lock import LockRefusedError
@@ -35,10 +35,6 @@ MIN_SEGMENT_BYTES = 4096
 MAX_SEGMENT_BYTES = (1 << 32) - 1
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
-# Options the adaptor consumes; accepted (and ignored) here so that one dict configures the whole stack.
-# (Every field of ``wal.adaptor.AdaptorOptions``, spelled out: a backend imports nothing of the adaptor.)
-_ADAPTOR_OPTIONS = frozenset({"write_ahead_buffer_bytes", "write_ahead_buffer_keepalive", "time_tick_interval",
-                              "txn_keepalive", "max_inflight_appends", "max_append_batch", "interceptors"})
 
 
 MIN_MESSAGE_BYTES = 256
@@ -61,9 +57,9 @@ class Options:
     def parse(cls, options: dict[str, Any]) -> Options:
         known = {"root", "segment_bytes", "sync", "sync_interval", "retention_bytes", "retention_seconds",
                  "max_message_bytes", "_file_ops"}
-        unknown = sorted(k for k in options if k not in known and k not in _ADAPTOR_OPTIONS)
+        unknown = [k for k in options if k not in known]
         if unknown:
-            raise InvalidArgumentError(f"unknown localfs option(s): {', '.join(unknown)}")
+            raise unknown_options_error("localfs", unknown)
         root = options.get("root")
         if root is None:
             root = os.environ.get("WAL_LOCALFS_ROOT") or "./wal-data"

@@ -33,7 +33,7 @@ from ...errors import (
 from ...helper import PullScanner
 from ...message import ImmutableMessage, IntMessageID, MessageID, MutableMessage
 from ...options import DeliverPolicyKind
-from .._interfaces import OpenerBuilderImpls, OpenerImpls, ReadOption, ScannerImpls, WALImpls
+from .._interfaces import OpenerBuilderImpls, OpenerImpls, ReadOption, ScannerImpls, WALImpls, unknown_options_error
 
 __all__ = ["WAL_NAME", "MemoryMessageID", "MemoryOpener", "MemoryOpenerBuilder"]
 
@@ -253,5 +253,5 @@ class MemoryOpenerBuilder(OpenerBuilderImpls):
 
     def build(self, **options: Any) -> OpenerImpls:
         if options:
-            raise InvalidArgumentError(f"unknown memory backend options: {', '.join(sorted(options))}")
+            raise unknown_options_error("memory", options)
         return MemoryOpener()

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..._checks import seconds
 from ...errors import InvalidArgumentError
+from .._interfaces import unknown_options_error
 
 __all__ = ["NatsOptions", "parse_options"]
 
@@ -100,8 +101,7 @@ def parse_options(options: dict[str, Any]) -> NatsOptions:
     """Validate keyword options; unknown names and bad values raise :class:`InvalidArgumentError`."""
     unknown = sorted(set(options) - set(_KNOWN))
     if unknown:
-        known = ", ".join(sorted(_KNOWN))
-        raise InvalidArgumentError(f"nats: unknown option(s): {', '.join(unknown)} (known: {known})")
+        raise unknown_options_error("nats", unknown, _KNOWN)
     kw: dict[str, Any] = {}
     for k, v in options.items():
         if k == "servers":
