@@ -576,3 +576,22 @@ def test_a_backend_returning_the_wrong_ids_gets_a_clear_error(fb: FakeBuilder, b
     backend.append_batch = orig  # type: ignore[method-assign]
     assert w.append(msg(4)).message_id is not None  # the WAL goes on
     op.close()
+
+
+@pytest.mark.parametrize(
+    "how, vchannel",
+    [("begin_txn", ""), ("begin_txn", None), ("begin_txn", 5), ("begin_txn", b"v"), ("BEGIN_TXN", "")],
+)
+def test_a_txn_without_a_vchannel_is_refused(fb: FakeBuilder, how: str, vchannel: object) -> None:
+    # begin_txn("") (or None) made a txn "for every vchannel", which every vchannel's reader got, while
+    # ReadOption(vchannel="") is refused; a Milvus-style BEGIN_TXN without a vchannel did the same.
+    with adapt_impls_to_builder(fb).build() as op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
+        before = len(w.txn_manager)  # type: ignore[attr-defined]
+        with pytest.raises(InvalidArgumentError, match="vchannel"):
+            if how == "begin_txn":
+                w.begin_txn(vchannel)  # type: ignore[arg-type]
+            else:
+                w.append(MutableMessage(MessageType.BEGIN_TXN, b"", vchannel=vchannel))  # type: ignore[arg-type]
+        assert len(w.txn_manager) == before  # type: ignore[attr-defined]  # no txn left open
+        with w.begin_txn("v1") as t:  # the WAL goes on
+            t.append(msg(1))

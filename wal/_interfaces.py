@@ -188,7 +188,11 @@ class WAL(ROWAL):
 
     @abstractmethod
     def begin_txn(self, vchannel: str, keepalive: float | None = None) -> Txn:
-        """Start a transaction on ``vchannel`` (default keepalive: the ``txn_keepalive`` build option)."""
+        """Start a transaction on ``vchannel`` (default keepalive: the ``txn_keepalive`` build option).
+
+        A transaction lives on one vchannel: ``""`` or None raises :class:`~wal.errors.InvalidArgumentError`, as a
+        ``BEGIN_TXN`` message without a vchannel does (on a message ``""`` means "every vchannel").
+        """
 
 
 class Opener(Closeable):

@@ -19,6 +19,10 @@ __all__ = ["TxnHandle"]
 
 class TxnHandle(Txn):
     def __init__(self, wal: WAL, vchannel: str, keepalive: float | None, timeout: float | None = None) -> None:
+        if not isinstance(vchannel, str) or not vchannel:
+            # A txn lives on one vchannel; "" (or None) made a txn "for every vchannel" that each vchannel's reader
+            # got, quietly: it names no vchannel, as for ReadOption(vchannel="").
+            raise InvalidArgumentError(f"begin_txn needs a vchannel name (a non-empty str), got {vchannel!r}")
         if keepalive is not None and seconds(keepalive, "txn keepalive") < 0.001:
             raise InvalidArgumentError(f"txn keepalive must be at least 1 ms, got {keepalive!r}")
         self._wal = wal

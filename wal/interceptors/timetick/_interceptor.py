@@ -190,6 +190,8 @@ class TimeTickInterceptor:
             session: TxnSession | None = None
             try:
                 if mt is _BEGIN:
+                    if not m.vchannel:  # as begin_txn("") (adaptor/_txn.py): a txn lives on one vchannel
+                        raise InvalidArgumentError('a transaction needs a vchannel: its BEGIN_TXN has vchannel ""')
                     ka = m.txn_ctx.keepalive if m.txn_ctx is not None else None
                     session = self._txns.begin_new_txn(tt, ka, m.vchannel)
                     m.with_txn_context(session.txn_ctx)
