@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from _adaptor_fakes import FakeBuilder, data, msg
@@ -20,7 +22,7 @@ from wal.errors import (
     WALIOError,
     WALTimeoutError,
 )
-from wal.message import MessageType, MutableMessage
+from wal.message import MessageType, MutableMessage, compose_ts, physical_ms
 
 
 @pytest.fixture
@@ -595,3 +597,53 @@ def test_a_txn_without_a_vchannel_is_refused(fb: FakeBuilder, how: str, vchannel
         assert len(w.txn_manager) == before  # type: ignore[attr-defined]  # no txn left open
         with w.begin_txn("v1") as t:  # the WAL goes on
             t.append(msg(1))
+
+
+def _set_attr(name: str, value: object) -> Callable[[MutableMessage], object]:
+    return lambda m: setattr(m, name, value)
+
+
+_YEAR_3000 = 32503680000000 << 18  # a hybrid tick (ms << 18) in the year 3000
+
+
+@pytest.mark.parametrize("how", ["append", "append_async", "append_messages", "txn"])
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        pytest.param(_set_attr("not_persisted", True), id="not_persisted"),  # acknowledged, never stored
+        pytest.param(_set_attr("barrier_time_tick", 1 << 64), id="barrier-2**64"),  # every later append failed
+        pytest.param(_set_attr("barrier_time_tick", (1 << 64) - 2), id="barrier-near-2**64"),
+        pytest.param(_set_attr("barrier_time_tick", _YEAR_3000), id="barrier-year-3000"),  # ticks moved there
+        pytest.param(_set_attr("barrier_time_tick", "x"), id="barrier-str"),  # a TypeError, in the future
+        pytest.param(_set_attr("barrier_time_tick", -5), id="barrier-negative"),  # ignored, silently
+        pytest.param(_set_attr("barrier_time_tick", math.nan), id="barrier-nan"),
+    ],
+)
+def test_stamps_a_program_sets_wrongly_are_refused_at_the_call(
+    fb: FakeBuilder, how: str, stamp: Callable[[MutableMessage], object]
+) -> None:
+    with adapt_impls_to_builder(fb).build() as op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
+        m = msg(1)
+        stamp(m)
+        with pytest.raises(InvalidArgumentError):
+            if how == "append":
+                w.append(m)
+            elif how == "append_async":
+                w.append_async(m)  # raises itself: nothing reaches the queue
+            elif how == "append_messages":
+                w.append_messages([msg(0), m])
+            else:
+                with w.begin_txn("v1") as t:
+                    t.append(m)
+        r = w.append(msg(2))  # the WAL goes on, its clock where it was
+        assert physical_ms(r.time_tick) < time.time() * 1000 + 60_000
+        with w.read(ReadOption()) as s:
+            assert [bytes(x.payload) for x in data(s, 1)] == [b"p2"]  # nothing of the refused append was stored
+
+
+@pytest.mark.parametrize("bad", [1 << 64, _YEAR_3000, -1, "x", math.nan, 1.5, True, None])
+def test_with_barrier_time_tick_refuses_what_cannot_be_a_barrier(bad: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="barrier"):
+        MutableMessage(MessageType.INSERT, b"").with_barrier_time_tick(bad)  # type: ignore[arg-type]
+    now = compose_ts(int(time.time() * 1000))
+    assert MutableMessage(MessageType.INSERT, b"").with_barrier_time_tick(now + 5).barrier_time_tick == now + 5

@@ -296,7 +296,12 @@ class AppendDispatcher:
         refuses raises; a closed WAL gives a failed future. The call whose message fills a batch may run it (see
         :meth:`_may_run_inline`).
         """
-        if msg.__class__ is not MutableMessage or msg.message_type in self._refused_types:  # the usual case: one test
+        if (  # the usual case: one test per attribute
+            msg.__class__ is not MutableMessage
+            or msg.message_type in self._refused_types
+            or msg.not_persisted
+            or msg.barrier_time_tick
+        ):
             self._check(msg)
         fut: AppendFuture[AppendResult] = self._future_cls()  # new_future(), spelled out
         fut._state = RUNNING

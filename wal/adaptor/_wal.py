@@ -42,6 +42,7 @@ from ..interceptors.timetick._message import new_time_tick_message
 from ..interceptors.timetick._sync_operator import SyncMode, TimeTickSyncOperator
 from ..interceptors.txn import TxnManager
 from ..message import MessageID, MessageType, MutableMessage
+from ..message._hybrid import check_barrier
 from ..utility import WriteAheadBuffer
 from ..walimpls import ROWALImpls, WALImpls
 from ._dispatcher import AppendDispatcher
@@ -622,6 +623,10 @@ class WALAdaptor(ROWALAdaptor):
             raise InvalidMessageError(f"append takes a MutableMessage, got {type(msg).__name__}")
         if msg.message_type in _WAL_ONLY_TYPES:
             raise InvalidArgumentError(f"{msg.message_type.name} messages are made by the WAL, not appended")
+        if msg.not_persisted:  # set on the attribute (with_not_persisted refuses it): acknowledged, never stored
+            raise InvalidArgumentError(f"only the WAL's own ticks are not persisted, not a {msg.message_type.name}")
+        if msg.barrier_time_tick:  # set on the attribute, not through with_barrier_time_tick
+            check_barrier(msg.barrier_time_tick)
         return msg
 
     def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult:
@@ -639,7 +644,12 @@ class WALAdaptor(ROWALAdaptor):
         if msgs.__class__ is not list and msgs.__class__ is not tuple:
             msgs = _message_list(msgs)
         for m in msgs:
-            if m.__class__ is not MutableMessage or m.message_type in _WAL_ONLY_TYPES:  # the usual case: one check
+            if (  # the usual case: one check per attribute
+                m.__class__ is not MutableMessage
+                or m.message_type in _WAL_ONLY_TYPES
+                or m.not_persisted
+                or m.barrier_time_tick
+            ):
                 self._check_msg(m)
         # No lifetime call (two locks and a notify per append): as for append_async, the dispatcher refuses work
         # once closing and its close waits for what it accepted, an inline batch included.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError, InvalidMessageError
 from ._codec import RESERVED_PREFIX, decode_int, encode_int
-from ._hybrid import add_physical_ms
+from ._hybrid import add_physical_ms, check_barrier
 from ._message_id import MessageID, unmarshal_message_id
 from ._txn import TxnContext
 from ._types import MessageType
@@ -134,23 +134,18 @@ class MutableMessage:
         self.not_persisted = False
 
     # -- in-place stamping by the WAL (Milvus's chained setters) ------------------------------------------------
-    # The WAL stamps these as it appends; a program sets none of them (what it sets is overwritten).
+    # The WAL stamps these as it appends; a program sets none of them (what it sets is overwritten), except a
+    # barrier (checked here and at append) and not-persisted (TIME_TICK only, and the WAL refuses it elsewhere).
     def with_time_tick(self, tt: int) -> MutableMessage:
         """Stamp the message's time tick (hybrid timestamp) in place; returns the message."""
         self.time_tick = tt
         return self
 
     def with_barrier_time_tick(self, tt: int) -> MutableMessage:
-        """Ask for a time tick above ``tt`` (Milvus's barrier); returns the message.
-
-        ``tt`` must be a time tick the WAL can reach (below 2**63: see ``timetick/_clock.py``): the WAL's clock
-        jumps to the barrier, so one at or past 2**64 left every later tick of the WAL unstorable (localfs refused
-        each append until a reopen; the memory backend stored them, and its channel could not be opened again), and
-        one at or past 2**63 every later txn ID (localfs could never begin a transaction on the channel again).
-        """
-        if tt.__class__ is not int or not 0 <= tt < 1 << 63:
-            raise InvalidArgumentError(f"a barrier time tick is a time tick in [0, 2**63), got {tt!r}")
-        self.barrier_time_tick = tt
+        """Ask for a time tick above ``tt`` (Milvus's barrier); returns the message. A ``tt`` that is not an int in
+        [0, 2**63), or more than ten years ahead of the wall clock, raises ``InvalidArgumentError`` (see
+        :func:`~wal.message._hybrid.check_barrier`)."""
+        self.barrier_time_tick = check_barrier(tt)
         return self
 
     def with_wal_term(self, term: int) -> MutableMessage:
