@@ -231,3 +231,28 @@ def test_wire_properties_use_milvus_keys() -> None:
     p = m.wire_properties()
     assert p == {"u": "1", "_t": "2", "_tt": "10", "_lc": "2", "_vc": "v1"}
     assert "_lcs" in MutableMessage(MessageType.TIME_TICK).with_last_confirmed_use_message_id().wire_properties()
+
+
+_LONE = "\ud800"  # a lone surrogate: what os.fsdecode makes of an undecodable byte; it has no UTF-8 form
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"vchannel": _LONE},
+        {"vchannel": "v" + _LONE + "é"},
+        {"properties": {_LONE: "v"}},
+        {"properties": {"k": _LONE}},
+        {"properties": {"k": "v", "ключ": "знач" + _LONE}},
+    ],
+    ids=["vchannel", "vchannel-mixed", "property-key", "property-value", "property-value-non-ascii"],
+)
+def test_text_with_no_utf8_form_is_refused_when_the_message_is_made(kwargs: dict[str, object]) -> None:
+    # memory stored it, localfs raised a bare UnicodeEncodeError at append: one program, two behaviours
+    with pytest.raises(InvalidArgumentError, match="UTF-8"):
+        MutableMessage(MessageType.INSERT, b"x", **kwargs)  # type: ignore[arg-type]
+
+
+def test_non_ascii_text_that_has_a_utf8_form_is_kept() -> None:
+    m = MutableMessage(MessageType.INSERT, b"x", {"ключ": "值", "": "\0"}, vchannel="é" * 300)
+    assert m.vchannel == "é" * 300 and m.properties == {"ключ": "值", "": "\0"}

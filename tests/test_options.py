@@ -81,3 +81,12 @@ def test_read_option_refuses_an_empty_vchannel() -> None:
     with pytest.raises(InvalidArgumentError, match="None"):
         ReadOption(vchannel="")
     assert ReadOption(vchannel=None).vchannel is None and ReadOption(vchannel="v1").vchannel == "v1"
+
+
+@pytest.mark.parametrize("vchannel", ["\ud800", "v\udcff", "é\ud83d"])
+def test_read_option_refuses_a_vchannel_with_no_utf8_form(vchannel: str) -> None:
+    # localfs raised a bare UnicodeEncodeError in read() (its vchannel bloom filter hashes the UTF-8 bytes)
+    from wal import ReadOption
+
+    with pytest.raises(InvalidArgumentError, match="UTF-8"):
+        ReadOption(vchannel=vchannel)

@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import InvalidArgumentError
 from .message import MessageID, TxnContext
+from .message._message import check_text
 from .options import DeliverFilter, DeliverPolicy
 
 __all__ = ["AccessMode", "AppendResult", "OpenOption", "PChannelInfo", "ReadOption", "validate_channel_name"]
@@ -104,6 +105,8 @@ class ReadOption:
         for what, v in (("vchannel", self.vchannel), ("name", self.name)):
             if v is not None and not isinstance(v, str):
                 raise InvalidArgumentError(f"{what} must be a str or None, got {v!r}")
+        if self.vchannel is not None:
+            check_text(self.vchannel, "vchannel")
         if self.vchannel == "":
             raise InvalidArgumentError('vchannel "" names no vchannel: pass None to read every vchannel')
 

@@ -61,8 +61,23 @@ def _own_payload(payload: object) -> bytes:
     return bytes(payload)
 
 
+def check_text(s: str, what: str) -> str:
+    """``s`` if it can be stored as UTF-8, else :class:`~wal.errors.InvalidArgumentError` naming ``what``.
+
+    A str with a lone surrogate (``"\\ud800"``, what ``os.fsdecode`` makes of undecodable bytes) has no UTF-8
+    form: localfs raised a bare ``UnicodeEncodeError`` at append (or at ``read`` for a ``ReadOption.vchannel``)
+    while memory stored it, so the same program failed on one backend only, and not with a ``WALError``.
+    """
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidArgumentError(f"{what} {s!r} is not valid UTF-8 text: {e.reason} at {e.start}") from None
+    return s
+
+
 def validate_properties(properties: Mapping[str, str]) -> dict[str, str]:
-    """Copy user properties, refusing non-str keys/values and reserved ``_`` keys."""
+    """Copy user properties, refusing non-str keys/values, reserved ``_`` keys and text with no UTF-8 form."""
     if not isinstance(properties, Mapping):
         raise InvalidMessageError(f"properties must be a mapping of str to str, got {type(properties).__name__}")
     out: dict[str, str] = {}
@@ -73,7 +88,7 @@ def validate_properties(properties: Mapping[str, str]) -> dict[str, str]:
             raise InvalidMessageError(f"property {k!r}: values must be str, got {type(v).__name__}")
         if k.startswith(RESERVED_PREFIX):
             raise InvalidArgumentError(f"property key {k!r} is reserved: keys starting with '_' belong to the WAL")
-        out[k] = v
+        out[check_text(k, "property key")] = check_text(v, f"property {k!r}: value")
     return out
 
 
@@ -84,9 +99,10 @@ class MutableMessage:
     after ``append`` returns, ``msg.time_tick`` is the tick it was written with. Reusing a message object for a
     second append re-stamps it.
 
-    ``vchannel`` ``""`` (or None) means the message is for every vchannel of the pchannel. A ``bytearray`` or
-    ``memoryview`` payload is copied when the message is built: later changes to that buffer do not reach the WAL
-    (assigning ``payload`` afterwards is not checked; give it ``bytes``).
+    ``vchannel`` ``""`` (or None) means the message is for every vchannel of the pchannel. The vchannel and the
+    properties' keys and values are stored as UTF-8: a str with no UTF-8 form (a lone surrogate) raises
+    ``InvalidArgumentError``. A ``bytearray`` or ``memoryview`` payload is copied when the message is built: later
+    changes to that buffer do not reach the WAL (assigning ``payload`` afterwards is not checked; give it ``bytes``).
     """
 
     __slots__ = (
@@ -117,8 +133,10 @@ class MutableMessage:
                 message_type = MessageType(message_type)
             except (ValueError, TypeError) as e:
                 raise InvalidArgumentError(f"unknown message type {message_type!r}") from e
-        if vchannel is not None and not isinstance(vchannel, str):
-            raise InvalidMessageError(f"vchannel must be str or None, got {type(vchannel).__name__}")
+        if vchannel is not None:
+            if not isinstance(vchannel, str):
+                raise InvalidMessageError(f"vchannel must be str or None, got {type(vchannel).__name__}")
+            check_text(vchannel, "vchannel")
         if txn_ctx is not None and not isinstance(txn_ctx, TxnContext):
             raise InvalidMessageError(f"txn_ctx must be a TxnContext, got {type(txn_ctx).__name__}")
         self.message_type: MessageType = message_type
