@@ -647,3 +647,14 @@ def test_with_barrier_time_tick_refuses_what_cannot_be_a_barrier(bad: object) ->
         MutableMessage(MessageType.INSERT, b"").with_barrier_time_tick(bad)  # type: ignore[arg-type]
     now = compose_ts(int(time.time() * 1000))
     assert MutableMessage(MessageType.INSERT, b"").with_barrier_time_tick(now + 5).barrier_time_tick == now + 5
+
+
+@pytest.mark.parametrize("vchannel", [None, "", 5, ["v1"], b"v1"])
+def test_get_latest_mvcc_timestamp_needs_a_vchannel_name(fb: FakeBuilder, vchannel: object) -> None:
+    # None and "" answered with the broadcast writes' tick only, below the vchannel writes a reader waits for
+    # (no error); a list raised a bare TypeError
+    with adapt_impls_to_builder(fb).build() as op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
+        r = w.append(msg(1))
+        with pytest.raises(InvalidArgumentError, match="vchannel"):
+            w.get_latest_mvcc_timestamp(vchannel)  # type: ignore[arg-type]
+        assert w.get_latest_mvcc_timestamp("v1") >= r.time_tick

@@ -180,7 +180,10 @@ class WAL(ROWAL):
 
     @abstractmethod
     def get_latest_mvcc_timestamp(self, vchannel: str) -> int:
-        """A time tick such that every message of ``vchannel`` at or below it is already visible to readers."""
+        """A time tick such that every message of ``vchannel`` at or below it is already visible to readers.
+
+        ``vchannel`` names one (a non-empty str; else :class:`~wal.errors.InvalidArgumentError`); messages sent to
+        every vchannel count for each."""
 
     @abstractmethod
     def truncate(self, message_id: MessageID) -> None:

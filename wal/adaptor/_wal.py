@@ -678,6 +678,10 @@ class WALAdaptor(ROWALAdaptor):
                 raise WALTimeoutError(f"wal {self._channel} not ready within {timeout}s")
 
     def get_latest_mvcc_timestamp(self, vchannel: str) -> int:
+        if not isinstance(vchannel, str) or not vchannel:
+            # None or "" answered for broadcast writes only (too low for a vchannel's own), quietly; a list raised
+            # a bare TypeError.
+            raise InvalidArgumentError(f"get_latest_mvcc_timestamp needs a vchannel name, got {vchannel!r}")
         with self._lifetime.call():
             return self._mvcc_of(vchannel)
 
