@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from wal.errors import InvalidArgumentError
@@ -90,3 +92,44 @@ def test_read_option_refuses_a_vchannel_with_no_utf8_form(vchannel: str) -> None
 
     with pytest.raises(InvalidArgumentError, match="UTF-8"):
         ReadOption(vchannel=vchannel)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: DeliverPolicy(7),  # type: ignore[arg-type]
+        lambda: DeliverPolicy("all"),  # type: ignore[arg-type]
+        lambda: DeliverPolicy(DeliverPolicyKind.START_FROM),
+        lambda: DeliverPolicy(DeliverPolicyKind.START_AFTER, 3),  # type: ignore[arg-type]
+        lambda: DeliverPolicy(DeliverPolicyKind.LATEST, ID(3)),
+        lambda: DeliverFilter(99),  # type: ignore[arg-type]
+        lambda: DeliverFilter(DeliverFilterKind.TIME_TICK_GT, time_tick="5"),  # type: ignore[arg-type]
+        lambda: DeliverFilter(DeliverFilterKind.TIME_TICK_GTE, time_tick=-1),
+        lambda: DeliverFilter(DeliverFilterKind.TIME_TICK_GT, message_types=frozenset({MessageType.INSERT})),
+        lambda: DeliverFilter(DeliverFilterKind.MESSAGE_TYPE),
+        lambda: DeliverFilter(DeliverFilterKind.MESSAGE_TYPE, message_types=frozenset({MessageType.TXN})),
+        lambda: DeliverFilter(DeliverFilterKind.MESSAGE_TYPE, message_types=frozenset({77})),  # type: ignore[arg-type]
+        lambda: DeliverFilter(DeliverFilterKind.MESSAGE_TYPE, message_types="INSERT"),  # type: ignore[arg-type]
+        lambda: DeliverFilter.time_tick_gt(True),  # a bool is no time tick
+        lambda: DeliverFilter.message_type(None),  # type: ignore[arg-type]  # a bare TypeError
+    ],
+    ids=[
+        "policy-kind-7", "policy-kind-str", "start_from-without-id", "start_after-int", "latest-with-id",
+        "filter-kind-99", "filter-tt-str", "filter-tt-negative", "tt-filter-with-types", "type-filter-no-types",
+        "type-filter-system-type", "type-filter-unknown-type", "type-filter-str", "tt-bool", "type-None",
+    ],
+)
+def test_policies_and_filters_built_directly_are_checked_too(make: Callable[[], object]) -> None:
+    # The dataclasses are public: built directly, nothing checked them (an unknown filter kind kept every message,
+    # a str time tick raised a bare TypeError in the reader's recv, start_from without an ID failed in read())
+    with pytest.raises(InvalidArgumentError):
+        make()
+
+
+def test_policies_and_filters_built_directly_right_are_the_same_as_the_factories() -> None:
+    assert DeliverPolicy(DeliverPolicyKind.START_AFTER, ID(3)) == DeliverPolicy.start_after(ID(3))
+    assert DeliverPolicy(1) == DeliverPolicy.all()  # type: ignore[arg-type]  # an int kind is converted
+    f = DeliverFilter(DeliverFilterKind.MESSAGE_TYPE, message_types=frozenset({2}))  # type: ignore[arg-type]
+    assert f == DeliverFilter.message_type(MessageType.INSERT)
+    assert all(type(t) is MessageType for t in f.message_types)
+    assert DeliverFilter(DeliverFilterKind.TIME_TICK_GT, time_tick=5) == DeliverFilter.time_tick_gt(5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import InvalidArgumentError
 from .message import ImmutableMessage, MessageID, MessageType
@@ -30,6 +31,21 @@ class DeliverPolicy:
 
     kind: DeliverPolicyKind
     message_id: MessageID | None = None
+
+    def __post_init__(self) -> None:
+        # Built directly (the class is public), a policy was checked nowhere: a kind that is no DeliverPolicyKind,
+        # or start_from without an ID, failed only in read() with "needs a MessageID, got None", and latest() with
+        # an ID carried it along unused.
+        try:
+            kind = DeliverPolicyKind(self.kind)
+        except (ValueError, TypeError):
+            raise InvalidArgumentError(f"unknown deliver policy kind {self.kind!r}") from None
+        object.__setattr__(self, "kind", kind)
+        needs_id = kind in (DeliverPolicyKind.START_FROM, DeliverPolicyKind.START_AFTER)
+        if needs_id and not isinstance(self.message_id, MessageID):
+            raise InvalidArgumentError(f"{kind.name.lower()} needs a MessageID, got {type(self.message_id).__name__}")
+        if not needs_id and self.message_id is not None:
+            raise InvalidArgumentError(f"{kind.name.lower()} takes no message ID, got {self.message_id!r}")
 
     @classmethod
     def all(cls) -> DeliverPolicy:
@@ -82,6 +98,22 @@ class DeliverFilter:
     time_tick: int = 0
     message_types: frozenset[MessageType] = frozenset()
 
+    def __post_init__(self) -> None:
+        # Built directly, a filter was checked nowhere: an unknown kind kept every message, a str time tick raised a
+        # bare TypeError in the reader's recv, a system type in message_types was accepted.
+        try:
+            kind = DeliverFilterKind(self.kind)
+        except (ValueError, TypeError):
+            raise InvalidArgumentError(f"unknown deliver filter kind {self.kind!r}") from None
+        object.__setattr__(self, "kind", kind)
+        _check_tt(self.time_tick)
+        if kind is DeliverFilterKind.MESSAGE_TYPE:
+            if isinstance(self.message_types, str | bytes) or not isinstance(self.message_types, Iterable):
+                raise InvalidArgumentError(f"message_types must be a set of MessageType, got {self.message_types!r}")
+            object.__setattr__(self, "message_types", _check_types(self.message_types))
+        elif self.message_types:
+            raise InvalidArgumentError(f"a {kind.name.lower()} filter takes no message types")
+
     @classmethod
     def time_tick_gt(cls, time_tick: int) -> DeliverFilter:
         """Keep messages (outside a txn) and commits whose time tick is above ``time_tick``."""
@@ -102,18 +134,7 @@ class DeliverFilter:
         at its ID and time tick, a checkpoint like any delivered message; a txn committed with no body comes empty
         too. Skip ``TXN`` messages whose ``messages`` is empty where only data matters.
         """
-        if not types:
-            raise InvalidArgumentError("message_type filter needs at least one type")
-        out = set()
-        for t in types:
-            try:
-                mt = MessageType(t)
-            except ValueError as e:  # keep the promise that every library error is a WALError
-                raise InvalidArgumentError(f"unknown message type {t!r}") from e
-            if mt.is_system:
-                raise InvalidArgumentError(f"cannot filter on system message type {mt.name}: it is always delivered")
-            out.add(mt)
-        return cls(DeliverFilterKind.MESSAGE_TYPE, message_types=frozenset(out))
+        return cls(DeliverFilterKind.MESSAGE_TYPE, message_types=_check_types(types))
 
     @property
     def is_time_tick_filter(self) -> bool:
@@ -132,9 +153,24 @@ class DeliverFilter:
 
 
 def _check_tt(tt: int) -> int:
-    if not isinstance(tt, int) or tt < 0:
+    if isinstance(tt, bool) or not isinstance(tt, int) or tt < 0:
         raise InvalidArgumentError(f"a time tick is a non-negative int, got {tt!r}")
     return tt
+
+
+def _check_types(types: Iterable[Any]) -> frozenset[MessageType]:
+    out = set()
+    for t in types:
+        try:
+            mt = MessageType(t)
+        except (ValueError, TypeError) as e:  # keep the promise that every library error is a WALError
+            raise InvalidArgumentError(f"unknown message type {t!r}") from e
+        if mt.is_system:
+            raise InvalidArgumentError(f"cannot filter on system message type {mt.name}: it is always delivered")
+        out.add(mt)
+    if not out:
+        raise InvalidArgumentError("message_type filter needs at least one type")
+    return frozenset(out)
 
 
 def filter_func(filters: Iterable[DeliverFilter]) -> Callable[[ImmutableMessage], bool]:
