@@ -658,3 +658,48 @@ def test_get_latest_mvcc_timestamp_needs_a_vchannel_name(fb: FakeBuilder, vchann
         with pytest.raises(InvalidArgumentError, match="vchannel"):
             w.get_latest_mvcc_timestamp(vchannel)  # type: ignore[arg-type]
         assert w.get_latest_mvcc_timestamp("v1") >= r.time_tick
+
+
+@pytest.mark.parametrize("backend", ["fake", "memory", "localfs"])
+@pytest.mark.parametrize("how", ["append", "append_async", "append_messages"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(_set_attr("message_type", 77), id="type-77"),  # stored, delivered as a bare int
+        pytest.param(_set_attr("message_type", 2), id="type-int-2"),
+        pytest.param(_set_attr("message_type", ["x"]), id="type-list"),  # a bare TypeError
+        pytest.param(_set_attr("vchannel", None), id="vchannel-None"),  # delivered with vchannel None
+        pytest.param(_set_attr("vchannel", 5), id="vchannel-int"),
+        pytest.param(lambda m: m.properties.__setitem__("_vc", "x"), id="reserved-key"),  # shown to readers
+        pytest.param(lambda m: m.properties.__setitem__("k", 1), id="int-value"),  # memory: every reader ended
+        pytest.param(lambda m: m.properties.__setitem__("k", "\ud800"), id="surrogate-value"),
+        pytest.param(_set_attr("properties", [("k", "v")]), id="properties-list"),
+    ],
+)
+def test_a_message_changed_after_it_was_made_is_checked_at_append(
+    fb: FakeBuilder, tmp_path: object, backend: str, how: str, change: Callable[[MutableMessage], object]
+) -> None:
+    from wal import registry
+
+    if backend == "fake":
+        op = adapt_impls_to_builder(fb).build()
+    elif backend == "memory":
+        op = registry.must_get_builder("memory").build()
+    else:
+        op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 16)
+    with op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
+        m = msg(1)
+        change(m)
+        with pytest.raises(WALError):
+            if how == "append":
+                w.append(m)
+            elif how == "append_async":
+                w.append_async(m)  # raises itself: nothing reaches the queue
+            else:
+                w.append_messages([msg(0), m])
+        w.append(msg(2))
+        with w.read(ReadOption()) as s:  # nothing of it was stored, and readers read on
+            got = data(s, 1)
+            assert [(bytes(x.payload), x.message_type, x.vchannel, dict(x.properties)) for x in got] == [
+                (b"p2", MessageType.INSERT, "v1", {"id": "2"})
+            ]

@@ -296,9 +296,12 @@ class AppendDispatcher:
         refuses raises; a closed WAL gives a failed future. The call whose message fills a batch may run it (see
         :meth:`_may_run_inline`).
         """
-        if (  # the usual case: one test per attribute
+        if (  # the usual case: one test per attribute (messages with properties take the long way)
             msg.__class__ is not MutableMessage
+            or msg.message_type.__class__ is not MessageType
             or msg.message_type in self._refused_types
+            or msg.vchannel.__class__ is not str
+            or msg.properties
             or msg.not_persisted
             or msg.barrier_time_tick
         ):

@@ -41,7 +41,7 @@ from ..interceptors.timetick._interceptor import TimeTickInterceptor
 from ..interceptors.timetick._message import new_time_tick_message
 from ..interceptors.timetick._sync_operator import SyncMode, TimeTickSyncOperator
 from ..interceptors.txn import TxnManager
-from ..message import MessageID, MessageType, MutableMessage
+from ..message import MessageID, MessageType, MutableMessage, validate_properties
 from ..message._hybrid import check_barrier
 from ..utility import WriteAheadBuffer
 from ..walimpls import ROWALImpls, WALImpls
@@ -621,6 +621,16 @@ class WALAdaptor(ROWALAdaptor):
     def _check_msg(msg: object) -> MutableMessage:
         if not isinstance(msg, MutableMessage):
             raise InvalidMessageError(f"append takes a MutableMessage, got {type(msg).__name__}")
+        # The constructor checks these, but they are plain attributes: set afterwards, a type that is no
+        # MessageType was stored and delivered as a bare int, reserved properties reached readers (and would
+        # override a string-only backend's metadata), and memory stored a non-str property value that then ended
+        # every reader of the channel with a TypeError.
+        if msg.message_type.__class__ is not MessageType:
+            raise InvalidArgumentError(f"message_type must be a MessageType, got {msg.message_type!r}")
+        if msg.vchannel.__class__ is not str:
+            raise InvalidMessageError(f"vchannel must be a str, got {type(msg.vchannel).__name__}")
+        if msg.properties:
+            validate_properties(msg.properties)
         if msg.message_type in _WAL_ONLY_TYPES:
             raise InvalidArgumentError(f"{msg.message_type.name} messages are made by the WAL, not appended")
         if msg.not_persisted:  # set on the attribute (with_not_persisted refuses it): acknowledged, never stored
@@ -644,9 +654,12 @@ class WALAdaptor(ROWALAdaptor):
         if msgs.__class__ is not list and msgs.__class__ is not tuple:
             msgs = _message_list(msgs)
         for m in msgs:
-            if (  # the usual case: one check per attribute
+            if (  # the usual case: one check per attribute (messages with properties take the long way)
                 m.__class__ is not MutableMessage
+                or m.message_type.__class__ is not MessageType
                 or m.message_type in _WAL_ONLY_TYPES
+                or m.vchannel.__class__ is not str
+                or m.properties
                 or m.not_persisted
                 or m.barrier_time_tick
             ):
