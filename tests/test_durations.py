@@ -86,3 +86,13 @@ def test_bad_timeouts_and_keepalives_are_refused_and_leave_the_wal_working(backe
     s.close()
     w.close()
     op.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+@pytest.mark.parametrize("bad", [1e-9, 0.0009])
+def test_a_txn_keepalive_option_below_1_ms_is_refused_at_build(backend: str, bad: float, tmp_path: Path) -> None:
+    # begin_txn refuses a keepalive below 1 ms; the build option was accepted, then every begin_txn failed
+    with pytest.raises(InvalidArgumentError, match="txn_keepalive"):
+        _build(backend, tmp_path, txn_keepalive=bad)
+    with _build(backend, tmp_path, txn_keepalive=0.001) as op, op.open(OpenOption(PChannelInfo("c", 1))) as w:
+        w.begin_txn("v").rollback()

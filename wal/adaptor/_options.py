@@ -10,7 +10,9 @@ from .._checks import seconds
 from ..errors import InvalidArgumentError
 from ..interceptors import InterceptorBuilder
 
-__all__ = ["AdaptorOptions", "split_options"]
+__all__ = ["MIN_TXN_KEEPALIVE", "AdaptorOptions", "split_options"]
+
+MIN_TXN_KEEPALIVE = 0.001  # seconds: a keepalive is stored in whole milliseconds (TxnContext.keepalive_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,10 @@ def split_options(options: Mapping[str, Any]) -> tuple[AdaptorOptions, dict[str,
     for name in ("write_ahead_buffer_keepalive", "time_tick_interval", "txn_keepalive"):
         if name in rest:
             kw[name] = seconds(rest.pop(name), f"build option {name}")
+    if kw.get("txn_keepalive", 1.0) < MIN_TXN_KEEPALIVE:
+        # The default keepalive of every begin_txn, which refuses one below 1 ms: accepted here, every begin_txn
+        # of every WAL of the opener then failed, far from the mistake.
+        raise InvalidArgumentError(f"build option txn_keepalive must be at least 1 ms, got {kw['txn_keepalive']!r}")
     for name in ("max_inflight_appends", "max_append_batch"):
         if name in rest:
             kw[name] = _positive_int(name, rest.pop(name))
