@@ -6,6 +6,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -618,3 +619,22 @@ def test_scanned_messages_match_the_constructor(tmp_path: Path) -> None:
                 assert a == b, slot
             assert got.is_persisted and got.estimate_size() == ref.estimate_size()
         w.close()
+
+
+class _BytesPath(os.PathLike):  # type: ignore[type-arg]
+    def __init__(self, p: bytes) -> None:
+        self._p = p
+
+    def __fspath__(self) -> bytes:
+        return self._p
+
+
+@pytest.mark.parametrize(
+    "root",
+    [lambda t: str(t / "a\0b"), lambda t: t / "a\0b", lambda t: _BytesPath(os.fsencode(t))],
+    ids=["str-with-nul", "path-with-nul", "pathlike-of-bytes"],
+)
+def test_a_root_no_open_can_use_is_refused_at_build(tmp_path: Path, root: Callable[[Path], object]) -> None:
+    # build() took them and every open then raised a bare ValueError ("embedded null byte") or TypeError
+    with pytest.raises(InvalidArgumentError, match="root"):
+        registry.must_get_builder("localfs").build(root=root(tmp_path))

@@ -63,8 +63,10 @@ class Options:
         root = options.get("root")
         if root is None:
             root = os.environ.get("WAL_LOCALFS_ROOT") or "./wal-data"
-        if not isinstance(root, str | os.PathLike) or not os.fspath(root):
+        if not isinstance(root, str | os.PathLike) or not isinstance(os.fspath(root), str) or not os.fspath(root):
             raise InvalidArgumentError(f"localfs option root must be a path, got {root!r}")
+        if "\0" in os.fspath(root):  # accepted here, it failed every open with a bare ValueError
+            raise InvalidArgumentError(f"localfs option root contains a NUL character: {root!r}")
         seg = _int(options, "segment_bytes", DEFAULT_SEGMENT_BYTES)
         if not MIN_SEGMENT_BYTES <= seg <= MAX_SEGMENT_BYTES:
             raise InvalidArgumentError(
