@@ -605,3 +605,17 @@ def test_tls_handshake_first_without_a_ca_file_is_used(server: NatsServer) -> No
         wn.NatsOpenerBuilder().build(servers=server.url, tls_handshake_first=True, connect_timeout=2.0,
                                      max_reconnect_attempts=0)
     assert "did not require it" not in str(e.value), e.value
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"tls_handshake_first": "no"},  # bool("no") asked for TLS first
+        {"tls_handshake_first": 0},
+        {"max_bytes": -5},
+    ],
+    ids=["handshake-str", "handshake-int", "max_bytes-negative"],
+)
+def test_options_of_the_wrong_kind_are_refused_at_build(bad: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgumentError, match=next(iter(bad))):
+        wn.NatsOpenerBuilder().build(servers="nats://127.0.0.1:1", **bad)

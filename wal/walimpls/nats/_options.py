@@ -120,7 +120,9 @@ def parse_options(options: dict[str, Any]) -> NatsOptions:
                 raise InvalidArgumentError(f"nats: option {k} must be a str, got {v!r}")
             kw[k] = v
         elif k == "tls_handshake_first":
-            kw[k] = bool(v)
+            if not isinstance(v, bool):  # bool(v) made "no" or "false" ask for TLS first
+                raise InvalidArgumentError(f"nats: option {k} must be a bool, got {v!r}")
+            kw[k] = v
     o = NatsOptions(**kw)
     if not 1 <= o.replicas <= 5:
         raise InvalidArgumentError(f"nats: replicas must be 1..5, got {o.replicas}")
@@ -128,6 +130,8 @@ def parse_options(options: dict[str, Any]) -> NatsOptions:
         raise InvalidArgumentError(f"nats: stream_prefix may hold only letters, digits, _ and -: {o.stream_prefix!r}")
     if not _SUBJECT_RE.fullmatch(o.subject_prefix):
         raise InvalidArgumentError(f"nats: subject_prefix must be dot-separated tokens: {o.subject_prefix!r}")
+    if o.max_bytes < -1:  # -1 means no limit; other negatives went to the stream config unchecked
+        raise InvalidArgumentError(f"nats: max_bytes must be -1 (no limit) or >= 0, got {o.max_bytes}")
     if o.max_pending < 1 or o.read_ahead < 1:
         raise InvalidArgumentError("nats: max_pending and read_ahead must be >= 1")
     if o.publish_timeout <= 0 or o.append_timeout <= 0 or o.request_timeout <= 0 or o.connect_timeout <= 0:
