@@ -89,7 +89,11 @@ class Txn(Closeable):
 
     @abstractmethod
     def append(self, msg: MutableMessage, timeout: float | None = None) -> AppendResult:
-        """Append ``msg`` to the transaction (on the transaction's vchannel); readers see it only once committed."""
+        """Append ``msg`` to the transaction (on the transaction's vchannel); readers see it only once committed.
+
+        ``msg`` keeps the txn's context (and vchannel) afterwards: appended again with ``WAL.append`` it would join
+        this txn, not go alone (see :class:`~wal.message.MutableMessage`).
+        """
 
     @abstractmethod
     def commit(self, timeout: float | None = None) -> AppendResult:

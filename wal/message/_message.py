@@ -97,7 +97,10 @@ class MutableMessage:
 
     The WAL stamps it in place while appending (time tick, last-confirmed ID, txn context, term), as Milvus does:
     after ``append`` returns, ``msg.time_tick`` is the tick it was written with. Reusing a message object for a
-    second append re-stamps it.
+    second append re-stamps it, but keeps its txn context (raw BEGIN/body/COMMIT appends carry theirs): a message
+    once appended with a ``Txn`` handle is that txn's body, so appending it again joins that txn (refused once the
+    txn ended; while it is open, acknowledged and then delivered only if the txn commits). Build a new message, or
+    clear it first with ``with_txn_context(None)``.
 
     ``vchannel`` ``""`` (or None) means the message is for every vchannel of the pchannel. The vchannel and the
     properties' keys and values are stored as UTF-8: a str with no UTF-8 form (a lone surrogate) raises
