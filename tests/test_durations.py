@@ -99,3 +99,13 @@ def test_a_txn_keepalive_option_below_1_ms_is_refused_at_build(backend: str, bad
         txn = w.begin_txn("v")  # 1 ms is accepted, by build() and by begin_txn
         with contextlib.suppress(TxnExpiredError):  # it may run out before the rollback: 1 ms is short
             txn.rollback()
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+@pytest.mark.parametrize("bad", [1e-6, 0.0009])
+def test_a_time_tick_interval_below_1_ms_is_refused_at_build(backend: str, bad: float, tmp_path: Path) -> None:
+    # Accepted, an idle WAL made ticks without pause (1 us: about a second of CPU per second, review 13b)
+    with pytest.raises(InvalidArgumentError, match="time_tick_interval"):
+        _build(backend, tmp_path, time_tick_interval=bad)
+    with _build(backend, tmp_path, time_tick_interval=0.001) as op, op.open(OpenOption(PChannelInfo("c", 1))) as w:
+        assert w.append(MutableMessage(MessageType.INSERT, b"x", vchannel="v")).time_tick > 0

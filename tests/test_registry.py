@@ -147,3 +147,12 @@ def test_the_full_builder_takes_adaptor_and_backend_options_in_one_dict(backend:
         op.open(OpenOption(PChannelInfo("c", 1))).close()
     with pytest.raises(InvalidArgumentError, match="bogus"):
         registry.must_get_builder(backend).build(**own, bogus=1)
+
+
+@pytest.mark.parametrize("name", [["localfs"], {"a": 1}, None, 3])
+def test_a_backend_name_that_is_no_str_is_an_unknown_backend(name: Any) -> None:
+    """A list raised a bare "unhashable type" TypeError from the registry's dict (review 13b)."""
+    with pytest.raises(UnknownBackendError, match="a backend name is a str"):
+        registry.must_get_builder(name)
+    with pytest.raises(UnknownBackendError, match="a backend name is a str"):
+        unmarshal_message_id(name, "1")

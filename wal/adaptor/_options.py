@@ -10,9 +10,10 @@ from .._checks import seconds
 from ..errors import InvalidArgumentError
 from ..interceptors import InterceptorBuilder
 
-__all__ = ["MIN_TXN_KEEPALIVE", "AdaptorOptions", "split_options"]
+__all__ = ["MIN_TIME_TICK_INTERVAL", "MIN_TXN_KEEPALIVE", "AdaptorOptions", "split_options"]
 
 MIN_TXN_KEEPALIVE = 0.001  # seconds: a keepalive is stored in whole milliseconds (TxnContext.keepalive_ms)
+MIN_TIME_TICK_INTERVAL = 0.001  # seconds: the ticks' physical part counts milliseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,11 @@ def split_options(options: Mapping[str, Any]) -> tuple[AdaptorOptions, dict[str,
         # The default keepalive of every begin_txn, which refuses one below 1 ms: accepted here, every begin_txn
         # of every WAL of the opener then failed, far from the mistake.
         raise InvalidArgumentError(f"build option txn_keepalive must be at least 1 ms, got {kw['txn_keepalive']!r}")
+    if kw.get("time_tick_interval", 1.0) < MIN_TIME_TICK_INTERVAL:
+        # Ticks are milliseconds apart at best; at 1 us an idle WAL kept a core busy making ticks (review 13b).
+        raise InvalidArgumentError(
+            f"build option time_tick_interval must be at least 1 ms, got {kw['time_tick_interval']!r}"
+        )
     for name in ("max_inflight_appends", "max_append_batch"):
         if name in rest:
             kw[name] = _positive_int(name, rest.pop(name))

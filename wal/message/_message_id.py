@@ -152,6 +152,8 @@ def unmarshal_message_id(wal_name: str, data: str) -> MessageID:
     Raises :class:`~wal.errors.UnknownBackendError` (a ``KeyError``) for an unregistered name and
     :class:`~wal.errors.InvalidMessageIDError` (a ``ValueError``) for bad data.
     """
+    if not isinstance(wal_name, str):  # a list raised a bare "unhashable type" TypeError (review 13b)
+        raise UnknownBackendError(f"a backend name is a str, got {wal_name!r}")
     fn = _unmarshalers.get(wal_name)
     if fn is None:
         known = ", ".join(sorted(_unmarshalers)) or "none"

@@ -58,6 +58,8 @@ def _load_entry_points() -> None:
 
 def get_impls_builder(name: str) -> OpenerBuilderImpls:
     """The raw backend builder; raises :class:`~wal.errors.UnknownBackendError` (a ``KeyError``)."""
+    if not isinstance(name, str):  # a list raised a bare "unhashable type" TypeError (review 13b)
+        raise UnknownBackendError(f"a backend name is a str, got {name!r}")
     b = _builders.get(name)
     if b is None:
         _load_entry_points()
