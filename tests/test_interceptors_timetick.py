@@ -180,10 +180,11 @@ def test_single_message_path() -> None:
         w.ic.do_append(ins(ctx=TxnContext(5, 1.0)), lambda m: ID(100))
 
 
-@pytest.mark.parametrize("barrier", [1 << 64, 1 << 63, -1, 1.5])
+@pytest.mark.parametrize("barrier", [1 << 64, 1 << 63, (1 << 63) - 1, 1 << 62, -1, 1.5])
 def test_a_barrier_that_is_not_a_u64_time_tick_is_refused_before_it_reaches_the_clock(barrier: object) -> None:
     """The clock jumps to a barrier: one at 2**64 left every later tick unstorable (the memory backend stored them,
-    then its channel could not be opened again: a bare OverflowError in the write-ahead buffer)."""
+    then its channel could not be opened again: a bare OverflowError in the write-ahead buffer); one just below 2**63
+    took the next tick to 2**63, a txn ID localfs cannot store (an i64)."""
     from wal import OpenOption, PChannelInfo, registry
     from wal.errors import InvalidArgumentError
 

@@ -12,7 +12,7 @@ from _utility_msgs import UID, data, tick
 from wal.errors import InvalidArgumentError
 from wal.interceptors.timetick import AckDetail, AckDetails, Acker, AckManager, HybridClock, MVCCManager
 from wal.interceptors.txn import TxnManager
-from wal.message import MessageType, TxnContext, compose_ts, physical_ms
+from wal.message import MessageType, MutableMessage, TxnContext, compose_ts, physical_ms
 
 
 def counter_clock() -> HybridClock:
@@ -100,6 +100,28 @@ def test_clock_takes_a_wall_clock_past_the_u64_ticks_as_behind() -> None:
     for ms in (2**46, 2**45):
         fresh = HybridClock(0, now_ms=lambda: ms)
         assert 0 < fresh.allocate() < fresh.allocate_many(5) < 1 << 63
+
+
+def test_clock_keeps_ticks_below_2_63_after_a_wall_clock_or_barrier_near_the_end() -> None:
+    """Behind the wall clock the ticks go on from the last one: a wall clock in the last ms before 2**45 (or a
+    barrier just below 2**63) left them 2 ms from 2**63, past which no txn can begin on localfs (i64 txn IDs)."""
+    wall, elapsed = [2**45 - 1], [0]
+    c = HybridClock(0, now_ms=lambda: wall[0], elapsed_ms=lambda: elapsed[0])
+    ticks = [c.allocate()]
+    wall[0] = 1_764_000_000_000  # set right
+    for _ in range(10):
+        elapsed[0] += 1
+        ticks.append(c.allocate())
+    c = HybridClock(0, now_ms=lambda: wall[0], elapsed_ms=lambda: elapsed[0])
+    for barrier in (2**62 - 1, 2**63 - 2**18, 2**63 - 2):
+        try:
+            MutableMessage(MessageType.INSERT, b"").with_barrier_time_tick(barrier)
+        except InvalidArgumentError:
+            continue
+        ticks.append(c.allocate_with_barrier(barrier))
+        elapsed[0] += 1_000 * 365 * 86_400_000  # a thousand years of running, behind the wall clock all along
+        ticks += [c.allocate(), c.allocate_many(2**20)]
+    assert ticks == sorted(set(ticks)) and ticks[-1] < 1 << 63
 
 
 def test_clock_starts_above_last_time_tick() -> None:

@@ -7,10 +7,17 @@ import time
 from .._checks import MAX_SECONDS
 from ..errors import InvalidArgumentError
 
-__all__ = ["LOGICAL_BITS", "add_physical_ms", "check_barrier", "compose_ts", "logical", "physical_ms"]
+__all__ = ["LOGICAL_BITS", "TICK_HORIZON", "add_physical_ms", "check_barrier", "compose_ts", "logical", "physical_ms"]
 
 LOGICAL_BITS = 18
 _LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
+
+TICK_HORIZON = 1 << 62
+"""Where the WAL's ticks end: a wall clock at or past it (2**44 ms, year 2527) is taken as behind the last tick, and a
+barrier must be below it. Ticks must stay below 2**63 (u64 time ticks; txn IDs are ticks, and i64), and behind the
+wall clock they go on from the last one at half the monotonic pace (``HybridClock``): the margin up to 2**63 is what
+keeps them there (for 1,100 years of running). A line at 2**63 itself let a wall clock in its last milliseconds, or
+a barrier just below it, take the ticks to 2**63 within 2 ms."""
 
 
 def compose_ts(physical_ms: int, logical: int = 0) -> int:
@@ -41,9 +48,9 @@ def check_barrier(tt: object) -> int:
     later tick (and keepalive) there for good, across restarts. A barrier is a tick of some clock near this one, so
     it may be at most ten years (``MAX_SECONDS``) ahead of the wall clock, as durations may.
     """
-    if isinstance(tt, bool) or not isinstance(tt, int) or not 0 <= tt < 1 << 63:
-        # below 2**63: txn IDs are ticks, stored as i64 (see timetick/_clock.py)
-        raise InvalidArgumentError(f"a barrier time tick is an int in [0, 2**63), got {tt!r}")
+    if isinstance(tt, bool) or not isinstance(tt, int) or not 0 <= tt < TICK_HORIZON:
+        # below TICK_HORIZON (2**62): ticks must stay below 2**63, and after a barrier they go on from it
+        raise InvalidArgumentError(f"a barrier time tick is an int in [0, 2**62), got {tt!r}")
     limit_ms = time.time_ns() // 1_000_000 + int(MAX_SECONDS * 1000)
     if physical_ms(tt) > limit_ms:
         raise InvalidArgumentError(

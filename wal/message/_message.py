@@ -164,8 +164,8 @@ class MutableMessage:
 
     def with_barrier_time_tick(self, tt: int) -> MutableMessage:
         """Ask for a time tick above ``tt`` (Milvus's barrier); returns the message. A ``tt`` that is not an int in
-        [0, 2**63), or more than ten years ahead of the wall clock, raises ``InvalidArgumentError`` (see
-        :func:`~wal.message._hybrid.check_barrier`)."""
+        [0, 2**62) (``TICK_HORIZON``), or more than ten years ahead of the wall clock, raises ``InvalidArgumentError``
+        (see :func:`~wal.message._hybrid.check_barrier`)."""
         self.barrier_time_tick = check_barrier(tt)
         return self
 

@@ -7,13 +7,9 @@ import time
 from collections.abc import Callable
 
 from ...message import physical_ms
-from ...message._hybrid import LOGICAL_BITS
+from ...message._hybrid import LOGICAL_BITS, TICK_HORIZON
 
 __all__ = ["HybridClock"]
-
-# Ticks stay below 2**63, which keeps them u64 (Milvus's TSO) and txn IDs, drawn from this clock, i64 (Milvus's
-# TxnID; localfs stores it so): a wall clock past 2**45 ms (year 3084) has no tick, and is taken as behind.
-_TICK_END = 1 << 63
 
 
 def _wall_ms() -> int:
@@ -51,7 +47,9 @@ class HybridClock:
     there and every later tick was past the u64 the backends store (localfs refused every append until a reopen,
     even after the clock was set right; the memory backend stored them, then could not open the channel again).
     So does one past 2**45 ms (year 3084): a tick at or past 2**63 is a txn ID localfs cannot store (an i64), and
-    once one was persisted no transaction could ever begin on the channel again.
+    once one was persisted no transaction could ever begin on the channel again. The line is drawn lower, at
+    ``TICK_HORIZON`` (2**44 ms, year 2527): behind it the ticks go on from the last one, which a wall clock just
+    below 2**45 ms (or a barrier just below 2**63) left 2 ms from the end.
     An injected ``now_ms`` is the whole source unless ``elapsed_ms`` is given too (tests count 1, 2, 3...).
     """
 
@@ -84,7 +82,7 @@ class HybridClock:
     def allocate(self) -> int:
         with self._lock:
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
-            if self._last < ts < _TICK_END:
+            if self._last < ts < TICK_HORIZON:
                 self._offset = None
             elif (self._last ^ ts) >> LOGICAL_BITS:  # behind the last tick's millisecond (or past the ticks)
                 ts = self._behind()
@@ -101,7 +99,7 @@ class HybridClock:
         """
         with self._lock:
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
-            if self._last < ts < _TICK_END:
+            if self._last < ts < TICK_HORIZON:
                 self._offset = None
             elif (self._last ^ ts) >> LOGICAL_BITS:  # behind the last tick's millisecond (or past the ticks)
                 ts = self._behind()
@@ -116,7 +114,7 @@ class HybridClock:
             if self._last < barrier:
                 self._last = barrier
             ts = self._now_ms() << LOGICAL_BITS  # compose_ts(ms), inlined: twice per append
-            if self._last < ts < _TICK_END:
+            if self._last < ts < TICK_HORIZON:
                 self._offset = None
             elif (self._last ^ ts) >> LOGICAL_BITS:  # behind the last tick's millisecond (or past the ticks)
                 ts = self._behind()
