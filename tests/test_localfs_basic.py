@@ -519,9 +519,11 @@ def test_retention_seconds_goes_on_after_a_segment_sealed_while_the_clock_ran_ye
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One roll under a wall clock ten years ahead stamped its segment's seal in the future: retention stopped at
-    it, and every later segment was kept (the channel grew without bound) until the clock caught up."""
-    real, offset = time.time_ns, [0]
+    it, and every later segment was kept (the channel grew without bound) until the clock caught up. Time passes
+    for both clocks below: a segment is old enough by the monotonic clock too (since retention saw it sealed)."""
+    real, offset, mono, passed = time.time_ns, [0], time.monotonic_ns, [0]
     monkeypatch.setattr(time, "time_ns", lambda: real() + offset[0])
+    monkeypatch.setattr(time, "monotonic_ns", lambda: mono() + passed[0])
     with build(tmp_path, segment_bytes=4096, retention_seconds=10) as opener:
         w = open_rw(opener)
         w.append_batch([msg(b"a" * 200) for _ in range(40)])
@@ -530,12 +532,37 @@ def test_retention_seconds_goes_on_after_a_segment_sealed_while_the_clock_ran_ye
             w.append(msg(b"b" * 200))
         offset[0] = 0  # the clock is set right
         for step in (100, 200, 300):  # then time passes: each round's segments are past 10 s at the next
-            offset[0] = step * 10**9
+            offset[0] = passed[0] = step * 10**9
             for _ in range(60):
                 w.append(msg(b"c" * 200))
         assert len(list((tmp_path / "p1").glob("*.seg"))) <= 8
         got = read_all(w)
         assert got[-1].message_id == LocalFSMessageID(40 + 20 + 180)
+        w.close()
+
+
+def test_retention_seconds_keeps_recent_segments_after_a_roll_under_a_clock_stepped_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ages counted from the earliest later seal time: one roll under a wall clock ten years behind (a machine whose
+    clock read 2016 at boot, before NTP) aged every segment before it ten years once the clock was set right, so
+    retention deleted them at once, seconds after they were written, far inside ``retention_seconds``."""
+    real, offset = time.time_ns, [0]
+    monkeypatch.setattr(time, "time_ns", lambda: real() + offset[0])
+    with build(tmp_path, segment_bytes=4096, retention_seconds=3600) as opener:
+        w = open_rw(opener)
+        w.append_batch([msg(b"a" * 200) for _ in range(40)])
+        offset[0] = -10 * 365 * 86_400 * 10**9
+        for _ in range(20):  # a roll or two under the clock ten years behind
+            w.append(msg(b"b" * 200))
+        offset[0] = 0  # the clock is set right
+        for _ in range(40):
+            w.append(msg(b"c" * 200))
+        got = read_all(w)
+        assert got[0].message_id == LocalFSMessageID(1) and len(got) == 100  # nothing is an hour old
+        w.close()
+        w = open_rw(opener)  # nor after a reopen
+        assert read_all(w)[0].message_id == LocalFSMessageID(1)
         w.close()
 
 

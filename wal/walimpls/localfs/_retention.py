@@ -18,7 +18,6 @@ longer delivered to readers that start after the deletion (its begin is deleted 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 from ._state import SegmentState
@@ -33,9 +32,11 @@ def retention_count(
     max_age_ns: int | None,
     now_ns: int,
     floor: int | None,
+    mono_ns: int = 0,
 ) -> int:
     """How many of ``segs`` (oldest first) to delete: sealed, past a bound, and below ``floor`` (None: no txn can
-    be open, as on open, or no message carried a last-confirmed ID)."""
+    be open, as on open, or no message carried a last-confirmed ID). ``now_ns`` is the wall clock, ``mono_ns``
+    the monotonic clock, which stamps each sealed segment the first time it is seen here (below)."""
     n = 0
     if max_bytes is not None:
         total = sum(s.capacity for s in segs)
@@ -43,15 +44,22 @@ def retention_count(
             total -= segs[n].capacity
             n += 1
     if max_age_ns is not None:
-        # A segment was sealed before every later one, so it is at least as old as the earliest later seal time:
-        # one seal stamped by a wall clock that ran ahead (hours, years, then stepped back) held back, for as long
-        # as the clock had jumped, the deletion of every segment after it (the channel grew without bound).
-        sealed_at = [s.sealed_ns for s in itertools.takewhile(lambda s: s.sealed, segs)]
-        for i in range(len(sealed_at) - 2, -1, -1):
-            sealed_at[i] = min(sealed_at[i], sealed_at[i + 1])
-        m = 0
-        while m < len(sealed_at) and sealed_at[m] < now_ns - max_age_ns:
-            m += 1
+        # A segment is old enough when its seal time (the wall clock) says so, or when the monotonic clock has run
+        # for ``max_age_ns`` since retention first saw it sealed: a segment is at least that old whatever the wall
+        # clock did. Without the second, a seal stamped while the wall clock ran ahead (years, then set right) held
+        # back, for as long as the clock had jumped, the deletion of its segment and of every one after it (the
+        # channel grew without bound); now it is held back by at most ``max_age_ns`` after the seal (or the open).
+        # Ages are not taken from later seals (review 13c's first fix): one stamped under a clock stepped back aged
+        # every segment before it by the step, and they were deleted at once, seconds old, when it was set right.
+        m, bound, seen_bound = 0, now_ns - max_age_ns, mono_ns - max_age_ns
+        for i, s in enumerate(segs):
+            if not s.sealed:
+                break
+            seen = s.seen_sealed_mono_ns
+            if seen is None:
+                seen = s.seen_sealed_mono_ns = mono_ns
+            if m == i and (s.sealed_ns < bound or seen < seen_bound):  # oldest first: one not old enough ends it
+                m = i + 1
         n = max(n, m)
     if floor is not None:
         while n and segs[n - 1].last_id >= floor:

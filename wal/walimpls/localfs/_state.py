@@ -29,6 +29,7 @@ class SegmentState:
     records: int = 0
     sealed: bool = False
     sealed_ns: int = 0
+    seen_sealed_mono_ns: int | None = None  # the monotonic clock when retention first saw it sealed
     bloom: bytearray = field(default_factory=lambda: bytearray(BLOOM_BYTES))
     index: list[tuple[int, int, int]] = field(default_factory=list)  # (id, max tt so far, position)
     index_checked: bool = False  # the index list is known to match the data

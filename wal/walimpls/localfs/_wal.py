@@ -742,6 +742,7 @@ class LocalFSWAL(_Base):
             max_age_ns=None if o.retention_seconds is None else int(o.retention_seconds * 1e9),
             now_ns=time.time_ns(),
             floor=self._lc_floor,
+            mono_ns=time.monotonic_ns(),
         )
         if n:
             drop = {s.first_id for s in segs[:n]}
