@@ -916,7 +916,8 @@ def iter_messages(root: str, channel: str, start: MessageID | None = None) -> It
     :class:`~wal.errors.CorruptedError` at damage inside written data, after the messages before it: where
     reading stops, a later record that vouches for the bytes there (docs/FORMAT.md, "Flush marks") or a clean-close
     summary that says the data goes on makes them damage. A damaged segment header and a missing segment are
-    damage too (recovery refuses both), raised after every message before that segment.
+    damage too (recovery refuses both), raised after every message before that segment; so is the
+    :class:`~wal.errors.WALIOError` of a segment it cannot open (EACCES, EIO), the newest one included.
     """
     chdir = _chdir(root, channel)
     policy = DeliverPolicy.all() if start is None else DeliverPolicy.start_from(start)
@@ -928,8 +929,8 @@ def iter_messages(root: str, channel: str, start: MessageID | None = None) -> It
             ReadOption(name="iter_messages_end", deliver_policy=DeliverPolicy.latest()),
             DirSource(chdir, DEFAULT_FILE_OPS), hub, lambda _s: None,
         )
-    except CorruptedError:  # the last segment is damaged (its header): reading stops there and raises it
-        stop = 1 << 64
+    except (CorruptedError, WALIOError):  # the last segment is damaged (its header) or cannot be opened (EACCES,
+        stop = 1 << 64  # EIO): reading stops there and raises it, after every message before it
     else:
         stop = probe._expect  # the ID the next append will get (0: nothing stored yet)
         probe.close()
