@@ -960,3 +960,28 @@ def test_a_directory_the_tools_may_not_list_is_never_called_clean(tmp_path: Path
         out = run(cli, [sub, "--root", str(tmp_path), "--channel", "b"])
         assert out.exit_code == 1 and "cannot list" in out.output and "not a localfs channel" not in out.output, (
             sub, out.output)
+
+
+def test_a_fresh_mount_point_root_is_no_error_for_another_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root that is a mount point holds `lost+found`, which only root may list. With no channel yet, `info` and
+    `verify` look for channels one level down (the hint for a --root one level too high) and listed it: run as any
+    other user they failed with "Permission denied (.../lost+found)" and exit 1 instead of saying the root holds no
+    channel. Root ignores permissions, so the refusal is faked (review 13e)."""
+    import os
+
+    from click.testing import CliRunner
+
+    from wal._cli._main import cli
+
+    (tmp_path / "lost+found").mkdir()
+    hidden, listdir = str(tmp_path / "lost+found"), os.listdir
+
+    def refusing(path: Any = ".") -> list[str]:
+        if os.fspath(path) == hidden:
+            raise PermissionError(13, "Permission denied", hidden)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refusing)
+    for sub in ("info", "verify"):
+        out = CliRunner().invoke(cli, [sub, "--root", str(tmp_path)])
+        assert out.exit_code == 0 and "no channels under" in out.output, (sub, out.output)

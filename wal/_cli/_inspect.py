@@ -96,8 +96,17 @@ def _elsewhere(root: str) -> str:
         subs = sorted(e.path for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
     except OSError:
         return ""
-    found = [p for p in subs if fstools.list_channels(p)]
+    found = [p for p in subs if _holds_channels(p)]
     return f" (channels found under {found[0]}: pass --root {found[0]})" if found else ""
+
+
+def _holds_channels(path: str) -> bool:
+    """Whether channels lie right under ``path``; False when it cannot be listed: a mount point's ``lost+found``,
+    which only root may list, must not turn "no channels" into an error for every other user."""
+    try:
+        return bool(fstools.list_channels(path))
+    except OSError:
+        return False
 
 
 def _file_size(path: str) -> int | None:
