@@ -985,3 +985,43 @@ def test_a_fresh_mount_point_root_is_no_error_for_another_user(tmp_path: Path, m
     for sub in ("info", "verify"):
         out = CliRunner().invoke(cli, [sub, "--root", str(tmp_path)])
         assert out.exit_code == 0 and "no channels under" in out.output, (sub, out.output)
+
+
+def test_a_channel_directory_that_fails_to_list_with_an_io_error_leaves_the_others_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A channel directory whose listing fails with EIO (a failing disk, a stale NFS handle), not EACCES: the
+    tools' channel listing passed that error on, so `wal info` showed no channel at all and `wal verify` checked
+    none, each exiting with the one error. It is a directory they cannot list, as one they may not list is: the
+    others are shown and checked, and it is reported (review 13e)."""
+    import errno
+    import os
+
+    from click.testing import CliRunner
+
+    from wal._cli._main import cli
+    from wal.walimpls.localfs.tools import unlistable_dirs
+
+    _fill(tmp_path, "a", 3)
+    _fill(tmp_path, "b", 3)
+    _fill(tmp_path, "c", 3)
+    broken, listdir = str(tmp_path / "b"), os.listdir
+
+    def failing(path: Any = ".") -> list[str]:
+        if os.fspath(path) == broken:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), broken)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", failing)
+    assert list_channels(str(tmp_path)) == ["a", "c"]
+    assert unlistable_dirs(str(tmp_path)) == [("b", os.strerror(errno.EIO))]
+    problems = verify(str(tmp_path))
+    assert [p.path for p in problems] == [broken] and "cannot list" in problems[0].message, problems
+    run = CliRunner().invoke
+    out = run(cli, ["info", "--root", str(tmp_path)])
+    assert out.exit_code == 1 and "channel a" in out.output and "channel c" in out.output, out.output
+    assert "channel b\n  CANNOT READ" in out.output, out.output
+    out = run(cli, ["verify", "--root", str(tmp_path)])
+    assert out.exit_code == 1 and "cannot list this directory" in out.output, out.output
+    with pytest.raises(WALIOError, match="cannot list"):
+        verify(str(tmp_path), "b")

@@ -148,14 +148,14 @@ def is_channel_dir(path: str) -> bool:
         return False
     try:
         names = os.listdir(path)
-    except (NotADirectoryError, FileNotFoundError, PermissionError):
+    except OSError:  # not a directory, gone, or it cannot be listed (EACCES, EIO): see unlistable_dirs
         return False
     return any(n in (_LOCK_NAME, TERM_NAME) or parse_segment_name(n) is not None for n in names)
 
 
 def list_channels(root: str) -> list[str]:
     """Names of the channel directories under ``root`` (sorted); ``[]`` when ``root`` does not exist. A directory
-    this process may not list is not among them: see :func:`unlistable_dirs`."""
+    this process may not list, or whose listing fails (EIO), is not among them: see :func:`unlistable_dirs`."""
     try:
         names = os.listdir(root)
     except FileNotFoundError:
