@@ -179,6 +179,88 @@ def test_transient_recv_failures_reopen_with_backoff() -> None:
     w.close()
 
 
+class _FailOnDemand(FakeScanner):
+    """Raises the errors queued in ``errors`` one per ``recv_batch``, then reads normally."""
+
+    def __init__(self, inner: FakeScanner, errors: list[BaseException]) -> None:
+        self.__dict__.update(inner.__dict__)
+        self._errors = errors
+
+    def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
+        if self._errors:
+            raise self._errors.pop(0)
+        return super().recv_batch(max_messages, timeout)
+
+
+def test_a_read_that_works_again_with_nothing_new_ends_the_failing_stretch(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower at the end of a quiet channel whose backend read failed once (a hiccup), then read on with
+    nothing new: only a batch of messages ended the failing stretch, so "works again" was never said, and the next
+    failure (minutes later, say) was said to have been "failing for" the whole time since the first hiccup
+    (review 13e)."""
+    import contextlib
+    import logging
+
+    from wal.adaptor import _scanner
+
+    monkeypatch.setattr(_scanner, "RETRY_WARNING_EVERY", 0.0)  # every failure may warn: each stretch's own are seen
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build(time_tick_interval=0.05)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    w.append_messages([ins(i) for i in range(3)])
+    w.close()  # no more ticks: the channel is quiet
+    ro = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    wal = fb.openers[0].wals[-1]
+    orig = wal.read
+    errors: list[BaseException] = []
+    wal.read = lambda opt: _FailOnDemand(orig(opt), errors)  # type: ignore[method-assign]
+    s = ro.read(ReadOption())
+    assert [m.properties["i"] for m in data(s, 3)] == ["0", "1", "2"]
+    with pytest.raises(TimeoutError):
+        while True:
+            s.recv(0.3)  # the ticks after them
+    said: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="wal.adaptor._scanner"):
+        for k in range(2):
+            errors.append(WALIOError(f"hiccup {k}"))
+            while errors:  # the reader takes the error
+                with contextlib.suppress(TimeoutError):
+                    s.recv(0.1)
+            with pytest.raises(TimeoutError):
+                s.recv(0.5)  # reopened after the backoff: it reads to the end, nothing new
+            said = [r.getMessage() for r in caplog.records]
+            assert sum("works again" in m for m in said) == k + 1, said
+    failed = [m for m in said if "reading the backend failed" in m]
+    assert len(failed) == 2 and "hiccup 1" in failed[1] and "failing for" not in failed[1], failed
+    assert s.error() is None
+    ro.close()
+    op.close()
+
+
+def test_a_backend_failing_after_every_batch_warns_once_per_period(caplog: pytest.LogCaptureFixture) -> None:
+    """Each backend reader delivers one message, then fails: a batch ended the failing stretch and reset the
+    backoff, and each new stretch warned at once, so the log got two lines per message read, up to 50 a second (a
+    flood); RETRY_WARNING_EVERY now bounds the warnings of all stretches together (review 13e)."""
+    import logging
+
+    fb = FakeBuilder()
+    op = adapt_impls_to_builder(fb).build(time_tick_interval=0.05)
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    w.append_messages([ins(i) for i in range(30)])
+    ro = op.open(OpenOption(PChannelInfo("p1", 1, AccessMode.RO)))
+    _wrap_reads(fb, 1, WALIOError("flaky"), 10_000)
+    with caplog.at_level(logging.WARNING, logger="wal.adaptor._scanner"):
+        s = ro.read(ReadOption())
+        assert [m.properties["i"] for m in data(s, 30, 20.0)] == [str(i) for i in range(30)]
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("reading the backend failed" in m for m in said) == 1, said
+    assert sum("works again" in m for m in said) <= 1, said
+    ro.close()
+    w.close()
+    op.close()
+
+
 def test_a_backends_builtin_timeout_error_is_a_timeout_not_a_failure() -> None:
     """The contract says WALTimeoutError; a builtin TimeoutError used to reopen the reader on every timeout."""
     fb = FakeBuilder()

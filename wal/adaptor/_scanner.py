@@ -162,7 +162,8 @@ class ScannerAdaptor(Scanner):
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._failing_since: float | None = None  # when backend reads started failing (None: they work)
-        self._warned_at = 0.0
+        self._warned_at: float | None = None  # the last "failed" warning (any stretch: see _retry_later)
+        self._stretch_warned = False  # whether the current stretch of failures was warned of
         _live.add(self)
         self.read_attempts = 0
         self.stats = {"to_tailing": 0, "to_catchup": 0}
@@ -352,18 +353,36 @@ class ScannerAdaptor(Scanner):
     def _retry_later(self, error: Exception) -> None:
         """Open the backend again after a backoff that doubles (20 ms to 2 s) while reads fail and no message comes
         (a reader that opens and then fails at once would otherwise reopen thousands of times a second), and warn:
-        at the first failure, then every :data:`RETRY_WARNING_EVERY` seconds while they go on."""
+        at the first failure, then every :data:`RETRY_WARNING_EVERY` seconds while they go on. That period bounds
+        every stretch of failures together, not each one: a backend that fails and works by turns starts a stretch
+        each time (a batch resets the backoff, so up to 50 a second), and a warning per stretch would flood the log.
+        """
         now = time.monotonic()
-        if self._failing_since is None or now - self._warned_at >= RETRY_WARNING_EVERY:
-            since = "" if self._failing_since is None else f" (failing for {now - self._failing_since:.0f} s)"
+        since = self._failing_since
+        if since is None:
+            since = self._failing_since = now
+            self._stretch_warned = False
+        if self._warned_at is None or now - self._warned_at >= RETRY_WARNING_EVERY:
+            lasted = f" (failing for {now - since:.0f} s)" if self._stretch_warned else ""
             log.warning("scanner %r on %s: reading the backend failed%s: %s: %s; retrying every 2 s at most until it "
-                        "works (or the scanner is closed)", self._name, self._channel.name, since,
+                        "works (or the scanner is closed)", self._name, self._channel.name, lasted,
                         type(error).__name__, error)
             self._warned_at = now
-            if self._failing_since is None:
-                self._failing_since = now
+            self._stretch_warned = True
         self._backoff = min(max(self._backoff * 2, 0.02), 2.0)
         self._next_attempt = time.monotonic() + self._backoff
+
+    def _reads_work(self) -> None:
+        """A backend read that did not fail ends a stretch of failures (said when the stretch was). Not only a batch
+        does: at the end of a quiet channel no batch may come for hours, and the stretch went on meanwhile, so the
+        next failure was said to have lasted all that time, and its end was never said."""
+        since = self._failing_since
+        if since is not None:
+            self._failing_since = None
+            if not self._stretch_warned:
+                return
+            log.warning("scanner %r on %s: reading the backend works again, after %.0f s", self._name,
+                        self._channel.name, time.monotonic() - since)
 
     def _drop_backend(self) -> None:
         with self._backend_lock:
@@ -389,7 +408,10 @@ class ScannerAdaptor(Scanner):
             return
         try:
             batch = b.recv_batch(BATCH, left)  # close() closes the backend reader, which wakes this
-        except (TimeoutError, ShutdownError, CorruptedError):
+        except TimeoutError:
+            self._reads_work()  # read to the end, nothing new: a quiet channel's reads work too
+            raise
+        except (ShutdownError, CorruptedError):
             raise
         except Exception as e:
             if not _transient(e):
@@ -410,10 +432,7 @@ class ScannerAdaptor(Scanner):
             return
         if batch:
             self._backoff = 0.0  # progress: the next failure starts its backoff afresh
-            if self._failing_since is not None:
-                log.warning("scanner %r on %s: reading the backend works again, after %.0f s", self._name,
-                            self._channel.name, time.monotonic() - self._failing_since)
-                self._failing_since = None
+            self._reads_work()
             self._last_backend = self._consume(batch, self._exclusive_start, self._wab is not None)
 
     def _try_switch(self, tick: ImmutableMessage) -> bool:

@@ -83,7 +83,7 @@ class ScannerImpls(Closeable):
         How the adaptor treats what ``read``, ``recv`` and ``recv_batch`` raise: any other ``WALError`` (say a
         :class:`~wal.errors.WALIOError`) or ``OSError`` may pass, so it opens a new reader just after the last
         message delivered, with a backoff of 20 ms doubling to 2 s while reads keep failing (and a logged warning at the
-        first failure, then every minute while they go on). It ends its scanner
+        first failure, then at most one a minute while they go on). It ends its scanner
         with anything else: ``CorruptedError``, ``InvalidArgumentError``, ``InvalidMessageError``,
         ``InvalidMessageIDError``, ``UnknownBackendError``, and any exception that is not a ``WALError`` or
         ``OSError`` (a bug: the same read would fail again). A ``latest()`` reader that fails before delivering
