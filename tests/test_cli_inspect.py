@@ -547,3 +547,13 @@ def test_info_shows_a_damaged_channel_and_goes_on_with_the_next(tmp_path: Path) 
     assert a["channel"] == "a" and a["damaged"] is True and str(seg) in a["error"], a
     assert b_["channel"] == "b" and b_["messages"] >= 10, b_
     assert wal_cmd("verify", "--root", str(tmp_path), "--channel", "a").returncode == 1
+
+
+def test_info_json_of_a_root_without_channels_prints_no_text_line(tmp_path: Path) -> None:
+    """`wal info --json` prints one JSON object per channel; with no channel under the root it printed the text line
+    "no channels under ..." on stdout, which a consumer parsing each line as JSON failed on. The line goes to stderr
+    with --json, and stdout holds no line (review 13e)."""
+    r = wal_cmd("info", "--root", str(tmp_path), "--json")
+    assert r.returncode == 0 and r.stdout == "" and "no channels under" in r.stderr, (r.stdout, r.stderr)
+    r = wal_cmd("info", "--root", str(tmp_path))
+    assert r.returncode == 0 and "no channels under" in r.stdout, (r.stdout, r.stderr)

@@ -74,8 +74,8 @@ def info(root: str, channel: str | None, as_json: bool) -> None:
         channel_dir_or_fail(root, channel)
     names = [channel] if channel is not None else fstools.list_channels(root)
     unlistable = [] if channel is not None else fstools.unlistable_dirs(root)
-    if not names and not unlistable:
-        click.echo(f"no channels under {root}{_elsewhere(root)}")
+    if not names and not unlistable:  # with --json, stdout holds JSON objects only: the line goes to stderr
+        click.echo(f"no channels under {root}{_elsewhere(root)}", err=as_json)
         return
     failed = 0
     try:
