@@ -1025,3 +1025,20 @@ def test_a_channel_directory_that_fails_to_list_with_an_io_error_leaves_the_othe
     assert out.exit_code == 1 and "cannot list this directory" in out.output, out.output
     with pytest.raises(WALIOError, match="cannot list"):
         verify(str(tmp_path), "b")
+
+
+def test_verify_of_a_root_checks_every_channel_past_one_it_cannot_take_as_a_channel(tmp_path: Path) -> None:
+    """A directory under the root that holds a channel's files but whose name is no valid channel name (a copy
+    named past the 200-byte limit, say): `wal verify` of the root raised that one InvalidArgumentError and checked
+    no channel at all, where `wal info` shows it as CANNOT READ and goes on. It is one problem now, and the others
+    are checked (review 13e)."""
+    _fill(tmp_path, "a", 30)
+    long_name = "x" * 220
+    shutil.copytree(tmp_path / "a", tmp_path / long_name)
+    _fill(tmp_path, "c", 30)
+    segs = sorted((tmp_path / "c").glob("*.seg"))
+    segs[0].with_suffix(".idx").unlink()  # a problem in the channel after it
+    problems = verify(str(tmp_path))
+    assert sorted(p.path for p in problems) == sorted([str(tmp_path / long_name),
+                                                       str(segs[0].with_suffix(".idx"))]), problems
+    assert "longer than 200 bytes" in next(p.message for p in problems if p.path == str(tmp_path / long_name))

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..._types import validate_channel_name
-from ...errors import CorruptedError, InvalidArgumentError, WALIOError, WALLockedError, WALTimeoutError
+from ...errors import (
+    CorruptedError,
+    InvalidArgumentError,
+    WALError,
+    WALIOError,
+    WALLockedError,
+    WALTimeoutError,
+)
 from ...message import ImmutableMessage, MessageID
 from ...options import DeliverPolicy
 from .._interfaces import ReadOption
@@ -362,8 +369,9 @@ def verify(
     is reported with exactly the bytes (and intact but never-durable records) that ``repair`` or the next writer
     cuts. A file it cannot read (a segment, an index, ``TERM``, ``FIRST``, ``LOCK``) is one problem, and the rest is
     checked; with ``LOCK`` unreadable, whether a writer runs is unknown, so the newest segment is checked as a live
-    writer's. A directory under ``root`` that it may not list (see :func:`unlistable_dirs`) is one problem, and a
-    ``channel`` it may not list raises :class:`~wal.errors.WALIOError`. ``progress(bytes_done, bytes_total)`` is
+    writer's. A directory under ``root`` that it may not list (see :func:`unlistable_dirs`) is one problem, and so
+    is one that holds a channel's files under a name that is no valid channel name; a ``channel`` it may not list
+    raises :class:`~wal.errors.WALIOError`. ``progress(bytes_done, bytes_total)`` is
     called after each segment.
 
     What a crashed writer leaves and its next open fixes without losing anything is no problem: it goes to
@@ -375,12 +383,17 @@ def verify(
     """
     channels = [channel] if channel is not None else list_channels(root)
     work: list[tuple[str, list[tuple[int, str]]]] = []
+    problems: list[Problem] = []
     for ch in channels:
-        chdir = _chdir(root, ch)
-        work.append((chdir, list_segments(DEFAULT_FILE_OPS, chdir)))
+        try:
+            chdir = _chdir(root, ch)
+            work.append((chdir, list_segments(DEFAULT_FILE_OPS, chdir)))
+        except (WALError, OSError) as e:  # of the root's channels, this one's problem: the others are still checked
+            if channel is not None:
+                raise
+            problems.append(Problem(os.path.join(root, ch), None, f"channel not checked: {e}"))
     total = sum(_size(p) for _, segs in work for _, p in segs)
     done = 0
-    problems: list[Problem] = []
     if channel is None:  # a directory it may not list may be a channel it cannot check: never "no problems"
         problems += [Problem(os.path.join(root, name), None, f"cannot list this directory ({why}): if it is a "
                              "channel, it was not checked (run as the writer's user or root)")
