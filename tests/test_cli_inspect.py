@@ -368,6 +368,32 @@ def test_info_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     assert p.stdout.startswith("channel c0") and "Broken pipe" not in p.stderr and "Traceback" not in p.stderr
 
 
+def test_verify_into_a_closed_pipe_is_quiet_and_keeps_its_exit_status(tmp_path: Path) -> None:
+    """`wal verify ... | head` ended with "error: [Errno 32] Broken pipe" on stderr (review 13e); the exit status
+    must still say whether problems were found."""
+    import os
+    import subprocess
+
+    from _cli_util import PY, child_env
+
+    fill(tmp_path, "p1", 50)
+
+    def verify_into_closed_pipe() -> subprocess.CompletedProcess[str]:
+        r, w = os.pipe()
+        os.close(r)  # every write to stdout fails with EPIPE (Python ignores SIGPIPE)
+        try:
+            return subprocess.run([PY, "-m", "wal", "verify", "--root", str(tmp_path)], stdout=w,
+                                  stderr=subprocess.PIPE, text=True, env=child_env(), timeout=60)
+        finally:
+            os.close(w)
+
+    ok = verify_into_closed_pipe()
+    assert ok.returncode == 0 and "Broken pipe" not in ok.stderr and "Traceback" not in ok.stderr, ok.stderr
+    next(iter(sorted((tmp_path / "p1").glob("*.idx")))).unlink()
+    bad = verify_into_closed_pipe()
+    assert bad.returncode == 1 and "Broken pipe" not in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
 def test_dump_and_tail_escape_what_a_terminal_would_act_on(tmp_path: Path) -> None:
     """Stored bytes come from whoever could append: an escape sequence, a bell or a newline in a vchannel,
     property or text payload must reach the terminal as visible escapes, not as actions or forged lines."""
@@ -546,6 +572,7 @@ def test_info_shows_a_damaged_channel_and_goes_on_with_the_next(tmp_path: Path) 
     a, b_ = (json.loads(line) for line in r.stdout.splitlines())
     assert a["channel"] == "a" and a["damaged"] is True and str(seg) in a["error"], a
     assert b_["channel"] == "b" and b_["messages"] >= 10, b_
+    assert b_["damaged"] is False and b_["error"] is None, b_  # every line has both keys (review 13e)
     assert wal_cmd("verify", "--root", str(tmp_path), "--channel", "a").returncode == 1
 
 

@@ -878,6 +878,20 @@ def test_verify_notes_a_stale_active_index_left_by_a_kill_and_still_reports_a_wr
     sealed.write_bytes(index_file_bytes(int(sealed.name[:20]), entries(sealed)[:-1], sealed=True))
     problems = verify(str(tmp_path), "a")
     assert [p.path for p in problems] == [str(sealed)], problems
+    # A power cut leaves the unsynced tail of the active index as the disk had it (zeros, a torn entry): a note
+    # while what comes before agrees with the data (review 13e: it was a problem, exit 1); a sealed one: a problem.
+    for tail in (bytes(24), bytes(5)):
+        shutil.rmtree(tmp_path / "a")
+        shutil.copytree(image / "a", tmp_path / "a")
+        with open(active, "ab") as f:
+            f.write(tail)
+        notes = []
+        assert verify(str(tmp_path), "a", notes=notes) == [], tail
+        assert [n.path for n in notes] == [str(active)] and "ends with bytes a crash left" in notes[0].message, notes
+        with open(sealed, "ab") as f:
+            f.write(tail)
+        problems = verify(str(tmp_path), "a")
+        assert [p.path for p in problems] == [str(sealed)], problems
     # Opening for write rewrites the stale active index: verify is then quiet.
     shutil.rmtree(tmp_path / "a")
     shutil.copytree(image / "a", tmp_path / "a")

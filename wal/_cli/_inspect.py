@@ -134,7 +134,7 @@ def _info(root: str, names: list[str], as_json: bool) -> int:
         total_bytes = sum(n for n in sizes if n is not None)
         if as_json:
             click.echo(json.dumps({
-                "channel": ci.name, "term": ci.term, "writer_locked": ci.writer_locked,
+                "channel": ci.name, "damaged": False, "error": None, "term": ci.term, "writer_locked": ci.writer_locked,
                 "lock_missing": ci.lock_missing, "lock_error": ci.lock_error, "lost_from": ci.lost_from,
                 "lost_front": None if ci.lost_front is None else list(ci.lost_front), "unreadable": ci.unreadable,
                 "messages": total_msgs,
@@ -251,10 +251,14 @@ def dump(root: str, channel: str, from_id: str | None, limit: int | None, as_jso
 
 
 def _quiet_broken_pipe() -> None:
+    _stdout_to_devnull()
+    raise click.exceptions.Exit(0)
+
+
+def _stdout_to_devnull() -> None:
     # Python would print a second error while flushing stdout at exit; point stdout at /dev/null instead.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    raise click.exceptions.Exit(0)
 
 
 @click.command(epilog=EXIT_CODES_HELP, short_help="Check every record, index and summary (read-only).")
@@ -291,19 +295,22 @@ def verify(root: str, channel: str | None, quiet: bool) -> None:
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    for p in problems:
-        click.echo(str(p))
-    if not quiet:
-        for p in notes:
-            click.echo(f"note: {p}")
-        segs = _count_segments(root, names)
-        what = f"{len(names)} channel(s), {segs} segment(s) under {root}"
-        noted = f" ({len(notes)} note(s): left by a crash, fixed by the next open)" if notes else ""
-        if problems:
-            click.echo(f"{len(problems)} problem(s) in {what}{noted}", err=True)
-        else:
-            click.echo(f"ok: {what}, no problems{noted}" if names
-                       else f"ok: no channels under {root}{_elsewhere(root)}")
+    try:
+        for p in problems:
+            click.echo(str(p))
+        if not quiet:
+            for p in notes:
+                click.echo(f"note: {p}")
+            segs = _count_segments(root, names)
+            what = f"{len(names)} channel(s), {segs} segment(s) under {root}"
+            noted = f" ({len(notes)} note(s): left by a crash, fixed by the next open)" if notes else ""
+            if problems:
+                click.echo(f"{len(problems)} problem(s) in {what}{noted}", err=True)
+            else:
+                click.echo(f"ok: {what}, no problems{noted}" if names
+                           else f"ok: no channels under {root}{_elsewhere(root)}")
+    except BrokenPipeError:  # `wal verify ... | head`: quiet, and the exit status still says what was found
+        _stdout_to_devnull()
     if problems:
         raise click.exceptions.Exit(EXIT_FAILURE)
 

@@ -655,7 +655,8 @@ def _verify_index(
 ) -> None:
     """``crashed``: the index of a crashed writer's active segment, which its next open rewrites from the data;
     one that only lacks entries for its last records, or has entries for records past the data (a kill between a
-    flush's records and its index entries, a power cut that kept entries and lost their records) is a note."""
+    flush's records and its index entries, a power cut that kept entries and lost their records), or ends with
+    entries that fail their checks after a prefix that agrees with the data (a power cut), is a note."""
     path = os.path.join(os.path.dirname(seg_path), index_name(fid))
     try:
         with _open_ro(path) as f:
@@ -670,6 +671,16 @@ def _verify_index(
         return
     idx = parse_index(raw, fid)
     if idx.problem:
+        n = len(idx.entries)
+        torn_tail = idx.problem.startswith("index entry ") or idx.problem == "index ends with a partial entry"
+        if crashed and torn_tail and idx.entries == want[:n]:
+            # Entries are written after their records with no sync, so a power cut leaves the active index's
+            # tail as the disk had it: zeros, a torn entry. What comes before agrees with the data, and the next
+            # open rewrites this index from the data: nothing is lost, so it is a note (review 13e).
+            problems.append(Problem(path, None, f"index of the active segment ends with bytes a crash left "
+                                                f"({idx.problem}; the {n} entries before agree with the data): "
+                                                "no damage, opening for write or `repair` rewrites it", note=True))
+            return
         problems.append(Problem(path, None, f"{idx.problem} (rebuilt on open or by repair)"))
     elif live:
         n = min(len(idx.entries), len(want))  # the writer may have moved on since the segment was scanned
