@@ -674,6 +674,11 @@ def test_get_latest_mvcc_timestamp_needs_a_vchannel_name(fb: FakeBuilder, vchann
         pytest.param(lambda m: m.properties.__setitem__("k", 1), id="int-value"),  # memory: every reader ended
         pytest.param(lambda m: m.properties.__setitem__("k", "\ud800"), id="surrogate-value"),
         pytest.param(_set_attr("properties", [("k", "v")]), id="properties-list"),
+        # review 13g: these failed in the append thread with a bare TypeError / UnicodeEncodeError / AttributeError
+        pytest.param(_set_attr("payload", "p1"), id="payload-str"),
+        pytest.param(_set_attr("payload", 5), id="payload-int"),
+        pytest.param(_set_attr("vchannel", "\ud800"), id="vchannel-surrogate"),  # localfs
+        pytest.param(_set_attr("txn_ctx", "t1"), id="txn-ctx-str"),
     ],
 )
 def test_a_message_changed_after_it_was_made_is_checked_at_append(
@@ -703,3 +708,54 @@ def test_a_message_changed_after_it_was_made_is_checked_at_append(
             assert [(bytes(x.payload), x.message_type, x.vchannel, dict(x.properties)) for x in got] == [
                 (b"p2", MessageType.INSERT, "v1", {"id": "2"})
             ]
+
+
+@pytest.mark.parametrize("backend", ["fake", "memory", "localfs"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(_set_attr("payload", "p9"), id="payload-str"),
+        pytest.param(_set_attr("vchannel", "\ud800"), id="vchannel-surrogate"),
+    ],
+)
+def test_a_bad_message_pipelined_with_others_fails_its_own_call_only(
+    fb: FakeBuilder, tmp_path: object, backend: str, change: Callable[[MutableMessage], object]
+) -> None:
+    # Review 13g: checked only in the append thread, one such message failed every append of its batch (other
+    # producers' too) with a bare error; memory stored the batch's messages before it while every future failed,
+    # and its readers then hung.
+    from wal import registry
+
+    if backend == "fake":
+        op = adapt_impls_to_builder(fb).build()
+    elif backend == "memory":
+        op = registry.must_get_builder("memory").build()
+    else:
+        op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 16)
+    with op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
+        futures = []
+        for i in range(40):
+            m = MutableMessage(MessageType.INSERT, b"p%d" % i, vchannel="v1")  # no properties: the fast path
+            if i == 20:
+                change(m)
+                with pytest.raises(WALError):
+                    w.append_async(m)
+                continue
+            futures.append(w.append_async(m))
+        results = [f.result(timeout=30) for f in futures]
+        assert len({r.message_id for r in results}) == 39
+        with w.read(ReadOption()) as s:
+            assert [bytes(x.payload) for x in data(s, 39)] == [b"p%d" % i for i in range(40) if i != 20]
+
+
+def test_a_buffer_assigned_as_payload_after_the_message_was_made_is_copied_at_append(fb: FakeBuilder) -> None:
+    # as the constructor copies it: the caller changing its buffer afterwards must not change what readers get
+    with adapt_impls_to_builder(fb).build() as op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
+        m = MutableMessage(MessageType.INSERT, b"", vchannel="v1")
+        buf = bytearray(b"abc")
+        m.payload = buf
+        w.append(m)
+        buf[:] = b"xyz"
+        with w.read(ReadOption()) as s:
+            assert [bytes(x.payload) for x in data(s, 1)] == [b"abc"]
+

@@ -301,6 +301,9 @@ class AppendDispatcher:
             or msg.message_type.__class__ is not MessageType
             or msg.message_type in self._refused_types
             or msg.vchannel.__class__ is not str
+            or not msg.vchannel.isascii()
+            or msg.payload.__class__ is not bytes
+            or msg.txn_ctx is not None
             or msg.properties
             or msg.not_persisted
             or msg.barrier_time_tick

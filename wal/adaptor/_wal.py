@@ -41,8 +41,9 @@ from ..interceptors.timetick._interceptor import TimeTickInterceptor
 from ..interceptors.timetick._message import new_time_tick_message
 from ..interceptors.timetick._sync_operator import SyncMode, TimeTickSyncOperator
 from ..interceptors.txn import TxnManager
-from ..message import MessageID, MessageType, MutableMessage, validate_properties
+from ..message import MessageID, MessageType, MutableMessage, TxnContext, validate_properties
 from ..message._hybrid import check_barrier
+from ..message._message import _own_payload, check_text
 from ..utility import WriteAheadBuffer
 from ..walimpls import ROWALImpls, WALImpls
 from ._dispatcher import AppendDispatcher
@@ -629,6 +630,15 @@ class WALAdaptor(ROWALAdaptor):
             raise InvalidArgumentError(f"message_type must be a MessageType, got {msg.message_type!r}")
         if msg.vchannel.__class__ is not str:
             raise InvalidMessageError(f"vchannel must be a str, got {type(msg.vchannel).__name__}")
+        # Checked in the append thread, these failed every append of the batch (other callers' too) with a bare
+        # TypeError or UnicodeEncodeError; memory stored the batch's messages before the bad payload while every
+        # caller got the error, and its WAL then hung its readers. A buffer assigned afterwards is copied, as the
+        # constructor copies it: a change to it must not reach readers.
+        check_text(msg.vchannel, "vchannel")
+        if msg.payload.__class__ is not bytes:
+            msg.payload = _own_payload(msg.payload)
+        if msg.txn_ctx is not None and not isinstance(msg.txn_ctx, TxnContext):
+            raise InvalidMessageError(f"txn_ctx must be a TxnContext, got {type(msg.txn_ctx).__name__}")
         if msg.properties:
             validate_properties(msg.properties)
         if msg.message_type in _WAL_ONLY_TYPES:
@@ -659,6 +669,9 @@ class WALAdaptor(ROWALAdaptor):
                 or m.message_type.__class__ is not MessageType
                 or m.message_type in _WAL_ONLY_TYPES
                 or m.vchannel.__class__ is not str
+                or not m.vchannel.isascii()
+                or m.payload.__class__ is not bytes
+                or m.txn_ctx is not None
                 or m.properties
                 or m.not_persisted
                 or m.barrier_time_tick

@@ -105,7 +105,7 @@ class MutableMessage:
     ``vchannel`` ``""`` (or None) means the message is for every vchannel of the pchannel. The vchannel and the
     properties' keys and values are stored as UTF-8: a str with no UTF-8 form (a lone surrogate) raises
     ``InvalidArgumentError``. A ``bytearray`` or ``memoryview`` payload is copied when the message is built: later
-    changes to that buffer do not reach the WAL (assigning ``payload`` afterwards is not checked; give it ``bytes``).
+    changes to that buffer do not reach the WAL (a payload assigned afterwards is checked, and copied, at append).
     """
 
     __slots__ = (
