@@ -759,3 +759,20 @@ def test_a_buffer_assigned_as_payload_after_the_message_was_made_is_copied_at_ap
         with w.read(ReadOption()) as s:
             assert [bytes(x.payload) for x in data(s, 1)] == [b"abc"]
 
+
+@pytest.mark.parametrize("mtype", [77, 2, "INSERT"])
+def test_txn_append_of_a_message_whose_type_was_changed_is_refused_and_the_txn_goes_on(
+    fb: FakeBuilder, mtype: object
+) -> None:
+    # review 13g: Txn.append read message_type.is_system first, a bare AttributeError for a type set afterwards
+    with adapt_impls_to_builder(fb).build() as op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
+        txn = w.begin_txn("v1")
+        bad = msg(1)
+        bad.message_type = mtype  # type: ignore[assignment]
+        with pytest.raises(InvalidArgumentError, match="message_type"):
+            txn.append(bad)
+        txn.append(msg(2))
+        txn.commit()
+        with w.read(ReadOption()) as s:
+            (t,) = data(s, 1)
+            assert [bytes(x.payload) for x in t.messages] == [b"p2"]

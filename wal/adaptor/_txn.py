@@ -55,6 +55,8 @@ class TxnHandle(Txn):
         self._check_open()
         if not isinstance(msg, MutableMessage):
             raise InvalidMessageError(f"a txn appends a MutableMessage, got {type(msg).__name__}")
+        if msg.message_type.__class__ is not MessageType:  # set afterwards: .is_system raised a bare AttributeError
+            raise InvalidArgumentError(f"message_type must be a MessageType, got {msg.message_type!r}")
         if msg.message_type.is_system:
             raise InvalidArgumentError(f"cannot append a {msg.message_type.name} inside a transaction")
         if msg.vchannel and msg.vchannel != self._vchannel:
