@@ -6,6 +6,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from _adaptor_fakes import FakeBuilder, data, msg
@@ -660,6 +661,17 @@ def test_get_latest_mvcc_timestamp_needs_a_vchannel_name(fb: FakeBuilder, vchann
         assert w.get_latest_mvcc_timestamp("v1") >= r.time_tick
 
 
+def _opener_of(backend: str, fb: FakeBuilder, tmp_path: object) -> Any:
+    """An opener of the fake backend (through the adaptor), of memory or of localfs."""
+    from wal import registry
+
+    if backend == "fake":
+        return adapt_impls_to_builder(fb).build()
+    if backend == "memory":
+        return registry.must_get_builder("memory").build()
+    return registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 16)
+
+
 @pytest.mark.parametrize("backend", ["fake", "memory", "localfs"])
 @pytest.mark.parametrize("how", ["append", "append_async", "append_messages"])
 @pytest.mark.parametrize(
@@ -684,14 +696,7 @@ def test_get_latest_mvcc_timestamp_needs_a_vchannel_name(fb: FakeBuilder, vchann
 def test_a_message_changed_after_it_was_made_is_checked_at_append(
     fb: FakeBuilder, tmp_path: object, backend: str, how: str, change: Callable[[MutableMessage], object]
 ) -> None:
-    from wal import registry
-
-    if backend == "fake":
-        op = adapt_impls_to_builder(fb).build()
-    elif backend == "memory":
-        op = registry.must_get_builder("memory").build()
-    else:
-        op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 16)
+    op = _opener_of(backend, fb, tmp_path)
     with op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
         m = msg(1)
         change(m)
@@ -724,14 +729,7 @@ def test_a_bad_message_pipelined_with_others_fails_its_own_call_only(
     # Review 13g: checked only in the append thread, one such message failed every append of its batch (other
     # producers' too) with a bare error; memory stored the batch's messages before it while every future failed,
     # and its readers then hung.
-    from wal import registry
-
-    if backend == "fake":
-        op = adapt_impls_to_builder(fb).build()
-    elif backend == "memory":
-        op = registry.must_get_builder("memory").build()
-    else:
-        op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 16)
+    op = _opener_of(backend, fb, tmp_path)
     with op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
         futures = []
         for i in range(40):

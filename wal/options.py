@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import InvalidArgumentError
 from .message import ImmutableMessage, MessageID, MessageType
@@ -36,10 +36,7 @@ class DeliverPolicy:
         # Built directly (the class is public), a policy was checked nowhere: a kind that is no DeliverPolicyKind,
         # or start_from without an ID, failed only in read() with "needs a MessageID, got None", and latest() with
         # an ID carried it along unused.
-        try:
-            kind = DeliverPolicyKind(self.kind)
-        except (ValueError, TypeError):
-            raise InvalidArgumentError(f"unknown deliver policy kind {self.kind!r}") from None
+        kind = _kind(DeliverPolicyKind, self.kind, "deliver policy")
         object.__setattr__(self, "kind", kind)
         needs_id = kind in (DeliverPolicyKind.START_FROM, DeliverPolicyKind.START_AFTER)
         if needs_id and not isinstance(self.message_id, MessageID):
@@ -60,15 +57,11 @@ class DeliverPolicy:
     @classmethod
     def start_from(cls, message_id: MessageID) -> DeliverPolicy:
         """From ``message_id`` on, that message included."""
-        if not isinstance(message_id, MessageID):
-            raise InvalidArgumentError(f"start_from needs a MessageID, got {type(message_id).__name__}")
         return cls(DeliverPolicyKind.START_FROM, message_id)
 
     @classmethod
     def start_after(cls, message_id: MessageID) -> DeliverPolicy:
         """From the message after ``message_id``."""
-        if not isinstance(message_id, MessageID):
-            raise InvalidArgumentError(f"start_after needs a MessageID, got {type(message_id).__name__}")
         return cls(DeliverPolicyKind.START_AFTER, message_id)
 
 
@@ -101,10 +94,7 @@ class DeliverFilter:
     def __post_init__(self) -> None:
         # Built directly, a filter was checked nowhere: an unknown kind kept every message, a str time tick raised a
         # bare TypeError in the reader's recv, a system type in message_types was accepted.
-        try:
-            kind = DeliverFilterKind(self.kind)
-        except (ValueError, TypeError):
-            raise InvalidArgumentError(f"unknown deliver filter kind {self.kind!r}") from None
+        kind = _kind(DeliverFilterKind, self.kind, "deliver filter")
         object.__setattr__(self, "kind", kind)
         _check_tt(self.time_tick)
         if kind is DeliverFilterKind.MESSAGE_TYPE:
@@ -117,12 +107,12 @@ class DeliverFilter:
     @classmethod
     def time_tick_gt(cls, time_tick: int) -> DeliverFilter:
         """Keep messages (outside a txn) and commits whose time tick is above ``time_tick``."""
-        return cls(DeliverFilterKind.TIME_TICK_GT, time_tick=_check_tt(time_tick))
+        return cls(DeliverFilterKind.TIME_TICK_GT, time_tick=time_tick)
 
     @classmethod
     def time_tick_gte(cls, time_tick: int) -> DeliverFilter:
         """Keep messages (outside a txn) and commits whose time tick is at or above ``time_tick``."""
-        return cls(DeliverFilterKind.TIME_TICK_GTE, time_tick=_check_tt(time_tick))
+        return cls(DeliverFilterKind.TIME_TICK_GTE, time_tick=time_tick)
 
     @classmethod
     def message_type(cls, *types: MessageType) -> DeliverFilter:
@@ -150,6 +140,16 @@ class DeliverFilter:
         if self.kind is DeliverFilterKind.TIME_TICK_GT:
             return msg.time_tick > self.time_tick
         return msg.time_tick >= self.time_tick
+
+
+_K = TypeVar("_K", DeliverPolicyKind, DeliverFilterKind)
+
+
+def _kind(cls: type[_K], value: Any, what: str) -> _K:
+    try:
+        return cls(value)
+    except (ValueError, TypeError):
+        raise InvalidArgumentError(f"unknown {what} kind {value!r}") from None
 
 
 def _check_tt(tt: int) -> int:
