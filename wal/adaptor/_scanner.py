@@ -25,6 +25,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from .._checks import seconds
 from .._interfaces import Scanner
@@ -52,6 +53,7 @@ from ..utility import (
 )
 from ..walimpls import ReadOption as ImplsReadOption
 from ..walimpls import ROWALImpls, ScannerImpls
+from . import _reaper
 
 _LAG_SAMPLE = 64  # scanner-lag metric: one observation per this many deliveries (a prometheus observe is ~3 us)
 RETRY_WARNING_EVERY = 60.0
@@ -88,6 +90,13 @@ def _nothing() -> None:
 
 _live: weakref.WeakSet[ScannerAdaptor] = weakref.WeakSet()
 """Every scanner of this process, for :func:`_end_in_child`."""
+
+
+def _release(backend: ScannerImpls | None, done: threading.Event) -> None:
+    """What ``close()`` does for a scanner collected without it (run by the reaper)."""
+    if backend is not None:
+        backend.close()
+    done.set()
 
 
 def _end_in_child() -> None:
@@ -165,6 +174,7 @@ class ScannerAdaptor(Scanner):
         self._warned_at: float | None = None  # the last "failed" warning (any stretch: see _retry_later)
         self._stretch_warned = False  # whether the current stretch of failures was warned of
         _live.add(self)
+        _reaper.ensure_running()
         self.read_attempts = 0
         self.stats = {"to_tailing": 0, "to_catchup": 0}
         # tailing state
@@ -327,6 +337,18 @@ class ScannerAdaptor(Scanner):
             ex.shutdown(wait=False)  # its thread ends after its current wait (at most 0.2 s)
         self._done.set()
         self._cleanup()
+
+    def __del__(self) -> None:
+        # Dropped without close() (``for m in w.read(...): break``): the WAL holds its scanners weakly, so this runs;
+        # the backend reader is closed in the reaper's thread (see _reaper for why not here). The async worker needs
+        # nothing: its executor ends its thread once collected.
+        closing = getattr(self, "_closing", None)  # None: __init__ failed before making it (nothing to close)
+        if closing is None or closing.is_set():
+            return
+        try:
+            _reaper.put(partial(_release, getattr(self, "_backend", None), self._done))
+        except Exception:  # at interpreter exit, once module globals are gone: nothing left to close for
+            pass
 
     def _fail(self, e: BaseException) -> None:
         if self._error is None and not self._closing.is_set():

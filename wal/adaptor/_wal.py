@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from functools import partial
@@ -108,7 +109,9 @@ class ROWALAdaptor(WAL):
         self._lifetime = Lifetime(f"wal {self._channel}")
         self._unavailable = threading.Event()
         self._cleanup = cleanup
-        self._scanners: dict[int, ScannerAdaptor] = {}
+        # Weak: a scanner dropped without close() is collected and its reader closed (see _reaper); close() ends
+        # the rest.
+        self._scanners: weakref.WeakValueDictionary[int, ScannerAdaptor] = weakref.WeakValueDictionary()
         self._scanners_lock = threading.Lock()
         self._scanner_seq = itertools.count()
         self._closed = threading.Event()
