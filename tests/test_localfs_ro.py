@@ -546,3 +546,34 @@ def test_a_read_only_open_of_a_mistyped_channel_warns_once_and_keeps_waiting(
                 w.close()
             assert any(bytes(m.payload) == b"late" for m in got), got
         ro.close()
+
+
+def _channel_maps(chdir: Path) -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if str(chdir) + "/" in line)
+
+
+@pytest.mark.parametrize("vchannel", [None, "rare"])
+def test_follower_keeps_no_map_of_segments_it_has_read_past(tmp_path: Path, vchannel: str | None) -> None:
+    """A follower kept every segment it had read (or skipped by its filter) mapped, each map holding a file
+    descriptor, for as long as the file stayed: a log of thousands of segments ran it out of descriptors."""
+    op = build(tmp_path, segment_bytes=16 << 10)
+    w = open_rw(op)
+    w.append(msg(b"r", tt=1, vchannel="rare"))
+    tt = 2
+    for _ in range(30):  # 30 segments
+        w.append_batch([msg(b"x" * 500, tt=tt + i, vchannel="v1") for i in range(30)])
+        tt += 30
+    w.append(msg(b"r", tt=tt, vchannel="rare"))
+    ro = open_ro(op)
+    s = ro.read(ReadOption(name="f", vchannel=vchannel))
+    got = []
+    while not got or got[-1].payload != b"r" or len(got) == 1:
+        got += s.recv_batch(64, timeout=5)
+    assert len({m.message_id for m in got}) == len(got)
+    assert sum(1 for p in (tmp_path / "p1").iterdir() if p.suffix == ".seg") >= 20
+    assert _channel_maps(tmp_path / "p1") <= 2
+    s.close()
+    ro.close()
+    w.close()
+    op.close()

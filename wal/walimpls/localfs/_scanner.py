@@ -82,6 +82,10 @@ class SegView(Protocol):
         """The vchannel bloom filter of a sealed segment (None while it may still grow)."""
         ...
 
+    def release(self) -> None:
+        """A reader has moved past this sealed segment: drop what the view keeps mapped for it."""
+        ...
+
 
 class Source(Protocol):
     exact_wait: bool
@@ -126,6 +130,9 @@ class _WSeg:
 
     def sealed_bloom(self) -> bytes | None:
         return bytes(self.seg.bloom) if self.seg.sealed else None
+
+    def release(self) -> None:
+        pass  # the writer's segment state owns its map, and unmaps sealed segments itself
 
     def index(self) -> list[tuple[int, int, int]]:
         seg = self.seg
@@ -204,24 +211,31 @@ class _DSeg:
         return mv
 
     def status(self) -> tuple[int, bool, bool, int]:
-        mv = self.view(0)
-        if mv is None:
-            return 0, True, True, -1
-        if self._summary is None:
-            self._summary = Summary.unpack(mv, SEAL_OFF, SEAL_MAGIC)
         s = self._summary
-        if s is not None:
+        if s is None:  # once sealed, known for good: a released segment is not mapped again to tell
+            mv = self.view(0)
+            if mv is None:
+                return 0, True, True, -1
+            s = Summary.unpack(mv, SEAL_OFF, SEAL_MAGIC)
+            if s is None:
+                return len(mv), False, False, -1
             if not DATA_START <= s.data_end <= len(mv):
                 raise CorruptedError(
                     f"{self.path}: seal summary says the data ends at {s.data_end}, the file has {len(mv)} bytes",
                     path=self.path, offset=min(s.data_end, len(mv)),
                 )
-            return s.data_end, True, True, s.last_id
-        return len(mv), False, False, -1
+            self._summary = s
+        return s.data_end, True, True, s.last_id
 
     def sealed_bloom(self) -> bytes | None:
         self.status()
         return self._summary.bloom if self._summary is not None else None
+
+    def release(self) -> None:
+        """Why: a follower kept every segment it had read mapped until the file was deleted, each map with the file
+        descriptor Python's mmap keeps: without retention, one descriptor per segment of the log (EMFILE at the
+        default limit of 1,024). A reader still in the segment keeps its own view; a later one maps it again."""
+        self._mv = None
 
     def probe(self) -> tuple[bool, bool]:
         """(grew, has a successor): asked only when a reader has caught up with the active segment."""
@@ -474,6 +488,7 @@ class LocalFSScanner(ScannerImpls):
             nxt = self._source.after(seg)
             if nxt is None or nxt.first_id != seg.status()[3] + 1:
                 return seg  # a gap after it (or a listing that missed one): _fill's checks decide, past this one
+            seg.release()  # mapped for its filter only
             seg = nxt
 
     def _seek(self, seg: SegView, target: int) -> None:
@@ -574,6 +589,7 @@ class LocalFSScanner(ScannerImpls):
                     f"{nxt.path}: segment starts at ID {nxt.first_id}, expected {self._expect} after {seg.path}",
                     path=nxt.path, offset=0,
                 )
+            seg.release()
             self._enter(self._skip_unrelated(nxt), DATA_START, 0)
         return out
 
