@@ -245,3 +245,76 @@ def test_a_txn_expires_after_its_keepalive_while_the_wall_clock_is_behind_the_la
             assert r.last_confirmed_message_id > held
             with pytest.raises(TxnExpiredError):
                 txn.commit()
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> list[int]:
+    calls = [0]
+    orig = getattr(cls, name)
+
+    def counted(self: object, *a: object) -> object:
+        calls[0] += 1
+        return orig(self, *a)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+def test_manager_cleanup_does_not_look_at_every_open_txn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cleanup runs after every batch; it looked at every open session, so an append cost O(open txns)."""
+    m = TxnManager(HybridClock())
+    for _ in range(1000):
+        m.begin_new_txn(0, keepalive=60).begin_done()
+    done = m.begin_new_txn(0, keepalive=60)
+    done.begin_done()
+    done.request_commit_and_wait(0)
+    done.commit_done()
+    calls = _count_calls(monkeypatch, TxnSession, "is_expired_or_done")
+    for i in range(100):
+        m.cleanup_txn_until(add_physical_ms(0, i))
+    assert len(m) == 1000  # the committed one is gone, none expired
+    assert calls[0] <= 10  # 100,000 before
+
+
+def test_manager_cleanup_forgets_exactly_what_a_full_scan_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random begins, renewals, commits, rollbacks and cleanups: after each cleanup the open sessions are those a
+    look at every one (the code before the heap) keeps."""
+    import random
+
+    rng = random.Random(7)
+    m = TxnManager(HybridClock())
+    live: list[TxnSession] = []
+    tick = 0
+    for _ in range(3000):
+        op = rng.random()
+        tick = add_physical_ms(tick, rng.randrange(0, 4))
+        if op < 0.3:
+            s = m.begin_new_txn(tick, keepalive=rng.choice([0.002, 0.005, 0.02]))
+            s.begin_done()
+            live.append(s)
+        elif op < 0.6 and live:
+            s = rng.choice(live)
+            try:
+                s.add_new_message(tick)
+            except (TxnExpiredError, InvalidTxnStateError):
+                continue
+            s.add_new_message_done_and_keepalive(tick)
+        elif op < 0.7 and live:
+            s = rng.choice(live)
+            try:
+                s.request_commit_and_wait(tick)
+            except (TxnExpiredError, InvalidTxnStateError):
+                continue
+            s.commit_done()
+        elif op < 0.8 and live:
+            s = rng.choice(live)
+            try:
+                s.request_rollback(tick)
+            except (TxnExpiredError, InvalidTxnStateError):
+                continue
+            s.rollback_done()
+        else:
+            at = add_physical_ms(tick, rng.randrange(-3, 3))
+            want = {t for t, s in m._sessions.items() if not s.is_expired_or_done(at)}
+            m.cleanup_txn_until(at)
+            assert set(m._sessions) == want
+            live = [s for s in live if s.txn_id in want]

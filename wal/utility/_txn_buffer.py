@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 
 from ..message import ImmutableMessage, ImmutableTxnMessageBuilder, MessageType
@@ -18,12 +19,17 @@ class TxnBuffer:
     ``body_filter``: which body messages the delivered TXN keeps (the scanner's deliver filters). Every body message
     must still come here, filtered or not: each one renews the transaction's keepalive, and a buffer that saw only
     some of them expired the transaction before its commit arrived.
+
+    Expiry looks at a heap of deadlines, not at every open transaction: it runs at every time tick, so a look at
+    each made a reader's cost per message O(open txns) (3 s for 3,000 messages with 10,000 txns open). A deadline
+    only moves later, so a heap key is never later than its transaction's deadline (as in ``TxnManager``).
     """
 
-    __slots__ = ("_builders", "_keep")
+    __slots__ = ("_builders", "_deadlines", "_keep")
 
     def __init__(self, body_filter: Callable[[ImmutableMessage], bool] | None = None) -> None:
         self._builders: dict[int, ImmutableTxnMessageBuilder] = {}
+        self._deadlines: list[tuple[int, int]] = []  # heap of (expiry tick when pushed, txn ID)
         self._keep = body_filter
 
     def handle_immutable_messages(self, msgs: list[ImmutableMessage], time_tick: int) -> list[ImmutableMessage]:
@@ -47,7 +53,8 @@ class TxnBuffer:
             mt = m.message_type
             if mt is MessageType.BEGIN_TXN:
                 if ctx.txn_id not in builders:
-                    builders[ctx.txn_id] = ImmutableTxnMessageBuilder(m)
+                    nb = builders[ctx.txn_id] = ImmutableTxnMessageBuilder(m)
+                    heapq.heappush(self._deadlines, (nb.expired_time_tick(), ctx.txn_id))
             elif mt is MessageType.COMMIT_TXN:
                 b = builders.pop(ctx.txn_id, None)
                 if b is not None:
@@ -60,10 +67,19 @@ class TxnBuffer:
                 b = builders.get(ctx.txn_id)
                 if b is not None:
                     b.add(m, self._keep is None or self._keep(m))
-        if builders:
-            expired = [tid for tid, b in builders.items() if b.expired_time_tick() <= time_tick]
-            for tid in expired:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= time_tick:
+            _, tid = heapq.heappop(deadlines)
+            open_txn = builders.get(tid)
+            if open_txn is None:  # committed or rolled back
+                continue
+            at = open_txn.expired_time_tick()
+            if at <= time_tick:
                 del builders[tid]
+            else:  # renewed since: back with its new deadline
+                heapq.heappush(deadlines, (at, tid))
+        if not builders:
+            deadlines.clear()  # entries of ended transactions only
         return out
 
     @property

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
+from collections import deque
+from functools import partial
 
 from ..._checks import seconds
 from ...errors import InvalidArgumentError, ShutdownError, TxnExpiredError
@@ -24,6 +27,12 @@ class TxnManager:
 
     Txn IDs are drawn from the WAL's hybrid clock: they are unique and, like time ticks, never reused after a
     restart. Sessions are forgotten when a time tick finds them expired or done (:meth:`cleanup_txn_until`).
+
+    Why a heap of deadlines and a queue of finished IDs rather than a look at every session: the cleanup runs after
+    every batch, so looking at every open session made each append cost O(open txns) (1 ms per append with 1,000
+    txns open, 18 ms with 10,000). A session's deadline only moves later (a body message renews its keepalive), so
+    the heap's key for it is never later than its deadline: a session whose key has not come is not expired, and
+    one whose key has come but was renewed goes back with its new deadline.
     """
 
     def __init__(self, clock: HybridClock, default_keepalive: float = 10.0) -> None:
@@ -32,6 +41,8 @@ class TxnManager:
         self._lock = threading.RLock()  # entered as ``with self._lock``: docs/ARCHITECTURE.md, "Interrupts"
         self._cond = threading.Condition(self._lock)
         self._sessions: dict[int, TxnSession] = {}
+        self._deadlines: list[tuple[int, int]] = []  # heap of (expiry tick when pushed, txn ID); see the class
+        self._finished: deque[int] = deque()  # IDs of sessions that ended (a cleanup each registers at its begin)
         self._closing = False
         self._cleaning = 0  # cleanup_txn_until calls running cleanups outside the lock
 
@@ -49,6 +60,8 @@ class TxnManager:
                 raise _Closing("the wal is closing: no new transactions")
             s = TxnSession(TxnContext(self._clock.allocate(), keepalive), time_tick, vchannel)
             self._sessions[s.txn_id] = s
+            heapq.heappush(self._deadlines, (s.expired_time_tick, s.txn_id))
+            s.register_cleanup(partial(self._finished.append, s.txn_id))  # deque.append: no lock taken
             return s
 
     def get_session(self, txn_id: int) -> TxnSession:
@@ -63,11 +76,30 @@ class TxnManager:
         if not self._sessions:  # after every batch: no lock when there is no txn (a racing begin waits a tick)
             return
         with self._lock:
-            gone = [s for s in self._sessions.values() if s.is_expired_or_done(time_tick)]
+            sessions = self._sessions
+            gone = []
+            finished = self._finished
+            while finished:
+                s = sessions.get(finished.popleft())
+                if s is not None and s.is_expired_or_done(time_tick):
+                    del sessions[s.txn_id]
+                    gone.append(s)
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][0] <= time_tick:
+                _, txn_id = heapq.heappop(deadlines)
+                s = sessions.get(txn_id)
+                if s is None:  # ended, and forgotten already
+                    continue
+                if s.is_expired_or_done(time_tick):
+                    del sessions[txn_id]
+                    gone.append(s)
+                else:  # renewed since: back with its new deadline
+                    heapq.heappush(deadlines, (s.expired_time_tick, txn_id))
+            if not sessions:  # what is left names ended sessions only
+                deadlines.clear()
+                finished.clear()
             if not gone:
                 return
-            for s in gone:
-                del self._sessions[s.txn_id]
             self._cleaning += 1
         try:
             for s in gone:
