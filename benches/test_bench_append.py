@@ -140,6 +140,24 @@ def test_cpu_pipelined_append_async(benchmark: Any, wal_nosync: Any) -> None:
     assert benchmark.pedantic(round_, rounds=20, warmup_rounds=1) == PIPELINE
 
 
+OPEN_TXNS = 10_000
+
+
+@pytest.mark.benchmark(group="append-cpu")
+def test_cpu_single_append_beside_open_txns(benchmark: Any, wal_nosync: Any) -> None:
+    """``test_cpu_single_append`` with OPEN_TXNS transactions begun and left open (the default 10 s keepalive
+    outlasts the run). The txn cleanup after each batch is O(log n) in the open txns, so this should read close to
+    the run without them; before session 14 it read ~700x slower (every open txn was looked at after each batch).
+    """
+    from wal.message import MessageType, MutableMessage
+
+    for i in range(OPEN_TXNS):
+        wal_nosync.append(MutableMessage(MessageType.BEGIN_TXN, b"", vchannel=f"t{i}"), timeout=60)
+    msg = walb._msg
+    r = benchmark(lambda: wal_nosync.append(msg(record(0))))
+    assert r.message_id is not None
+
+
 @pytest.mark.benchmark(group="append-floor")
 def test_floor_messages_and_futures(benchmark: Any) -> None:
     """A floor for pipelined appends in pure Python: only building PIPELINE ``MutableMessage`` objects and a
