@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from ..._metrics import metrics
 from ._fileops import FileOps
 from ._format import BLOOM_BYTES, DATA_START
 
 __all__ = ["ChannelLog", "Hub", "SegmentState"]
+
+_first_id = attrgetter("first_id")
 
 
 @dataclass(eq=False)
@@ -99,10 +103,11 @@ class ChannelLog:
         return segs[lo - 1] if lo else None
 
     def after(self, seg: SegmentState) -> SegmentState | None:
-        for s in self.segments:
-            if s.first_id > seg.first_id:
-                return s
-        return None
+        """Why a bisection: a scanner asks at every segment it finishes, and a walk made reading a log of n segments
+        cost O(n^2) (30,000 messages in 10,000 segments: 2.3 s of CPU against 0.07 s for 1,000)."""
+        segs = self.segments
+        i = bisect.bisect_right(segs, seg.first_id, key=_first_id)
+        return segs[i] if i < len(segs) else None
 
 
 class Hub:
