@@ -2,7 +2,73 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from _localfs_util import build, msg, open_ro, open_rw
+
+from wal.errors import WALTimeoutError
+from wal.walimpls import ReadOption
+from wal.walimpls.localfs import FileOps
 from wal.walimpls.localfs._state import ChannelLog
+
+SEGMENTS = 200
+
+
+class _CountingListings(FileOps):
+    listings = 0
+
+    def list_files(self, path: str) -> list[str]:
+        self.listings += 1
+        return super().list_files(path)
+
+
+def _write_segments(tmp_path: Path, n: int, rare_at: int | None = None) -> list[int]:
+    """``n`` sealed segments of one message each (and an active one), vchannels "v" but the ``rare_at``-th."""
+    with build(tmp_path, segment_bytes=4096, sync="never") as op:
+        w = open_rw(op)
+        ids = w.append_batch(
+            [msg(b"p" * 3500, tt=1 + i, vchannel="rare" if i == rare_at else "v") for i in range(n)]
+        )
+        w.close()
+    return [int(i.value) for i in ids]
+
+
+def _read_all(s: object) -> list[int]:
+    got: list[int] = []
+    while True:
+        try:
+            got += [int(m.message_id.value) for m in s.recv_batch(1000, 0.3)]  # type: ignore[attr-defined]
+        except WALTimeoutError:
+            return got
+
+
+def test_a_follower_reading_a_long_log_does_not_list_the_directory_at_every_segment(tmp_path: Path) -> None:
+    """A read-only follower listed the channel directory each time it finished a segment: reading a log of n
+    segments cost n listings of n files (10,000 segments: 37 ms of CPU per segment, 30,000 messages in 19 s
+    where 1,000 segments took 0.3 s). It now goes to the listed successor of a sealed segment."""
+    ids = _write_segments(tmp_path, SEGMENTS)
+    fops = _CountingListings()
+    with build(tmp_path, _file_ops=fops) as rop:
+        ro = open_ro(rop)
+        s = ro.read(ReadOption(name="catch-up"))
+        assert _read_all(s) == ids
+        assert fops.listings < 20, fops.listings  # was one per segment and more
+        s.close()
+        ro.close()
+
+
+def test_a_vchannel_filter_skipping_segments_does_not_list_the_directory_at_every_one(tmp_path: Path) -> None:
+    """The same listing per segment, for each segment a follower's vchannel filter skipped by its bloom filter."""
+    ids = _write_segments(tmp_path, SEGMENTS, rare_at=SEGMENTS - 3)
+    fops = _CountingListings()
+    with build(tmp_path, _file_ops=fops) as rop:
+        ro = open_ro(rop)
+        s = ro.read(ReadOption(name="rare", vchannel="rare"))
+        got = _read_all(s)
+        assert ids[SEGMENTS - 3] in got and len(got) < 10
+        assert fops.listings < 20, fops.listings
+        s.close()
+        ro.close()
 
 
 class _Seg:

@@ -20,6 +20,7 @@ import bisect
 import functools
 import logging
 import mmap
+import operator
 import os
 import struct
 import threading
@@ -299,10 +300,24 @@ class DirSource:
         return segs[i - 1] if i else None
 
     def after(self, seg: SegView) -> SegView | None:
-        for s in self._refresh():
-            if s.first_id > seg.first_id:
-                return s
-        return None
+        """Why the listing already made is tried first: a follower asks at every segment it finishes (and at every
+        one its vchannel filter skips), and a fresh listing of an n-segment directory each time made reading the
+        log O(n^2) (10,000 segments: 37 ms of CPU per segment). A sealed segment's successor starts right after its
+        last ID; a listed segment that does so is that successor (a deleted one is found missing when mapped)."""
+        nxt = self._after_in(self._segs, seg.first_id)
+        if nxt is not None:
+            _limit, exact, sealed, last = seg.status()
+            if exact and sealed and nxt.first_id == last + 1:
+                return nxt
+        return self._after_in(self._refresh(), seg.first_id)
+
+    @staticmethod
+    def _after_in(segs: list[_DSeg], first_id: int) -> _DSeg | None:
+        i = bisect.bisect_right(segs, first_id, key=_seg_first_id)
+        return segs[i] if i < len(segs) else None
+
+
+_seg_first_id = operator.attrgetter("first_id")
 
 
 def _index_matches(seg: SegView, entries: list[tuple[int, int, int]]) -> bool:
