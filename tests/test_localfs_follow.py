@@ -283,3 +283,24 @@ def test_closing_read_only_wals_logs_no_watchdog_error(tmp_path: Path, caplog: p
         w.close()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+def test_a_follower_mapped_in_an_empty_segment_reads_it_after_the_writer_grew_and_sealed_it(tmp_path: Path) -> None:
+    """A follower maps the writer's empty segment at its preallocated size. A first record larger than a segment
+    makes the writer grow the file, and the next record rolls it: the seal summary's data end lies past the
+    follower's map, which it took for a summary that lies (CorruptedError, the follower dead) instead of mapping
+    the file again (review 14e)."""
+    with build(tmp_path, segment_bytes=4096, sync="never") as op, build(tmp_path) as rop:
+        w = open_rw(op)
+        ro = open_ro(rop)
+        s = ro.read(ReadOption(name="early"))
+        with pytest.raises(WALTimeoutError):
+            s.recv(0.05)  # waits in the empty first segment, mapped at 4096 bytes
+        big, small = b"B" * 20_000, b"s" * 3000
+        ids = w.append_batch([msg(big, tt=1), msg(small, tt=2)])  # grows segment 1, then rolls it
+        got = [s.recv(5.0) for _ in ids]
+        assert [m.message_id for m in got] == ids
+        assert [bytes(m.payload) for m in got] == [big, small]
+        s.close()
+        ro.close()
+        w.close()

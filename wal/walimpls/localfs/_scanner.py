@@ -220,6 +220,13 @@ class _DSeg:
             s = Summary.unpack(mv, SEAL_OFF, SEAL_MAGIC)
             if s is None:
                 return len(mv), False, False, -1
+            if s.data_end > len(mv):
+                # A map made while the segment was empty is shorter than the data when the writer grew the file
+                # for a record larger than a segment and sealed it before this follower looked again: the file,
+                # not that map, says whether the summary lies.
+                mv = self.view(s.data_end)
+                if mv is None:
+                    return 0, True, True, -1
             if not DATA_START <= s.data_end <= len(mv):
                 raise CorruptedError(
                     f"{self.path}: seal summary says the data ends at {s.data_end}, the file has {len(mv)} bytes",
