@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
+import pytest
+from _faults import Fault, FaultyFileOps
 from _localfs_util import build, msg, open_ro, open_rw
 
-from wal.errors import WALTimeoutError
+from wal.errors import WALIOError, WALTimeoutError
 from wal.walimpls import ReadOption
 from wal.walimpls.localfs import FileOps
 from wal.walimpls.localfs._state import ChannelLog
@@ -96,6 +99,40 @@ def test_an_idle_follower_does_not_list_the_directory_at_every_poll(tmp_path: Pa
         assert _read_all(s) == more
         s.close()
         ro.close()
+
+
+def test_a_follower_of_a_writer_that_failed_in_a_roll_does_not_list_the_directory_at_every_poll(
+    tmp_path: Path,
+) -> None:
+    """A writer that fails in a roll (a full disk as it makes the successor) leaves its newest segment sealed and
+    nothing after it, maybe for hours. A follower at the end of that segment listed the directory at every poll to
+    look for the successor (review 14e): the idle CPU that grows with the log, as for the unsealed segment. The
+    writer marks a sealed segment once its successor exists; without the mark, a listing a second."""
+    faults = FaultyFileOps()
+    with build(tmp_path, segment_bytes=4096, sync="never", _file_ops=faults) as wop:
+        w = open_rw(wop)
+        ids = [int(i.value) for i in w.append_batch([msg(b"p" * 3500, tt=1 + k) for k in range(20)])]
+        faults.arm(Fault("fallocate", errno.ENOSPC))  # the successor of the next roll
+        with pytest.raises(WALIOError):
+            w.append_batch([msg(b"p" * 3500, tt=100)])
+        fops = _CountingListings()
+        with build(tmp_path, _file_ops=fops) as rop:
+            ro = open_ro(rop)
+            s = ro.read(ReadOption(name="idle"))
+            assert _read_all(s) == ids
+            before = fops.listings
+            for _ in range(50):  # polls at the sealed end, as many as 2.5 s of waiting make
+                try:
+                    s.recv_batch(10, 0)
+                except WALTimeoutError:
+                    pass
+            assert fops.listings - before <= 5, fops.listings - before  # was 50
+            w = open_rw(wop)  # the writer comes back: it makes the successor and marks the sealed segment
+            more = [int(i.value) for i in w.append_batch([msg(b"q" * 3500, tt=200 + k) for k in range(3)])]
+            w.close()
+            assert _read_all(s) == more
+            s.close()
+            ro.close()
 
 
 class _Seg:

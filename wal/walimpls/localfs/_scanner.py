@@ -38,6 +38,8 @@ from ._format import (
     DATA_START,
     LC_ID,
     META_FIXED,
+    NEXT_MARK,
+    NEXT_OFF,
     REC_HEADER,
     REC_HEADER_SIZE,
     REC_MAGIC,
@@ -54,6 +56,7 @@ from ._format import (
     decode_properties,
     find_valid_record_after,
     is_zero_header,
+    parse_next_mark,
     scan_segment,
 )
 from ._message_id import LocalFSMessageID, fast_id
@@ -245,6 +248,11 @@ class _DSeg:
         default limit of 1,024). A reader still in the segment keeps its own view; a later one maps it again."""
         self._mv = None
 
+    def marked(self) -> bool:
+        """Whether the segment's successor mark is written: the writer writes it once the successor exists."""
+        mv = self.view(0)
+        return mv is not None and parse_next_mark(mv[NEXT_OFF : NEXT_OFF + NEXT_MARK.size]) is not None
+
     def probe(self) -> tuple[bool, bool]:
         """(grew, has a successor): asked only when a reader has caught up with the active segment."""
         mv = self.view(0)
@@ -306,10 +314,12 @@ class DirSource:
         map without a listing; only the crash case waits for the next listing."""
         if self._after_in(self._segs, first_id) is not None:  # segments are deleted oldest first, never after one
             return True
-        now = time.monotonic()
-        if now - self._listed_at < _RELIST_AFTER:
+        if not self._may_list():
             return False
         return self._after_in(self._refresh(), first_id) is not None
+
+    def _may_list(self) -> bool:
+        return time.monotonic() - self._listed_at >= _RELIST_AFTER
 
     def first(self) -> SegView | None:
         segs = self._refresh()
@@ -329,11 +339,17 @@ class DirSource:
         one its vchannel filter skips), and a fresh listing of an n-segment directory each time made reading the
         log O(n^2) (10,000 segments: 37 ms of CPU per segment). A sealed segment's successor starts right after its
         last ID; a listed segment that does so is that successor (a deleted one is found missing when mapped)."""
+        assert isinstance(seg, _DSeg)
         nxt = self._after_in(self._segs, seg.first_id)
+        _limit, exact, sealed, last = seg.status()
         if nxt is not None:
-            _limit, exact, sealed, last = seg.status()
             if exact and sealed and nxt.first_id == last + 1:
                 return nxt
+        elif exact and sealed and last >= 0 and not seg.marked() and not self._may_list():
+            # A roll in progress, or a writer that failed in one (a full disk) and may not come back for hours: a
+            # listing at every poll made such an idle follower's CPU grow with the log. The writer marks the sealed
+            # segment once the successor exists, which the map shows; without the mark, a listing a second.
+            return None
         return self._after_in(self._refresh(), seg.first_id)
 
     @staticmethod
