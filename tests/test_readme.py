@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,3 +19,20 @@ def test_the_readme_example_runs(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("localfs:") and lines[1] == "INSERT b'{\"id\": 1}' {'kind': 'order'}", lines
+
+
+def test_message_members_the_docs_call_are_methods() -> None:
+    """``m.name()`` in the docs must be a method of a delivered message: ``m.is_persisted()``, as the README's resume
+    advice spelled it, raised ``TypeError: 'bool' object is not callable`` (it is a property)."""
+    from wal.message import ImmutableMessage, ImmutableTxnMessage
+
+    pattern = re.compile(r"`[^`]*?\bm\.([a-z_]+)\(")
+    assert pattern.findall("(`not m.is_persisted()`, an") == ["is_persisted"]
+    called = set()
+    for doc in ("README.md", "docs/RELIABILITY.md", "docs/ARCHITECTURE.md"):
+        text = " ".join((ROOT / doc).read_text().split())  # a call may be wrapped over two lines
+        called |= set(pattern.findall(text))
+    for name in sorted(called):
+        member = getattr(ImmutableTxnMessage, name, None) or getattr(ImmutableMessage, name, None)
+        assert member is not None, f"the docs call m.{name}(), which a message does not have"
+        assert not isinstance(member, property) and callable(member), f"the docs call m.{name}(), a property"
