@@ -457,3 +457,37 @@ def test_scanners_deliver_what_the_model_says(backend: str, seed: int) -> None:
 @pytest.mark.parametrize("seed", _seeds("100-110"))
 def test_scanners_deliver_what_the_model_says_long(backend: str, seed: int) -> None:
     Driver(backend, seed).run(120)
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+@pytest.mark.parametrize("how", ["tailing", "evicted", "ro"])
+def test_latest_does_not_deliver_a_txn_begun_before_read(backend: str, how: str, tmp_path: Any) -> None:
+    """``latest()`` starts after what was appended before ``read()``, a txn's begin included: a txn begun before and
+    committed after is not delivered (as ``start_from`` past its begin), whether the reader tails the write-ahead
+    buffer, falls back from it to the backend first, or reads a RO WAL."""
+    opts: dict[str, Any] = {"time_tick_interval": 0.01, "write_ahead_buffer_bytes": 1024,
+                            "write_ahead_buffer_keepalive": 0.05}
+    if backend == "localfs":
+        opts.update(root=str(tmp_path / "wal"), segment_bytes=4096, sync="never")
+    with registry.must_get_builder(backend).build(**opts) as op:
+        w = op.open(OpenOption(channel=PChannelInfo(name="c", term=1)))
+        src = op.open(OpenOption(channel=PChannelInfo(name="c", access_mode=AccessMode.RO))) if how == "ro" else w
+        t = w.begin_txn("v1")
+        t.append(MutableMessage(MessageType.INSERT, b"body", {"k": "body"}, vchannel="v1"))
+        with src.read(ReadOption(deliver_policy=DeliverPolicy.latest())) as s:
+            if how == "evicted":
+                for i in range(50):
+                    w.append(MutableMessage(MessageType.INSERT, b"x" * 100, {"k": f"p{i}"}, vchannel="v2"))
+                time.sleep(0.2)
+            t.commit()
+            after = w.begin_txn("v1")
+            after.append(MutableMessage(MessageType.DELETE, b"", {"k": "after"}, vchannel="v1"))
+            r = after.commit()
+            got = []
+            while True:
+                m = s.recv(timeout=10)
+                if m.message_type is MessageType.TXN:
+                    got.append(observed(m))
+                    if m.message_id == r.message_id:
+                        break
+        assert got == [("txn", r.message_id, ("after",))]

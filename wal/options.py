@@ -25,7 +25,8 @@ class DeliverPolicy:
     """The first message a scanner delivers.
 
     - ``all()``: from the oldest message still kept.
-    - ``latest()``: only messages appended after the scanner opened (its start is fixed when ``read`` returns).
+    - ``latest()``: only messages appended after the scanner opened (its start is fixed when ``read`` returns); a
+      transaction begun before is not delivered, even when committed after (its begin was not read).
     - ``start_from(id)``: from ``id`` inclusive; ``start_after(id)``: from the message after ``id``.
     """
 
@@ -51,7 +52,7 @@ class DeliverPolicy:
 
     @classmethod
     def latest(cls) -> DeliverPolicy:
-        """Only messages appended after ``read()`` returns."""
+        """Only messages appended after ``read()`` returns: a txn begun before it is not delivered."""
         return cls(DeliverPolicyKind.LATEST)
 
     @classmethod
