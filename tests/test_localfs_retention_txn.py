@@ -202,3 +202,38 @@ def test_truncate_reads_nothing_below_the_oldest_kept_message(
     assert "was deleted" not in caplog.text and "truncate-probe" not in caplog.text
     assert [m.message_id for m in _delivered(w)][-10:] == [r.message_id for r in rs[-10:]]
     op.close()
+
+
+def test_a_txn_whose_body_was_deleted_under_a_slow_reader_is_not_delivered_in_part(tmp_path: Path) -> None:
+    """A follower had read a txn's begin when a truncate (or retention) deleted the segment with the rest of its
+    body: it went on at the oldest segment kept (saying so) and delivered the TXN at its commit with part of its
+    body, as if the txn had been that. A txn is all or nothing: the part kept is not delivered either."""
+    opener = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=4096,
+                                                        time_tick_interval=0.01)
+    with opener, opener.open(OpenOption(channel=PChannelInfo(name="c", term=1))) as w:
+        ro = opener.open(OpenOption(channel=PChannelInfo(name="c", access_mode=AccessMode.RO)))
+        t = w.begin_txn(vchannel="v", keepalive=30.0)
+        t.append(_ins(b"b1" * 1500))  # fills the first segment
+        s = ro.read(ReadOption(deliver_policy=DeliverPolicy.all()))
+        got: list[Any] = []
+        deadline = time.monotonic() + 5
+        while s.mode == "catchup" and time.monotonic() < deadline:  # until it has read the begin and b1
+            try:
+                got.append(s.recv(timeout=0.2))
+            except TimeoutError:
+                break
+        t.append(_ins(b"b2" * 1500))  # the second segment
+        t.append(_ins(b"b3"))  # the third, with the commit and a message after it
+        t.commit()
+        cut = w.append(_ins(b"after"))
+        w.truncate(cut.message_id)  # deletes the segments before the third
+        while True:
+            m = s.recv(timeout=5)
+            if m.message_type is not MessageType.TIME_TICK:
+                got.append(m)
+            if m.message_type is MessageType.INSERT and bytes(m.payload) == b"after":
+                break
+        s.close()
+        ro.close()
+    txns = [m for m in got if m.message_type is MessageType.TXN]
+    assert [len(m.messages) for m in txns] in ([], [3]), [[bytes(x.payload)[:2] for x in m.messages] for m in txns]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from _utility_msgs import UID, data
@@ -277,3 +278,22 @@ def test_txn_buffer_expiry_drops_exactly_what_a_full_scan_would() -> None:
         b.handle_immutable_messages(msgs, at(ms))
         _full_scan_expiry(model, batch, at(ms))
         assert set(b._builders) == set(model)
+
+
+def test_txn_buffer_drops_a_txn_across_a_stretch_of_deleted_messages_only() -> None:
+    """``note_gap(x)``: the reader passed over deleted messages up to ``x``. A txn with its begin at or before ``x``
+    and its commit after it may have lost body messages there: not delivered (never in part). One wholly before or
+    wholly after the stretch is delivered as usual."""
+    b = TxnBuffer()
+    ctx = [TxnContext(k, 10.0) for k in range(4)]
+
+    def txn(k: int, begin: int, body: int, commit: int) -> list[Any]:
+        return [data(at(begin), mid=begin, txn=ctx[k], mtype=MessageType.BEGIN_TXN),
+                data(at(body), mid=body, txn=ctx[k]),
+                data(at(commit), mid=commit, txn=ctx[k], mtype=MessageType.COMMIT_TXN)]
+
+    msgs = txn(0, 10, 11, 12) + txn(1, 13, 14, 30) + txn(2, 20, 21, 31) + txn(3, 40, 41, 42)
+    msgs.sort(key=lambda m: m.time_tick)
+    b.note_gap(UID(20))  # IDs ..20 passed over: txn 1 (13..30) and txn 2 (begin 20, commit 31) are broken
+    out = b.handle_immutable_messages(msgs, at(50))
+    assert [m.message_id for m in out] == [UID(12), UID(42)]

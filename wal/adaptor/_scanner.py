@@ -42,7 +42,7 @@ from ..errors import (
     WALIOError,
     WALTimeoutError,
 )
-from ..message import ImmutableMessage, MessageType, physical_ms
+from ..message import ImmutableMessage, MessageID, MessageType, physical_ms
 from ..options import DeliverPolicy, DeliverPolicyKind, filter_func
 from ..utility import (
     EvictedError,
@@ -168,6 +168,9 @@ class ScannerAdaptor(Scanner):
         self._backend_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None  # async for's worker (see _aiter)
         self._last_backend: ImmutableMessage | None = None
+        # The scanner has read every message up to this ID (at least; a not-persisted tick carries a last-confirmed
+        # ID): a stretch a backend reader passed over below it, after an eviction, lost this scanner nothing.
+        self._read_to: MessageID | None = None
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._failing_since: float | None = None  # when backend reads started failing (None: they work)
@@ -455,7 +458,16 @@ class ScannerAdaptor(Scanner):
         if batch:
             self._backoff = 0.0  # progress: the next failure starts its backoff afresh
             self._reads_work()
+            gap = b.skipped_to()
+            if gap is not None and (self._read_to is None or gap > self._read_to):
+                self._txn.note_gap(gap)  # deleted before this reader had them: no txn across them comes in part
             self._last_backend = self._consume(batch, self._exclusive_start, self._wab is not None)
+            self._note_read(self._last_backend)
+
+    def _note_read(self, m: ImmutableMessage) -> None:
+        mid = m.message_id
+        if self._read_to is None or mid > self._read_to:
+            self._read_to = mid
 
     def _try_switch(self, tick: ImmutableMessage) -> bool:
         assert self._wab is not None
@@ -492,6 +504,7 @@ class ScannerAdaptor(Scanner):
             return
         if batch:
             self._last_consumed = self._consume(batch, -1, False)
+            self._note_read(self._last_consumed)
 
     # -- shared: reorder, txn assembly, delivery ------------------------------------------------------------------
     def _consume(self, batch: list[ImmutableMessage], start: int, may_switch: bool) -> ImmutableMessage:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 
-from ..message import ImmutableMessage, ImmutableTxnMessageBuilder, MessageType
+from ..message import ImmutableMessage, ImmutableTxnMessageBuilder, MessageID, MessageType
 
 __all__ = ["TxnBuffer"]
+
+GAPS_KEPT = 64
+"""Stretches of deleted messages a reader remembers (each one is rare, and logged by the backend): a txn open across
+more of them than this, in one reader, is the only one that could still be delivered in part."""
 
 
 class TxnBuffer:
@@ -25,12 +29,27 @@ class TxnBuffer:
     only moves later, so a heap key is never later than its transaction's deadline (as in ``TxnManager``).
     """
 
-    __slots__ = ("_builders", "_deadlines", "_keep")
+    __slots__ = ("_builders", "_deadlines", "_gaps", "_keep")
 
     def __init__(self, body_filter: Callable[[ImmutableMessage], bool] | None = None) -> None:
         self._builders: dict[int, ImmutableTxnMessageBuilder] = {}
         self._deadlines: list[tuple[int, int]] = []  # heap of (expiry tick when pushed, txn ID)
         self._keep = body_filter
+        self._gaps: list[MessageID] = []  # where the reader went on after skipping deleted messages (note_gap)
+
+    def note_gap(self, last_missed: MessageID) -> None:
+        """The reader passed over messages deleted before it read them (a truncate or retention under a slow reader),
+        up to ``last_missed``. A txn whose begin is at or before it and whose commit after it may have lost body
+        messages in the stretch: it is not delivered, rather than delivered in part (a follower delivered such a TXN
+        with the body messages it had read before the stretch, as if the txn had been that)."""
+        gaps = self._gaps
+        if gaps and gaps[-1] == last_missed:
+            return
+        gaps.append(last_missed)
+        del gaps[:-GAPS_KEPT]
+
+    def _broken(self, begin: MessageID, commit: MessageID) -> bool:
+        return any(begin <= g < commit for g in self._gaps)
 
     def handle_immutable_messages(self, msgs: list[ImmutableMessage], time_tick: int) -> list[ImmutableMessage]:
         """Return what is deliverable from ``msgs`` (time-tick ordered), then drop txns expired at ``time_tick``.
@@ -57,7 +76,7 @@ class TxnBuffer:
                     heapq.heappush(self._deadlines, (nb.expired_time_tick(), ctx.txn_id))
             elif mt is MessageType.COMMIT_TXN:
                 b = builders.pop(ctx.txn_id, None)
-                if b is not None:
+                if b is not None and not (self._gaps and self._broken(b.messages()[0].message_id, m.message_id)):
                     out.append(b.build(m))
             elif mt is MessageType.ROLLBACK_TXN:
                 builders.pop(ctx.txn_id, None)

@@ -98,6 +98,17 @@ class ScannerImpls(Closeable):
         """
         return [self.recv(timeout)]
 
+    def skipped_to(self) -> MessageID | None:
+        """The last ID of the latest stretch of messages this reader passed over because they were deleted before it
+        read them (``truncate`` or retention under a slow reader, or a start below the oldest kept), or None.
+
+        The adaptor asks after every batch: a transaction whose begin it read before such a stretch and whose commit
+        after it may have lost body messages in it, and is then not delivered (a TXN is all or nothing), unless the
+        adaptor had read the whole stretch already (from its write-ahead buffer). A backend that can delete what a
+        reader has not reached must say so here.
+        """
+        return None
+
     @abstractmethod
     def done(self) -> threading.Event:
         """Set when the scanner has finished (closed, or failed with an error)."""

@@ -394,6 +394,7 @@ class LocalFSScanner(ScannerImpls):
         self._pos = 0
         self._expect = 0  # ID of the record at _pos
         self._skip_below = 0  # records with smaller IDs are passed over (seeking inside a segment)
+        self._skipped_to: LocalFSMessageID | None = None  # see skipped_to
         self._lock = threading.Lock()  # one reader at a time; close() does not take it
         self._policy = opt.deliver_policy
         self._vch_cache: dict[bytes, str] = {}
@@ -517,6 +518,7 @@ class LocalFSScanner(ScannerImpls):
                         "localfs scanner %r: message ID %d was deleted; starting at the oldest kept one, %d",
                         self._name, target, seg.first_id,
                     )
+                    self._skipped_to = fast_id(seg.first_id - 1)
                 self._enter(seg, DATA_START, seg.first_id)
             else:
                 self._seek(seg, target)
@@ -638,6 +640,7 @@ class LocalFSScanner(ScannerImpls):
                     "localfs scanner %r: IDs %d..%d were deleted before it read them; going on at %d",
                     self._name, self._expect, nxt.first_id - 1, nxt.first_id,
                 )
+                self._skipped_to = fast_id(nxt.first_id - 1)
             elif nxt.first_id != self._expect:
                 if out:
                     break  # deliver the records before the gap; the next call finds it again and raises
@@ -648,6 +651,9 @@ class LocalFSScanner(ScannerImpls):
             seg.release()
             self._enter(self._skip_unrelated(nxt), DATA_START, 0)
         return out
+
+    def skipped_to(self) -> LocalFSMessageID | None:
+        return self._skipped_to
 
     def _first_kept(self) -> int:
         first = self._source.first()

@@ -69,7 +69,11 @@ class MemoryScanner(PullScanner):
         super().__init__(name)
         self._log = log
         self._pos = start
+        self._jumped = False  # truncated under it: the message before the next one was the last passed over
+        self._skipped_to: MessageID | None = None
 
+    def skipped_to(self) -> MessageID | None:
+        return self._skipped_to
     def recv(self, timeout: float | None = None) -> ImmutableMessage:
         return self.recv_batch(1, timeout)[0]
 
@@ -82,10 +86,14 @@ class MemoryScanner(PullScanner):
                     raise self._error or ShutdownError(f"scanner {self.name!r} is closed")
                 if self._pos < log.base:
                     self._pos = log.base  # truncated under us: continue from the oldest kept message
+                    self._jumped = True
                 if self._pos < log.end:
                     i = self._pos - log.base
                     out = log.messages[i : i + max(1, max_messages)]
                     self._pos += len(out)
+                    if self._jumped:
+                        self._jumped = False
+                        self._skipped_to = MemoryMessageID(log.base + i - 1)  # base > 0: it jumped to it
                     return out
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
