@@ -74,6 +74,7 @@ class MemoryScanner(PullScanner):
 
     def skipped_to(self) -> MessageID | None:
         return self._skipped_to
+
     def recv(self, timeout: float | None = None) -> ImmutableMessage:
         return self.recv_batch(1, timeout)[0]
 
