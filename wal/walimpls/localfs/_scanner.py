@@ -136,7 +136,13 @@ class _WSeg:
         return bytes(self.seg.bloom) if self.seg.sealed else None
 
     def release(self) -> None:
-        pass  # the writer's segment state owns its map, and unmaps sealed segments itself
+        """Why: the writer's segment state kept the map of every sealed segment a scanner had read (or skipped by its
+        vchannel filter), each with the descriptor Python's mmap keeps, until retention deleted the file: without
+        retention, one descriptor per segment for the writer's life. The map is dropped, not closed: payload views
+        handed out and a reader still in the segment keep it alive; a later reader maps it again."""
+        self._mv = None
+        if self.seg.sealed:  # the active segment's map is the one every tailing reader reads
+            self.seg.drop_mapping()
 
     def index(self) -> list[tuple[int, int, int]]:
         seg = self.seg

@@ -892,6 +892,8 @@ class LocalFSWAL(_Base):
                 self._closed = True
             self._wait_deletion()
             self._close_fds()
+            for seg in self._log.segments:  # a closed WAL still referenced must not keep files mapped (and open)
+                seg.drop_mapping()
             self._log.retire()
             self._opener._release(self)
             self._hub.bump()

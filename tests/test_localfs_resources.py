@@ -1,0 +1,62 @@
+"""What a long-lived localfs writer holds (maps, descriptors, caches), through the full adaptor.
+
+Each test counts a resource after a run that used to make it grow with the log or with the number of vchannels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wal import OpenOption, PChannelInfo, ReadOption, registry
+from wal.message import MessageType, MutableMessage
+from wal.options import DeliverPolicy
+
+
+def _channel_maps(chdir: Path) -> int:
+    """Maps of the channel's files in this process (each ``mmap`` also keeps a file descriptor)."""
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if str(chdir) + "/" in line)
+
+
+def _open_fds(chdir: Path) -> int:
+    n = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            if str(fd.readlink()).startswith(str(chdir) + "/"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+@pytest.mark.parametrize("vchannel", [None, "rare"])
+def test_a_writers_scanner_keeps_no_map_of_segments_it_has_read_past(tmp_path: Path, vchannel: str | None) -> None:
+    """A scanner of the writer's own WAL left every sealed segment it read (or skipped by its vchannel filter)
+    mapped, each map with its descriptor, until retention deleted the file: without retention, one descriptor per
+    segment of the log for the writer's life (and after its close while the WAL object was referenced), so catching
+    up with a log of 1,000 segments ran the process out of descriptors at the common limit of 1,024."""
+    op = registry.must_get_builder("localfs").build(
+        root=str(tmp_path), segment_bytes=16 << 10, sync="never", write_ahead_buffer_bytes=4096
+    )
+    chdir = tmp_path / "p1"
+    w = op.open(OpenOption(channel=PChannelInfo(name="p1", term=1)))
+    w.append(MutableMessage(MessageType.INSERT, b"r", vchannel="rare"))
+    for _ in range(30):  # 30 segments
+        w.append_messages([MutableMessage(MessageType.INSERT, b"x" * 500, vchannel="v1") for _ in range(30)])
+    w.append(MutableMessage(MessageType.INSERT, b"r", vchannel="rare"))
+    assert sum(1 for p in chdir.iterdir() if p.suffix == ".seg") >= 20
+    # A tiny write-ahead buffer: the scanner reads the segments, as a reader far behind does.
+    with w.read(ReadOption(deliver_policy=DeliverPolicy.all(), vchannel=vchannel)) as s:
+        got = 0
+        while got < 2:
+            m = s.recv(timeout=10)
+            if m.message_type is MessageType.INSERT and bytes(m.payload) == b"r":
+                got += 1
+        assert _channel_maps(chdir) <= 3
+        assert _open_fds(chdir) <= 5  # LOCK, the active segment and its index, a map or two
+    w.close()
+    assert _channel_maps(chdir) == 0  # a closed WAL holds nothing, even while the object is still referenced
+    assert _open_fds(chdir) == 0
+    op.close()
