@@ -60,3 +60,17 @@ def test_a_writers_scanner_keeps_no_map_of_segments_it_has_read_past(tmp_path: P
     assert _channel_maps(chdir) == 0  # a closed WAL holds nothing, even while the object is still referenced
     assert _open_fds(chdir) == 0
     op.close()
+
+
+def test_the_writers_vchannel_cache_stays_bounded_under_many_vchannels(tmp_path: Path) -> None:
+    """The writer kept the bloom filter positions of every vchannel it had ever written, for its whole life: a
+    long-lived writer whose vchannels come and go (one per collection, as in Milvus) grew by about 180 bytes per
+    vchannel it had ever seen (50,000 vchannels: 9 MB) although only the current segment's need the filter."""
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=256 << 10, sync="never")
+    with op, op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:
+        for b in range(40):
+            w.append_messages(
+                [MutableMessage(MessageType.INSERT, b"x", vchannel=f"dml_{b}_{i}v0") for i in range(500)]
+            )
+        impls = w._impls
+        assert len(impls._bloom_cache) <= 5000  # 20,000 vchannels written

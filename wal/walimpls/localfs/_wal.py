@@ -156,6 +156,7 @@ class LocalFSROWAL(_Base):
 # encode_record's (head, payload, pad, CRC end in head, record size), then time tick and bloom bit positions
 _Entry = tuple[bytearray, bytes, bytes, int, int, int, tuple[int, ...]]
 _TIME_TICK = MessageType.TIME_TICK
+_BLOOM_CACHE_MAX = 4096  # vchannels whose bloom filter positions the writer keeps (as the scanner's vchannel cache)
 _allocate_lock = _thread.allocate_lock
 
 
@@ -328,6 +329,8 @@ class LocalFSWAL(_Base):
     def append_batch(self, msgs: Sequence[MutableMessage]) -> list[MessageID]:
         max_body = self._opts.max_message_bytes
         cache = self._bloom_cache
+        if len(cache) > _BLOOM_CACHE_MAX:  # it kept every vchannel ever written: ~180 bytes each for the writer's life
+            cache.clear()
         prepared: list[_Entry] = []
         term = self._channel.term
         for m in msgs:  # everything that needs no ID happens before the lock; the leader stamps IDs and CRCs
