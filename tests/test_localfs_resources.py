@@ -74,3 +74,25 @@ def test_the_writers_vchannel_cache_stays_bounded_under_many_vchannels(tmp_path:
             )
         impls = w._impls
         assert len(impls._bloom_cache) <= 5000  # 20,000 vchannels written
+
+
+def test_an_open_that_rebuilds_sealed_indexes_keeps_no_map_of_them(tmp_path: Path) -> None:
+    """An open that rebuilt the missing indexes of sealed segments (a log copied without them, a repair) kept each
+    segment mapped, with its descriptor, for the writer's life: with the indexes of 1,000 segments missing the open
+    itself ran out of descriptors at the common limit of 1,024."""
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=16 << 10, sync="never")
+    chdir = tmp_path / "p1"
+    with op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:
+        for _ in range(30):  # 30 segments
+            w.append_messages([MutableMessage(MessageType.INSERT, b"x" * 500, vchannel="v1") for _ in range(30)])
+    for p in chdir.glob("*.idx"):
+        p.unlink()
+    with op, op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:
+        assert len(list(chdir.glob("*.idx"))) >= 20  # rebuilt
+        assert _channel_maps(chdir) <= 2
+        assert _open_fds(chdir) <= 5
+        with w.read(ReadOption(deliver_policy=DeliverPolicy.all())) as s:  # still readable, from the start
+            m = s.recv(timeout=10)
+            while m.message_type is not MessageType.INSERT:
+                m = s.recv(timeout=10)
+            assert bytes(m.payload) == b"x" * 500

@@ -540,6 +540,9 @@ def _ensure_sealed_index(fops: FileOps, st: SegmentState, seal: Summary, rec: Re
         ok = size == want and parse_index(head, st.first_id).problem == ""
     if not ok:
         rebuild_index(fops, st, write=True)
+        # Mapped for the rebuild only: kept, each sealed segment's map (and its descriptor) stayed for the writer's
+        # life, and an open rebuilding the indexes of 1,000 segments ran out of descriptors. A reader maps it again.
+        st.drop_mapping()
         rec.rebuilt_indexes.append(path)
 
 
