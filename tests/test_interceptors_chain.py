@@ -156,3 +156,41 @@ def test_chain_timing_includes_inner_time() -> None:
 
     chain.do_append(msg(), slow)
     assert chain.timings["outer"][1] >= 10_000_000
+
+
+class _Failing:
+    def build(self, param: Any) -> Any:
+        raise RuntimeError("cannot build")
+
+
+class _Holding:
+    """Builds interceptors that record whether they were closed."""
+
+    def __init__(self) -> None:
+        self.built: list[Plain] = []
+
+    def build(self, param: Any) -> Any:
+        ic = Plain([], "h")
+        self.built.append(ic)
+        return ic
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_an_open_failing_in_an_interceptor_builder_closes_those_already_built(tmp_path: Any, backend: str) -> None:
+    """An interceptor builder that raised left the interceptors built before it open for good: the open raised, so
+    no WAL and no close ever reached them (each failed open leaked whatever they held: a thread, a connection)."""
+    from wal import OpenOption, PChannelInfo, registry
+
+    holding = _Holding()
+    kw: dict[str, Any] = {"root": str(tmp_path), "sync": "never"} if backend == "localfs" else {}
+    with registry.must_get_builder(backend, holding, _Failing()).build(**kw) as op:
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="cannot build"):
+                op.open(OpenOption(channel=PChannelInfo(name="c", term=1)))
+        assert len(holding.built) == 3
+        assert all(ic.closed for ic in holding.built)
+        # The channel is free again (localfs: its lock was released) and opens without the failing builder.
+    with registry.must_get_builder(backend, holding).build(**kw) as op, op.open(
+        OpenOption(channel=PChannelInfo(name="c", term=1))
+    ) as w:
+        w.append(msg())

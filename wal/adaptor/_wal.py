@@ -8,6 +8,7 @@ taking appends.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import weakref
@@ -34,7 +35,7 @@ from ..errors import (
     WALLockedError,
     WALTimeoutError,
 )
-from ..interceptors import AppendOutcome, ChainedInterceptor, InterceptorBuilder, InterceptorBuildParam
+from ..interceptors import AppendOutcome, ChainedInterceptor, Interceptor, InterceptorBuilder, InterceptorBuildParam
 from ..interceptors._chain import all_ok
 from ..interceptors.redo import RedoInterceptor
 from ..interceptors.timetick import AckManager, HybridClock, MVCCManager
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from ._scanner import ScannerAdaptor
 
 __all__ = ["ROWALAdaptor", "WALAdaptor"]
+
+log = logging.getLogger(__name__)
 
 _payload = attrgetter("payload")
 _new_result = object.__new__
@@ -264,7 +267,25 @@ class WALAdaptor(ROWALAdaptor):
         self._write_error: WALError | None = None
         param = InterceptorBuildParam(channel=self._channel, options=opts)
         self._init_time_tick(param)
-        interceptors = [b.build(param) for b in builders]
+        interceptors: list[Interceptor] = []
+        try:
+            for b in builders:
+                interceptors.append(b.build(param))
+            self._init_chain(opts, interceptors)
+        except BaseException:
+            # The open raises, so no WAL (and no close) ever reaches the interceptors built so far: each failed
+            # open (a builder that raised after others) leaked whatever they held, a thread or a connection.
+            chain: ChainedInterceptor | None = getattr(self, "_chain", None)
+            for close in [chain.close] if chain is not None else [ic.close for ic in interceptors]:
+                try:
+                    close()  # the chain's also ends its readiness thread
+                except Exception:
+                    log.warning("closing the interceptors of a failed open failed", exc_info=True)
+            raise
+        param.wal.set_result(self)
+
+    def _init_chain(self, opts: AdaptorOptions, interceptors: list[Interceptor]) -> None:
+        """The chain and the dispatcher: apart from ``__init__`` so that a failure here closes the interceptors."""
         tt_ic = next((ic for ic in interceptors if isinstance(ic, TimeTickInterceptor)), None)
         self._sync_op = TimeTickSyncOperator(
             self._ack,
@@ -296,7 +317,6 @@ class WALAdaptor(ROWALAdaptor):
         # append_async is the dispatcher's submit_one itself (the same checks and errors as the method below,
         # which stays for the class's readers): one Python call less per pipelined append.
         self.append_async = self._dispatcher.submit_one  # type: ignore[method-assign]
-        param.wal.set_result(self)
 
     # -- time-tick machinery ------------------------------------------------------------------------------------
     def _init_time_tick(self, param: InterceptorBuildParam) -> None:
