@@ -665,3 +665,48 @@ def test_a_root_no_open_can_use_is_refused_at_build(tmp_path: Path, root: Callab
     # build() took them and every open then raised a bare ValueError ("embedded null byte") or TypeError
     with pytest.raises(InvalidArgumentError, match="root"):
         registry.must_get_builder("localfs").build(root=root(tmp_path))
+
+
+@pytest.mark.parametrize("mode", ["rw", "ro"])
+def test_an_open_that_the_openers_close_overtakes_raises_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """An open the opener's close overtook (closed after the open's first check) closed its new WAL while holding
+    the opener's lock, which that WAL's close takes to release itself: the open hung for ever, its channel locked."""
+    import wal.walimpls.localfs._opener as opener_mod
+
+    op = build(tmp_path)
+    if mode == "rw":
+        recover = opener_mod.recover
+
+        def recover_then_close(*a: object, **k: object) -> object:
+            r = recover(*a, **k)  # type: ignore[arg-type]
+            op.close()
+            return r
+
+        monkeypatch.setattr(opener_mod, "recover", recover_then_close)
+    else:
+        watch = op._watch  # type: ignore[attr-defined]
+
+        def watch_then_close(hub: object) -> None:
+            watch(hub)
+            op.close()
+
+        monkeypatch.setattr(op, "_watch", watch_then_close)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            (open_rw if mode == "rw" else open_ro)(op)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(30)  # a hang, not a speed: the open returns at once
+    assert not t.is_alive(), "the open hung"
+    assert len(errors) == 1 and isinstance(errors[0], ShutdownError)
+    if mode == "rw":  # the channel's lock was released: another opener can write it
+        monkeypatch.undo()
+        with build(tmp_path) as op2:
+            open_rw(op2).close()

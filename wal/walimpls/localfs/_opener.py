@@ -195,11 +195,11 @@ class LocalFSOpener(OpenerImpls):
                 raise WALIOError(f"localfs: cannot create channel directory {chdir}: {e}") from e
             w = self._open_rw(opt, chdir, hub)
         with self._lock:
-            if self._closed:
-                w.close()
-                raise ShutdownError("localfs opener is closed")
-            self._open.add(w)
-        return w
+            if not self._closed:
+                self._open.add(w)
+                return w
+        w.close()  # not under _lock, which its close takes (to release itself): an open racing close hung for ever
+        raise ShutdownError("localfs opener is closed")
 
     def _open_rw(self, opt: OpenOption, chdir: str, hub: Hub) -> LocalFSWAL:
         fops = self._fops
