@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wal import OpenOption, PChannelInfo, ReadOption, registry
+from wal import AccessMode, OpenOption, PChannelInfo, ReadOption, registry
 from wal.message import MessageType, MutableMessage
 from wal.options import DeliverPolicy
 
@@ -96,3 +96,33 @@ def test_an_open_that_rebuilds_sealed_indexes_keeps_no_map_of_them(tmp_path: Pat
             while m.message_type is not MessageType.INSERT:
                 m = s.recv(timeout=10)
             assert bytes(m.payload) == b"x" * 500
+
+
+def test_the_opener_forgets_channels_no_wal_has_open(tmp_path: Path) -> None:
+    """The opener kept its per-channel state (a hub: lock, condition, about 1.7 KB) for every channel name it had ever
+    opened, closed or failed: a long-lived opener of short-lived channels grew with every new name."""
+    from wal.errors import FencedError
+
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), sync="never")
+    with op:
+        impls = op._impls
+        with op.open(OpenOption(channel=PChannelInfo(name="kept", term=2))) as kept:
+            for i in range(200):
+                with op.open(OpenOption(channel=PChannelInfo(name=f"tmp-{i}", term=1))) as w:
+                    w.append(MutableMessage(MessageType.INSERT, b"x"))
+                ro = op.open(OpenOption(channel=PChannelInfo(name=f"tmp-{i}", term=1, access_mode=AccessMode.RO)))
+                ro.close()
+            op.open(OpenOption(channel=PChannelInfo(name="fenced", term=2))).close()
+            with pytest.raises(FencedError):  # a failed open
+                op.open(OpenOption(channel=PChannelInfo(name="fenced", term=1)))
+            assert len(impls._hubs) <= 2
+            # A follower and the writer of one channel in one opener still share theirs: it wakes on each append.
+            ro = op.open(OpenOption(channel=PChannelInfo(name="kept", term=2, access_mode=AccessMode.RO)))
+            with ro, ro.read(ReadOption(deliver_policy=DeliverPolicy.latest())) as s:
+                assert impls._hubs["kept"] is kept._impls._hub is ro._impls._hub
+                kept.append(MutableMessage(MessageType.INSERT, b"y"))
+                m = s.recv(timeout=10)
+                while m.message_type is not MessageType.INSERT:
+                    m = s.recv(timeout=10)
+                assert bytes(m.payload) == b"y"
+        assert len(impls._hubs) == 0

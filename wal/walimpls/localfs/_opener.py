@@ -169,7 +169,16 @@ class LocalFSOpener(OpenerImpls):
             hub = self._hubs.get(name)
             if hub is None:
                 hub = self._hubs[name] = Hub(name, chdir)
+            hub.users += 1
             return hub
+
+    def _drop_hub(self, hub: Hub) -> None:
+        """Forget ``hub`` once no WAL of its channel is open. Why: the opener kept a hub for every channel name it
+        had ever opened (about 1.7 KB each), so a long-lived opener of short-lived channels grew without bound."""
+        with self._lock:
+            hub.users -= 1
+            if hub.users <= 0 and self._hubs.get(hub.name) is hub:
+                del self._hubs[hub.name]
 
     def open(self, opt: OpenOption) -> WALImpls:
         opt.validate()  # before anything is created
@@ -182,24 +191,28 @@ class LocalFSOpener(OpenerImpls):
             raise InvalidArgumentError(f"localfs: channel directory {chdir} is a symbolic link; refusing to follow it")
         hub = self._hub(ch.name, chdir)
         w: _Base
-        if ch.access_mode is AccessMode.RO:
-            # Writes nothing, not even the channel directory: a follower may start before its writer (it reads
-            # nothing until the writer makes the directory), and a mistyped name must not leave one behind.
-            w = LocalFSROWAL(self, hub, ch, chdir, fops)
-            self._watch(hub)
-            w._watched_in = _fork.generation
-        else:
-            try:
-                ensure_dir(fops, chdir)
-            except OSError as e:
-                raise WALIOError(f"localfs: cannot create channel directory {chdir}: {e}") from e
-            w = self._open_rw(opt, chdir, hub)
-        with self._lock:
-            if not self._closed:
-                self._open.add(w)
-                return w
-        w.close()  # not under _lock, which its close takes (to release itself): an open racing close hung for ever
-        raise ShutdownError("localfs opener is closed")
+        try:
+            if ch.access_mode is AccessMode.RO:
+                # Writes nothing, not even the channel directory: a follower may start before its writer (it reads
+                # nothing until the writer makes the directory), and a mistyped name must not leave one behind.
+                w = LocalFSROWAL(self, hub, ch, chdir, fops)
+                self._watch(hub)
+                w._watched_in = _fork.generation
+            else:
+                try:
+                    ensure_dir(fops, chdir)
+                except OSError as e:
+                    raise WALIOError(f"localfs: cannot create channel directory {chdir}: {e}") from e
+                w = self._open_rw(opt, chdir, hub)
+            with self._lock:
+                if not self._closed:
+                    self._open.add(w)
+                    return w
+            w.close()  # not under _lock, which its close takes (to release itself): an open racing close hung
+            raise ShutdownError("localfs opener is closed")
+        except BaseException:
+            self._drop_hub(hub)  # no WAL holds it (one closed above is not among the open: it released nothing)
+            raise
 
     def _open_rw(self, opt: OpenOption, chdir: str, hub: Hub) -> LocalFSWAL:
         fops = self._fops
@@ -325,6 +338,7 @@ class LocalFSOpener(OpenerImpls):
             self._open.discard(w)
         if isinstance(w, LocalFSROWAL) and w._watched_in == _fork.generation:  # a parent's watch is not ours
             self._unwatch(w._hub)
+        self._drop_hub(w._hub)
 
     def close(self) -> None:
         with self._lock:

@@ -120,6 +120,7 @@ class Hub:
         self.cond = threading.Condition(self.lock)
         self.version = 0
         self.watchers = 0
+        self.users = 0  # WALs of this opener on the channel, and opens under way (the opener forgets it at 0)
         # Set while read-only WALs wait for a channel directory that does not exist yet (the opener watches it once
         # it does); their scanners call it when they find nothing to read. See LocalFSOpener._watch.
         self.arm: Callable[[], None] | None = None
