@@ -16,7 +16,8 @@ back, expired or never committed. Every delivered message (ticks too) has a time
 truncate deleted (wholly before its argument) or retention deleted (starting before the oldest message delivered)
 may be missing, nothing else.
 
-``WAL_SCAN_SEEDS=a-b`` runs seeds a..b-1 (default 1-3 per backend, 40 steps; the slow form 100-110, 120 steps).
+``WAL_SCAN_SEEDS=a-b`` runs seeds a..b-1 (default 1-3 per backend, 40 steps; the slow form 100-104, 120 steps;
+seeds 100-110 and 200-212 passed in session 14).
 """
 
 from __future__ import annotations
@@ -454,7 +455,7 @@ def test_scanners_deliver_what_the_model_says(backend: str, seed: int) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("backend", ["memory", "localfs"])
-@pytest.mark.parametrize("seed", _seeds("100-110"))
+@pytest.mark.parametrize("seed", _seeds("100-104"))  # 4 seeds keep the suite under 10 min; more by hand
 def test_scanners_deliver_what_the_model_says_long(backend: str, seed: int) -> None:
     Driver(backend, seed).run(120)
 
