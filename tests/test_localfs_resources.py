@@ -5,6 +5,7 @@ Each test counts a resource after a run that used to make it grow with the log o
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,40 @@ def test_the_opener_forgets_channels_no_wal_has_open(tmp_path: Path) -> None:
                     m = s.recv(timeout=10)
                 assert bytes(m.payload) == b"y"
         assert len(impls._hubs) == 0
+
+
+@pytest.mark.parametrize("mode", [AccessMode.RO, AccessMode.RW], ids=["ro", "rw"])
+def test_a_closed_scanner_keeps_no_map_without_a_garbage_collection(tmp_path: Path, mode: AccessMode) -> None:
+    """A follower's reader and its segments referred to each other, so ``close()`` freed the segment it was in (its
+    map and the map's descriptor) only at the next collection of cycles, which a long-lived process with a large
+    heap runs rarely: until then a segment that retention deleted kept its disk space (a scanner closed while
+    still referenced, or one collected, pinned it). Collections are off here, as between two full ones."""
+    op = registry.must_get_builder("localfs").build(
+        root=str(tmp_path), segment_bytes=16 << 10, sync="never", write_ahead_buffer_bytes=4096
+    )
+    chdir = tmp_path / "p1"
+    w = op.open(OpenOption(channel=PChannelInfo(name="p1", term=1)))
+    for _ in range(4):  # a few sealed segments, then the active one
+        w.append_messages([MutableMessage(MessageType.INSERT, b"x" * 500, vchannel="v1") for _ in range(30)])
+    r = w if mode is AccessMode.RW else op.open(OpenOption(channel=PChannelInfo(name="p1", term=1, access_mode=mode)))
+    gc.collect()
+    gc.disable()
+    try:
+        held = []
+        for _ in range(3):
+            s = r.read(ReadOption(deliver_policy=DeliverPolicy.all()))
+            for _ in range(40):  # into the second segment, which is sealed
+                s.recv(timeout=10)
+            assert _channel_maps(chdir) >= 1
+            s.close()
+            held.append(s)  # a closed scanner still referenced, as a consumer object keeps it
+        base = 1 if mode is AccessMode.RW else 0  # the writer maps its active segment
+        assert _channel_maps(chdir) <= base
+        del held, s
+        assert _channel_maps(chdir) <= base
+    finally:
+        gc.enable()
+    if r is not w:
+        r.close()
+    w.close()
+    op.close()

@@ -25,6 +25,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Protocol
@@ -187,7 +188,10 @@ class _DSeg:
     __slots__ = ("_index", "_mv", "_summary", "first_id", "fops", "path", "source")
 
     def __init__(self, source: DirSource, first_id: int, path: str) -> None:
-        self.source = source
+        # Weak: the source lists its segments, and a cycle between the two left a closed follower's segment mapped
+        # (its descriptor, and a deleted file's disk space) until the next collection of cycles, which a long-lived
+        # process with a large heap runs rarely.
+        self.source = weakref.ref(source)
         self.fops = source.fops
         self.first_id = first_id
         self.path = path
@@ -272,7 +276,8 @@ class _DSeg:
             grew = self.view(size) is not None
         if self.status()[2]:  # the writer seals a segment before it makes its successor
             return grew, True
-        return grew, self.source.has_after(self.first_id)
+        source = self.source()
+        return grew, source is not None and source.has_after(self.first_id)
 
     def index(self) -> list[tuple[int, int, int]]:
         if self._index is None:
