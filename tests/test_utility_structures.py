@@ -238,6 +238,23 @@ def test_txn_buffer_expiry_does_not_look_at_every_open_txn(monkeypatch: pytest.M
     assert calls[0] <= 10  # 100,000 before
 
 
+def test_txn_buffer_heap_stays_bounded_by_the_open_txns() -> None:
+    """The heap of deadlines kept an entry for every txn begun until its deadline came, committed or not, and was
+    cleared only when no txn was open: with a txn always open (several producers) and a long keepalive, a reader
+    held one entry per txn begun within a keepalive (an hour at 1,000 txns a second: 3.6 M entries, ~400 MB)."""
+    b = TxnBuffer()
+    b.handle_immutable_messages([data(at(1), txn=TxnContext(1, 3600.0), mtype=MessageType.BEGIN_TXN)], at(1))
+    for i in range(2, 5002):
+        ctx = TxnContext(i, 3600.0)
+        out = b.handle_immutable_messages(
+            [data(at(i), txn=ctx, mtype=MessageType.BEGIN_TXN), data(at(i), txn=ctx, mtype=MessageType.COMMIT_TXN)],
+            at(i),
+        )
+        assert len(out) == 1
+    assert len(b) == 1
+    assert len(b._deadlines) <= 200  # 5,001 before
+
+
 def _full_scan_expiry(open_txns: dict[int, int], msgs: list[tuple[int, int, str]], tt: int) -> None:
     """The model: the buffer's open txns (ID -> last activity tick) after ``msgs``, each expired txn dropped at
     ``tt`` by a look at every one."""

@@ -12,6 +12,7 @@ __all__ = ["TxnBuffer"]
 GAPS_KEPT = 64
 """Stretches of deleted messages a reader remembers (each one is rare, and logged by the backend): a txn open across
 more of them than this, in one reader, is the only one that could still be delivered in part."""
+HEAP_SLACK = 64  # stale deadline entries tolerated beyond twice the open txns before the heap is rebuilt
 
 
 class TxnBuffer:
@@ -99,6 +100,12 @@ class TxnBuffer:
                 heapq.heappush(deadlines, (at, tid))
         if not builders:
             deadlines.clear()  # entries of ended transactions only
+        elif len(deadlines) > 2 * len(builders) + HEAP_SLACK:
+            # Mostly entries of ended txns, which stay until their deadline: with a txn always open they were never
+            # cleared, and a long keepalive kept one per txn begun within it. Rebuilt after at least as many pushes
+            # as it keeps: O(1) a txn.
+            deadlines[:] = [(b.expired_time_tick(), tid) for tid, b in builders.items()]
+            heapq.heapify(deadlines)
         return out
 
     @property

@@ -16,6 +16,8 @@ from ._session import TxnSession
 
 __all__ = ["TxnManager"]
 
+HEAP_SLACK = 64  # stale deadline entries tolerated beyond twice the open sessions before the heap is rebuilt
+
 
 
 class _Closing(ShutdownError, TxnExpiredError):
@@ -98,6 +100,9 @@ class TxnManager:
             if not sessions:  # what is left names ended sessions only
                 deadlines.clear()
                 finished.clear()
+            elif len(deadlines) > 2 * len(sessions) + HEAP_SLACK:  # as TxnBuffer's: ended sessions' entries
+                deadlines[:] = [(s.expired_time_tick, txn_id) for txn_id, s in sessions.items()]
+                heapq.heapify(deadlines)
             if not gone:
                 return
             self._cleaning += 1
