@@ -164,3 +164,37 @@ def test_a_closed_scanner_keeps_no_map_without_a_garbage_collection(tmp_path: Pa
         r.close()
     w.close()
     op.close()
+
+
+def test_the_writer_keeps_no_index_of_sealed_segments_in_memory(tmp_path: Path) -> None:
+    """The writer kept the sparse index (an entry per 4 KiB: id, time tick, position) of every segment it had sealed,
+    and of every sealed segment a reader had sought in, for its whole life, although each is on disk in its
+    ``.idx`` file: RAM of about 5 % of the log it kept (a 100 GB log without retention: 5 GB). A sealed segment's
+    index is read from its file when a reader seeks in it, and kept by that reader only."""
+    op = registry.must_get_builder("localfs").build(
+        root=str(tmp_path), segment_bytes=64 << 10, sync="never", write_ahead_buffer_bytes=4096
+    )
+    with op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:
+        ids = []
+        for _ in range(40):  # 40 segments of ~15 index entries
+            rs = w.append_messages([MutableMessage(MessageType.INSERT, b"x" * 200, vchannel="v1") for _ in range(300)])
+            ids.append(rs[150].message_id)
+        log = w._impls._log
+        assert len(log.segments) >= 30
+        per_segment = (64 << 10) // 4096
+
+        def held() -> int:
+            return sum(len(s.index) for s in log.segments)
+
+        assert held() <= 2 * per_segment  # the active segment's
+        for mid in ids[::4]:  # seek into sealed segments, then read on
+            with w.read(ReadOption(deliver_policy=DeliverPolicy.start_from(mid))) as s:
+                m = s.recv(timeout=10)
+                assert m.message_id == mid  # the seek still finds it
+                for _ in range(400):
+                    s.recv(timeout=10)
+        assert held() <= 2 * per_segment
+    with op, op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:  # and after a reopen
+        with w.read(ReadOption(deliver_policy=DeliverPolicy.start_from(ids[3]))) as s:
+            assert s.recv(timeout=10).message_id == ids[3]
+        assert sum(len(s.index) for s in w._impls._log.segments) <= 2 * per_segment

@@ -401,8 +401,9 @@ def recover(
                     fops.fdatasync(fd)
                     write_index(fops, path, fid, res.index, sealed=True)
                     rec.sealed_now.append(path)
-                st.index = res.index
-                st.index_checked = True
+                else:  # no index file to read it from (see SegmentState.drop_index)
+                    st.index = res.index
+                    st.index_checked = True
             else:
                 # The mark is written only after the seal summary was durable: a mark here means this segment was
                 # sealed and had a successor, even if its summary was damaged since (then it is taken as active).
@@ -541,8 +542,10 @@ def _ensure_sealed_index(fops: FileOps, st: SegmentState, seal: Summary, rec: Re
     if not ok:
         rebuild_index(fops, st, write=True)
         # Mapped for the rebuild only: kept, each sealed segment's map (and its descriptor) stayed for the writer's
-        # life, and an open rebuilding the indexes of 1,000 segments ran out of descriptors. A reader maps it again.
+        # life, and an open rebuilding the indexes of 1,000 segments ran out of descriptors. A reader maps it again,
+        # and reads the index from the file just written.
         st.drop_mapping()
+        st.drop_index()
         rec.rebuilt_indexes.append(path)
 
 

@@ -106,7 +106,7 @@ class Source(Protocol):
 
 # -- writer source --------------------------------------------------------------------------------------------------
 class _WSeg:
-    __slots__ = ("_mv", "first_id", "fops", "path", "seg", "write_index")
+    __slots__ = ("_index", "_mv", "first_id", "fops", "path", "seg", "write_index")
 
     def __init__(self, seg: SegmentState, fops: FileOps, write_index: bool) -> None:
         self.seg = seg
@@ -115,6 +115,7 @@ class _WSeg:
         self.fops = fops
         self.write_index = write_index
         self._mv: memoryview | None = None
+        self._index: list[tuple[int, int, int]] | None = None  # a sealed segment's, read from its file
 
     def view(self, need: int) -> memoryview | None:
         mv = self._mv
@@ -146,15 +147,24 @@ class _WSeg:
             self.seg.drop_mapping()
 
     def index(self) -> list[tuple[int, int, int]]:
+        """Why a sealed segment's index is kept by this reader, not in the segment's state: kept there, the writer
+        held the index of every segment a reader had sought in, for its life (about 5 % of the log in RAM)."""
         seg = self.seg
-        if not seg.index_checked:
-            idx = load_index(self.fops, seg.path, seg.first_id, seg.tail[0])
-            if idx is not None and not idx.problem and _index_matches(self, idx.entries):
-                seg.index = idx.entries
-                seg.index_checked = True
-            else:
-                rebuild_index(self.fops, seg, write=self.write_index)
-        return seg.index
+        entries = seg.index  # before the flag: a seal drops the list after the flag (SegmentState.drop_index)
+        if seg.index_checked:  # the active segment's, which the writer extends
+            return entries
+        cached = self._index
+        if cached is not None:
+            return cached
+        idx = load_index(self.fops, seg.path, seg.first_id, seg.tail[0])
+        if idx is not None and not idx.problem and _index_matches(self, idx.entries):
+            entries = idx.entries
+        else:
+            entries = rebuild_index(self.fops, seg, write=self.write_index)
+            if seg.sealed:
+                seg.drop_index()
+        self._index = entries
+        return entries
 
 
 class WriterSource:

@@ -65,6 +65,13 @@ class SegmentState:
     def drop_mapping(self) -> None:
         self._mm = None
 
+    def drop_index(self) -> None:
+        """Forget a sealed segment's index, which its ``.idx`` file holds: kept, the writer held the index of every
+        segment it had sealed (an entry per 4 KiB, about 5 % of the log in RAM) for its life. A reader that seeks
+        in the segment reads the file (``_WSeg.index``)."""
+        self.index_checked = False  # first: a reader takes the list, then asks whether it is checked
+        self.index = []
+
 
 class ChannelLog:
     """The writer's list of segments. Replaced, never mutated in place, so readers can iterate a snapshot."""

@@ -652,6 +652,7 @@ class LocalFSWAL(_Base):
         self._publish()
         old.sealed_ns = now
         old.sealed = True
+        old.drop_index()  # after the seal: a reader that saw it unsealed took the list, which stays whole
         fd, idx_fd = self._fd, self._idx_fd
         self._fd = self._idx_fd = None
         try:
