@@ -198,3 +198,31 @@ def test_the_writer_keeps_no_index_of_sealed_segments_in_memory(tmp_path: Path) 
         with w.read(ReadOption(deliver_policy=DeliverPolicy.start_from(ids[3]))) as s:
             assert s.recv(timeout=10).message_id == ids[3]
         assert sum(len(s.index) for s in w._impls._log.segments) <= 2 * per_segment
+
+
+def test_an_open_that_cannot_start_its_sync_thread_leaves_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``sync="interval"``, an open whose sync thread could not start (a process at its thread limit:
+    ``RuntimeError: can't start new thread``) raised but kept the active segment's and its index's descriptors open
+    for good: each failed open leaked two, until the process ran out of them."""
+    import threading
+
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), sync="interval")
+    chdir = tmp_path / "p1"
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("wal-localfs-sync-"):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    with op:
+        monkeypatch.setattr(threading.Thread, "start", start)
+        for _ in range(5):
+            with pytest.raises(RuntimeError):
+                op.open(OpenOption(channel=PChannelInfo(name="p1", term=1)))
+        assert _open_fds(chdir) == 0
+        monkeypatch.undo()
+        with op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:  # and the channel still opens
+            w.append(MutableMessage(MessageType.INSERT, b"x"))

@@ -265,7 +265,13 @@ class LocalFSWAL(_Base):
         if opts.sync == "interval":
             self._syncer = threading.Thread(target=self._sync_loop, name=f"wal-localfs-sync-{channel.name}",
                                             daemon=True)
-            self._syncer.start()
+            try:
+                self._syncer.start()
+            except BaseException:  # at the thread limit: as a failed recovery, else each failed open kept two fds
+                self._syncer = None
+                self._lock_fd = None  # still the opener's to close
+                self._close_fds()
+                raise
 
     # -- files -------------------------------------------------------------------------------------------------------
     def _open_active(self, seg: SegmentState) -> None:
