@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from functools import partial
 from operator import attrgetter
-from typing import TYPE_CHECKING
 
 from .. import _fork
 from .._checks import seconds
@@ -52,10 +51,13 @@ from ._dispatcher import AppendDispatcher
 from ._future import AllSucceeded, Appended
 from ._lifetime import Lifetime
 from ._options import AdaptorOptions
+from ._scanner import ScannerAdaptor
 from ._truncate import truncation_point
+from ._txn import TxnHandle
 
-if TYPE_CHECKING:
-    from ._scanner import ScannerAdaptor
+# ScannerAdaptor and TxnHandle are imported here, not at a WAL's first read() or begin_txn(): an import opens the
+# module's file, and a process at its descriptor limit got a bare OSError naming _scanner.py from a read that needs
+# no descriptor (tests/test_adaptor_resource_limits.py).
 
 __all__ = ["ROWALAdaptor", "WALAdaptor"]
 
@@ -138,8 +140,6 @@ class ROWALAdaptor(WAL):
         return self._unavailable
 
     def read(self, opt: ReadOption | None = None) -> Scanner:
-        from ._scanner import ScannerAdaptor
-
         opt = opt if opt is not None else ReadOption()
         if not isinstance(opt, ReadOption):
             raise InvalidMessageError(f"read takes a ReadOption, got {type(opt).__name__}")
@@ -750,8 +750,6 @@ class WALAdaptor(ROWALAdaptor):
             self._wimpls.truncate(truncation_point(self._wimpls, message_id, self._ack.last_confirmed_message_id))
 
     def begin_txn(self, vchannel: str, keepalive: float | None = None) -> Txn:
-        from ._txn import TxnHandle
-
         return TxnHandle(self, vchannel, keepalive)
 
     # -- close ------------------------------------------------------------------------------------------------
