@@ -88,7 +88,10 @@ class LastConfirmedManager:
 
     def __init__(self, last_confirmed_message_id: MessageID | None) -> None:
         self.current = last_confirmed_message_id
-        self._heap: list[tuple[MessageID, int, AckDetail]] = []
+        # The ID and txn of each message held back, not its detail: the detail holds the message, and while a txn
+        # stays open every message appended after its begin is held here (a long txn beside other producers kept all
+        # they wrote, payloads included, in RAM until it ended).
+        self._heap: list[tuple[MessageID, int, TxnSession | None]] = []
         self._seq = itertools.count()
 
     def add_confirmed_details(self, details: Iterable[AckDetail], time_tick: int) -> None:
@@ -113,10 +116,9 @@ class LastConfirmedManager:
         for d in details:
             if d.is_sync or d.error is not None or d.message is None:
                 continue
-            heapq.heappush(heap, (d.message.message_id, next(self._seq), d))
+            heapq.heappush(heap, (d.message.message_id, next(self._seq), d.txn_session))
         while heap:
-            mid, _, d = heap[0]
-            s = d.txn_session
+            mid, _, s = heap[0]
             if s is not None and not s.is_expired_or_done(time_tick):
                 break
             heapq.heappop(heap)
