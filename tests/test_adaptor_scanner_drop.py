@@ -10,6 +10,7 @@ import asyncio
 import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,33 @@ def test_the_wal_forgets_dropped_scanners_and_still_closes_held_ones(writer: Any
     assert _until(lambda: len(writer._scanners) == 1)  # only the held one: dropped ones are not kept
     writer.close()
     assert held.done().wait(5)
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_a_read_only_wal_dropped_without_close_is_closed(tmp_path: Path, backend: str) -> None:
+    """The opener kept every read-only WAL it opened until it closed, so one dropped without ``close()`` (a tool
+    that peeks at each channel of a root) kept its backend open for the opener's life: on localfs, each channel
+    followed that way kept its watchdog thread (30 channels peeked at, 30 threads more). The opener holds them
+    weakly now; one collected unclosed is closed by the reaper (a writer is still kept: its close is its owner's)."""
+    b = registry.must_get_builder(backend)
+    op = b.build(root=str(tmp_path)) if backend == "localfs" else b.build()
+    names = [f"c{i}" for i in range(30)]
+    for name in names:
+        with op.open(OpenOption(PChannelInfo(name, 1))) as w:
+            w.append(ins(0))
+    kept = op.open(OpenOption(PChannelInfo(names[0], 0, AccessMode.RO)))
+    threads = threading.active_count()
+    dropped = []
+    for name in names:
+        ro = op.open(OpenOption(PChannelInfo(name, 0, AccessMode.RO)))
+        for m in ro.read(ReadOption(deliver_policy=DeliverPolicy.all())):
+            if m.message_type is MessageType.INSERT:
+                break  # the scanner and then the WAL are dropped, never closed
+        dropped.append(weakref.ref(ro))
+        del ro, m
+    assert _until(lambda: all(r() is None for r in dropped))
+    assert _until(lambda: threading.active_count() <= threads + 2), [t.name for t in threading.enumerate()]
+    s = kept.read(ReadOption(deliver_policy=DeliverPolicy.all()))  # one held is untouched, and the close ends it
+    assert s.recv(timeout=5) is not None
+    op.close()
+    assert s.done().wait(5)

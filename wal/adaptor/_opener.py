@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Sequence
 
 from .. import _fork
@@ -28,6 +29,9 @@ class OpenerAdaptor(Opener):
         self._builders = tuple(builders)
         self._lifetime = Lifetime(f"wal opener {name!r}")
         self._wals: set[ROWALAdaptor] = set()
+        # Read-only WALs weakly: one dropped without close() is collected and its backend closed in the reaper's
+        # thread (a localfs follower's channel kept its watchdog thread, one per channel, for the opener's life).
+        self._ro_wals: weakref.WeakSet[ROWALAdaptor] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._close_cut_short = False  # the first close did not finish (a Ctrl-C): the next close finishes it
@@ -42,30 +46,33 @@ class OpenerAdaptor(Opener):
             impls = self._impls.open(opt)
             try:
                 w: ROWALAdaptor
-                if opt.channel.access_mode is AccessMode.RO:
-                    w = ROWALAdaptor(impls, self._opts, self._forget)
+                ro = opt.channel.access_mode is AccessMode.RO
+                if ro:
+                    w = ROWALAdaptor(impls, self._opts, self._forget, reap=True)
                 else:
                     w = WALAdaptor(impls, self._opts, self._builders, self._forget)
             except BaseException:
                 impls.close()
                 raise
             with self._lock:
-                self._wals.add(w)
+                (self._ro_wals if ro else self._wals).add(w)
             return w
 
     def _forget(self, w: ROWALAdaptor) -> None:
         if self._forks != _fork.generation:  # a forked child's copy: a parent thread may have held the lock
             self._wals.discard(w)
+            self._ro_wals.discard(w)
             return
         with self._lock:
             self._wals.discard(w)
+            self._ro_wals.discard(w)
 
     def close(self) -> None:
         if self._forks != _fork.generation:
             # A forked child's copy: calls in flight (an open) and a close under way are the parent's threads',
             # which do not exist here, and so may be holders of the locks (waiting hung for ever: review 10e).
             self._lifetime.stop()
-            for w in list(self._wals):
+            for w in [*self._wals, *self._ro_wals]:
                 w.close()  # its copy's close, which waits for nothing either
             self._impls.close()
             return
@@ -88,7 +95,7 @@ class OpenerAdaptor(Opener):
     def _close_inner(self) -> None:
         self._lifetime.wait()
         with self._lock:
-            wals = list(self._wals)
+            wals = [*self._wals, *self._ro_wals]
         for w in wals:
             w.close()
         self._impls.close()

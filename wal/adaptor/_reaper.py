@@ -5,6 +5,8 @@ every scanner it made until it closed, so each such loop left its backend reader
 localfs reader kept its segment mapped and open, so the disk space of segments retention had deleted stayed in use
 (a follower reading now and then pinned every segment it had read), and an ``async for`` left its worker thread
 waiting. The WAL now holds its scanners weakly, and a scanner collected while open hands its backend reader here.
+The opener holds its read-only WALs weakly in the same way (a localfs follower kept its channel's watchdog thread):
+one collected unclosed hands its backend WAL here.
 
 Why not close it in ``__del__``: the collector runs finalizers in whatever thread allocates, at any point, even
 while that thread holds a backend's lock that the reader's ``close()`` takes (a deadlock). ``SimpleQueue.put`` is
@@ -35,7 +37,7 @@ def _run(queue: SimpleQueue[Callable[[], object]]) -> None:
         try:
             release()
         except Exception:  # a reader that fails to close must not stop the closing of the others
-            _log.warning("closing a scanner dropped without close() failed", exc_info=True)
+            _log.warning("closing a scanner or a read-only WAL dropped without close() failed", exc_info=True)
         del release  # not kept while waiting for the next: it holds the reader (a localfs reader, its segment's map)
 
 

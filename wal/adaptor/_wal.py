@@ -47,6 +47,7 @@ from ..message._hybrid import check_barrier
 from ..message._message import _own_payload, check_text
 from ..utility import WriteAheadBuffer
 from ..walimpls import ROWALImpls, WALImpls
+from . import _reaper
 from ._dispatcher import AppendDispatcher
 from ._future import AllSucceeded, Appended
 from ._lifetime import Lifetime
@@ -106,9 +107,21 @@ class ROWALAdaptor(WAL):
     """A read-only WAL: scanners follow the backend only (catch-up), every write raises."""
 
     def __init__(
-        self, impls: ROWALImpls, opts: AdaptorOptions, cleanup: Callable[[ROWALAdaptor], None] | None = None
+        self,
+        impls: ROWALImpls,
+        opts: AdaptorOptions,
+        cleanup: Callable[[ROWALAdaptor], None] | None = None,
+        reap: bool = False,
     ) -> None:
         self._impls = impls
+        # reap: closed in the reaper's thread once collected unclosed, for an opener that holds it weakly (see
+        # OpenerAdaptor.open). A read-only WAL only: a writer's close ends its txns and releases its channel's lock,
+        # which no collection may do behind its owner's back (and its append thread keeps it alive anyway).
+        self._reap: weakref.finalize[..., ROWALAdaptor] | None = None
+        if reap:
+            _reaper.ensure_running()
+            self._reap = weakref.finalize(self, _reaper.put, impls.close)
+            self._reap.atexit = False
         self._opts = opts
         self._channel = impls.channel
         self._lifetime = Lifetime(f"wal {self._channel}")
@@ -229,6 +242,8 @@ class ROWALAdaptor(WAL):
         if self._forks == -1:
             return  # closed already
         self._forks = -1
+        if self._reap is not None:
+            self._reap.detach()
         self._impls.close()
         if self._cleanup is not None:
             self._cleanup(self)
@@ -237,6 +252,8 @@ class ROWALAdaptor(WAL):
         self._unavailable.set()
         self._lifetime.wait()
         self._close_scanners()
+        if self._reap is not None:
+            self._reap.detach()  # closed here: the reaper has nothing to do for it
         self._impls.close()
         if self._cleanup is not None:
             self._cleanup(self)
