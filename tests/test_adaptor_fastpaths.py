@@ -31,6 +31,7 @@ from wal.errors import WALError
 from wal.interceptors.timetick import HybridClock
 from wal.message import IntMessageID, MessageType, MutableMessage
 from wal.utility import WriteAheadBuffer
+from wal.utility._wab_queue import ENTRY_OVERHEAD
 
 
 class ID(IntMessageID):
@@ -335,7 +336,7 @@ def test_wab_rejects_messages_outside_the_tick_range_or_out_of_order() -> None:
         assert len(wab) == 1  # unchanged
     wab.append([_imm(12), _imm(15)], tick)  # type: ignore[list-item, arg-type]
     assert len(wab) == 4
-    assert wab.size == 4  # four 1-byte payloads, no properties: sizes come from the cheap path
+    assert wab.size == 4 * (1 + ENTRY_OVERHEAD)  # four 1-byte payloads, no properties: sizes from the cheap path
 
 
 def test_same_message_object_twice_in_one_batch_gets_two_ticks() -> None:

@@ -33,7 +33,7 @@ def tts(s: WABSnapshot | None) -> list[int]:
 
 
 def test_wab_queue_snapshots_and_size_eviction() -> None:
-    q = WABQueue(100, 5.0, tick(99))
+    q = WABQueue(100, 5.0, tick(99), entry_overhead=0)  # payload bytes only, to count them here
     assert tts(q.snapshot_from_offset(0)) == [99]
     assert q.snapshot_from_exclusive_time_tick(100) is None
 
@@ -70,7 +70,7 @@ def test_wab_queue_snapshots_and_size_eviction() -> None:
 
 def test_wab_queue_time_eviction_keeps_last() -> None:
     clock = FakeClock()
-    q = WABQueue(100, 0.010, tick(99), now=clock)
+    q = WABQueue(100, 0.010, tick(99), now=clock, entry_overhead=0)
     q.push([data(100, 10)])
     q.evict()
     assert q.current_offset == 1
@@ -88,7 +88,7 @@ def test_wab_queue_time_eviction_keeps_last() -> None:
 
 
 def test_wab_queue_compaction_keeps_offsets_and_snapshots() -> None:
-    q = WABQueue(50, 60.0, tick(0))
+    q = WABQueue(50, 60.0, tick(0), entry_overhead=0)
     early = q.snapshot_from_offset(0)
     for tt in range(1, 1001):
         q.push([data(tt, 10)])
@@ -310,7 +310,9 @@ def test_wab_readers_never_see_a_gap(seed: int) -> None:
     an EvictedError; served not-persisted ticks only ever move time forward."""
     rng = random.Random(seed)
     clock = FakeClock()
-    wab = WriteAheadBuffer("p", rng.choice([50, 200, 5 * MiB]), rng.choice([0.01, 1.0]), tick(1), now=clock)
+    wab = WriteAheadBuffer(
+        "p", rng.choice([50, 200, 5 * MiB]), rng.choice([0.01, 1.0]), tick(1), now=clock, entry_overhead=0
+    )
     stored: list[ImmutableMessage] = [wab.last_time_tick_message]
     readers: list[tuple[int, object, list[ImmutableMessage]]] = []
     tt = 1
@@ -398,3 +400,16 @@ def test_wab_blocked_reader_is_woken_by_append_after_other_readers_timed_out() -
     wab.append([data(11)], tick(12, persisted=False))
     t.join(3)
     assert not t.is_alive() and got == [11]
+
+
+def test_wab_counts_each_message_not_only_its_payload() -> None:
+    """The buffer counted payload (and property) bytes only, so messages with small or empty payloads were bounded
+    by the keepalive alone: a buffer of 1 MiB held 200,000 empty messages (49 MB) through the full adaptor. Each
+    message now counts :data:`ENTRY_OVERHEAD` bytes more."""
+    cap = 64 * 1024
+    q = WABQueue(cap, 3600.0, tick(0))
+    for tt in range(1, 20_001):
+        q.push([data(tt, 0)])
+        q.evict()
+    assert len(q) <= cap // 200  # 20,001 before
+    assert q.size <= cap

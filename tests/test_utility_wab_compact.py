@@ -14,7 +14,7 @@ from _utility_msgs import UID
 from wal.message import ImmutableMessage, ImmutableTxnMessage, IntMessageID, MessageType, MutableMessage, TxnContext
 from wal.utility import TimeTickViolationError, WriteAheadBuffer
 from wal.utility._wab_compact import compact_batch, compact_written, expand, id_class_of
-from wal.utility._wab_queue import WABQueue
+from wal.utility._wab_queue import ENTRY_OVERHEAD, WABQueue
 from wal.utility._write_ahead_buffer import PENDING_MAX
 
 MiB = 1 << 20
@@ -230,10 +230,10 @@ def test_compact_push_is_all_or_nothing() -> None:
         q.push([(*a[:4], 0, *a[5:])], compact=True)  # at or below the last tick (1)
     with pytest.raises(OverflowError):
         q.push([a, b, (*c[:4], 1 << 64, *c[5:])], compact=True)
-    assert len(q._msgs) == len(q._tts) == len(q._sizes) == len(q._expire) == 1 and q.size == 0
+    assert len(q._msgs) == len(q._tts) == len(q._sizes) == len(q._expire) == 1 and q.size == ENTRY_OVERHEAD
     q.push([a, b, c], compact=True)
     q._check()
-    assert q._msgs[1:] == [a, b, c] and q.size == len(b"w0w1w2") and q.last_time_tick == 12
+    assert q._msgs[1:] == [a, b, c] and q.size == len(b"w0w1w2") + 4 * ENTRY_OVERHEAD and q.last_time_tick == 12
 
 
 def test_push_of_compact_entries_and_messages_together() -> None:
@@ -252,7 +252,7 @@ def test_push_of_compact_entries_and_messages_together() -> None:
     q.push(batch, compact=True)
     q._check()
     assert [type(e) for e in q._msgs[1:]] == [tuple, ImmutableMessage, tuple, ImmutableMessage, ImmutableMessage]
-    assert q.size == 2 + 2 + props.estimate_size() + len(plain.payload)
+    assert q.size == 2 + 2 + props.estimate_size() + len(plain.payload) + 6 * ENTRY_OVERHEAD
     snap = q.snapshot_from_offset(1)
     assert snap is not None and [fields(m) for m in snap.to_list()] == want
     wab = WriteAheadBuffer("c", 64 * MiB, 3600.0, first_tick())

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import InvalidArgumentError, ShutdownError, WALTimeoutError
 from ..message import ImmutableMessage, IntMessageID, MessageID, MessageType
 from ._wab_compact import COMPACT_TICK, entry_time_tick, expand, id_class_of
-from ._wab_queue import WABQueue, WABSnapshot
+from ._wab_queue import ENTRY_OVERHEAD, WABQueue, WABSnapshot
 
 __all__ = ["WriteAheadBuffer", "WriteAheadBufferReader"]
 
@@ -51,6 +51,7 @@ class WriteAheadBuffer:
         first_time_tick: ImmutableMessage,
         *,
         now: Callable[[], float] = time.monotonic,
+        entry_overhead: int = ENTRY_OVERHEAD,
     ) -> None:
         if first_time_tick.message_type is not MessageType.TIME_TICK:
             raise InvalidArgumentError(f"write-ahead buffer {name!r} must start from a TIME_TICK message")
@@ -58,7 +59,7 @@ class WriteAheadBuffer:
         # The condition's lock: an RLock, entered as ``with self._lock`` (see docs/ARCHITECTURE.md, "Interrupts").
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._queue = WABQueue(capacity_bytes, keepalive, first_time_tick, now)
+        self._queue = WABQueue(capacity_bytes, keepalive, first_time_tick, now, entry_overhead)
         self._id_cls = id_class_of(first_time_tick)  # rebuilds the queue's compact entries (see _wab_compact)
         self._last_tick: ImmutableMessage | None = first_time_tick  # None: not built yet (see _tick)
         self._last_tt = first_time_tick.time_tick
