@@ -109,7 +109,7 @@ class WABQueue:
         # Numbers in arrays, not lists: an array is one object to the garbage collector, which walks every item
         # of a list on each full collection (hundreds of thousands here).
         self._tts = array(_U64)
-        self._sizes = array(_U64)
+        self._sizes = array(_U64)  # each entry's payload and property bytes; it counts _overhead bytes more
         self._expire = array("d")
         self._base = 0  # offset of list index 0
         self._start = 0  # list index of the first live entry
@@ -117,10 +117,11 @@ class WABQueue:
         self._append(first)
 
     def _append(self, msg: ImmutableMessage) -> None:
-        size = self._overhead + _size(msg)
+        size = _size(msg)
         self._msgs.append(msg)
         self._tts.append(msg.time_tick)
         self._sizes.append(size)
+        size += self._overhead
         self._expire.append(self._now() + self._keepalive)
         self._size += size
 
@@ -141,14 +142,12 @@ class WABQueue:
         last = self._tts[-1]
         try:  # every entry compact (the append path's batches): ticks and sizes pulled out in C, stored as they are
             tts = list(map(COMPACT_TICK, msgs))
-            over = self._overhead
-            sizes = [over + n for n in map(len, map(COMPACT_PAYLOAD, msgs))]
+            sizes = list(map(len, map(COMPACT_PAYLOAD, msgs)))
             store = msgs
         except TypeError:  # a message among them (not subscriptable)
             tts = [m[4] if m.__class__ is tuple else m.time_tick for m in msgs]  # entry_time_tick, inlined
-            over = self._overhead
             sizes = [  # entry_size, inlined
-                over + (len(m[2]) if m.__class__ is tuple else m.estimate_size() if m._props else len(m.payload))
+                len(m[2]) if m.__class__ is tuple else m.estimate_size() if m._props else len(m.payload)
                 for m in msgs
             ]
             store = compact_batch(msgs, self._id_cls) if compact else msgs
@@ -164,7 +163,7 @@ class WABQueue:
         new_tts = array(_U64, tts)
         new_sizes = array(_U64, sizes)
         new_expire = array("d", (self._now() + self._keepalive,)) * len(msgs)
-        added = sum(sizes)
+        added = sum(sizes) + self._overhead * len(sizes)
         # From here to the clear: no call (see above).
         self._msgs += store
         self._tts += new_tts
@@ -185,8 +184,9 @@ class WABQueue:
         sizes = self._sizes
         cap = self._capacity
         size = self._size
+        over = self._overhead
         while i < last and (expire[i] <= now or size > cap):
-            size -= sizes[i]
+            size -= sizes[i] + over
             i += 1
         self._size = size
         self._start = i
@@ -227,7 +227,7 @@ class WABQueue:
         assert 0 <= self._start < n
         assert list(self._tts) == [entry_time_tick(m) for m in self._msgs]
         assert all(a <= b for a, b in zip(self._tts, self._tts[1:], strict=False))
-        assert self._size == sum(self._sizes[self._start :])
+        assert self._size == sum(self._sizes[self._start :]) + self._overhead * (n - self._start)
 
     def snapshot_from_offset(self, offset: int) -> WABSnapshot | None:
         """Entries from ``offset`` on; None when ``offset`` is one past the newest (nothing yet)."""
