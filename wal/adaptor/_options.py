@@ -25,6 +25,9 @@ class AdaptorOptions:
     interceptors: tuple[InterceptorBuilder, ...] = ()
     max_inflight_appends: int = 4096
     max_append_batch: int = 1024
+    # How long close() waits for open transactions to end (commit or rollback from other threads) before it closes
+    # anyway, abandoning them (never delivered). 0: no wait.
+    txn_close_timeout: float = 3.0
 
 
 def _positive_int(name: str, v: Any) -> int:
@@ -44,6 +47,8 @@ def split_options(options: Mapping[str, Any]) -> tuple[AdaptorOptions, dict[str,
     for name in ("write_ahead_buffer_keepalive", "time_tick_interval", "txn_keepalive"):
         if name in rest:
             kw[name] = seconds(rest.pop(name), f"build option {name}")
+    if "txn_close_timeout" in rest:
+        kw["txn_close_timeout"] = seconds(rest.pop("txn_close_timeout"), "build option txn_close_timeout", zero=True)
     if kw.get("txn_keepalive", 1.0) < MIN_TXN_KEEPALIVE:
         # The default keepalive of every begin_txn, which refuses one below 1 ms: accepted here, every begin_txn
         # of every WAL of the opener then failed, far from the mistake.
