@@ -314,3 +314,29 @@ def test_txn_buffer_drops_a_txn_across_a_stretch_of_deleted_messages_only() -> N
     b.note_gap(UID(20))  # IDs ..20 passed over: txn 1 (13..30) and txn 2 (begin 20, commit 31) are broken
     out = b.handle_immutable_messages(msgs, at(50))
     assert [m.message_id for m in out] == [UID(12), UID(42)]
+
+
+def test_deadline_heap_yields_due_keys_and_trims_to_the_open_ones() -> None:
+    from wal.utility import DeadlineHeap
+    from wal.utility._deadline_heap import HEAP_SLACK
+
+    h = DeadlineHeap()
+    for txn_id, deadline in [(1, 30), (2, 10), (3, 20), (4, 40)]:
+        h.push(deadline, txn_id)
+    assert list(h.due(5)) == []
+    due = []
+    for t in h.due(25):  # 3 renewed to 50 while the pass runs: pushed back, not yielded again
+        due.append(t)
+        if t == 3:
+            h.push(50, 3)
+    assert due == [2, 3] and len(h) == 3
+    assert list(h.due(45)) == [1, 4]
+    h.trim(1, lambda: [(50, 3)])  # 1 open, 1 entry: kept as it is
+    assert len(h) == 1
+    for i in range(10, 10 + 2 + HEAP_SLACK):
+        h.push(100, i)  # txns that ended since: their entries stay until trimmed
+    h.trim(1, lambda: [(50, 3)])
+    assert len(h) == 1 and list(h.due(60)) == [3]
+    h.push(70, 5)
+    h.trim(0, lambda: [])
+    assert len(h) == 0

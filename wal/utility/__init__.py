@@ -1,5 +1,7 @@
-"""Scanner-side data structures: reorder buffer, txn buffer, pending queue and the write-ahead buffer."""
+"""Scanner-side data structures: reorder buffer, txn buffer and the deadline heap of open txns, pending queue and
+the write-ahead buffer."""
 
+from ._deadline_heap import DeadlineHeap as DeadlineHeap
 from ._errors import DuplicateMessageError as DuplicateMessageError
 from ._errors import EvictedError as EvictedError
 from ._errors import TimeTickViolationError as TimeTickViolationError
@@ -13,6 +15,7 @@ from ._write_ahead_buffer import WriteAheadBuffer as WriteAheadBuffer
 from ._write_ahead_buffer import WriteAheadBufferReader as WriteAheadBufferReader
 
 __all__ = [
+    "DeadlineHeap",
     "DuplicateMessageError",
     "EvictedError",
     "MessageHeap",
