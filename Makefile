@@ -17,8 +17,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy wal
 
+# --durations: each run lists its slowest tests, so the suite's time (kept under 10 min on 2 cores) is watched.
 unit: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # The whole suite: lint, type check, then every test (slow ones included).
 test: lint unit
