@@ -496,6 +496,36 @@ def test_truncate_deletes_whole_segments(tmp_path: Path) -> None:
         assert read_all(w)[0].message_id == got[0].message_id
         w.close()
 
+def test_a_seek_into_a_segment_deleted_under_it_moves_on_to_what_is_kept(tmp_path: Path) -> None:
+    """A sealed segment's index is read from its ``.idx`` file when a reader seeks in it (the writer keeps none in
+    memory). A reader that found the segment, which retention or a truncate then deleted before it read the index,
+    rebuilt the index from the deleted segment: the open of its file raised out of the seek (``WALIOError``), where
+    the writer's in-memory index had let the reader enter the segment, find it gone and move on to what is kept."""
+    hooks: list[Callable[[], object]] = []
+
+    class DeleteBeforeIndexRead(FileOps):
+        def read_file(self, path: str) -> bytes:
+            if path.endswith(".idx") and hooks:
+                hooks.pop()()  # the deletion lands between the reader's lookup and its read of the index
+            return super().read_file(path)
+
+    with build(tmp_path, segment_bytes=64 << 10, sync="never", _file_ops=DeleteBeforeIndexRead()) as opener:
+        w = open_rw(opener)
+        for _ in range(6):
+            w.append_batch([msg(b"x" * 200) for _ in range(300)])
+        segs = w._log.segments
+        assert len(segs) >= 3 and segs[0].sealed
+        kept = segs[1].first_id
+        hooks.append(lambda: w.truncate(LocalFSMessageID(kept)))
+        seek = DeliverPolicy.start_from(LocalFSMessageID(segs[0].first_id + 200))
+        with w.read(ReadOption(name="t", deliver_policy=seek)) as s:
+            assert s.recv(5.0).message_id == LocalFSMessageID(kept)  # WALIOError before
+        assert not hooks
+        assert sorted(p.name for p in (tmp_path / "p1").glob("*.idx")) == [
+            Path(s.path).with_suffix(".idx").name for s in w._log.segments
+        ]
+        w.close()
+
 
 def test_retention_bytes_and_seconds(tmp_path: Path) -> None:
     with build(tmp_path / "b", segment_bytes=4096, retention_bytes=5 * 4096) as opener:

@@ -159,8 +159,16 @@ class _WSeg:
         idx = load_index(self.fops, seg.path, seg.first_id, seg.tail[0])
         if idx is not None and not idx.problem and _index_matches(self, idx.entries):
             entries = idx.entries
+        elif self.view(0) is None:
+            # Deleted (retention, a truncate) since the reader found it: no index, and the seek's _fill moves on to
+            # what is kept. Rebuilt, the open of the deleted file raised out of the seek (a WALIOError, where the
+            # writer's in-memory index had let the reader move on), or its .idx was written again, after its deletion.
+            entries = []
         else:
-            entries = rebuild_index(self.fops, seg, write=self.write_index)
+            try:
+                entries = rebuild_index(self.fops, seg, write=self.write_index)
+            except FileNotFoundError:  # deleted while it was being rebuilt: as above
+                entries = []
             if seg.sealed:
                 seg.drop_index()
         self._index = entries
