@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -524,6 +525,36 @@ def test_a_seek_into_a_segment_deleted_under_it_moves_on_to_what_is_kept(tmp_pat
         assert sorted(p.name for p in (tmp_path / "p1").glob("*.idx")) == [
             Path(s.path).with_suffix(".idx").name for s in w._log.segments
         ]
+        w.close()
+
+def test_a_seek_into_a_sealed_segment_whose_index_is_gone_works_on_a_full_disk(tmp_path: Path) -> None:
+    """A writer's reader that seeks in a sealed segment reads its ``.idx`` file (the writer keeps no sealed index in
+    memory), and rebuilds it from the data when it is missing or damaged. The rebuilt index was written back first,
+    so on a full disk the write's ENOSPC failed the seek (``WALIOError``, retried for as long as the disk stayed full):
+    no reader could start in that segment, for want of a file that only speeds a seek up."""
+    full: list[bool] = []
+
+    class FullDisk(FileOps):
+        def write_file_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
+            if full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            super().write_file_atomic(path, data, durable=durable)
+
+    with build(tmp_path, segment_bytes=64 << 10, sync="never", _file_ops=FullDisk()) as opener:
+        w = open_rw(opener)
+        for _ in range(4):
+            w.append_batch([msg(b"x" * 200) for _ in range(300)])
+        seg = w._log.segments[0]
+        assert seg.sealed
+        os.unlink(Path(seg.path).with_suffix(".idx"))
+        full.append(True)
+        target = LocalFSMessageID(seg.first_id + 200)
+        with w.read(ReadOption(name="t", deliver_policy=DeliverPolicy.start_from(target))) as s:
+            assert s.recv(5.0).message_id == target  # WALIOError before
+        full.clear()
+        with w.read(ReadOption(name="t", deliver_policy=DeliverPolicy.start_from(target))) as s:
+            assert s.recv(5.0).message_id == target  # space again: rebuilt and written
+        assert Path(seg.path).with_suffix(".idx").exists()
         w.close()
 
 

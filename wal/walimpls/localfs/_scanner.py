@@ -169,6 +169,10 @@ class _WSeg:
                 entries = rebuild_index(self.fops, seg, write=self.write_index)
             except FileNotFoundError:  # deleted while it was being rebuilt: as above
                 entries = []
+            except OSError:
+                # Not written (a full disk): the index only speeds a seek up, and a reader that could not write it
+                # failed its seek for as long as the disk stayed full. Used unwritten; a later seek writes it.
+                entries = rebuild_index(self.fops, seg, write=False)
             if seg.sealed:
                 seg.drop_index()
         self._index = entries
