@@ -205,8 +205,11 @@ def test_an_open_that_cannot_start_its_sync_thread_leaves_no_descriptor(
 ) -> None:
     """With ``sync="interval"``, an open whose sync thread could not start (a process at its thread limit:
     ``RuntimeError: can't start new thread``) raised but kept the active segment's and its index's descriptors open
-    for good: each failed open leaked two, until the process ran out of them."""
+    for good: each failed open leaked two, until the process ran out of them. Its segments also stayed counted in the
+    ``wal_segments`` gauge (as after a failed recovery): each failed open added the channel's segments for good."""
     import threading
+
+    from wal._metrics import metrics
 
     op = registry.must_get_builder("localfs").build(root=str(tmp_path), sync="interval")
     chdir = tmp_path / "p1"
@@ -217,12 +220,18 @@ def test_an_open_that_cannot_start_its_sync_thread_leaves_no_descriptor(
             raise RuntimeError("can't start new thread")
         real_start(self)
 
+    def gauge() -> float:
+        reg = metrics.registry
+        return (reg.get_sample_value("wal_segments") or 0.0) if reg is not None else 0.0
+
     with op:
+        kept = gauge()
         monkeypatch.setattr(threading.Thread, "start", start)
         for _ in range(5):
             with pytest.raises(RuntimeError):
                 op.open(OpenOption(channel=PChannelInfo(name="p1", term=1)))
         assert _open_fds(chdir) == 0
+        assert gauge() == kept  # 5 more before
         monkeypatch.undo()
         with op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:  # and the channel still opens
             w.append(MutableMessage(MessageType.INSERT, b"x"))
@@ -254,3 +263,37 @@ def test_an_open_txn_does_not_keep_the_payloads_appended_after_it(tmp_path: Path
         assert r.last_confirmed_message_id < r.message_id  # still held back at the txn's begin
         assert held < 2000 * 10_000 // 4  # 21 MB before
         txn.commit()
+
+
+def test_an_open_that_fails_after_recovery_leaves_the_segments_gauge_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer's segments count in the ``wal_segments`` gauge from the moment its recovered list is made; an open
+    that failed after it (an I/O error opening the active segment, a full disk making its first segment) left them
+    counted for good, so the gauge grew by the channel's segments with each failed open."""
+    from wal._metrics import metrics
+    from wal.errors import WALIOError
+    from wal.walimpls.localfs._wal import LocalFSWAL
+
+    def gauge() -> float:
+        reg = metrics.registry
+        return (reg.get_sample_value("wal_segments") or 0.0) if reg is not None else 0.0
+
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=4096)
+    with op:
+        with op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:
+            w.append_messages([MutableMessage(MessageType.INSERT, b"x" * 200) for _ in range(40)])
+        kept = gauge()
+
+        def fail(self: LocalFSWAL, seg: object) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(LocalFSWAL, "_open_active", fail)
+        for _ in range(3):
+            with pytest.raises(WALIOError):
+                op.open(OpenOption(channel=PChannelInfo(name="p1", term=1)))
+        assert gauge() == kept  # before: the channel's 4 segments more per failed open
+        monkeypatch.undo()
+        with op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:
+            assert gauge() > kept
+        assert gauge() == kept

@@ -253,6 +253,7 @@ class LocalFSWAL(_Base):
         except BaseException:
             self._lock_fd = None  # still the opener's to close
             self._close_fds()
+            self._log.retire()  # else the segments gauge counted them for good (each failed open added them again)
             raise
         self._syncer: threading.Thread | None = None
         self._stop_syncer = threading.Event()
@@ -271,6 +272,7 @@ class LocalFSWAL(_Base):
                 self._syncer = None
                 self._lock_fd = None  # still the opener's to close
                 self._close_fds()
+                self._log.retire()
                 raise
 
     # -- files -------------------------------------------------------------------------------------------------------
