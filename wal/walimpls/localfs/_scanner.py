@@ -167,7 +167,9 @@ class _WSeg:
         else:
             try:
                 entries = rebuild_index(self.fops, seg, write=self.write_index)
-            except FileNotFoundError:  # deleted while it was being rebuilt: as above
+            except FileNotFoundError:
+                # Deleted while it was being rebuilt (as above), or another reader rebuilding it renamed the shared
+                # temporary file first: the index it wrote is the same. Either way the seek goes on without one.
                 entries = []
             except OSError:
                 # Not written (a full disk): the index only speeds a seek up, and a reader that could not write it
