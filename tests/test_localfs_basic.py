@@ -566,7 +566,7 @@ def test_two_readers_rebuilding_the_same_missing_index_both_seek(tmp_path: Path)
 
     class OtherReaderFirst(FileOps):
         def rename(self, src: str, dst: str) -> None:
-            if src.endswith(".idx.tmp") and nested:
+            if ".idx." in src and src.endswith(".tmp") and nested:
                 nested.pop()()  # another reader rebuilds and renames the same index first
             super().rename(src, dst)
 
@@ -590,6 +590,26 @@ def test_two_readers_rebuilding_the_same_missing_index_both_seek(tmp_path: Path)
         assert not nested
         assert Path(seg.path).with_suffix(".idx").exists()
         w.close()
+
+
+def test_two_threads_writing_one_file_atomically_do_not_share_a_temporary_file(tmp_path: Path) -> None:
+    """``write_file_atomic`` wrote through ``<path>.tmp`` whoever called it: a second thread writing the same file
+    (two readers rebuilding one index) truncated the first's temporary file and renamed it away, so the first's
+    rename failed (``FileNotFoundError``) or renamed a file half rewritten. Each caller has its own."""
+    path = str(tmp_path / "f")
+    other = threading.Thread(target=lambda: ops.write_file_atomic(path, b"B" * 4096))
+
+    class SecondWriterFirst(FileOps):
+        def rename(self, src: str, dst: str) -> None:
+            if threading.current_thread() is not other and not other.is_alive() and other.ident is None:
+                other.start()  # the other thread writes and renames the same file while this one is about to
+                other.join()
+            super().rename(src, dst)
+
+    ops = SecondWriterFirst()
+    ops.write_file_atomic(path, b"A" * 4096)  # FileNotFoundError before
+    assert Path(path).read_bytes() == b"A" * 4096
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
 
 def test_retention_bytes_and_seconds(tmp_path: Path) -> None:

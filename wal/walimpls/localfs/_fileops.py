@@ -21,6 +21,7 @@ import fcntl
 import mmap
 import os
 import stat
+import threading
 import time
 
 from ..._metrics import metrics
@@ -183,8 +184,12 @@ class FileOps:
             self.close(fd)
 
     def write_file_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
-        """Write ``path`` via a temporary file and a rename, so a reader sees the old or the new content."""
-        tmp = path + ".tmp"
+        """Write ``path`` via a temporary file and a rename, so a reader sees the old or the new content.
+
+        The temporary name is the caller's own (process and thread): two threads rebuilding the same index shared
+        ``<path>.tmp``, truncated each other's file and renamed it from under each other. Recovery deletes every
+        ``*.tmp`` a crash leaves."""
+        tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
         fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             self.write_all(fd, data)

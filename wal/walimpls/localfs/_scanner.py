@@ -167,14 +167,14 @@ class _WSeg:
         else:
             try:
                 entries = rebuild_index(self.fops, seg, write=self.write_index)
-            except FileNotFoundError:
-                # Deleted while it was being rebuilt (as above), or another reader rebuilding it renamed the shared
-                # temporary file first: the index it wrote is the same. Either way the seek goes on without one.
-                entries = []
             except OSError:
-                # Not written (a full disk): the index only speeds a seek up, and a reader that could not write it
-                # failed its seek for as long as the disk stayed full. Used unwritten; a later seek writes it.
-                entries = rebuild_index(self.fops, seg, write=False)
+                # Not written (a full disk, the segment deleted meanwhile): the index only speeds a seek up, and a
+                # reader that could not write it failed its seek for as long as the disk stayed full. Used unwritten
+                # (a later seek writes it); none for a segment gone, and the seek moves on as above.
+                try:
+                    entries = rebuild_index(self.fops, seg, write=False)
+                except FileNotFoundError:
+                    entries = []
             if seg.sealed:
                 seg.drop_index()
         self._index = entries
