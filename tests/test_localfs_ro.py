@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +344,42 @@ def test_a_follower_started_before_its_writer_made_the_channel_is_woken_by_its_e
         s.close()
         ro.close()
         assert "later" not in ropener._watches
+        w.close()
+
+
+def test_a_follower_opened_while_another_closes_keeps_its_watch(tmp_path: Path) -> None:
+    """The last follower of a channel closing let go of the opener's lock before it unscheduled the channel's
+    watch; a follower of the same channel opened just then scheduled a new watch, which the closing one's unschedule
+    then removed (watchdog's watches of one directory are equal): the new follower had no inotify wake-up and
+    polled, up to 50 ms late. Review 15c."""
+    import threading
+
+    with build(tmp_path) as wopener, build(tmp_path) as opener:
+        w = open_rw(wopener)
+        w.append(msg(b"x"))
+        first = open_ro(opener)
+        obs = opener._observer
+        assert obs is not None and len(obs.emitters) == 1
+        unschedule = obs.unschedule
+        others: list[Any] = []
+
+        def open_another_then_unschedule(watch: Any) -> None:
+            t = threading.Thread(target=lambda: others.append(open_ro(opener)))
+            t.start()  # another follower opens as this one closes
+            t.join(0.5)  # it finishes here before the fix; after, it waits for this close's unschedule
+            unschedule(watch)
+
+        obs.unschedule = open_another_then_unschedule
+        first.close()
+        obs.unschedule = unschedule
+        deadline = time.monotonic() + 10
+        while not others and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert others, "the second follower's open did not finish"
+        assert "p1" in opener._watches
+        assert len(obs.emitters) == 1  # 0 before: the new follower's watch was gone with the old one's
+        others[0].close()
+        assert len(obs.emitters) == 0
         w.close()
 
 

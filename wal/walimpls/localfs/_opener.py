@@ -136,6 +136,7 @@ def _forget_watches_in_child() -> None:
     """
     for op in list(_openers):
         op._lock = threading.Lock()
+        op._watch_lock = threading.Lock()
         op._observer = None
         op._watches = {}
         for hub in op._hubs.values():
@@ -153,6 +154,10 @@ class LocalFSOpener(OpenerImpls):
         self.opts = opts
         self._fops = opts.file_ops
         self._lock = threading.Lock()
+        # Taken before _lock by whatever schedules or unschedules a watch, for the whole of it: unscheduled after
+        # _lock was let go, a watch removed by a closing follower took with it the one a new follower of the same
+        # channel had just scheduled (watchdog's watches of one directory are equal), which then polled.
+        self._watch_lock = threading.Lock()
         self._hubs: dict[str, Hub] = {}
         self._open: set[_Base] = set()
         self._closed = False
@@ -254,7 +259,7 @@ class LocalFSOpener(OpenerImpls):
 
     # -- watchdog wake-ups for read-only followers -------------------------------------------------------------------
     def _watch(self, hub: Hub) -> None:
-        with self._lock:
+        with self._watch_lock, self._lock:
             hub.watchers += 1
             if hub.watchers > 1 or self._closed:
                 return
@@ -271,7 +276,7 @@ class LocalFSOpener(OpenerImpls):
         if not os.path.isdir(hub.directory):
             self._warn_missing(hub)
             return
-        with self._lock:
+        with self._watch_lock, self._lock:
             if hub.arm is None:
                 return  # armed by another scanner, or no read-only WAL left
             hub.arm = None
@@ -318,18 +323,19 @@ class LocalFSOpener(OpenerImpls):
             self._watches.pop(hub.name, None)
 
     def _unwatch(self, hub: Hub) -> None:
-        with self._lock:
-            hub.watchers -= 1
-            if hub.watchers > 0:
-                return
-            hub.arm = None
-            watch = self._watches.pop(hub.name, None)
-            obs = self._observer
-        if watch is not None and obs is not None:
-            try:
-                obs.unschedule(watch)
-            except Exception:
-                pass
+        with self._watch_lock:
+            with self._lock:
+                hub.watchers -= 1
+                if hub.watchers > 0:
+                    return
+                hub.arm = None
+                watch = self._watches.pop(hub.name, None)
+                obs = self._observer
+            if watch is not None and obs is not None:
+                try:
+                    obs.unschedule(watch)  # not under _lock: it joins the emitter thread
+                except Exception:
+                    pass
 
     def _release(self, w: _Base) -> None:
         with self._lock:
