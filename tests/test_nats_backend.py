@@ -17,7 +17,8 @@ from _nats_server import NatsServer, find_nats_server
 pytest.importorskip("nats")
 
 import wal.walimpls.nats as wn
-from wal import AccessMode, OpenOption, PChannelInfo
+from wal import AccessMode, OpenOption, PChannelInfo, registry
+from wal import ReadOption as WALReadOption
 from wal.errors import (
     AccessModeError,
     FencedError,
@@ -326,8 +327,41 @@ def test_truncate_purges_below(opener: wn.NatsOpener) -> None:
     w.truncate(ids[6])
     with w.read(ReadOption("r")) as s:
         assert drain(s, 4) == [6, 7, 8, 9]
+        assert s.skipped_to() == wn.NatsMessageID(ids[6].value - 1)  # type: ignore[attr-defined]
     with w.read(ReadOption("r", DeliverPolicy.start_from(ids[2]))) as s:
         assert drain(s, 1) == [6]
+
+
+def test_a_txn_whose_body_was_deleted_under_a_slow_reader_is_not_delivered_in_part(server: NatsServer) -> None:
+    """A follower had read a txn's begin when retention (max_bytes) deleted the oldest part of its body: the consumer
+    jumped to the oldest message kept, and the TXN came at its commit with the body messages the reader had before
+    and after the stretch, as if the txn had been that. The scanner now says where it jumped (``skipped_to``), and a
+    txn across the stretch is not delivered: all or nothing."""
+    tag = uuid.uuid4().hex[:8]
+    op = registry.must_get_builder("nats").build(servers=server.url, max_bytes=64 * 1024, read_ahead=16,
+                                                 stream_prefix=f"G{tag}_", subject_prefix=f"g{tag}")
+    with op, op.open(chan(name="c")) as w, op.open(chan(1, AccessMode.RO, name="c")) as ro:
+        s = ro.read(WALReadOption(DeliverPolicy.all()))
+        t = w.begin_txn(vchannel="v1", keepalive=60.0)
+        t.append(MutableMessage(MessageType.INSERT, b"b0", vchannel="v1"))
+        w.append(MutableMessage(MessageType.INSERT, b"mark", vchannel="v1"))
+        while bytes(s.recv(timeout=10).payload) != b"mark":  # the reader has the begin and b0
+            pass
+        for i in range(1, 41):  # the reader buffers 16 of them (read_ahead) and waits for room
+            t.append(MutableMessage(MessageType.INSERT, b"b%d" % i, vchannel="v1"))
+        for i in range(41, 61):  # 20 x 8 KiB: retention drops everything older than the last few
+            t.append(MutableMessage(MessageType.INSERT, b"b%d" % i + b"." * 8192, vchannel="v1"))
+        t.commit()
+        w.append(MutableMessage(MessageType.INSERT, b"after", vchannel="v1"))
+        got: list[Any] = []
+        while True:
+            m = s.recv(timeout=10)
+            if m.message_type is MessageType.TXN:
+                got.append(m)
+            if bytes(m.payload) == b"after":
+                break
+        s.close()
+    assert [len(m.messages) for m in got] in ([], [61]), [[bytes(x.payload)[:3] for x in m.messages] for m in got]
 
 
 def test_closed_objects_raise(server: NatsServer) -> None:

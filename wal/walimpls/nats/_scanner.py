@@ -81,6 +81,10 @@ class NatsScanner(ScannerImpls):
         self._fence = 0 if start_seq <= 1 else -1  # sequence of the fence record in force (-1: look it up)
         self._cap = max(16, buffer)
         self._buf: deque[_Raw] = deque()
+        # (first sequence after a stretch deleted before the consumer reached it, last sequence of the stretch), in
+        # order: the fetch task runs ahead of recv, so a stretch is reported once recv hands out what follows it
+        self._gaps: deque[tuple[int, int]] = deque()
+        self._skipped_to: NatsMessageID | None = None
         self._cond = threading.Condition()
         self._space: asyncio.Event | None = None
         self._waiting_space = False
@@ -124,6 +128,9 @@ class NatsScanner(ScannerImpls):
                     self._cond.wait(left)
             buf = self._buf
             out = [buf.popleft() for _ in range(min(n, len(buf)))]
+            gaps = self._gaps
+            while gaps and gaps[0][0] <= out[-1][0]:
+                self._skipped_to = NatsMessageID(gaps.popleft()[1])
             if self._waiting_space and len(buf) <= self._cap // 2:
                 self._waiting_space = False
                 self._lt.call_soon(self._wake_space)
@@ -140,6 +147,12 @@ class NatsScanner(ScannerImpls):
         except ValueError as e:
             where = f"message {seq} of stream {self._names.stream}"
             raise WALIOError(f"nats scanner {self._name!r}: undecodable {where}: {e}") from e
+
+    def skipped_to(self) -> NatsMessageID | None:
+        """Stream sequences are contiguous: a consumer that jumps over some was handed no message there because
+        they were deleted (limits retention, a purge, ``truncate``) before it reached them."""
+        with self._cond:
+            return self._skipped_to
 
     def done(self) -> threading.Event:
         return self._done
@@ -160,8 +173,9 @@ class NatsScanner(ScannerImpls):
         self._on_close(self)
 
     # -- fetch task (event loop) ----------------------------------------------------------------------------------
-    def _push(self, items: list[_Raw]) -> None:
+    def _push(self, items: list[_Raw], gaps: list[tuple[int, int]]) -> None:
         with self._cond:
+            self._gaps.extend(gaps)
             self._buf.extend(items)
             self._cond.notify_all()
 
@@ -244,6 +258,7 @@ class NatsScanner(ScannerImpls):
                         arrived.clear()
                         await asyncio.wait_for(arrived.wait(), 3 * _HEARTBEAT)  # no heartbeat: TimeoutError
                     batch: list[_Raw] = []
+                    gaps: list[tuple[int, int]] = []
                     while inq:
                         msg = inq.popleft()
                         if not msg.data and msg.headers and "Status" in msg.headers:
@@ -261,6 +276,8 @@ class NatsScanner(ScannerImpls):
                         got += 1
                         if sseq < self._next:
                             continue
+                        if sseq > self._next:
+                            gaps.append((sseq, sseq - 1))
                         self._next = sseq + 1
                         if msg.subject == fence_subject:
                             self._fence = sseq
@@ -272,8 +289,8 @@ class NatsScanner(ScannerImpls):
                                 continue  # an older writer's message stored after a newer fence: never acknowledged
                             self._fence = fseq
                         batch.append((sseq, msg.data, msg.headers))
-                    if batch:
-                        self._push(batch)
+                    if batch or gaps:
+                        self._push(batch, gaps)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
