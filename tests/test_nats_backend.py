@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _nats_server import NatsServer, find_nats_server
+from _nats_server import NatsServer, find_nats_server, free_port
 
 pytest.importorskip("nats")
 
@@ -518,6 +520,80 @@ def test_scanners_skip_an_older_writers_message_stored_after_a_newer_fence(opene
         assert drain(s, 3) == [1, 98, 2]
         with pytest.raises(WALTimeoutError):
             s.recv(0.3)
+
+
+class _CutProxy:
+    """Forwards a loopback port to a server; while ``swallow`` is set, what the server sends is dropped (and
+    counted in ``swallowed``); ``cut`` closes every connection, as a network failure would."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.swallow = False
+        self.swallowed = b""
+        self._conns: list[socket.socket] = []
+        self._ls = socket.create_server(("127.0.0.1", free_port()))
+        self.url = f"nats://127.0.0.1:{self._ls.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                c, _ = self._ls.accept()
+                u = socket.create_connection(("127.0.0.1", self.upstream))
+                self._conns += [c, u]
+                threading.Thread(target=self._pipe, args=(c, u, False), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(u, c, True), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket, down: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                if down and self.swallow:
+                    self.swallowed += data
+                else:
+                    b.sendall(data)
+        self._close(a, b)
+
+    @staticmethod
+    def _close(*socks: socket.socket) -> None:
+        for x in socks:
+            with contextlib.suppress(OSError):
+                x.shutdown(socket.SHUT_RDWR)
+            x.close()
+
+    def cut(self) -> None:
+        conns, self._conns = self._conns, []
+        self._close(*conns)
+
+    def close(self) -> None:
+        self._ls.close()
+        self.cut()
+
+
+def test_a_message_delivered_into_a_dying_connection_reaches_a_tailing_scanner(server: NatsServer) -> None:
+    """The consumer is no-ack: what the server sent into a connection that then died is delivered for it. The
+    scanner saw the gap only at the consumer's next message, so on a quiet channel the last messages never came
+    (30 s and more, until the next append), though the consumer's idle heartbeats said it had sent them."""
+    px = _CutProxy(server.port)
+    wop = wn.NatsOpenerBuilder().build(servers=server.url)
+    rop = wn.NatsOpenerBuilder().build(servers=px.url, reconnect_time_wait=0.1)
+    try:
+        name = f"ch-{uuid.uuid4().hex[:8]}"
+        w = wop.open(chan(name=name))
+        w.append(msg(0))
+        s = rop.open(chan(1, AccessMode.RO, name=name)).read(ReadOption("r"))
+        assert drain(s, 1) == [0]
+        px.swallow = True
+        w.append(msg(1))
+        deadline = time.monotonic() + 10
+        while b"p1" not in px.swallowed and time.monotonic() < deadline:  # the server sent it to the reader
+            time.sleep(0.01)
+        px.cut()
+        px.swallow = False
+        assert s.recv(30).properties["i"] == "1"  # type: ignore[attr-defined]
+    finally:
+        rop.close()
+        wop.close()
+        px.close()
 
 
 def test_deleted_stream_ends_scanners_with_an_error(opener: wn.NatsOpener) -> None:

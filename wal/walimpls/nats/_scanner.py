@@ -264,6 +264,10 @@ class NatsScanner(ScannerImpls):
                         if not msg.data and msg.headers and "Status" in msg.headers:
                             status = msg.headers["Status"]
                             if status == "100":
+                                if int(msg.headers.get("Nats-Last-Consumer", 0)) > cseq:
+                                    # delivered into a connection that died before we read it: the consumer
+                                    # went on, and the gap would be seen only at the next message, if any
+                                    raise _Restart("lost")
                                 continue  # heartbeat: the consumer is alive, nothing new
                             if status in ("404", "408"):
                                 ended = True  # request expired: pull again
