@@ -366,6 +366,37 @@ def test_a_txn_whose_body_was_deleted_under_a_slow_reader_is_not_delivered_in_pa
     assert [len(m.messages) for m in got] in ([], [61]), [[bytes(x.payload)[:3] for x in m.messages] for m in got]
 
 
+def test_a_scanner_finds_the_fence_in_force_in_few_round_trips(
+    opener: wn.NatsOpener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scanner starting past the first message looks up the fence record in force there: it walked every fence
+    record before, a round trip each, and they are never purged (one per writer open), so each start (and each
+    reopen after trouble) of a reader of a channel opened 1,000 times cost 1,000 round trips."""
+    import wal.walimpls.nats._scanner as sc
+
+    name = f"ch-{uuid.uuid4().hex[:8]}"
+    fences: list[int] = []
+    for i in range(60):
+        w = opener.open(chan(name=name))
+        fences.append(w._pub._fence_seq)  # type: ignore[attr-defined]
+        w.append_batch([msg(2 * i), msg(2 * i + 1)])
+        w.close()
+    names = w._names  # type: ignore[attr-defined]
+    calls = [0]
+    real = sc.next_fence
+
+    async def counted(*a: Any) -> Any:
+        calls[0] += 1
+        return await real(*a)
+
+    monkeypatch.setattr(sc, "next_fence", counted)
+    for start in (1, 2, fences[5], fences[5] + 1, fences[30] + 2, fences[-1], fences[-1] + 3):
+        calls[0] = 0
+        want = max([f for f in fences if f < start], default=0)
+        assert opener.lt.run(sc._fence_before(opener.js, names, start), 30) == want, start
+        assert calls[0] <= sc._FENCE_WALK + 10, (start, calls[0])
+
+
 def test_closed_objects_raise(server: NatsServer) -> None:
     op = wn.NatsOpenerBuilder().build(servers=server.url)
     w = op.open(chan())

@@ -35,17 +35,33 @@ __all__ = ["NatsScanner"]
 
 _HEARTBEAT = 1.0
 _EXPIRES = 10.0
+_FENCE_WALK = 8  # fence records walked one by one before _fence_before bisects
 _Raw = tuple[int, bytes, Any]  # stream sequence, payload, headers
 
 
 async def _fence_before(js: Any, names: ChannelNames, start: int) -> int:
-    """The sequence of the last fence record before ``start`` (0 when none): fences are few, walk them."""
-    last, after = 0, 0
-    while True:
-        nxt = await next_fence(js, names, after)
+    """The sequence of the last fence record before ``start`` (0 when none).
+
+    Fence records are never purged (one per writer open, and per re-fence after a failure), so a walk over them cost
+    every scanner that starts past the first message a round trip per open in the channel's history (0.4 s for
+    1,000 opens on loopback, at each start and each reopen after trouble). A few steps of the walk, then a bisection
+    of the sequences: O(log start) round trips.
+    """
+    last = 0
+    for _ in range(_FENCE_WALK):
+        nxt = await next_fence(js, names, last)
         if nxt is None or nxt[0] >= start:
             return last
-        last = after = nxt[0]
+        last = nxt[0]
+    lo, hi = last, start - 1  # the answer is in [lo, hi], and lo is a fence record
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        nxt = await next_fence(js, names, mid - 1)  # the first fence record at or after mid
+        if nxt is None or nxt[0] >= start:
+            hi = mid - 1
+        else:
+            lo = nxt[0]
+    return lo
 
 
 class _Restart(Exception):
