@@ -412,6 +412,30 @@ def test_closed_objects_raise(server: NatsServer) -> None:
         op.open(chan())
 
 
+def _fill(w: Any, n: int = 20) -> None:
+    """Past a 32 KiB stream's max_bytes: retention deletes the oldest messages, the fence record with them."""
+    for i in range(n):
+        m = MutableMessage(MessageType.INSERT, b"x" * 4096, {"i": str(i)}, vchannel="v1")
+        m.with_time_tick(1000 + i)
+        w.append(m)
+
+
+def test_a_lower_term_is_fenced_after_retention_deleted_the_fence_record(opener: wn.NatsOpener) -> None:
+    """Limits retention deletes fence records too: with none left, an open with a lower term passed the term check
+    and fenced the owner, whose appends then failed with "a newer writer (term 1)"."""
+    op = wn.NatsOpenerBuilder().build(servers=opener.options.servers, max_bytes=32 * 1024)
+    with op:
+        name = f"ch-{uuid.uuid4().hex[:8]}"
+        w5 = op.open(chan(5, name=name))
+        _fill(w5)
+        with pytest.raises(FencedError, match="owned by term 5"):
+            op.open(chan(1, name=name))
+        w5.append(msg(99))
+        op.open(chan(6, name=name))  # a higher term still takes it over
+        with pytest.raises(FencedError):
+            w5.append(msg(100))
+
+
 # -- failures -----------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_server_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -455,6 +479,34 @@ def test_server_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         with pytest.raises(WALTimeoutError):
             sc.recv(0.5)
         op.close()
+    finally:
+        s.kill()
+
+
+def test_a_writer_whose_fence_record_retention_deleted_survives_a_server_restart(tmp_path: Path) -> None:
+    """An append that timed out while the server was down makes the writer re-fence, which checks that the last
+    fence record is still its own; retention had deleted it, so the writer took that for a newer writer ("term 0")
+    and was fenced for good by a routine restart."""
+    s = NatsServer(tmp_path)
+    try:
+        s.start()
+        s.wait_ready()
+        with wn.NatsOpenerBuilder().build(servers=s.url, max_bytes=32 * 1024, publish_timeout=0.5,
+                                          append_timeout=2.0) as op:
+            w = op.open(chan(name="refence"))
+            _fill(w)
+            s.kill(signal.SIGKILL)
+            with pytest.raises(WALTimeoutError):
+                w.append(msg(0))
+            s.start()
+            s.wait_ready()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    w.append(msg(1))
+                    break
+                except (WALTimeoutError, WALIOError):  # not FencedError
+                    assert time.monotonic() < deadline
     finally:
         s.kill()
 

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...errors import FencedError, InvalidArgumentError, ShutdownError, WALIOError, WALTimeoutError
+from ...message import decode_int
 from ._headers import (
     H_EXPECTED_LAST_MSG_ID,
     H_EXPECTED_LAST_SEQ,
@@ -50,6 +51,7 @@ ERR_WRONG_LAST_SEQ = 10071
 ERR_WRONG_LAST_MSG_ID = 10070
 _CONFLICT_CODES = (ERR_WRONG_LAST_SEQ, ERR_WRONG_LAST_MSG_ID)
 ERR_STREAM_NOT_FOUND = 10059
+_K_WAL_TERM = "_wt"  # the adaptor's term stamp (wal.message), as stored in a data message's headers
 _CONFLICT = "conflict"
 _RETRY = "retry"
 _MAX_CONFLICT_ROUNDS = 4
@@ -92,15 +94,35 @@ def _wake(e: _Entry) -> None:
 
 
 async def read_fence(js: Any, names: ChannelNames) -> tuple[int, int, str]:
-    """The channel's last fence record: (its stream sequence, term, writer id); (0, 0, "") when never fenced."""
+    """The channel's last fence record: (its stream sequence, term, writer id); (0, 0, "") when never fenced.
+
+    Limits retention (``max_bytes``, ``max_age``) deletes the oldest messages, fence records included. A writer that
+    found none took the channel for unowned: a lower term opened it (and fenced the owner), and the owner's own
+    re-fence after a failure (a server restart) fenced it for good, by "term 0". With no fence record left, the
+    owner is the writer of the last data message (its ``Wal-Term`` and the writer id of its ``Nats-Msg-Id``; a
+    newer writer's fence would be newer than it, so deleted after it), at sequence 0 (nothing on the fence subject,
+    as the compare-and-set expects).
+    """
     import nats.js.errors
 
     try:
         m = await js.get_msg(names.stream, subject=names.fence_subject)  # from the leader, not a replica
     except nats.js.errors.NotFoundError:
+        pass
+    else:
+        h = m.headers or {}
+        return int(m.seq), int(h.get(H_TERM, "0")), str(h.get(H_WRITER, ""))
+    try:
+        m = await js.get_msg(names.stream, subject=names.data_subject)
+    except nats.js.errors.NotFoundError:
         return 0, 0, ""
     h = m.headers or {}
-    return int(m.seq), int(h.get(H_TERM, "0")), str(h.get(H_WRITER, ""))
+    writer, dot, _ = str(h.get(H_MSG_ID, "")).rpartition(".")
+    try:  # messages of older versions carry only the adaptor's stamp, if any
+        term = int(h[H_TERM]) if H_TERM in h else decode_int(h.get(_K_WAL_TERM) or "0")
+    except ValueError:
+        term = 0
+    return 0, term, writer if dot else ""
 
 
 async def next_fence(js: Any, names: ChannelNames, after: int) -> tuple[int, int, str] | None:
@@ -140,6 +162,7 @@ class Publisher:
         self._fences = 0
         self._fence_seq = 0
         self._fence_str = "0"
+        self._term_str = str(term)
         # Replicated streams check Nats-Expected-Last-Msg-Id again when a restarted follower replays its Raft log
         # (nats-server 2.15 halts the stream on that node: "last msgid mismatch"), so there the chain uses
         # sequences only, and an append is acknowledged after checking that no newer fence precedes it.
@@ -179,6 +202,7 @@ class Publisher:
                             headers[H_EXPECTED_LAST_MSG_ID] = self._last_msg_id
                         headers[H_MSG_ID] = self._last_msg_id = msg_id
                         headers[H_FENCE] = self._fence_str
+                        headers[H_TERM] = self._term_str
                         e = _Entry(seq, payload, headers, msg_id, loop.create_future())
                         self._inflight[seq] = e
                         entries.append(e)
