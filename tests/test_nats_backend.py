@@ -25,6 +25,7 @@ from wal.errors import (
     AccessModeError,
     FencedError,
     InvalidArgumentError,
+    InvalidMessageError,
     ShutdownError,
     WALIOError,
     WALTimeoutError,
@@ -677,6 +678,23 @@ def test_a_message_delivered_into_a_dying_connection_reaches_a_tailing_scanner(s
         rop.close()
         wop.close()
         px.close()
+
+
+def test_an_undecodable_message_ends_the_scanner_instead_of_a_read_retried_for_ever(server: NatsServer) -> None:
+    """A message on the channel's subject that is not the WAL's (a malformed reserved header, published behind the
+    WAL's back) raised WALIOError, which the adaptor takes for a failure that may pass: it read the message again,
+    with a backoff, for ever, and the reader only timed out. It ends the scanner, loudly, as localfs's damage does."""
+    tag = uuid.uuid4().hex[:8]
+    op = registry.must_get_builder("nats").build(servers=server.url, stream_prefix=f"U{tag}_", subject_prefix=f"u{tag}")
+    with op:
+        op.open(chan(name="c")).close()
+        raw = op._impls  # type: ignore[attr-defined]
+        subject = channel_names("c", f"U{tag}_", f"u{tag}").data_subject
+        raw.lt.run(raw.js.publish(subject, b"x", headers={"_tt": "not_an_int"}), 10)
+        with op.open(chan(1, AccessMode.RO, name="c")) as ro, ro.read(WALReadOption(DeliverPolicy.all())) as s:
+            with pytest.raises(InvalidMessageError, match="undecodable"):
+                while True:
+                    s.recv(timeout=10)
 
 
 def test_deleted_stream_ends_scanners_with_an_error(opener: wn.NatsOpener) -> None:

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ...errors import ShutdownError, WALError, WALIOError, WALTimeoutError
+from ...errors import InvalidMessageError, ShutdownError, WALError, WALIOError, WALTimeoutError
 from ...message import ImmutableMessage
 from .._interfaces import ScannerImpls
 from ._headers import H_FENCE, decode_properties
@@ -160,9 +160,9 @@ class NatsScanner(ScannerImpls):
         seq, data, headers = r
         try:
             return ImmutableMessage.from_wire(NatsMessageID(seq), data, decode_properties(headers))
-        except ValueError as e:
+        except ValueError as e:  # not a WALIOError: the adaptor retries those, and would read it again for ever
             where = f"message {seq} of stream {self._names.stream}"
-            raise WALIOError(f"nats scanner {self._name!r}: undecodable {where}: {e}") from e
+            raise InvalidMessageError(f"nats scanner {self._name!r}: undecodable {where}: {e}") from e
 
     def skipped_to(self) -> NatsMessageID | None:
         """Stream sequences are contiguous: a consumer that jumps over some was handed no message there because
