@@ -324,6 +324,22 @@ def test_read_only_mode(opener: wn.NatsOpener) -> None:
         ro.read(ReadOption("x"))
 
 
+def test_a_stream_a_reader_made_first_gets_the_writers_options(server: NatsServer) -> None:
+    """A read-only open creates the stream when it comes first, with the reader's options (here the defaults), and
+    the writer's open left an existing stream alone: the writer's replicas and limits were silently dropped (with
+    ``replicas=3``, one copy). The writer's open now gives such a stream its options; a later reader changes
+    nothing."""
+    name = f"ch-{uuid.uuid4().hex[:8]}"
+    with wn.NatsOpenerBuilder().build(servers=server.url) as rop, \
+            wn.NatsOpenerBuilder().build(servers=server.url, max_bytes=1 << 20, max_age=3600.0) as wop:
+        rop.open(chan(1, AccessMode.RO, name=name))
+        wop.open(chan(1, name=name))
+        rop.open(chan(1, AccessMode.RO, name=name))
+        cfg = wop.run_api(wop.js.stream_info(channel_names(name, "WAL_", "wal").stream), "info").config
+        assert (cfg.max_bytes, cfg.max_age) == (1 << 20, 3600.0)
+        assert cfg.metadata["wal_channel"] == name and "wal_provisional" not in cfg.metadata
+
+
 def test_truncate_purges_below(opener: wn.NatsOpener) -> None:
     w = opener.open(chan())
     ids = w.append_batch([msg(i) for i in range(10)])

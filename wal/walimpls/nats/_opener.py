@@ -24,6 +24,7 @@ __all__ = ["NatsOpener", "NatsOpenerBuilder"]
 
 T = TypeVar("T")
 _log = logging.getLogger("wal.nats")
+_PROVISIONAL = "wal_provisional"  # stream metadata: made by a read-only open, with the reader's options
 
 
 async def _connect(o: NatsOptions, last_error: list[BaseException]) -> Any:
@@ -157,7 +158,8 @@ class NatsOpener(OpenerImpls):
         ch = opt.channel
         names = channel_names(ch.name, self.options.stream_prefix, self.options.subject_prefix)
         replicas = self.run_api(
-            self._ensure_stream(ch.name, names), f"create stream {names.stream} for channel {ch.name!r}"
+            self._ensure_stream(ch.name, names, ch.access_mode is AccessMode.RW),
+            f"create stream {names.stream} for channel {ch.name!r}",
         )
         pub: Publisher | None = None
         w: NatsWAL
@@ -176,7 +178,7 @@ class NatsOpener(OpenerImpls):
             self._wals.add(w)
         return w
 
-    async def _ensure_stream(self, channel: str, names: Any) -> int:
+    async def _ensure_stream(self, channel: str, names: Any, rw: bool) -> int:
         """Create the channel's stream unless it exists; its replica count. Timeouts (a cluster electing its meta
         leader, a node restarting) are retried for a few request timeouts."""
         import nats.errors
@@ -184,22 +186,55 @@ class NatsOpener(OpenerImpls):
         deadline = time.monotonic() + self.options.request_timeout * 3
         while True:
             try:
-                return await self._ensure_stream_once(channel, names)
+                return await self._ensure_stream_once(channel, names, rw)
             except (TimeoutError, nats.errors.TimeoutError):
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
 
-    async def _ensure_stream_once(self, channel: str, names: Any) -> int:
-        import nats.js.api as api
+    async def _ensure_stream_once(self, channel: str, names: Any, rw: bool) -> int:
+        """A reader may come first, and create the stream: with its own options, mostly the defaults (one replica, no
+        limits), and the writer's open then left that alone, so ``replicas=3`` silently gave one copy. A stream a
+        read-only open made is marked provisional, and the first writer's open gives it the writer's options."""
         import nats.js.errors
 
         try:
             info = await self.js.stream_info(names.stream)
-            return int(info.config.num_replicas or 1)
         except nats.js.errors.NotFoundError:
             pass
-        cfg = api.StreamConfig(
+        else:
+            if rw and (info.config.metadata or {}).get(_PROVISIONAL):
+                before = int(info.config.num_replicas or 1)
+                info = await self.js.update_stream(self._stream_config(channel, names, rw))
+                if int(info.config.num_replicas or 1) > before:
+                    await self._await_replicas(names)
+            return int(info.config.num_replicas or 1)
+        cfg = self._stream_config(channel, names, rw)
+        try:
+            info = await self.js.add_stream(cfg)
+        except nats.js.errors.BadRequestError as e:
+            if getattr(e, "err_code", None) != 10058:  # stream name already in use: someone else created it
+                raise
+            return await self._ensure_stream_once(channel, names, rw)
+        return int(info.config.num_replicas or 1)
+
+    async def _await_replicas(self, names: Any) -> None:
+        """After more replicas were asked for: until a leader has every replica current (about 1 s on loopback), a
+        publish may go unanswered, and the fence record's then failed the open with a timeout."""
+        deadline = time.monotonic() + self.options.request_timeout * 3
+        while time.monotonic() < deadline:
+            cl = (await self.js.stream_info(names.stream)).cluster
+            if cl is not None and cl.leader and all(r.current for r in cl.replicas or ()):
+                return
+            await asyncio.sleep(0.1)
+
+    def _stream_config(self, channel: str, names: Any, rw: bool) -> Any:
+        import nats.js.api as api
+
+        meta = {"wal_channel": channel}
+        if not rw:
+            meta[_PROVISIONAL] = "1"
+        return api.StreamConfig(
             name=names.stream,
             description=f"wal channel {channel}",
             subjects=[names.data_subject, names.fence_subject],
@@ -211,15 +246,8 @@ class NatsOpener(OpenerImpls):
             max_bytes=self.options.max_bytes,
             max_age=self.options.max_age,
             allow_direct=True,
-            metadata={"wal_channel": channel},
+            metadata=meta,
         )
-        try:
-            info = await self.js.add_stream(cfg)
-        except nats.js.errors.BadRequestError as e:
-            if getattr(e, "err_code", None) != 10058:  # stream name already in use: someone else created it
-                raise
-            info = await self.js.stream_info(names.stream)
-        return int(info.config.num_replicas or 1)
 
     def forget(self, w: NatsWAL) -> None:
         with self._lock:
