@@ -321,3 +321,27 @@ def test_a_child_closes_a_copied_scanner_while_a_parent_thread_held_the_wals_sca
     s.close()
     w.close()
     op.close()
+
+
+@pytest.mark.parametrize("backend", ["localfs", "memory"])
+def test_a_childs_copy_of_its_parents_writer_says_it_is_not_available(tmp_path: Path, backend: str) -> None:
+    """``is_available()`` said True in the child while every append and read there raised ``ShutdownError``, so a
+    program that checks it before writing (as Milvus's callers check ``Available()``) went on to fail. A read-only
+    WAL's copy still reads in the child, and stays available."""
+    op = registry.must_get_builder(backend).build(**({"root": str(tmp_path)} if backend == "localfs" else {}))
+    w = op.open(OpenOption(PChannelInfo("c", 1)))
+    w.append(_msg(b"p0"))
+    ro = op.open(OpenOption(PChannelInfo("c", 1, AccessMode.RO)))
+
+    def child() -> int:
+        if w.is_available() or not w.available().is_set():
+            return 2
+        if not ro.is_available():
+            return 3
+        return 0
+
+    assert _in_child(child) == 0
+    assert w.is_available() and ro.is_available()  # the parent's own are untouched
+    ro.close()
+    w.close()
+    op.close()

@@ -500,7 +500,17 @@ class WALAdaptor(ROWALAdaptor):
         self._wab.close()  # after the scanners failed: one closed under a reader first would end without the error
 
     def is_available(self) -> bool:
-        return self._write_error is None and not self._unavailable.is_set()
+        # A forked child's copy refuses every write and read (the parent's append thread and lock are not its own),
+        # so it is not available there, though nothing in the child set the event.
+        return self._write_error is None and not self._unavailable.is_set() and self._forks == _fork.generation
+
+    def available(self) -> threading.Event:
+        if self._forks != _fork.generation:
+            # Not the copied event: setting it could wait for a lock a parent thread held at the fork.
+            gone = threading.Event()
+            gone.set()
+            return gone
+        return self._unavailable
 
     def _append_units(self, msgs: Sequence[MutableMessage]) -> list[AppendOutcome]:
         """The persisted messages of a refused batch, appended again a caller's unit at a time (see
