@@ -36,3 +36,14 @@ def test_message_members_the_docs_call_are_methods() -> None:
         member = getattr(ImmutableTxnMessage, name, None) or getattr(ImmutableMessage, name, None)
         assert member is not None, f"the docs call m.{name}(), which a message does not have"
         assert not isinstance(member, property) and callable(member), f"the docs call m.{name}(), a property"
+
+
+def test_help_of_a_wal_names_the_option_that_bounds_its_closes_wait() -> None:
+    """``help(wal.WAL)`` said ``close()`` waits "up to 3 s" for open txns, a fixed wait, after the wait had become
+    the build option ``txn_close_timeout``: a reader of the docstring had no way to learn it could be changed."""
+    import inspect
+
+    import wal
+
+    doc = " ".join((inspect.getdoc(wal.WAL) or "").split())
+    assert "txn_close_timeout" in doc, doc

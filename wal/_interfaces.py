@@ -151,8 +151,9 @@ class ROWAL(Closeable):
 class WAL(ROWAL):
     """The writer of a channel (a WAL opened with ``AccessMode.RO`` refuses every write).
 
-    ``close()`` first waits up to 3 s for open transactions to commit or roll back (appends are still taken
-    meanwhile, so they can), then stores what was accepted, closes the scanners and releases the channel.
+    ``close()`` first waits up to the build option ``txn_close_timeout`` (3 s by default, 0 for no wait) for open
+    transactions to commit or roll back (appends are still taken meanwhile, so they can), then stores what was
+    accepted, closes the scanners and releases the channel.
     """
 
     @abstractmethod
