@@ -60,3 +60,33 @@ def test_builtin_categories_are_kept() -> None:
 
 def test_builtin_backends_are_registered_on_import() -> None:
     assert {"memory", "localfs"} <= set(wal.registry.registered_names())
+
+
+def test_the_public_objects_say_what_they_are_in_a_repl() -> None:
+    """The builder, opener, WAL, scanner and txn showed ``<wal.adaptor._wal.WALAdaptor object at 0x...>``: neither
+    which channel nor whether it was still usable, where a closed WAL raises on every call."""
+    from wal import AccessMode, OpenOption, PChannelInfo, ReadOption, registry
+    from wal.message import MessageType, MutableMessage
+
+    b = registry.must_get_builder("memory")
+    assert repr(b) == "<OpenerBuilder 'memory'>"
+    op = b.build()
+    w = op.open(OpenOption(PChannelInfo("orders", 3)))
+    ro = op.open(OpenOption(PChannelInfo("orders", access_mode=AccessMode.RO)))
+    assert (repr(op), repr(w), repr(ro)) == (
+        "<Opener 'memory'>", "<WAL memory orders@3: available>", "<ROWAL memory orders: available>"
+    )
+    s = w.read(ReadOption(name="s1"))
+    assert repr(s) == "<Scanner 's1' of orders@3: reading>"
+    txn = w.begin_txn("eu")
+    assert repr(txn) == f"<Txn {txn.txn_ctx.txn_id} on vchannel 'eu': open>"
+    txn.append(MutableMessage(MessageType.INSERT, b"a"))
+    txn.commit()
+    assert repr(txn) == f"<Txn {txn.txn_ctx.txn_id} on vchannel 'eu': committed>"
+    s.close()
+    assert repr(s) == "<Scanner 's1' of orders@3: closed>"
+    w.close()
+    op.close()
+    assert (repr(op), repr(w), repr(ro)) == (
+        "<Opener 'memory' closed>", "<WAL memory orders@3: closed>", "<ROWAL memory orders: closed>"
+    )

@@ -31,6 +31,9 @@ class OpenerBuilderAdaptor(OpenerBuilder):
     def name(self) -> str:
         return self._impls.name
 
+    def __repr__(self) -> str:
+        return f"<OpenerBuilder {self._impls.name!r}>"
+
     def build(self, **options: Any) -> Opener:
         opts, rest = split_options(options)
         builders = [*builtin_interceptor_builders(), *self._interceptors, *opts.interceptors]

@@ -38,6 +38,9 @@ class OpenerAdaptor(Opener):
         self._close_retry = threading.Lock()
         self._forks = _fork.generation  # a forked child's copy differs (see close)
 
+    def __repr__(self) -> str:
+        return f"<Opener {self._name!r}{' closed' if self._lifetime.stopped else ''}>"
+
     def open(self, opt: OpenOption) -> WAL:
         if not isinstance(opt, OpenOption):
             raise InvalidArgumentError(f"open takes an OpenOption, got {type(opt).__name__}")

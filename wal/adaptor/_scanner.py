@@ -210,6 +210,11 @@ class ScannerAdaptor(Scanner):
     def done(self) -> threading.Event:
         return self._done
 
+    def __repr__(self) -> str:
+        err = self._error
+        state = "reading" if not self._done.is_set() else "closed" if err is None else f"failed: {err!r}"
+        return f"<Scanner {self._name!r} of {self._channel}: {state}>"
+
     def error(self) -> BaseException | None:
         return self._error
 

@@ -47,6 +47,10 @@ class TxnHandle(Txn):
     def finished(self) -> bool:
         return self._finished
 
+    def __repr__(self) -> str:
+        state = self._ending if self._finished else "open"
+        return f"<Txn {self._ctx.txn_id} on vchannel {self._vchannel!r}: {state}>"
+
     def _check_open(self) -> None:
         if self._finished:
             raise InvalidTxnStateError(f"txn {self._ctx.txn_id} is already {self._ending}")

@@ -149,6 +149,13 @@ class ROWALAdaptor(WAL):
     def is_available(self) -> bool:
         return not self._unavailable.is_set()
 
+    def __repr__(self) -> str:
+        # What a REPL shows: which WAL, and whether it can still be used (the default repr said neither).
+        state = "closed" if self._lifetime.stopped else "available" if self.is_available() else "unavailable"
+        if self._channel.access_mode is AccessMode.RW:
+            return f"<WAL {self.wal_name} {self._channel}: {state}>"
+        return f"<ROWAL {self.wal_name} {self._channel.name}: {state}>"  # no term: a read-only open's is not the log's
+
     def available(self) -> threading.Event:
         return self._unavailable
 
