@@ -297,6 +297,19 @@ def test_a_root_one_level_too_high_gets_a_hint(tmp_path: Path) -> None:
         assert r.returncode == 0 and f"pass --root {tmp_path / 'data'}" in r.stdout, (sub, r.stdout)
 
 
+def test_a_root_one_level_too_deep_a_channels_own_directory_is_a_usage_error(tmp_path: Path) -> None:
+    """`wal verify --root DATA/p1` (the channel's own directory) said "ok: no channels under DATA/p1" and exited 0,
+    with -q in silence: a check that checked nothing passed. It is a usage error naming the right arguments."""
+    fill(tmp_path, "p1", 3)
+    ch = tmp_path / "p1"
+    for args in (("verify",), ("verify", "-q"), ("info",), ("info", "--json")):
+        r = wal_cmd(*args, "--root", str(ch))
+        assert r.returncode == 2 and f"pass --root {tmp_path} --channel p1" in r.stderr, (args, r.stdout, r.stderr)
+    r = wal_cmd("dump", "--root", str(ch), "--channel", "p1")
+    assert r.returncode == 2 and f"pass --root {tmp_path} --channel p1" in r.stderr, r.stderr
+    assert wal_cmd("verify", "--root", str(tmp_path), "-q").returncode == 0
+
+
 def test_info_says_when_the_term_file_is_damaged(tmp_path: Path) -> None:
     fill(tmp_path, "p1", 3)
     (tmp_path / "p1" / "TERM").write_bytes(b"garbage")

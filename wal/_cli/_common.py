@@ -92,7 +92,11 @@ def channel_dir_or_fail(root: str, channel: str) -> str:
         raise click.BadParameter(f"channel {channel!r} under {root} is a symbolic link; refusing to follow it",
                                  param_hint="--channel")
     if not os.path.isdir(path):
-        raise click.BadParameter(f"no channel {channel!r} under {root}", param_hint="--channel")
+        hint = ""
+        if fstools.is_channel_dir(root):  # --root one level too deep: the channel's own directory
+            parent, name = os.path.split(os.path.normpath(root))
+            hint = f" ({root} is itself a channel's directory: pass --root {parent or '.'} --channel {name})"
+        raise click.BadParameter(f"no channel {channel!r} under {root}{hint}", param_hint="--channel")
     if not fstools.is_channel_dir(path):
         try:
             os.listdir(path)

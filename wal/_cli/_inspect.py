@@ -74,6 +74,8 @@ def info(root: str, channel: str | None, as_json: bool) -> None:
         channel_dir_or_fail(root, channel)
     names = [channel] if channel is not None else fstools.list_channels(root)
     unlistable = [] if channel is not None else fstools.unlistable_dirs(root)
+    if not names:
+        _refuse_a_channel_as_root(root)
     if not names and not unlistable:  # with --json, stdout holds JSON objects only: the line goes to stderr
         click.echo(f"no channels under {root}{_elsewhere(root)}", err=as_json)
         return
@@ -98,6 +100,17 @@ def _elsewhere(root: str) -> str:
         return ""
     found = [p for p in subs if _holds_channels(p)]
     return f" (channels found under {found[0]}: pass --root {found[0]})" if found else ""
+
+
+def _refuse_a_channel_as_root(root: str) -> None:
+    """A usage error when ``root`` is itself a channel's directory (``--root /data/wal/orders``, a natural slip):
+    ``verify`` said "ok: no channels" and exited 0, with ``-q`` in silence, having checked nothing."""
+    if fstools.is_channel_dir(root):
+        parent, name = os.path.split(os.path.normpath(root))
+        raise click.BadParameter(
+            f"{root} is a channel's directory, not a root of channels: pass --root {parent or '.'} --channel {name}",
+            param_hint="'--root'",
+        )
 
 
 def _holds_channels(path: str) -> bool:
@@ -278,6 +291,8 @@ def verify(root: str, channel: str | None, quiet: bool) -> None:
     if channel is not None:
         channel_dir_or_fail(root, channel)
     names = [channel] if channel is not None else fstools.list_channels(root)
+    if not names:
+        _refuse_a_channel_as_root(root)
     bar: Any = None
 
     def progress(done: int, total: int) -> None:
