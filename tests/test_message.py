@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from wal.errors import InvalidArgumentError, InvalidMessageError, WALError
@@ -256,3 +258,48 @@ def test_text_with_no_utf8_form_is_refused_when_the_message_is_made(kwargs: dict
 def test_non_ascii_text_that_has_a_utf8_form_is_kept() -> None:
     m = MutableMessage(MessageType.INSERT, b"x", {"ключ": "值", "": "\0"}, vchannel="é" * 300)
     assert m.vchannel == "é" * 300 and m.properties == {"ключ": "值", "": "\0"}
+
+
+def test_a_delivered_message_pickles_and_deep_copies_as_plain_values(tmp_path: Path) -> None:
+    """Handing a delivered message to a ProcessPoolExecutor worker (or ``copy.deepcopy``) raised ``TypeError: cannot
+    pickle 'mappingproxy' object`` (its read-only properties); a localfs payload read from the files, a
+    ``memoryview`` into the segment's map, cannot be pickled either. Both travel as plain values, TXN bodies too."""
+    import copy
+    import pickle
+
+    from wal import AccessMode, OpenOption, PChannelInfo, ReadOption, registry
+
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20)
+    w = op.open(OpenOption(PChannelInfo("c")))
+    w.append(MutableMessage(MessageType.INSERT, b"x" * 2000, {"a": "b"}, vchannel="v"))
+    with w.begin_txn("v") as txn:
+        txn.append(MutableMessage(MessageType.DELETE, b"y" * 1500, {"c": "d"}))
+    ro = op.open(OpenOption(PChannelInfo("c", access_mode=AccessMode.RO)))
+    got: list[ImmutableMessage] = []
+    with ro.read(ReadOption()) as s:
+        while len(got) < 2:
+            m = s.recv(5)
+            if m.message_type is not MessageType.TIME_TICK:
+                got.append(m)
+    plain, tx = got
+    assert isinstance(plain.payload, memoryview) and isinstance(tx, ImmutableTxnMessage)
+
+    def same(a: ImmutableMessage, b: ImmutableMessage) -> bool:
+        return type(a) is type(b) and (
+            a.message_id, a.message_type, bytes(a.payload), dict(a.properties), a.vchannel, a.time_tick,
+            a.last_confirmed_message_id, a.txn_ctx, a.wal_term, a.is_persisted,
+        ) == (
+            b.message_id, b.message_type, bytes(b.payload), dict(b.properties), b.vchannel, b.time_tick,
+            b.last_confirmed_message_id, b.txn_ctx, b.wal_term, b.is_persisted,
+        )
+
+    for m in got:
+        for c in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m), copy.copy(m)):
+            assert same(c, m)
+    c = pickle.loads(pickle.dumps(tx))
+    assert isinstance(c, ImmutableTxnMessage) and same(c.begin, tx.begin) and same(c.commit, tx.commit)
+    assert len(c.messages) == 1 and same(c.messages[0], tx.messages[0])
+    assert bytes(c.messages[0].payload) == b"y" * 1500 and dict(c.messages[0].properties) == {"c": "d"}
+    ro.close()
+    w.close()
+    op.close()

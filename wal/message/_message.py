@@ -357,6 +357,24 @@ class ImmutableMessage:
         fields.update(changes)
         return ImmutableMessage(**fields)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (a ProcessPoolExecutor worker, a multiprocessing queue) and deep-copied as plain values: the
+        # read-only properties (a mappingproxy, or a decoder not run yet) and a memoryview payload into the log's
+        # map cannot be pickled, and a deep copy failed on them with "cannot pickle 'mappingproxy' object".
+        fields: dict[str, Any] = {
+            "message_id": self.message_id,
+            "message_type": self.message_type,
+            "payload": bytes(self.payload) if isinstance(self.payload, memoryview) else self.payload,
+            "properties": dict(self.properties),
+            "vchannel": self.vchannel,
+            "time_tick": self.time_tick,
+            "last_confirmed_message_id": self.last_confirmed_message_id,
+            "txn_ctx": self.txn_ctx,
+            "wal_term": self.wal_term,
+            "not_persisted": self.not_persisted,
+        }
+        return _rebuild_message, (fields,)
+
     @classmethod
     def from_wire(
         cls, message_id: MessageID, payload: bytes | bytearray | memoryview, properties: Mapping[str, str]
@@ -444,6 +462,10 @@ class ImmutableTxnMessage(ImmutableMessage):
             m.replace(time_tick=commit.time_tick, last_confirmed_message_id=lc) for m in body
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The body is stamped with the commit's tick and last-confirmed ID already: stamping it again is a no-op.
+        return ImmutableTxnMessage, (self.begin, self.messages, self.commit)
+
     def size(self) -> int:
         """Number of body messages."""
         return len(self.messages)
@@ -458,6 +480,11 @@ class ImmutableTxnMessage(ImmutableMessage):
 
     def estimate_size(self) -> int:
         return sum(m.estimate_size() for m in self.messages)
+
+
+def _rebuild_message(fields: dict[str, Any]) -> ImmutableMessage:
+    """Unpickles an :class:`ImmutableMessage` (its ``__init__`` takes keywords only)."""
+    return ImmutableMessage(**fields)
 
 
 class ImmutableTxnMessageBuilder:
