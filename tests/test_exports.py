@@ -90,3 +90,37 @@ def test_the_public_objects_say_what_they_are_in_a_repl() -> None:
     assert (repr(op), repr(w), repr(ro)) == (
         "<Opener 'memory' closed>", "<WAL memory orders@3: closed>", "<ROWAL memory orders: closed>"
     )
+
+
+def test_every_error_survives_pickling_with_its_fields() -> None:
+    """An error raised in a worker process reaches its parent pickled: ``PartialAppendError`` failed to unpickle
+    (``__init__() missing 1 required positional argument: 'results'``), which a ``ProcessPoolExecutor`` reports as a
+    broken pool, hiding the error and what was stored."""
+    import pickle
+
+    from wal.message import MessageType, MutableMessage
+    from wal.registry import must_get_builder
+
+    op = must_get_builder("memory").build()
+    w = op.open(wal.OpenOption(wal.PChannelInfo("c")))
+    txn = w.begin_txn("v", keepalive=0.001)
+    body = MutableMessage(MessageType.INSERT, b"late", vchannel="v", txn_ctx=txn.txn_ctx)
+    while True:  # the keepalive counts in ticks: a ms or two
+        try:
+            w.append_messages([MutableMessage(MessageType.INSERT, b"ok"), body])
+        except wal.errors.PartialAppendError as e:
+            err = e
+            break
+        body = MutableMessage(MessageType.INSERT, b"late", vchannel="v", txn_ctx=txn.txn_ctx)
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is wal.errors.PartialAppendError and str(back) == str(err)
+    assert [type(r) for r in back.results] == [wal.AppendResult, wal.errors.TxnExpiredError]
+    assert back.results[0].message_id == err.results[0].message_id
+    c = pickle.loads(pickle.dumps(wal.errors.CorruptedError("bad", path="/x.seg", offset=7)))
+    assert (str(c), c.path, c.offset) == ("bad", "/x.seg", 7)
+    for name in wal.errors.__all__:
+        cls = getattr(wal.errors, name)
+        if cls not in (wal.errors.PartialAppendError, wal.errors.CorruptedError):
+            assert type(pickle.loads(pickle.dumps(cls("what")))) is cls, name
+    w.close()
+    op.close()

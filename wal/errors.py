@@ -107,6 +107,11 @@ class PartialAppendError(WALError):
         super().__init__(message)
         self.results = results
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # An exception is unpickled by calling its class with ``args``, which lack ``results``: raised in a
+        # ProcessPoolExecutor worker, it failed to unpickle in the parent, which then reported a broken pool.
+        return type(self), (str(self), self.results), self.__dict__
+
 
 class WALTimeoutError(WALError, TimeoutError):
     """An operation did not finish within its timeout (``recv``, ``append`` with a timeout)."""
