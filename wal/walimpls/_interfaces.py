@@ -211,7 +211,8 @@ class OpenerImpls(Closeable):
 
 
 ADAPTOR_OPTIONS = frozenset({"write_ahead_buffer_bytes", "write_ahead_buffer_keepalive", "time_tick_interval",
-                             "txn_keepalive", "max_inflight_appends", "max_append_batch", "interceptors"})
+                             "txn_keepalive", "txn_close_timeout", "max_inflight_appends", "max_append_batch",
+                             "interceptors"})
 """The build options the adaptor consumes (every field of ``wal.adaptor.AdaptorOptions``, spelled out: a backend
 imports nothing of the adaptor). ``registry.must_get_builder(name).build(...)`` takes them out before the backend's
 builder sees the rest, so a backend builder never gets one on the documented path."""
