@@ -156,3 +156,22 @@ def test_a_backend_name_that_is_no_str_is_an_unknown_backend(name: Any) -> None:
         registry.must_get_builder(name)
     with pytest.raises(UnknownBackendError, match="a backend name is a str"):
         unmarshal_message_id(name, "1")
+
+
+def test_an_entry_point_backends_ids_parse_before_anything_asked_for_its_builder() -> None:
+    """A fresh process (a consumer parsing its saved checkpoint before it builds its opener) got
+    ``UnknownBackendError: no message ID unmarshaler registered for 'nats'`` with the backend installed: its
+    unmarshaler is registered when the entry point is loaded, which only a builder lookup did. ``registered_names``
+    left it out too, though ``must_get_builder("nats")`` took it."""
+    import subprocess
+    import sys
+
+    code = (
+        "from wal import registry\n"
+        "from wal.message import unmarshal_message_id\n"
+        "print(repr(unmarshal_message_id('nats', 'nats:3')))\n"
+        "print(registry.registered_names())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["NatsMessageID('3')", "['localfs', 'memory', 'nats']"], r.stdout

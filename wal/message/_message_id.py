@@ -156,6 +156,14 @@ def unmarshal_message_id(wal_name: str, data: str) -> MessageID:
         raise UnknownBackendError(f"a backend name is a str, got {wal_name!r}")
     fn = _unmarshalers.get(wal_name)
     if fn is None:
+        # A backend registered through an entry point (nats) registers its unmarshaler when it is loaded, which
+        # only a builder lookup did: a consumer that parsed its saved checkpoint before building its opener got
+        # "no unmarshaler registered" for an installed backend.
+        from ..registry._registry import load_entry_points
+
+        load_entry_points()
+        fn = _unmarshalers.get(wal_name)
+    if fn is None:
         known = ", ".join(sorted(_unmarshalers)) or "none"
         raise UnknownBackendError(f"no message ID unmarshaler registered for {wal_name!r} (known: {known})")
     if not isinstance(data, str):

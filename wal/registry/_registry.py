@@ -37,12 +37,14 @@ def register_builder(builder: OpenerBuilderImpls) -> None:
 
 
 def registered_names() -> list[str]:
-    """The names of the registered backends, sorted (what ``must_get_builder`` accepts)."""
+    """The names of the registered backends, sorted (what ``must_get_builder`` accepts), entry points' included."""
+    load_entry_points()
     with _lock:
         return sorted(_builders)
 
 
-def _load_entry_points() -> None:
+def load_entry_points() -> None:
+    """Load the backends declared in the ``wal.backends`` entry point group (once; each registers itself)."""
     global _entry_points_loaded
     with _lock:
         if _entry_points_loaded:
@@ -62,7 +64,7 @@ def get_impls_builder(name: str) -> OpenerBuilderImpls:
         raise UnknownBackendError(f"a backend name is a str, got {name!r}")
     b = _builders.get(name)
     if b is None:
-        _load_entry_points()
+        load_entry_points()
         b = _builders.get(name)
     if b is None:
         known = ", ".join(registered_names()) or "none"
