@@ -306,6 +306,26 @@ def test_back_pressure_bounds_inflight_appends(fb: FakeBuilder) -> None:
     op.close()
 
 
+def test_an_append_async_result_that_times_out_raises_a_wal_timeout_error(fb: FakeBuilder) -> None:
+    """``AppendFuture.result(timeout)`` raised a bare ``TimeoutError()`` with no message (review 15b), outside the
+    documented hierarchy; it is a ``WALTimeoutError`` (still a ``TimeoutError``) that says the append may still
+    be stored."""
+    op = adapt_impls_to_builder(fb).build()
+    w = op.open(OpenOption(PChannelInfo("p1", 1)))
+    gate = threading.Event()
+    fb.openers[0].append_hook = lambda ms: gate.wait(5)
+    f = w.append_async(msg(0))
+    with pytest.raises(WALTimeoutError, match="may still be stored") as e:
+        f.result(timeout=0.01)
+    assert isinstance(e.value, TimeoutError)
+    with pytest.raises(WALTimeoutError):
+        f.exception(timeout=0.01)
+    gate.set()
+    assert f.result(timeout=5).message_id is not None
+    w.close()
+    op.close()
+
+
 def test_system_messages_refused_and_bad_input(fb: FakeBuilder) -> None:
     op = adapt_impls_to_builder(fb).build()
     w = op.open(OpenOption(PChannelInfo("p1", 1)))

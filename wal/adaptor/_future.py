@@ -24,7 +24,7 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from typing import Any, TypeVar
 
 from .._types import AppendResult
-from ..errors import ShutdownError, WALError
+from ..errors import ShutdownError, WALError, WALTimeoutError
 
 _log = logging.getLogger("concurrent.futures")  # where Future logs a failing callback
 
@@ -155,7 +155,9 @@ class AppendFuture(Future[T]):
                         deadline = time.monotonic() + timeout
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise TimeoutError()
+                        raise WALTimeoutError(  # a TimeoutError, as a stock Future raises, and a WALError
+                            f"append_async not settled within {timeout} s: it is still queued, and may still be stored"
+                        )
                     self._condition.wait(left)
                 else:
                     self._condition.wait()
