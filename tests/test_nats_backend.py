@@ -103,6 +103,8 @@ def test_unknown_and_bad_options_raise() -> None:
         b.build(tls_key_file="/nonexistent/key.pem")
     with pytest.raises(InvalidArgumentError, match="use wss://"):  # the TLS check cannot see a websocket's socket
         b.build(servers="ws://127.0.0.1:1", tls_ca_file="/nonexistent/ca.pem")
+    with pytest.raises(InvalidArgumentError, match="duplicate_window"):  # the server refused it at the first open
+        b.build(max_age=60.0)
     import importlib.util
 
     if importlib.util.find_spec("nkeys") is None:  # a bare ModuleNotFoundError at connect, before
@@ -565,6 +567,33 @@ def test_last_time_tick_is_the_max_of_the_tail(opener: wn.NatsOpener) -> None:
     assert w.last_time_tick() == 100
     w.append(msg(3, tt=70))
     assert w.last_time_tick() == 100
+
+
+def test_last_time_tick_does_not_wait_for_a_message_deleted_after_it_was_counted(
+    opener: wn.NatsOpener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``last_time_tick()`` (every writer open calls it) counted the tail's messages, then pulled that many, waiting
+    up to the pull's expiry (10 s) for them: one deleted in between (``max_age``, a purge) never came, and the
+    open stalled for the whole expiry (review 15a). The pull is a no-wait pull, as its docstring said."""
+    import wal.walimpls.nats._scanner as ns
+
+    w = opener.open(chan())
+    ids = w.append_batch([msg(i, tt=10 + i) for i in range(5)])
+    js = opener.js
+    add_consumer = js.add_consumer
+
+    async def add_then_delete(stream: str, config: Any = None, **kw: Any) -> Any:
+        info = await add_consumer(stream, config=config, **kw)
+        await js.delete_msg(stream, ids[2].value)  # counted in the consumer's num_pending, then gone
+        return info
+
+    monkeypatch.setattr(js, "add_consumer", add_then_delete)
+    monkeypatch.setattr(ns, "_EXPIRES", 120.0)  # the pull's expiry: what the call waited before
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(w.last_time_tick()), daemon=True)
+    t.start()
+    t.join(30)  # a bound, not a speed check: before, it waited the whole 120 s
+    assert got == [14]
 
 
 def test_oversized_message_is_refused_and_the_chain_goes_on(opener: wn.NatsOpener) -> None:

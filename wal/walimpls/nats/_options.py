@@ -132,6 +132,12 @@ def parse_options(options: dict[str, Any]) -> NatsOptions:
         raise InvalidArgumentError(f"nats: subject_prefix must be dot-separated tokens: {o.subject_prefix!r}")
     if o.max_bytes < -1:  # -1 means no limit; other negatives went to the stream config unchecked
         raise InvalidArgumentError(f"nats: max_bytes must be -1 (no limit) or >= 0, got {o.max_bytes}")
+    if 0 < o.max_age < o.duplicate_window:
+        # The server refuses such a stream (JetStream error 10052) at the first open, far from the mistake.
+        raise InvalidArgumentError(
+            f"nats: max_age ({o.max_age} s) must be 0 (no limit) or at least duplicate_window ({o.duplicate_window} s):"
+            " lower duplicate_window too"
+        )
     if o.max_pending < 1 or o.read_ahead < 1:
         raise InvalidArgumentError("nats: max_pending and read_ahead must be >= 1")
     if o.publish_timeout <= 0 or o.append_timeout <= 0 or o.request_timeout <= 0 or o.connect_timeout <= 0:

@@ -338,7 +338,10 @@ async def tail_headers(nc: Any, js: Any, names: ChannelNames, start: int) -> Asy
     try:
         pending = int(info.num_pending)
         if pending:
-            req = {"batch": pending, "expires": int(_EXPIRES * 1e9)}
+            # no_wait: a message counted in num_pending and deleted since (max_age, a purge) never comes, and a
+            # waiting pull then stalled the caller (every writer open) for the whole expiry; the server ends a no-wait
+            # pull with a status once it has sent what is stored.
+            req = {"batch": pending, "expires": int(_EXPIRES * 1e9), "no_wait": True}
             await nc.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{names.stream}.{info.name}", json.dumps(req).encode(), reply=sub.subject
             )
