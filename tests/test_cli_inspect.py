@@ -123,6 +123,23 @@ def test_dump_json_parses_back(tmp_path: Path) -> None:
     assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == ids[10:11]
 
 
+def test_dump_json_text_payloads_that_are_not_utf8_come_as_exact_hex(tmp_path: Path) -> None:
+    """``--json --payload text`` escaped a non-UTF-8 byte 0xff as the four characters ``\\xff``, which a payload
+    holding that text also gave: the JSON could not say which bytes were stored (review 15b). Such a payload is
+    ``"payload": null`` with its bytes in ``"payload_hex"``; UTF-8 payloads stay text."""
+    from wal import OpenOption, PChannelInfo, registry
+    from wal.message import MessageType, MutableMessage
+
+    with registry.must_get_builder("localfs").build(root=str(tmp_path)) as op, \
+            op.open(OpenOption(PChannelInfo("bin", 1))) as w:
+        for p in (b"\xff", b"\\xff", "h\u00e9".encode()):
+            w.append(MutableMessage(MessageType.INSERT, p, None, "v"))
+    r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "bin", "--json", "--payload", "text")
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(ln) for ln in r.stdout.splitlines() if '"INSERT"' in ln]
+    assert [(x["payload"], x.get("payload_hex")) for x in recs] == [(None, "ff"), ("\\xff", None), ("h\u00e9", None)]
+
+
 def test_dump_text(tmp_path: Path) -> None:
     ids = fill(tmp_path, n=5)
     r = wal_cmd("dump", "--root", str(tmp_path), "--channel", "p1", "--payload", "text")

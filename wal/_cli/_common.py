@@ -189,7 +189,16 @@ def message_record(m: ImmutableMessage, payload: str | None = None) -> dict[str,
         "term": m.wal_term,
         "txn_id": m.txn_ctx.txn_id if m.txn_ctx is not None else None,
     }
-    if payload is not None:
+    if payload == "text":
+        data = bytes(m.payload)
+        try:
+            rec["payload"] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            # Escaped as the text form does, byte 0xff and the four characters "\xff" came out alike: a consumer
+            # of the JSON could not tell the bytes. Not UTF-8: the exact bytes, as hex, under their own key.
+            rec["payload"] = None
+            rec["payload_hex"] = data.hex()
+    elif payload is not None:
         rec["payload"] = _payload(m, payload)
     if isinstance(m, ImmutableTxnMessage):
         rec["messages"] = [message_record(b, payload) for b in m.messages]
