@@ -6,6 +6,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -338,6 +339,29 @@ def test_system_messages_refused_and_bad_input(fb: FakeBuilder) -> None:
         w.begin_txn("v1", keepalive=0.0)
     w.close()
     op.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "localfs"])
+def test_a_group_with_a_begin_txn_without_vchannel_is_refused_whole(backend: str, tmp_path: Path) -> None:
+    """A BEGIN_TXN with vchannel "" was refused by the txn rules inside the append, after the group's earlier
+    messages were stored: a ``PartialAppendError`` for a mistake that depends on nothing stored. It is refused
+    with the group's other input checks, before anything is stored."""
+    from wal import registry
+
+    extra = {"root": str(tmp_path)} if backend == "localfs" else {}
+    with registry.must_get_builder(backend).build(**extra) as op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
+        with pytest.raises(InvalidArgumentError, match="needs a vchannel"):  # PartialAppendError before
+            w.append_messages([msg(0), MutableMessage(MessageType.BEGIN_TXN, b"", vchannel="")])
+        with pytest.raises(InvalidArgumentError, match="needs a vchannel"):
+            w.append_async(MutableMessage(MessageType.BEGIN_TXN, b"", vchannel=""))
+        last = w.append(msg(1))
+        with w.read(ReadOption()) as s:
+            got = []
+            while not got or got[-1] != last.message_id:
+                m = s.recv(timeout=5)
+                if m.message_type is MessageType.INSERT:
+                    got.append(m.message_id)
+        assert got == [last.message_id]  # msg(0) of the refused group was not stored
 
 
 def test_append_results_and_truncate(fb: FakeBuilder) -> None:

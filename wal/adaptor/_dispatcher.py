@@ -148,7 +148,7 @@ class AppendDispatcher:
         periodic: Callable[[bool], None] | None = None,
         period: float = 0.2,
         check: Callable[[object], object] = _accept_any,
-        refused_types: frozenset[MessageType] = frozenset(),
+        checked_types: frozenset[MessageType] = frozenset(),
         process_futures: FuturesProcessor | None = None,
         on_interrupt: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -158,7 +158,7 @@ class AppendDispatcher:
             (lambda msgs: process(msgs, ())) if process_futures is None else process_futures
         )
         self._check = check  # raises for a message submit_one must refuse (called unless the usual kind)
-        self._refused_types = refused_types
+        self._checked_types = checked_types  # message types always given to check (the rest: when unusual)
         self._max_inflight = max_inflight
         self._max_batch = max_batch
         self._ready = ready
@@ -301,7 +301,7 @@ class AppendDispatcher:
         if (
             msg.__class__ is not MutableMessage
             or msg.message_type.__class__ is not MessageType
-            or msg.message_type in self._refused_types
+            or msg.message_type in self._checked_types
             or msg.vchannel.__class__ is not str
             or not msg.vchannel.isascii()
             or msg.payload.__class__ is not bytes

@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 _payload = attrgetter("payload")
 _new_result = object.__new__
 _WAL_ONLY_TYPES = frozenset({MessageType.TIME_TICK, MessageType.TXN, MessageType.UNKNOWN})
+# Types the append paths' fast test always hands to _check_msg: those it refuses, and a BEGIN_TXN, whose vchannel it
+# checks before anything of the group is stored.
+_CHECKED_TYPES = _WAL_ONLY_TYPES | {MessageType.BEGIN_TXN}
 _FIRST_TICK_RETRY_FOR = 5.0
 # A backend refuses one message for what it is (too large, a foreign ID), before writing anything of its batch.
 _REFUSED_MESSAGE = (InvalidArgumentError, InvalidMessageError, InvalidMessageIDError)
@@ -334,7 +337,7 @@ class WALAdaptor(ROWALAdaptor):
             periodic=self._periodic,
             period=opts.time_tick_interval,
             check=self._check_msg,
-            refused_types=_WAL_ONLY_TYPES,
+            checked_types=_CHECKED_TYPES,
             process_futures=self._process_futures,
             on_interrupt=self._on_interrupt,
         )
@@ -700,6 +703,10 @@ class WALAdaptor(ROWALAdaptor):
             validate_properties(msg.properties)
         if msg.message_type in _WAL_ONLY_TYPES:
             raise InvalidArgumentError(f"{msg.message_type.name} messages are made by the WAL, not appended")
+        if msg.message_type is MessageType.BEGIN_TXN and not msg.vchannel:
+            # Refused by the txn rules inside the append, after the group's earlier messages were stored (a
+            # PartialAppendError); it depends on nothing stored, so the whole group is refused before it.
+            raise InvalidArgumentError('a transaction needs a vchannel: its BEGIN_TXN has vchannel ""')
         if msg.not_persisted:  # set on the attribute (with_not_persisted refuses it): acknowledged, never stored
             raise InvalidArgumentError(f"only the WAL's own ticks are not persisted, not a {msg.message_type.name}")
         if msg.barrier_time_tick:  # set on the attribute, not through with_barrier_time_tick
@@ -726,7 +733,7 @@ class WALAdaptor(ROWALAdaptor):
             if (
                 m.__class__ is not MutableMessage
                 or m.message_type.__class__ is not MessageType
-                or m.message_type in _WAL_ONLY_TYPES
+                or m.message_type in _CHECKED_TYPES
                 or m.vchannel.__class__ is not str
                 or not m.vchannel.isascii()
                 or m.payload.__class__ is not bytes
