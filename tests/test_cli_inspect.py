@@ -309,9 +309,17 @@ def test_a_directory_that_is_not_a_channel_is_a_usage_error_and_stays_untouched(
 
 def test_a_root_one_level_too_high_gets_a_hint(tmp_path: Path) -> None:
     fill(tmp_path / "data", "p1", 3)
-    for sub in ("info", "verify"):
-        r = wal_cmd(sub, "--root", str(tmp_path))
-        assert r.returncode == 0 and f"pass --root {tmp_path / 'data'}" in r.stdout, (sub, r.stdout)
+    r = wal_cmd("info", "--root", str(tmp_path))
+    assert r.returncode == 0 and f"pass --root {tmp_path / 'data'}" in r.stdout, r.stdout
+    # verify checked nothing and passed (exit 0; with -q, in silence): a monitoring job pointed one level too high
+    # reported a healthy log for ever (review 15b). A usage error, with the hint.
+    for quiet in ((), ("-q",)):
+        r = wal_cmd("verify", "--root", str(tmp_path), *quiet)
+        assert r.returncode == 2 and f"pass --root {tmp_path / 'data'}" in r.stderr, (quiet, r.stdout, r.stderr)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = wal_cmd("verify", "--root", str(empty))  # no channel anywhere: nothing to check is not a mistake
+    assert r.returncode == 0 and "no channels" in r.stdout, r.stdout
 
 
 def test_a_root_one_level_too_deep_a_channels_own_directory_is_a_usage_error(tmp_path: Path) -> None:

@@ -293,6 +293,9 @@ def verify(root: str, channel: str | None, quiet: bool) -> None:
     names = [channel] if channel is not None else fstools.list_channels(root)
     if not names:
         _refuse_a_channel_as_root(root)
+        elsewhere = _elsewhere(root)
+        if elsewhere:  # a check of nothing passed (with -q, in silence) while the channels were one level down
+            raise click.BadParameter(f"no channels under {root}{elsewhere}", param_hint="'--root'")
     bar: Any = None
 
     def progress(done: int, total: int) -> None:
