@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -614,3 +615,250 @@ def test_follower_keeps_no_map_of_segments_it_has_read_past(tmp_path: Path, vcha
     ro.close()
     w.close()
     op.close()
+
+
+def _ids(ms: list[ImmutableMessage]) -> list[int]:
+    return [int(m.message_id.value) for m in ms]  # type: ignore[attr-defined]
+
+
+def _recv_until_error(s: Any, seconds: float = 10.0) -> tuple[list[int], BaseException | None]:
+    """What a follower delivers, and the error that ends it, within ``seconds``."""
+    got: list[int] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            got += _ids(s.recv_batch(64, 0.2))
+        except WALTimeoutError:
+            continue
+        except CorruptedError as e:
+            return got, e
+    return got, None
+
+
+@pytest.mark.parametrize("segment_bytes", [4096, 1 << 20])
+@pytest.mark.parametrize("how", ["rmtree", "files"])
+def test_a_follower_of_a_channel_deleted_and_made_anew_ends_loudly(tmp_path: Path, how: str,
+                                                                   segment_bytes: int) -> None:
+    """A channel deleted (``rm -rf`` of its directory, or of the files in it) and written anew starts its IDs at 1
+    again: a follower that had read IDs 1..4 of the old log went on at ID 5 of the new one as if it continued the
+    old (the new 1..4 never delivered, no warning; a new writer with larger segments, whose first segment the
+    follower mapped again when it grew), or waited for good in the old log's deleted file (same segment size). It
+    ends with CorruptedError; a new read (of the same read-only WAL too) starts over on the new log."""
+    chdir = tmp_path / "p1"
+    with build(tmp_path, segment_bytes=4096) as wop:
+        w = open_rw(wop)
+        w.append_batch([msg(b"old-%d" % i, tt=1 + i) for i in range(4)])
+        w.close()
+    rop = build(tmp_path)
+    ro = open_ro(rop)
+    s = ro.read(ReadOption(name="f"))
+    assert _ids(s.recv_batch(64, 5.0)) == [1, 2, 3, 4]
+    if how == "rmtree":
+        shutil.rmtree(chdir)
+    else:
+        for p in chdir.iterdir():
+            p.unlink()
+    with build(tmp_path, segment_bytes=segment_bytes) as wop:
+        w = open_rw(wop)
+        new = w.append_batch([msg(b"new-%d" % i, tt=100 + i) for i in range(40)])  # the same sizes as the old
+        assert int(new[0].value) == 1
+        got, err = _recv_until_error(s, 5.0)
+        assert got == [], f"the follower went on in the new log at {got}"
+        assert isinstance(err, CorruptedError)
+        assert "made anew" in str(err) or "replaced" in str(err), err
+        assert s.error() is err and s.done().is_set()
+        again = ro.read(ReadOption(name="g"))  # a new read of the same read-only WAL starts over on the new log
+        assert _ids(again.recv_batch(64, 5.0))[:3] == [1, 2, 3]
+        again.close()
+        w.close()
+    s.close()
+    ro.close()
+    rop.close()
+
+
+def test_a_follower_in_a_segment_replaced_under_its_name_ends_loudly(tmp_path: Path) -> None:
+    """A segment file replaced under the same name (a restore, a copy from another channel) was taken for the one
+    the follower had mapped: it went on reading the old map, then took the new file's records for the old one's."""
+    chdir = tmp_path / "p1"
+    other = tmp_path / "other"
+    with build(tmp_path, segment_bytes=1 << 20) as wop:
+        w = open_rw(wop)
+        w.append_batch([msg(b"a-%d" % i, tt=1 + i) for i in range(3)])
+        w.close()
+        w = open_rw(wop, "other")
+        w.append_batch([msg(b"b-%d" % i, tt=1 + i) for i in range(9)])
+        w.close()
+    rop = build(tmp_path)
+    ro = open_ro(rop)
+    s = ro.read(ReadOption(name="f"))
+    assert _ids(s.recv_batch(64, 5.0))[:3] == [1, 2, 3]
+    seg = next(p for p in chdir.iterdir() if p.suffix == ".seg")
+    tmp = chdir / "replacing.tmp"
+    shutil.copyfile(other / seg.name, tmp)
+    tmp.replace(seg)
+    got, err = _recv_until_error(s, 5.0)
+    assert got == [], f"the follower read the replaced segment's {got}"
+    assert isinstance(err, CorruptedError) and "replaced" in str(err), err
+    s.close()
+    ro.close()
+    rop.close()
+
+
+def test_a_follower_past_the_segments_of_a_channel_made_anew_in_its_directory_ends_loudly(tmp_path: Path) -> None:
+    """The files of a channel deleted (its directory kept) and a new writer that has not reached the segment the
+    follower is in: the follower waited in the old log's deleted file, silent, until the new log reached that
+    name. Retention deletes the oldest segments first, so the segment it reads gone while an older one is listed is
+    the log made anew."""
+    chdir = tmp_path / "p1"
+    with build(tmp_path, segment_bytes=4096) as wop:
+        w = open_rw(wop)
+        w.append_batch([msg(b"x" * 1500, tt=1 + i) for i in range(12)])  # six segments or so
+        w.close()
+    rop = build(tmp_path)
+    ro = open_ro(rop)
+    s = ro.read(ReadOption(name="f"))
+    got = _ids(s.recv_batch(64, 5.0))
+    while got[-1] < 12:
+        got += _ids(s.recv_batch(64, 5.0))
+    for p in chdir.iterdir():
+        p.unlink()
+    with build(tmp_path, segment_bytes=4096) as wop:
+        w = open_rw(wop)
+        w.append_batch([msg(b"new", tt=100)])
+        more, err = _recv_until_error(s, 5.0)
+        assert more == []
+        assert isinstance(err, CorruptedError) and "deleted" in str(err), err
+        w.close()
+    s.close()
+    ro.close()
+    rop.close()
+
+
+def _fds_on(path: Path, deleted: bool = False) -> int:
+    want = f"{path} (deleted)" if deleted else str(path)
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == want:
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def test_a_read_only_wal_holds_its_channel_directory_once_and_lets_it_go_at_close(tmp_path: Path) -> None:
+    """The directory is held open so that its inode number cannot go to a channel made anew (see ChannelDir): one
+    descriptor per read-only WAL, not per reader, none before the directory exists, none after the close; and a
+    reader of a channel made anew gets the new directory, the old one's descriptor going with its last reader."""
+    chdir = tmp_path / "p1"
+    rop = build(tmp_path)
+    ro = open_ro(rop)
+    s1 = ro.read(ReadOption(name="a"))
+    with pytest.raises(WALTimeoutError):
+        s1.recv(0.05)
+    assert _fds_on(chdir) == 0  # a follower before its writer: nothing to hold yet
+    with build(tmp_path, segment_bytes=4096) as wop:
+        w = open_rw(wop)
+        w.append(msg(b"one", tt=1))
+        w.close()
+    s2 = ro.read(ReadOption(name="b"))
+    assert _ids(s1.recv_batch(8, 5.0)) == [1] and _ids(s2.recv_batch(8, 5.0)) == [1]
+    assert _fds_on(chdir) == 1
+    shutil.rmtree(chdir)
+    with build(tmp_path, segment_bytes=4096) as wop:
+        w = open_rw(wop)
+        w.append(msg(b"new", tt=5))
+        w.close()
+    s3 = ro.read(ReadOption(name="c"))
+    assert [bytes(m.payload) for m in s3.recv_batch(8, 5.0)] == [b"new"]
+    assert _fds_on(chdir) == 1  # the new directory; the deleted one is held for s1 and s2 still
+    assert _fds_on(chdir, deleted=True) == 1
+    for s in (s1, s2):
+        assert isinstance(_recv_until_error(s, 5.0)[1], CorruptedError)
+        s.close()
+    ro.close()
+    assert _fds_on(chdir) == 0 and _fds_on(chdir, deleted=True) == 0
+    s3.close()
+    rop.close()
+
+
+def test_a_full_wal_follower_of_a_channel_made_anew_ends_with_corrupted_error(tmp_path: Path) -> None:
+    """Through the whole stack: the adaptor's scanner ends with the backend's error rather than read on."""
+    from wal import AccessMode, OpenOption, PChannelInfo, registry
+    from wal import ReadOption as UserReadOption
+    from wal.message import MessageType, MutableMessage
+
+    builder = registry.must_get_builder("localfs")
+    ch = PChannelInfo("p1", 1)
+    with builder.build(root=str(tmp_path)) as op, op.open(OpenOption(ch)) as w:
+        w.append(MutableMessage(MessageType.INSERT, b"old", vchannel="v"))
+    with builder.build(root=str(tmp_path)) as rop, rop.open(OpenOption(PChannelInfo("p1", 0, AccessMode.RO))) as ro:
+        with ro.read(UserReadOption()) as s:
+            m = s.recv(5.0)
+            while m.message_type is MessageType.TIME_TICK:
+                m = s.recv(5.0)
+            assert bytes(m.payload) == b"old"
+            shutil.rmtree(tmp_path / "p1")
+            with builder.build(root=str(tmp_path)) as op, op.open(OpenOption(ch)) as w:
+                for i in range(5):
+                    w.append(MutableMessage(MessageType.INSERT, b"new-%d" % i, vchannel="v"))
+                deadline = time.monotonic() + 10
+                with pytest.raises(CorruptedError, match="made anew"):
+                    while time.monotonic() < deadline:
+                        try:
+                            m = s.recv(0.5)
+                        except WALTimeoutError:
+                            continue
+                        assert m.message_type is MessageType.TIME_TICK, f"delivered {bytes(m.payload)!r}"
+                assert isinstance(s.error(), CorruptedError)
+
+
+@pytest.mark.parametrize("writer_open", [True, False])
+def test_a_follower_of_a_deleted_channel_ends_loudly(tmp_path: Path, writer_open: bool) -> None:
+    """``rm -rf`` of a channel under its follower, with no new writer (yet): it waited for good, silent, in the
+    deleted file (and a writer still open there goes on appending to its deleted files, which no one can open)."""
+    op = build(tmp_path, segment_bytes=4096)
+    w = open_rw(op)
+    w.append_batch([msg(b"x", tt=1 + i) for i in range(3)])
+    if not writer_open:
+        w.close()
+    rop = build(tmp_path)
+    ro = open_ro(rop)
+    s = ro.read(ReadOption(name="f"))
+    assert _ids(s.recv_batch(8, 5.0)) == [1, 2, 3]
+    shutil.rmtree(tmp_path / "p1")
+    if writer_open:
+        w.append(msg(b"lost", tt=10))
+    got, err = _recv_until_error(s, 5.0)
+    assert got == ([4] if writer_open else [])  # the open writer's 4 is in the file the follower maps: same log
+    assert isinstance(err, CorruptedError) and "channel directory" in str(err) and "deleted" in str(err), err
+    s.close()
+    ro.close()
+    rop.close()
+    w.close()
+    op.close()
+
+
+def test_a_follower_does_not_enter_a_segment_of_a_channel_made_anew_from_an_older_listing(tmp_path: Path) -> None:
+    """A follower stopped at the end of a sealed segment goes to the successor it listed before, without listing
+    again: with the channel made anew in between (segments of the same sizes), it mapped the new log's file of that
+    name and went on with its records, which start at the ID it expected."""
+    with build(tmp_path, segment_bytes=4096) as wop:
+        w = open_rw(wop)
+        w.append_batch([msg(b"old" * 500, tt=1 + i) for i in range(3)])  # two records a segment
+        w.close()
+    rop = build(tmp_path)
+    ro = open_ro(rop)
+    s = ro.read(ReadOption(name="f"))
+    assert _ids(s.recv_batch(2, 5.0)) == [1, 2]  # stops at the end of the first segment, the second one listed
+    shutil.rmtree(tmp_path / "p1")
+    with build(tmp_path, segment_bytes=4096) as wop:
+        w = open_rw(wop)
+        w.append_batch([msg(b"new" * 500, tt=100 + i) for i in range(6)])
+        got, err = _recv_until_error(s, 5.0)
+        assert got == [], f"the follower went on in the new log at {got}"
+        assert isinstance(err, CorruptedError) and "made anew" in str(err), err
+        w.close()
+    s.close()
+    ro.close()
+    rop.close()

@@ -49,7 +49,8 @@ class WALLockedError(WALError):
 class CorruptedError(WALError):
     """Bytes on disk fail their checksum or structure check, in a place that cannot be a torn tail; or files the
     log says it holds are gone (segments deleted from outside); or a reader meets a segment that is not a regular
-    file (opening for write raises :class:`WALIOError` for that).
+    file (opening for write raises :class:`WALIOError` for that); or a localfs read-only reader's channel was
+    deleted, and maybe made anew, under it (a new read starts over on the new log).
 
     The message names the file and the byte offset. The library never returns the damaged data and never cuts
     acknowledged records to "repair" it: inspect with ``wal verify`` and restore from a replica or backup.

@@ -99,6 +99,16 @@ class FileOps:
     def stat_size(self, path: str) -> int:
         return os.stat(path).st_size
 
+    def identity(self, path: str) -> tuple[int, int]:
+        """(st_dev, st_ino) of ``path`` itself, a symbolic link not followed: which file or directory it names now."""
+        st = os.stat(path, follow_symlinks=False)
+        return st.st_dev, st.st_ino
+
+    def fidentity(self, fd: int) -> tuple[int, int]:
+        """(st_dev, st_ino) of an open file: while it is open, no other file can have it."""
+        st = os.fstat(fd)
+        return st.st_dev, st.st_ino
+
     def rename(self, src: str, dst: str) -> None:
         os.rename(src, dst)
 

@@ -17,6 +17,7 @@ a mapped file is safe on Linux, and the backend never truncates one.
 from __future__ import annotations
 
 import bisect
+import errno
 import functools
 import logging
 import mmap
@@ -64,7 +65,7 @@ from ._message_id import LocalFSMessageID, fast_id
 from ._recovery import list_segments, load_index, rebuild_index
 from ._state import ChannelLog, Hub, SegmentState
 
-__all__ = ["DirSource", "LocalFSScanner", "WriterSource"]
+__all__ = ["ChannelDir", "DirSource", "LocalFSScanner", "WriterSource"]
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class WriterSource:
 
 # -- directory source (read-only followers) -------------------------------------------------------------------------
 class _DSeg:
-    __slots__ = ("_index", "_mv", "_summary", "first_id", "fops", "path", "source")
+    __slots__ = ("_ident", "_index", "_mv", "_summary", "first_id", "fops", "path", "source")
 
     def __init__(self, source: DirSource, first_id: int, path: str) -> None:
         # Weak: the source lists its segments, and a cycle between the two left a closed follower's segment mapped
@@ -222,6 +223,7 @@ class _DSeg:
         self._mv: memoryview | None = None
         self._summary: Summary | None = None
         self._index: list[tuple[int, int, int]] | None = None
+        self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the file mapped first
 
     def view(self, need: int) -> memoryview | None:
         mv = self._mv
@@ -233,6 +235,14 @@ class _DSeg:
             except NotRegularFileError as e:  # no writer makes one: damage, as a bad header is (recovery refuses it)
                 raise CorruptedError(f"{self.path}: {e.strerror}", path=self.path, offset=0) from None
             try:
+                source = self.source()
+                if source is not None:  # opened by its path: in the directory this reader lists, or a new one's
+                    source.check_dir()
+                ident = self.fops.fidentity(fd)
+                if self._ident is not None and ident != self._ident:
+                    # Mapped again (the file grew, or a later reader) and another file: the records there are not
+                    # the ones this segment's summary, index and readers' positions describe.
+                    raise _replaced(self.path, f"segment {self.path} was replaced by another file")
                 size = self.fops.fstat_size(fd)
                 if size < DATA_START:  # segments get their full size before their name: this one was cut
                     raise CorruptedError(f"{self.path}: segment file is only {size} bytes", path=self.path,
@@ -246,7 +256,12 @@ class _DSeg:
             if hdr.first_id != self.first_id:
                 raise CorruptedError(f"{self.path}: header says first ID {hdr.first_id}", path=self.path, offset=0)
             self._mv = mv
+            self._ident = ident
         return mv
+
+    def mapped_ident(self) -> tuple[int, int] | None:
+        """The identity of the file this view keeps mapped (a map keeps its inode, so no new file can have it)."""
+        return self._ident if self._mv is not None else None
 
     def status(self) -> tuple[int, bool, bool, int]:
         s = self._summary
@@ -321,24 +336,161 @@ class _DSeg:
 _RELIST_AFTER = 1.0  # seconds between listings of a follower waiting in an unsealed segment (DirSource.has_after)
 
 
+def _replaced(path: str, what: str) -> CorruptedError:
+    return CorruptedError(
+        f"{what} under this reader: the channel was deleted (and maybe made anew, its IDs starting over), so what "
+        "follows is not the log it was reading; a new read (or read-only open) starts over on the channel as it is",
+        path=path,
+    )
+
+
+class _DirHold:
+    """A channel directory held open: its identity cannot go to another directory while it is."""
+
+    __slots__ = ("__weakref__", "close", "ident")
+
+    def __init__(self, fops: FileOps, fd: int) -> None:
+        self.ident = fops.fidentity(fd)
+        self.close = weakref.finalize(self, fops.close, fd)  # at the latest when no reader needs it any more
+
+
+class ChannelDir:
+    """The channel directory of a read-only WAL, held open (one descriptor) for its readers.
+
+    Why: a channel deleted and made anew (``rm -rf``, then a new writer) starts its IDs at 1 again, in files of the
+    same names, and a follower that had read IDs 1..4 of the old log went on at ID 5 of the new one, or waited for
+    good in the old log's deleted file, without a word. The path's (st_dev, st_ino) says which directory it names,
+    but an inode number is reused once free: held open, the old directory keeps its inode, so the kernel cannot
+    give its number to the new one. A reader binds to the directory it first lists (:meth:`hold`) and compares the
+    path's identity at each listing (``DirSource``); a new read binds to the directory there is then. A hold lives
+    as long as a reader bound to it, or until :meth:`close`.
+    """
+
+    def __init__(self, path: str, fops: FileOps) -> None:
+        self.path = path
+        self.fops = fops
+        self._lock = threading.Lock()
+        self._current: _DirHold | None = None
+        self._holds: weakref.WeakSet[_DirHold] = weakref.WeakSet()
+        self._closed = False
+
+    def identity(self) -> tuple[int, int] | None:
+        """Which directory the path names now (None: none, or not one that can be listed)."""
+        try:
+            return self.fops.identity(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def hold(self) -> _DirHold | None:
+        """The directory the path names now, held open; None while there is none (a follower before its writer)."""
+        with self._lock:
+            if self._closed:
+                return None
+            now = self.identity()
+            if now is None:
+                return None
+            if self._current is not None and self._current.ident == now:
+                return self._current
+            try:
+                fd = self.fops.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as e:
+                if e.errno != errno.ELOOP:  # a symbolic link planted there: never followed, so never listed as one
+                    raise
+                return None
+            try:
+                new = _DirHold(self.fops, fd)
+            except BaseException:
+                self.fops.close(fd)
+                raise
+            self._current = new
+            self._holds.add(new)
+            return new
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._current = None
+            holds = list(self._holds)
+        for h in holds:
+            h.close()
+
+
 class DirSource:
     exact_wait = False
 
-    def __init__(self, chdir: str, fops: FileOps) -> None:
+    def __init__(self, chdir: str, fops: FileOps, directory: ChannelDir | None = None) -> None:
         self.chdir = chdir
         self.fops = fops
         self._segs: list[_DSeg] = []
         self._listed_at = -_RELIST_AFTER  # monotonic time of the last listing
+        self._dir = directory if directory is not None else ChannelDir(chdir, fops)
+        self._hold: _DirHold | None = None  # the directory this reader lists, once it has found one
+        self._gone: CorruptedError | None = None
 
     def _refresh(self) -> list[_DSeg]:
+        self._check_gone()
         self._listed_at = time.monotonic()
-        try:
-            listing = list_segments(self.fops, self.chdir)
-        except FileNotFoundError:
-            listing = []
+        hold = self._hold or self._dir.hold()
+        if hold is None:
+            listing = []  # no directory yet (or a closed WAL's reader)
+        else:
+            try:
+                listing = list_segments(self.fops, self.chdir)
+            except FileNotFoundError:
+                listing = []
+            # After the listing: the path still naming the held directory then, the listing was of it (a deleted
+            # directory never comes back under the path).
+            if self._dir.identity() != hold.ident:
+                if self._hold is not None:
+                    self.check_dir()  # raises
+                listing = []  # replaced during this reader's first listing: it binds to the new one at the next
+            else:
+                self._hold = hold
         old = {s.first_id: s for s in self._segs}
-        self._segs = [old.get(fid) or _DSeg(self, fid, path) for fid, path in listing]
-        return self._segs
+        segs = [old.get(fid) or _DSeg(self, fid, path) for fid, path in listing]
+        self._check_segments(old, segs)
+        self._segs = segs
+        return segs
+
+    def check_dir(self) -> None:
+        """Raise if the path no longer names the directory this reader lists: a file opened by its path after this
+        (a segment listed before, mapped now) may be the new log's."""
+        self._check_gone()
+        hold = self._hold
+        if hold is not None and self._dir.identity() != hold.ident:
+            self._gone = _replaced(self.chdir, f"channel directory {self.chdir} was deleted or replaced")
+            raise self._gone
+
+    def _check_gone(self) -> None:
+        """Once the channel was found deleted or replaced, every question raises that: a listing made before the
+        finding (used without a new one) must not lead the reader on."""
+        if self._gone is not None:
+            raise self._gone
+
+    def _check_segments(self, old: dict[int, _DSeg], segs: list[_DSeg]) -> None:
+        """Why: with its directory kept (``rm`` of its files rather than of the directory), a channel made anew
+        reuses the segment names, and the path's identity says nothing. A segment this reader keeps mapped has
+        its inode kept too: the file listed under its name must be that one. And retention deletes the oldest
+        segments first, so a mapped segment gone while an older one is listed was not deleted by retention."""
+        listed = {s.first_id for s in segs}
+        oldest = segs[0].first_id if segs else None
+        for s in old.values():
+            mapped = s.mapped_ident()
+            if mapped is None:
+                continue
+            if s.first_id in listed:
+                try:
+                    same = self.fops.identity(s.path) == mapped
+                except FileNotFoundError:  # deleted since the listing: the next one says how
+                    same = True
+                if not same:
+                    self._gone = _replaced(s.path, f"segment {s.path} was replaced by another file")
+                    raise self._gone
+            elif oldest is not None and oldest < s.first_id:
+                self._gone = _replaced(s.path, f"segment {s.path} was deleted while older ones were kept")
+                raise self._gone
 
     def has_after(self, first_id: int) -> bool:
         """Whether a segment follows the active one although it was not sealed (a writer that crashed in a roll).
@@ -347,6 +499,7 @@ class DirSource:
         asks at every poll (20 a second), and listing an n-segment directory each time made an idle follower of a
         10,000-segment log burn 40 % of a core. A normal roll seals the segment first, which ``probe`` sees in the
         map without a listing; only the crash case waits for the next listing."""
+        self._check_gone()
         if self._after_in(self._segs, first_id) is not None:  # segments are deleted oldest first, never after one
             return True
         if not self._may_list():
@@ -375,6 +528,7 @@ class DirSource:
         log O(n^2) (10,000 segments: 37 ms of CPU per segment). A sealed segment's successor starts right after its
         last ID; a listed segment that does so is that successor (a deleted one is found missing when mapped)."""
         assert isinstance(seg, _DSeg)
+        self._check_gone()
         nxt = self._after_in(self._segs, seg.first_id)
         _limit, exact, sealed, last = seg.status()
         if nxt is not None:
@@ -661,31 +815,40 @@ class LocalFSScanner(ScannerImpls):
                 break
             if step == _RETRY:
                 continue
-            nxt = self._source.after(seg)
-            if nxt is not None and nxt.first_id != self._expect:
-                # Look again before calling it a gap: a directory listing made while the writer created segments
-                # can hold a newer one and miss the one before it (readdir returns entries created during it, or
-                # not); a listing started after this one holds every segment created before the newer one.
-                nxt = self._source.after(seg)
-            if nxt is None:
-                break
-            if nxt.first_id > self._expect and self._first_kept() >= nxt.first_id:
-                # Retention deleted what this (slow) reader had not reached yet: go on with what is kept, loudly.
-                log.warning(
-                    "localfs scanner %r: IDs %d..%d were deleted before it read them; going on at %d",
-                    self._name, self._expect, nxt.first_id - 1, nxt.first_id,
-                )
-                self._skipped_to = fast_id(nxt.first_id - 1)
-            elif nxt.first_id != self._expect:
+            try:
+                if not self._move_on(seg):
+                    break
+            except CorruptedError:  # a gap, or the channel deleted or replaced under this reader (see ChannelDir)
                 if out:
-                    break  # deliver the records before the gap; the next call finds it again and raises
-                raise CorruptedError(
-                    f"{nxt.path}: segment starts at ID {nxt.first_id}, expected {self._expect} after {seg.path}",
-                    path=nxt.path, offset=0,
-                )
-            seg.release()
-            self._enter(self._skip_unrelated(nxt), DATA_START, 0)
+                    break  # deliver the records before it; the next call finds it again and raises
+                raise
         return out
+
+    def _move_on(self, seg: SegView) -> bool:
+        """Enter the segment after ``seg``, finished; False while there is none yet."""
+        nxt = self._source.after(seg)
+        if nxt is not None and nxt.first_id != self._expect:
+            # Look again before calling it a gap: a directory listing made while the writer created segments
+            # can hold a newer one and miss the one before it (readdir returns entries created during it, or
+            # not); a listing started after this one holds every segment created before the newer one.
+            nxt = self._source.after(seg)
+        if nxt is None:
+            return False
+        if nxt.first_id > self._expect and self._first_kept() >= nxt.first_id:
+            # Retention deleted what this (slow) reader had not reached yet: go on with what is kept, loudly.
+            log.warning(
+                "localfs scanner %r: IDs %d..%d were deleted before it read them; going on at %d",
+                self._name, self._expect, nxt.first_id - 1, nxt.first_id,
+            )
+            self._skipped_to = fast_id(nxt.first_id - 1)
+        elif nxt.first_id != self._expect:
+            raise CorruptedError(
+                f"{nxt.path}: segment starts at ID {nxt.first_id}, expected {self._expect} after {seg.path}",
+                path=nxt.path, offset=0,
+            )
+        seg.release()
+        self._enter(self._skip_unrelated(nxt), DATA_START, 0)
+        return True
 
     def skipped_to(self) -> LocalFSMessageID | None:
         return self._skipped_to

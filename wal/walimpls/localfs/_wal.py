@@ -64,7 +64,7 @@ from ._lock import release as release_lock
 from ._message_id import WAL_NAME, LocalFSMessageID, fast_id
 from ._recovery import Recovered, note_io_failure, stored_max_time_tick, successor_mark, write_first, write_index
 from ._retention import retention_count
-from ._scanner import DirSource, LocalFSScanner, WriterSource
+from ._scanner import ChannelDir, DirSource, LocalFSScanner, WriterSource
 from ._state import ChannelLog, Hub, SegmentState
 
 if TYPE_CHECKING:
@@ -119,12 +119,15 @@ class LocalFSROWAL(_Base):
         super().__init__(opener, hub, channel)
         self._chdir = chdir
         self._fops = fops
+        self._dir = ChannelDir(chdir, fops)  # held open once it exists, so its readers see it deleted or replaced
         self._watched_in = -1  # the fork generation whose opener watches the directory for it (set by the opener)
 
     def read(self, opt: ReadOption) -> ScannerImpls:
         if self._closed:
             raise ShutdownError(f"localfs channel {self._channel} is closed")
-        return self._register(LocalFSScanner(opt, DirSource(self._chdir, self._fops), self._hub, self._forget))
+        return self._register(
+            LocalFSScanner(opt, DirSource(self._chdir, self._fops, self._dir), self._hub, self._forget)
+        )
 
     def append(self, msg: MutableMessage) -> MessageID:
         raise AccessModeError(f"localfs channel {self._channel} is open read-only: append is not allowed")
@@ -150,6 +153,7 @@ class LocalFSROWAL(_Base):
         # Every step may run again: a close a Ctrl-C cut short is finished by the next one.
         self._closed = True
         self._close_scanners()
+        self._dir.close()
         self._opener._release(self)
 
 
