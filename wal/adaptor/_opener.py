@@ -14,6 +14,7 @@ from ..interceptors import InterceptorBuilder
 from ..walimpls import OpenerImpls
 from ._lifetime import Lifetime
 from ._options import AdaptorOptions
+from ._slow import CloseWatch
 from ._wal import ROWALAdaptor, WALAdaptor
 
 __all__ = ["OpenerAdaptor"]
@@ -96,9 +97,14 @@ class OpenerAdaptor(Opener):
             self._closed.set()
 
     def _close_inner(self) -> None:
-        self._lifetime.wait()
-        with self._lock:
-            wals = [*self._wals, *self._ro_wals]
-        for w in wals:
-            w.close()
-        self._impls.close()
+        # Watched for the opens in flight and the backend's close: each WAL's close warns for itself.
+        with CloseWatch(f"wal opener {self._name!r}") as watch:
+            watch.step = "opens in flight (an open writes its first time tick)"
+            self._lifetime.wait()
+            with self._lock:
+                wals = [*self._wals, *self._ro_wals]
+            watch.step = "its WALs to close"
+            for w in wals:
+                w.close()
+            watch.step = "the backend to close"
+            self._impls.close()

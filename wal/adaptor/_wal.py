@@ -53,6 +53,7 @@ from ._future import AllSucceeded, Appended
 from ._lifetime import Lifetime
 from ._options import AdaptorOptions
 from ._scanner import ScannerAdaptor
+from ._slow import CloseWatch
 from ._truncate import truncation_point
 from ._txn import TxnHandle
 
@@ -139,6 +140,7 @@ class ROWALAdaptor(WAL):
         self._close_cut_short = False
         self._close_retry = threading.Lock()
         self._forks = _fork.generation  # a forked child's copy differs (see _close_copy)
+        self._watch = CloseWatch("")  # the running close's (see _close_watched); this one is never started
 
     # -- ROWAL ------------------------------------------------------------------------------------------------
     @property
@@ -225,16 +227,22 @@ class ROWALAdaptor(WAL):
             if self._close_cut_short:  # the first close did not finish (a Ctrl-C): finish it; every step may rerun
                 with self._close_retry:
                     if self._close_cut_short:
-                        self._close_inner()
+                        self._close_watched()
                         self._close_cut_short = False
             return
         try:
-            self._close_inner()
+            self._close_watched()
         except BaseException:
             self._close_cut_short = True  # else the backend stays open, its channel locked, until the process ends
             raise
         finally:
             self._closed.set()
+
+    def _close_watched(self) -> None:
+        """``_close_inner``, logged while it waits on a backend that does not return (see ``_slow.py``): on a
+        stalled disk a close waits as long as the disk does, and it said nothing."""
+        with CloseWatch(f"wal {self._channel}") as self._watch:
+            self._close_inner()
 
     def _may_wait_for_close(self) -> bool:
         """Whether a second close may wait for the first to finish (not when the first waits for this caller)."""
@@ -260,10 +268,13 @@ class ROWALAdaptor(WAL):
 
     def _close_inner(self) -> None:
         self._unavailable.set()
+        self._watch.step = "calls in flight (a read's open, a truncate)"
         self._lifetime.wait()
+        self._watch.step = "its scanners to close"
         self._close_scanners()
         if self._reap is not None:
             self._reap.detach()  # closed here: the reaper has nothing to do for it
+        self._watch.step = "the backend to close"
         self._impls.close()
         if self._cleanup is not None:
             self._cleanup(self)
@@ -799,16 +810,23 @@ class WALAdaptor(ROWALAdaptor):
         if self._dispatcher.forked:  # a forked child's copy: the threads, ticks and calls in flight are the parent's
             self._close_copy()  # (localfs leaves the parent's files and lock alone, see LocalFSWAL._refuse_in_child)
             return
+        watch = self._watch
+        watch.step = "the appends accepted before the close to be stored"
         self._dispatcher.close(drain=True)
+        watch.step = "calls in flight (a truncate, a read's open)"
         self._lifetime.wait()
+        watch.step = "the last time tick to be stored"
         try:
             self._sync_op.sync(SyncMode.PERIODIC)  # persist a last tick if data came after the previous one
         except Exception:
             pass
         self._flush_metrics()
         self._close_time_tick()
+        watch.step = "its scanners to close"
         self._close_scanners()
+        watch.step = "the backend to close (its last write and sync)"
         self._impls.close()
+        watch.step = "the interceptors to close"
         self._chain.close()
         if self._cleanup is not None:
             self._cleanup(self)
