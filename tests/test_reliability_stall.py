@@ -123,6 +123,27 @@ def test_timeouts_hold_during_a_stall_and_what_timed_out_is_stored_once_in_order
     assert _stored(tmp_path) == [b"before", b"a", b"b", b"c1", b"c2", b"d", b"after"]
 
 
+def test_a_future_whose_write_stalls_does_not_say_it_is_queued(tmp_path: Path) -> None:
+    """Its ``result(timeout)`` said "it is still queued" while the append sat in a stalled fdatasync."""
+    ops = StallingOps("fdatasync")
+    opener, w = _open(tmp_path, ops, "always")
+    with opener:
+        try:
+            ops.close_gate()
+            f = w.append_async(_m(b"a"))  # a lone append: the thread writes it at once, into the stall
+            assert ops.stalled.wait(10)
+            with pytest.raises(WALTimeoutError) as e:
+                f.result(0.2)
+            assert "still queued" not in str(e.value)
+            assert "being written" in str(e.value) and "may still be stored" in str(e.value)
+            ops.gate.set()
+            f.result(10)
+            w.close()
+        finally:
+            ops.gate.set()  # a failed check must not leave a thread in the stall: the close would wait for it
+    assert _stored(tmp_path) == [b"a"]
+
+
 def test_a_stall_holds_producers_at_max_inflight_appends(tmp_path: Path) -> None:
     ops = StallingOps("fdatasync")
     opener, w = _open(tmp_path, ops, "always", max_inflight_appends=4)

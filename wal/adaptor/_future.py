@@ -155,8 +155,11 @@ class AppendFuture(Future[T]):
                         deadline = time.monotonic() + timeout
                     left = deadline - time.monotonic()
                     if left <= 0:
+                        # "Queued or being written": on a stalled disk it is in a write or sync that has not
+                        # returned, and "still queued" sent the reader looking for a stuck queue.
                         raise WALTimeoutError(  # a TimeoutError, as a stock Future raises, and a WALError
-                            f"append_async not settled within {timeout} s: it is still queued, and may still be stored"
+                            f"append_async not settled within {timeout} s: it is queued or being written (a write or "
+                            "sync that has not returned), and may still be stored"
                         )
                     self._condition.wait(left)
                 else:
