@@ -452,12 +452,15 @@ def test_lifetime_interrupts_at_any_bytecode_never_leave_a_call_counted() -> Non
     old = signal.signal(signal.SIGUSR1, interrupt)
     trials = left = stuck = 0
     try:
+        # At least 1.5 s and at least 50 trials: on a busy machine a trial (two timer threads) can take 30 ms and
+        # more, and a loop bounded by time alone ran fewer (1 run in 12 beside two CPU hogs); a failed trial ends it.
         end = time.monotonic() + 1.5
-        while time.monotonic() < end:
+        while (time.monotonic() < end or trials < 50) and not (left or stuck):
             lt = Lifetime("t")
             timer = threading.Timer(rng.uniform(1e-4, 2e-3), signal.pthread_kill, (main, signal.SIGUSR1))
-            # A trial blocked in a lock: interrupted again by wall time, and counted as hung.
-            rescue = threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGUSR1))
+            # A trial blocked in a lock: interrupted again by wall time, and counted as hung. 5 s, not 1: a trial that
+            # a busy machine slowed must not count as hung (nor be interrupted outside the try below).
+            rescue = threading.Timer(5.0, signal.pthread_kill, (main, signal.SIGUSR1))
             try:
                 timer.start()
                 rescue.start()
