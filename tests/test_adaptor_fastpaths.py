@@ -222,10 +222,12 @@ def test_a_queued_future_never_holds_its_message() -> None:
 def test_group_runs_inline_when_idle_and_queued_when_busy() -> None:
     threads: list[str] = []
     gate = threading.Event()
+    slow_running = threading.Event()
 
     def process(ms: Sequence[MutableMessage], units: Sequence[int] = ()) -> list[AppendResult | BaseException]:
         threads.append(threading.current_thread().name)
         if ms[0].payload == b"slow":
+            slow_running.set()
             gate.wait(5)
         return [AppendResult(ID(int(x.payload) if x.payload != b"slow" else 0)) for x in ms]
 
@@ -239,7 +241,8 @@ def test_group_runs_inline_when_idle_and_queued_when_busy() -> None:
         slow = MutableMessage(MessageType.INSERT, b"slow")
         t = threading.Thread(target=lambda: d.run_group([slow]), name="slow-caller")
         t.start()
-        time.sleep(0.05)
+        # An event, not a sleep: a slow-caller thread that a busy machine started late let m(3) through first.
+        assert slow_running.wait(10)
         queued = d.submit_one(m(3))  # arrives while the inline batch runs: the append thread takes it after
         g: list[list[AppendResult]] = []
         tg = threading.Thread(target=lambda: g.append(d.run_group([m(4)], timeout=5)))  # timeout: always queued
