@@ -217,10 +217,12 @@ def test_scanner_tails_and_close_wakes_recv(opener: wn.NatsOpener) -> None:
     w = opener.open(chan())
     s = w.read(ReadOption("t"))
     got: list[BaseException | int] = []
+    drained = threading.Event()
 
     def reader() -> None:
         try:
             got.extend(drain(s, 3))
+            drained.set()
             s.recv(None)
         except BaseException as e:
             got.append(e)
@@ -231,6 +233,9 @@ def test_scanner_tails_and_close_wakes_recv(opener: wn.NatsOpener) -> None:
     w.append_batch([msg(0), msg(1)])
     time.sleep(0.2)
     w.append(msg(2))
+    # Closed once the three came, not 0.3 s after the append: on a busy machine they can take longer, and the close
+    # then ended the drain. The sleep lets the reader block in recv(None), which the close must wake.
+    assert drained.wait(15)
     time.sleep(0.3)
     s.close()
     t.join(5)
