@@ -340,9 +340,9 @@ class ImmutableMessage:
             return len(self.payload)
         return len(self.payload) + sum(len(k) + len(v) for k, v in self.properties.items())
 
-    def replace(self, **changes: Any) -> ImmutableMessage:
-        """A copy with some fields changed (used to stamp txn body messages with their commit's tick)."""
-        fields: dict[str, Any] = {
+    def _fields(self) -> dict[str, Any]:
+        """The constructor's keywords that make this message again (properties as held: maybe not decoded yet)."""
+        return {
             "message_id": self.message_id,
             "message_type": self.message_type,
             "payload": self.payload,
@@ -354,6 +354,10 @@ class ImmutableMessage:
             "wal_term": self.wal_term,
             "not_persisted": self.not_persisted,
         }
+
+    def replace(self, **changes: Any) -> ImmutableMessage:
+        """A copy with some fields changed (used to stamp txn body messages with their commit's tick)."""
+        fields = self._fields()
         fields.update(changes)
         return ImmutableMessage(**fields)
 
@@ -361,18 +365,10 @@ class ImmutableMessage:
         # Pickled (a ProcessPoolExecutor worker, a multiprocessing queue) and deep-copied as plain values: the
         # read-only properties (a mappingproxy, or a decoder not run yet) and a memoryview payload into the log's
         # map cannot be pickled, and a deep copy failed on them with "cannot pickle 'mappingproxy' object".
-        fields: dict[str, Any] = {
-            "message_id": self.message_id,
-            "message_type": self.message_type,
-            "payload": bytes(self.payload) if isinstance(self.payload, memoryview) else self.payload,
-            "properties": dict(self.properties),
-            "vchannel": self.vchannel,
-            "time_tick": self.time_tick,
-            "last_confirmed_message_id": self.last_confirmed_message_id,
-            "txn_ctx": self.txn_ctx,
-            "wal_term": self.wal_term,
-            "not_persisted": self.not_persisted,
-        }
+        fields = self._fields()
+        if isinstance(self.payload, memoryview):
+            fields["payload"] = bytes(self.payload)
+        fields["properties"] = dict(self.properties)
         return _rebuild_message, (fields,)
 
     @classmethod
