@@ -74,12 +74,18 @@ def test_builtins_only_bind_timetick_directly_and_user_interceptors_keep_the_cha
     assert counter.seen == 8 and user._chain.timings["counter"][0] > 0
 
 
-def test_reader_opened_after_appends_sees_every_message_once_in_order(wal_of: Any) -> None:
-    """Appends with no reader leave their messages pending in the write-ahead buffer: a reader opened later from
-    the start, and one tailing from the newest tick, each see every message once, in tick order."""
+@pytest.mark.parametrize("reader_first", [True, False])
+def test_reader_opened_after_appends_sees_every_message_once_in_order(wal_of: Any, reader_first: bool) -> None:
+    """A reader opened later from the start, and one tailing from the newest tick, each see every message once,
+    in tick order: when a reader was there during the appends, whose messages wait pending in the write-ahead
+    buffer, and when none was, so that the buffer kept nothing (``on_demand``)."""
     w = wal_of(time_tick_interval=5.0)  # no periodic tick: everything after the first batch is pending
+    early = w.read(ReadOption(deliver_policy=DeliverPolicy.latest())) if reader_first else None
     first = [w.append(msg(i)) for i in range(100)]
-    assert w._wab._pending  # the shortcut is in use
+    if reader_first:
+        assert w._wab._pending  # the shortcut is in use
+    else:
+        assert not w._wab._pending and len(w._wab) == 1  # nothing kept but the first tick
     latest = w.read(ReadOption(deliver_policy=DeliverPolicy.latest()))
     everything = w.read(ReadOption(deliver_policy=DeliverPolicy.all()))
     more: list[Any] = []
@@ -102,5 +108,9 @@ def test_reader_opened_after_appends_sees_every_message_once_in_order(wal_of: An
     got_latest = data(latest, 50)
     assert [m.message_id for m in got_latest] == [r.message_id for r in more]
     assert [m.time_tick for m in got_latest] == sorted({m.time_tick for m in got_latest})
+    assert everything.stats["to_tailing"] == 1  # it caught up, then switched to the buffer
     latest.close()
     everything.close()
+    if early is not None:
+        assert [m.message_id for m in data(early, 150)] == [r.message_id for r in first + more]
+        early.close()

@@ -58,7 +58,7 @@ def insert(key: str, v: str = "v1") -> MutableMessage:
 def key_of(m: ImmutableMessage) -> Any:
     if isinstance(m, ImmutableTxnMessage):
         return tuple(x.properties["k"] for x in m.messages)
-    return m.properties["k"]
+    return m.properties["k"] if "k" in m.properties else bytes(m.payload).decode()  # ``plain`` keys its payload
 
 
 class Reader(threading.Thread):
@@ -442,5 +442,88 @@ def test_pipelining_producers_that_run_the_periodic_ticks_lose_nothing(make_open
     ro.close()
     w.close()
     for r in readers:
+        r.join(5)
+        assert not r.is_alive() and r.error is None, r.error
+
+
+def plain(key: str) -> MutableMessage:
+    """A message without properties: the write-ahead buffer's compact form (``insert`` carries one)."""
+    return MutableMessage(MessageType.INSERT, key.encode(), None, vchannel="v1")
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_readers_coming_and_going_while_the_buffer_is_kept_on_demand(
+    make_opener: Callable[..., Any], seed: int
+) -> None:
+    """The write-ahead buffer keeps messages only while someone reads it (a 50 ms keepalive here, so it starts and
+    stops keeping many times): readers opened at random moments from the start, after a random acknowledged
+    message or at the newest tick, some stalling past the keepalive, each see exactly the messages after their
+    start, once and in order, while a writer pipelines, groups and appends one at a time with pauses."""
+    rng = random.Random(seed)
+    op = make_opener(write_ahead_buffer_keepalive=0.05, time_tick_interval=0.02, max_append_batch=64)
+    w = op.open(OpenOption(PChannelInfo(f"od{seed}", 1)))
+    first_min_tt = w._wab._min_tt
+    written: list[tuple[Any, str]] = []  # (message ID, key), acknowledged, in order
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def writer() -> None:
+        wrng = random.Random(seed + 100)
+        i = 0
+        while i < 3000:
+            kind = wrng.random()
+            if kind < 0.5:
+                keys = [f"a{i + j}" for j in range(wrng.randint(1, 300))]
+                rs = [f.result(10) for f in [w.append_async(plain(k)) for k in keys]]
+            elif kind < 0.8:
+                keys = [f"g{i + j}" for j in range(wrng.randint(1, 50))]
+                rs = w.append_messages([plain(k) for k in keys])
+            else:
+                keys = [f"s{i}"]
+                rs = [w.append(plain(keys[0]))]
+            with lock:
+                written.extend(zip((r.message_id for r in rs), keys, strict=True))
+            i += len(keys)
+            if wrng.random() < 0.1:
+                time.sleep(wrng.choice([0.001, 0.03, 0.08]))  # sometimes past the keepalive
+        done.set()
+
+    readers: list[tuple[Reader, list[str] | None]] = []  # the reader, and the keys it must see (None: a suffix)
+    t = threading.Thread(target=writer)
+    t.start()
+    while not done.is_set():
+        time.sleep(rng.choice([0.005, 0.02, 0.06]))
+        with lock:
+            snapshot = list(written)
+        policy = rng.random()
+        stall = (rng.randint(50, 400), 0.07) if rng.random() < 0.3 else (0, 0.0)
+        name = f"r{len(readers)}"
+        if policy < 0.35 or not snapshot:
+            r = Reader(w.read(ReadOption(name=name)), *stall)
+            readers.append((r, ["all"]))
+        elif policy < 0.7:
+            k = rng.randrange(len(snapshot))
+            r = Reader(w.read(ReadOption(name=name, deliver_policy=DeliverPolicy.start_after(snapshot[k][0]))), *stall)
+            readers.append((r, [key for _, key in snapshot[: k + 1]]))  # what it must not see
+        else:
+            r = Reader(w.read(ReadOption(name=name, deliver_policy=DeliverPolicy.latest())), *stall)
+            readers.append((r, None))
+        r.start()
+    t.join(60)
+    w.append(plain("end"))
+    all_keys = [key for _, key in written] + ["end"]
+    for r, spec in readers:
+        r.wait_for("end")
+        assert len(r.keys) == len(set(r.keys)), f"{r.s.name}: duplicates"
+        if spec == ["all"]:
+            assert r.keys == all_keys, f"{r.s.name}: lost or extra"
+        elif spec is None:  # latest(): everything from some message on
+            assert r.keys == all_keys[len(all_keys) - len(r.keys):], f"{r.s.name}: not a suffix"
+        else:
+            assert r.keys == all_keys[len(spec):], f"{r.s.name}: not everything after its start"
+    assert w._wab._min_tt > first_min_tt  # the buffer did drop what nobody read
+    assert len(readers) >= 5
+    w.close()
+    for r, _ in readers:
         r.join(5)
         assert not r.is_alive() and r.error is None, r.error

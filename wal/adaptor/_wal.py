@@ -366,7 +366,12 @@ class WALAdaptor(ROWALAdaptor):
         first = tick.into_immutable(mid)
         opts = self._opts
         self._wab = WriteAheadBuffer(
-            str(self._channel), opts.write_ahead_buffer_bytes, opts.write_ahead_buffer_keepalive, first
+            str(self._channel),
+            opts.write_ahead_buffer_bytes,
+            opts.write_ahead_buffer_keepalive,
+            first,
+            on_demand=True,
+            on_wanted=self._tick_for_reader,
         )
         self._mvcc = MVCCManager(first.time_tick)
         self._ack = AckManager(clock, mid)
@@ -398,6 +403,13 @@ class WALAdaptor(ROWALAdaptor):
         if isinstance(out, BaseException):
             raise out
         return out
+
+    def _tick_for_reader(self) -> None:
+        """A scanner found the write-ahead buffer's gap (nobody read it, so it kept nothing): a persisted tick now
+        gives the scanner's catch-up a point to switch to the buffer at (see ``WriteAheadBuffer(on_demand=)``)."""
+        d = getattr(self, "_dispatcher", None)  # None while the WAL is still being built
+        if d is not None:
+            d.trigger(True)
 
     def _periodic(self, persisted: bool) -> None:
         if self._write_error is not None and self._stopped_by_interrupt():

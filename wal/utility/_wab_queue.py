@@ -81,6 +81,7 @@ class WABQueue:
         "_base",
         "_capacity",
         "_expire",
+        "_floor",
         "_id_cls",
         "_keepalive",
         "_msgs",
@@ -113,6 +114,9 @@ class WABQueue:
         self._expire = array("d")
         self._base = 0  # offset of list index 0
         self._start = 0  # list index of the first live entry
+        # The newest time tick evicted (the first entry's at first): a read from any tick at or above it misses
+        # nothing (the entries between it and the first live one were never stored, like a not-persisted tick).
+        self._floor = first.time_tick
         self._size = 0
         self._append(first)
 
@@ -189,7 +193,14 @@ class WABQueue:
             size -= sizes[i] + over
             i += 1
         self._size = size
+        if i > self._start:
+            self._floor = self._tts[i - 1]
         self._start = i
+        self._compact()
+
+    def _compact(self) -> None:
+        """Copy the live entries into new lists once the evicted ones are many and at least half."""
+        i = self._start
         if i >= _COMPACT_MIN and 2 * i >= len(self._msgs):
             # New lists, never an in-place delete: snapshots keep referring to the old ones.
             self._msgs = self._msgs[i:]
@@ -198,6 +209,16 @@ class WABQueue:
             self._expire = self._expire[i:]
             self._base += i
             self._start = 0
+
+    def drop_all_but_last(self) -> None:
+        """Evict every entry but the newest (which is never evicted); compacts like :meth:`evict`."""
+        i = len(self._msgs) - 1
+        if i <= self._start:
+            return
+        self._size = self._sizes[i] + self._overhead
+        self._floor = self._tts[i - 1]
+        self._start = i
+        self._compact()
 
     @property
     def current_offset(self) -> int:
@@ -248,9 +269,9 @@ class WABQueue:
         if time_tick >= tts[-1]:
             return None
         start = self._start
-        if time_tick < tts[start]:
+        if time_tick < self._floor:
             raise EvictedError(
-                f"write-ahead buffer no longer holds time tick {time_tick} (oldest kept is {tts[start]})"
+                f"write-ahead buffer no longer holds time tick {time_tick} (entries up to {self._floor} were evicted)"
             )
         n = len(tts)
         i = bisect_right(tts, time_tick, start, n)

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import InvalidArgumentError, ShutdownError, WALTimeoutError
 from ..message import ImmutableMessage, IntMessageID, MessageID, MessageType
+from ._errors import EvictedError
 from ._wab_compact import COMPACT_TICK, entry_time_tick, expand, id_class_of
 from ._wab_queue import ENTRY_OVERHEAD, WABQueue, WABSnapshot
 
@@ -41,6 +42,15 @@ class WriteAheadBuffer:
     Only messages confirmed by a time tick enter (``append`` is called with everything up to that tick), so a
     reader never sees a hole. Entries are evicted by age (``keepalive`` seconds) and total size
     (``capacity_bytes``); a reader that falls behind gets :class:`EvictedError` and reads the backend instead.
+
+    ``on_demand`` (the adaptor's choice): messages are kept only while someone reads the buffer, that is while a
+    reader waits on it or one asked it for messages within the last ``keepalive`` seconds. Why: only scanners of
+    the writing WAL in this process read it (followers in other processes read the files), and feeding it is about
+    a tenth of a pipelined append's cost and up to ``capacity_bytes`` of memory, which a writer without such a
+    scanner paid for nothing. Messages not kept are a gap: every reader positioned before it gets
+    :class:`EvictedError` (:attr:`_min_tt`), so the gap costs a reader a backend read, never a message. The first
+    read makes the buffer keep the following batches, and a scanner catching up switches to it at the next
+    persisted tick after that.
     """
 
     def __init__(
@@ -52,6 +62,8 @@ class WriteAheadBuffer:
         *,
         now: Callable[[], float] = time.monotonic,
         entry_overhead: int = ENTRY_OVERHEAD,
+        on_demand: bool = False,
+        on_wanted: Callable[[], None] | None = None,
     ) -> None:
         if first_time_tick.message_type is not MessageType.TIME_TICK:
             raise InvalidArgumentError(f"write-ahead buffer {name!r} must start from a TIME_TICK message")
@@ -69,6 +81,60 @@ class WriteAheadBuffer:
         self._pending: list[Any] = []  # messages or compact entries
         self._closed = False
         self._waiting = 0  # readers blocked in _wait (under the lock): append notifies only then
+        self._on_demand = on_demand
+        # Called (lock released) when a read first finds a gap: the writer then makes a persisted tick, which the
+        # reader's catch-up meets and switches to this buffer at (else it waits for the next periodic one, up to a
+        # time-tick interval). Once per gap (``_asked_at``: its _min_tt), not at every old tick a catch-up meets.
+        self._on_wanted = on_wanted
+        self._asked_at = 0
+        self._keepalive = keepalive
+        self._now = now
+        self._read_at = float("-inf")  # when a reader last asked for messages (on_demand: see wants_messages)
+        # Readers positioned before this tick are evicted: messages up to it were not kept (on_demand).
+        self._min_tt = first_time_tick.time_tick
+        # The newest time tick of messages a writer did not hand over (0: none): every tick up to it drops.
+        self._gap_tt = 0
+
+    def wants_messages(self) -> bool:
+        """Whether the messages of the next batch will be kept (always, unless ``on_demand`` and nobody reads):
+        the writer may skip building what it hands over when not, and must then call :meth:`mark_gap`. Read
+        without the lock: a reader that arrives just after is still safe, as the gap evicts it."""
+        return not self._on_demand or bool(self._waiting) or self._now() - self._read_at < self._keepalive
+
+    def mark_gap(self, up_to: int) -> None:
+        """The writer did not hand over messages with time ticks up to ``up_to`` (see :meth:`wants_messages`):
+        the ticks that confirm them drop what the buffer holds and evict every reader positioned before them."""
+        if up_to > self._gap_tt:
+            self._gap_tt = up_to
+
+    def _gap_error(self) -> EvictedError:
+        """What a reader positioned before the gap gets (lock held on entry, released for ``on_wanted``, which
+        takes the writer's lock)."""
+        ask = self._asked_at != self._min_tt
+        self._asked_at = self._min_tt
+        self._lock.release()
+        try:
+            if ask and self._on_wanted is not None:
+                self._on_wanted()
+        finally:
+            self._lock.acquire()
+        return EvictedError(
+            f"write-ahead buffer {self.name!r} did not keep the messages up to time tick {self._min_tt} (nobody was "
+            "reading it)"
+        )
+
+    def _keeps(self) -> bool:
+        """Whether the batch being added is kept (lock held); else it is dropped by :meth:`_drop`."""
+        return not self._gap_tt and (not self._on_demand or self.wants_messages())
+
+    def _drop(self, time_tick: int) -> None:
+        """Keep nothing up to ``time_tick`` (lock held): the messages of the batch it confirms were not handed over
+        or are not wanted. Readers before it are evicted (``_min_tt`` first: an interrupt after it only evicts)."""
+        self._min_tt = time_tick
+        self._pending.clear()
+        self._queue.drop_all_but_last()
+        if self._gap_tt <= time_tick:  # else messages above this tick were not handed over either
+            self._gap_tt = 0
 
     @property
     def last_time_tick(self) -> int:
@@ -83,7 +149,10 @@ class WriteAheadBuffer:
 
     @property
     def last_time_tick_message(self) -> ImmutableMessage:
+        """The newest tick; a reader that starts after it (``latest()``) reads the buffer next, so it counts as a
+        read (see ``on_demand``)."""
         with self._lock:
+            self._read_at = self._now()
             return self._tick()
 
     def _tick(self) -> ImmutableMessage:
@@ -137,11 +206,15 @@ class WriteAheadBuffer:
                     raise InvalidArgumentError(
                         f"write-ahead buffer {self.name!r}: message time tick {mtt} outside ({last}, {tt}]"
                     )
-            if self._pending:
-                self._fold()
             q = self._queue
-            if msgs:
+            if not self._keeps():
+                self._drop(tt)
+            elif msgs:
+                if self._pending:
+                    self._fold()
                 q.push(msgs, compact=True)
+            elif self._pending:
+                self._fold()
             if not time_tick_msg.not_persisted:
                 q.push([time_tick_msg])
             q.evict()
@@ -170,6 +243,9 @@ class WriteAheadBuffer:
                     raise InvalidArgumentError(
                         f"write-ahead buffer {self.name!r}: message time tick {bad} outside ({last}, {time_tick}]"
                     )
+            if not self._keeps():
+                self._drop(time_tick)
+            elif msgs:
                 pending = self._pending
                 if len(msgs) + len(pending) < PENDING_MAX and (len(msgs) == 1 or _increasing(msgs)):
                     # in order after the pending ones
@@ -198,6 +274,9 @@ class WriteAheadBuffer:
             while True:
                 if self._closed:
                     raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
+                self._read_at = self._now()  # keep the next batches (on_demand)
+                if time_tick < self._min_tt:
+                    raise self._gap_error()
                 if self._pending:
                     self._fold()
                 q = self._queue
@@ -232,6 +311,9 @@ class WriteAheadBuffer:
             while True:
                 if self._closed:
                     raise ShutdownError(f"write-ahead buffer {self.name!r} is closed")
+                self._read_at = self._now()
+                if reader._last_tt < self._min_tt:
+                    raise self._gap_error()
                 if self._pending:
                     self._fold()
                 snap = self._queue.snapshot_from_offset(reader._next_offset)

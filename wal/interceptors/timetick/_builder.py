@@ -24,4 +24,5 @@ class TimeTickInterceptorBuilder:
             param.clock,
             graceful_close_timeout=close_timeout,
             compact_ids=compact_ids,
+            wab=param.write_ahead_buffer,
         )

@@ -55,12 +55,16 @@ class TimeTickInterceptor:
         clock: HybridClock,
         graceful_close_timeout: float = 3.0,
         compact_ids: type[IntMessageID] | None = None,
+        wab: Any = None,
     ) -> None:
         self._clock = clock
         # What the write-ahead buffer takes (take_written): messages, or for a plain batch whose IDs are of class
         # ``compact_ids`` (the buffer's compact_id_class) the buffer's compact entries, built without a message.
         self._written: list[Any] = []
         self._compact_ids = compact_ids
+        # The write-ahead buffer that takes ``_written``, when it may not want a batch's messages (see
+        # WriteAheadBuffer.wants_messages): then a plain batch hands it nothing, at no cost per message.
+        self._wab = wab if callable(getattr(wab, "wants_messages", None)) else None
         self._ack = ack
         self._txns = txns
         self._mvcc = mvcc
@@ -114,8 +118,12 @@ class TimeTickInterceptor:
         last_ok: ImmutableMessage | None = None
         err: BaseException | None = None
         if all_ok(results):  # the usual case
-            compact = compact_written(msgs, results, self._compact_ids, lc)  # every message stamped with lc
-            if compact is not None:  # no ImmutableMessage per message: the buffer's compact entries directly
+            wab = self._wab
+            if wab is not None and not wab.wants_messages():  # nobody reads them: none handed over
+                wab.mark_gap(last.time_tick)
+                last_ok = last.into_immutable(results[-1])  # type: ignore[arg-type]  # for the acker only
+            elif (compact := compact_written(msgs, results, self._compact_ids, lc)) is not None:
+                # every message stamped with lc; no ImmutableMessage per message: the buffer's compact entries
                 written += compact
                 last_ok = last.into_immutable(results[-1])  # type: ignore[arg-type]  # for the acker only
             else:
