@@ -14,6 +14,7 @@ from __future__ import annotations
 import _thread
 import errno
 import logging
+import math
 import os
 import struct
 import threading
@@ -157,11 +158,30 @@ class LocalFSROWAL(_Base):
         self._opener._release(self)
 
 
+class ChannelDirGoneError(OSError):
+    """The writer's channel directory was deleted or renamed away (and maybe another put at its path)."""
+
+    def __init__(self, chdir: str, *, replaced: bool) -> None:
+        there = "another directory is at its path now" if replaced else "nothing is at its path now"
+        super().__init__(
+            errno.ESTALE if replaced else errno.ENOENT,
+            f"the channel directory {chdir} was deleted or renamed away under this writer ({there}): appends since "
+            "are in files no open of the channel will find",
+        )
+
+
 # encode_record's (head, payload, pad, CRC end in head, record size), then time tick and bloom bit positions
 _Entry = tuple[bytearray, bytes, bytes, int, int, int, tuple[int, ...]]
 _TIME_TICK = MessageType.TIME_TICK
 _BLOOM_CACHE_MAX = 4096  # vchannels whose bloom filter positions the writer keeps (as the scanner's vchannel cache)
 _allocate_lock = _thread.allocate_lock
+_monotonic = time.monotonic
+
+DIR_CHECK_INTERVAL = 0.001
+"""Seconds between two checks of a writer's channel directory by its batches (``LocalFSWAL._check_dir``): a batch
+written this long after the last check checks it. One check (a ``stat``) costs about 2.5 us; done by every batch, it
+cost 1-2 % of a durable append, so appends acknowledged in the first millisecond after the directory is deleted may
+still be lost with it, and a writer appending less than once a millisecond checks every batch."""
 
 
 class _Batch:
@@ -229,8 +249,13 @@ class LocalFSWAL(_Base):
         self._lc_floor: int | None = None
         self._fd: int | None = None
         self._idx_fd: int | None = None
+        self._dir_fd: int | None = None
         self._log = ChannelLog(recovered.segments)
         try:
+            # Held open, so that its identity cannot go to another directory (see _check_dir).
+            self._dir_fd = fops.open(chdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            self._dir_ident = fops.fidentity(self._dir_fd)
+            self._dir_checked = _monotonic()
             if not recovered.segments or recovered.segments[-1].sealed:
                 self._log.segments = (*self._log.segments, self._create_segment(self._next_id, opts.segment_bytes))
             if len(self._log.segments) > 1:  # a roll a crash cut short (before or after the successor): finish it
@@ -322,7 +347,7 @@ class LocalFSWAL(_Base):
                             index_checked=True)
 
     def _close_fds(self) -> None:
-        for name in ("_fd", "_idx_fd", "_lock_fd"):
+        for name in ("_fd", "_idx_fd", "_dir_fd", "_lock_fd"):
             fd = getattr(self, name, None)
             if fd is not None:
                 setattr(self, name, None)
@@ -556,6 +581,10 @@ class LocalFSWAL(_Base):
         if synced is not None:
             self._finish(synced, None)
         self._sync_policy()
+        now = _monotonic()
+        if now - self._dir_checked >= DIR_CHECK_INTERVAL:
+            self._dir_checked = now
+            self._check_dir()
         self._publish()
 
     def _write_run(self, run: list[_Entry], first: int, run_bytes: int) -> None:
@@ -627,6 +656,23 @@ class LocalFSWAL(_Base):
             else:
                 self._dirty = True
 
+    def _check_dir(self) -> None:
+        """Raise :class:`ChannelDirGoneError` unless the channel's path still names the directory this writer holds.
+
+        Why: a directory deleted (``rm -rf``) or renamed away under the writer was noticed only when it next made a
+        file there (a roll), and every append until then was acknowledged into files no open of the channel will
+        ever find (and a roll or a deletion by path then worked in whatever directory had been put in its place).
+        Checked once a batch is written and synced (so what is acknowledged was in the channel's directory once
+        durable), at most once per :data:`DIR_CHECK_INTERVAL`, and always before a roll and before a deletion. The
+        held directory keeps its inode number from going to a new directory.
+        """
+        try:
+            now: tuple[int, int] | None = self._fops.identity(self._chdir)
+        except (FileNotFoundError, NotADirectoryError):
+            now = None
+        if now != self._dir_ident:
+            raise ChannelDirGoneError(self._chdir, replaced=now is not None)
+
     def _publish(self) -> None:
         seg = self._active
         seg.last_id = self._w_last_id
@@ -648,6 +694,7 @@ class LocalFSWAL(_Base):
         assert self._fd is not None
         assert self._idx_fd is not None
         old = self._active
+        self._check_dir()  # before anything is made by path (the old segment's index, the new segment)
         # In every sync mode, "never" included: a sealed segment is trusted (recovery never scans it), so its data
         # must be durable before the seal vouches for it, or a power cut leaves a log that will not open. Two syncs
         # per segment (64 MiB by default) cost nothing measurable.
@@ -793,6 +840,12 @@ class LocalFSWAL(_Base):
     def _delete_front_locked(self, pred: Callable[[SegmentState], bool]) -> None:
         if self._closed:
             raise ShutdownError(f"localfs channel {self._channel} is closed")
+        try:
+            self._check_dir()  # the unlinks go by path: in a directory put in this one's place, they hit its files
+        except ChannelDirGoneError:
+            # The next batch closes the writer: only a flush may (_fail closes the files a running flush writes).
+            self._dir_checked = -math.inf
+            raise
         with self._seg_lock:
             segs = self._log.segments
             n = 0
@@ -875,7 +928,7 @@ class LocalFSWAL(_Base):
         nothing else (its copy of the lock was closed at the fork; that number may name another file now)."""
         self._closed = True
         self._lock_fd = None
-        for name in ("_fd", "_idx_fd"):
+        for name in ("_fd", "_idx_fd", "_dir_fd"):
             fd = getattr(self, name, None)
             if fd is not None:
                 setattr(self, name, None)

@@ -1,0 +1,145 @@
+"""A writer whose channel directory is deleted or renamed away under it (review 16a).
+
+It learned it only when it next made a file there (a roll): until then every append was acknowledged into files
+that no open of the channel will find, and a roll, a retention or a ``truncate`` after the directory was replaced
+made and deleted files by path in the new directory, another writer's channel.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from _localfs_util import build, msg, open_ro, open_rw, read_all
+
+from wal import OpenOption, PChannelInfo, ReadOption, registry
+from wal.errors import ShutdownError, WALIOError
+from wal.message import MessageType, MutableMessage
+from wal.options import DeliverPolicy
+from wal.walimpls.localfs._message_id import LocalFSMessageID
+from wal.walimpls.localfs._wal import DIR_CHECK_INTERVAL
+
+
+@pytest.mark.parametrize("sync", ["always", "interval", "never"])
+@pytest.mark.parametrize("how", ["rmtree", "rename"])
+def test_an_append_after_the_channel_directory_is_deleted_or_moved_fails_and_the_writer_stops(
+    tmp_path: Path, sync: str, how: str
+) -> None:
+    op = build(tmp_path, sync=sync)
+    w = open_rw(op)
+    w.append_batch([msg(b"kept", tt=1 + i) for i in range(3)])
+    if how == "rmtree":
+        shutil.rmtree(tmp_path / "p1")
+    else:
+        os.rename(tmp_path / "p1", tmp_path / "moved")
+    time.sleep(2 * DIR_CHECK_INTERVAL)  # batches check at most once per DIR_CHECK_INTERVAL
+    with pytest.raises(WALIOError, match=r"channel directory .* deleted or renamed away"):
+        w.append(msg(b"lost", tt=10))
+    assert isinstance(w.failure(), WALIOError)
+    with pytest.raises(ShutdownError):  # stopped for good
+        w.append(msg(b"later", tt=11))
+    w.close()
+    op.close()
+    assert not (tmp_path / "p1").exists(), "the writer made its directory again"
+    if how == "rename":  # what it acknowledged before the move is where the directory went
+        assert _payloads_of(tmp_path, "moved")[:3] == [b"kept"] * 3
+
+
+def _payloads_of(root: Path, name: str) -> list[bytes]:
+    with build(root) as op:
+        ro = open_ro(op, name)
+        try:
+            return [bytes(m.payload) for m in read_all(ro) if m.message_type is not MessageType.TIME_TICK]
+        finally:
+            ro.close()
+
+
+def test_a_writer_whose_directory_was_replaced_leaves_the_new_channel_alone(tmp_path: Path) -> None:
+    """Renamed away and another channel made at its path: the old writer's roll made its segment there, and its
+    ``truncate`` deleted the new channel's segments of the same names (IDs start at 1 in both)."""
+    old_op = build(tmp_path, segment_bytes=4096)
+    old = open_rw(old_op)
+    old.append_batch([msg(b"o" * 1500, tt=1 + i) for i in range(6)])  # two records a segment: three segments
+    os.rename(tmp_path / "p1", tmp_path / "moved")
+    new_op = build(tmp_path, segment_bytes=4096)
+    new = open_rw(new_op)
+    new.append_batch([msg(b"n" * 1500, tt=1 + i) for i in range(6)])
+    new_files = sorted(os.listdir(tmp_path / "p1"))
+    with pytest.raises(WALIOError, match="another directory is at its path"):
+        old.truncate(LocalFSMessageID(5))
+    with pytest.raises(WALIOError, match="another directory is at its path"):  # the next batch, at once
+        old.append(msg(b"o" * 1500, tt=20))
+    with pytest.raises(ShutdownError):
+        old.append(msg(b"o" * 1500, tt=21))
+    assert sorted(os.listdir(tmp_path / "p1")) == new_files
+    old.close()
+    old_op.close()
+    new.append(msg(b"n2", tt=30))
+    new.close()
+    new_op.close()
+    assert _payloads_of(tmp_path, "p1") == [b"n" * 1500] * 6 + [b"n2"]
+    assert _payloads_of(tmp_path, "moved") == [b"o" * 1500] * 6
+
+
+def test_a_roll_after_the_directory_was_replaced_makes_nothing_in_the_new_one(tmp_path: Path) -> None:
+    old_op = build(tmp_path, segment_bytes=4096)
+    old = open_rw(old_op)
+    old.append(msg(b"o" * 1500, tt=1))
+    os.rename(tmp_path / "p1", tmp_path / "moved")
+    new_op = build(tmp_path, segment_bytes=1 << 20)
+    new = open_rw(new_op)
+    new.append(msg(b"n", tt=1))
+    new_files = sorted(os.listdir(tmp_path / "p1"))
+    with pytest.raises(WALIOError):
+        old.append_batch([msg(b"o" * 1500, tt=2 + i) for i in range(3)])  # fills the segment: a roll
+    assert sorted(os.listdir(tmp_path / "p1")) == new_files
+    old.close()
+    old_op.close()
+    new.close()
+    new_op.close()
+    assert _payloads_of(tmp_path, "p1") == [b"n"]
+
+
+def test_the_full_wal_stops_and_its_readers_end_when_its_directory_is_deleted(tmp_path: Path) -> None:
+    """Through the adaptor: the append that found it and every later one fail with the same WALIOError, the WAL says
+    it is unavailable, and a tailing reader ends with that error rather than wait for ever."""
+    opener = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    w = opener.open(OpenOption(channel=PChannelInfo(name="p1", term=1)))
+    w.append(MutableMessage(MessageType.INSERT, b"kept", vchannel="v"))
+    s = w.read(ReadOption(deliver_policy=DeliverPolicy.all(), vchannel="v"))
+    shutil.rmtree(tmp_path / "p1")
+    time.sleep(2 * DIR_CHECK_INTERVAL)
+    with pytest.raises(WALIOError, match="deleted or renamed away"):
+        w.append(MutableMessage(MessageType.INSERT, b"lost", vchannel="v"))
+    assert not w.is_available()
+    with pytest.raises(WALIOError, match="deleted or renamed away"):
+        w.append(MutableMessage(MessageType.INSERT, b"later", vchannel="v"))
+    got = []
+    with pytest.raises(WALIOError):
+        for m in s:
+            got.append(bytes(m.payload))
+    assert b"lost" not in got and b"later" not in got
+    s.close()
+    w.close()
+    opener.close()
+
+
+@pytest.mark.parametrize("sync", ["always", "never"])
+def test_a_busy_writer_stops_soon_after_its_directory_is_deleted(tmp_path: Path, sync: str) -> None:
+    """No pause needed: a writer appending without a break checks its directory every DIR_CHECK_INTERVAL, so it
+    stops within that time (a few appends), not at its next roll (1 MiB here: ~8,000 of these appends)."""
+    op = build(tmp_path, sync=sync, segment_bytes=1 << 20)
+    w = open_rw(op)
+    w.append(msg(b"kept", tt=1))
+    shutil.rmtree(tmp_path / "p1")
+    acked = 0
+    with pytest.raises(WALIOError, match="deleted or renamed away"):
+        for i in range(2000):  # each at least a write (and with "always" an fdatasync): far over 1 ms in all
+            w.append(msg(b"x" * 100, tt=2 + i))
+            acked += 1
+    assert acked < 2000
+    w.close()
+    op.close()
