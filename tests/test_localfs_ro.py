@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -865,3 +866,50 @@ def test_a_follower_does_not_enter_a_segment_of_a_channel_made_anew_from_an_olde
     s.close()
     ro.close()
     rop.close()
+
+
+@pytest.mark.parametrize("how", ["rmtree", "rename"])
+def test_the_openers_watch_moves_to_a_channel_directory_made_anew(tmp_path: Path, how: str) -> None:
+    """The read-only opener's inotify watch stayed on the deleted (or moved) directory: a new read of the channel
+    made anew was woken by its polling only (up to 50 ms late), never by a file event. Review 16a."""
+    wop = build(tmp_path)
+    w = open_rw(wop)
+    w.append(msg(b"old", tt=1))
+    rop = build(tmp_path)
+    ro = open_ro(rop)
+    hub = rop._hubs["p1"]
+    woken_by: list[str] = []
+    bump = hub.bump
+
+    def spy() -> None:
+        woken_by.append(threading.current_thread().name)
+        bump()
+
+    hub.bump = spy
+    s = ro.read(ReadOption(name="f"))
+    assert _ids(s.recv_batch(8, 5.0)) == [1]
+    w.close()
+    if how == "rmtree":
+        shutil.rmtree(tmp_path / "p1")
+    else:
+        os.rename(tmp_path / "p1", tmp_path / "moved")
+    w = open_rw(wop)  # the channel made anew
+    got, err = _recv_until_error(s, 5.0)
+    assert got == [] and isinstance(err, CorruptedError), (got, err)
+    s.close()
+    s = ro.read(ReadOption(name="g"))  # binds to the new directory
+    with pytest.raises(WALTimeoutError):
+        s.recv_batch(8, 0.05)
+    me = threading.current_thread().name
+    woken_by.clear()
+    w.append(msg(b"new", tt=5))
+    deadline = time.monotonic() + 10.0
+    while not [t for t in woken_by if t != me] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [t for t in woken_by if t != me], "no file event woke the readers of the channel made anew"
+    assert [bytes(m.payload) for m in s.recv_batch(8, 5.0)] == [b"new"]
+    s.close()
+    ro.close()
+    rop.close()
+    w.close()
+    wop.close()

@@ -142,6 +142,7 @@ def _forget_watches_in_child() -> None:
         for hub in op._hubs.values():
             hub.watchers = 0
             hub.arm = None
+            hub.watched = None
             hub.lock = threading.RLock()
             hub.cond = threading.Condition(hub.lock)
 
@@ -318,9 +319,38 @@ class LocalFSOpener(OpenerImpls):
                 obs.daemon = True
                 obs.start()
                 self._observer = obs
+            ident = self._fops.identity(hub.directory)  # before the watch: a directory replaced between is moved to
             self._watches[hub.name] = self._observer.schedule(_make_wake(hub), hub.directory, recursive=False)
+            hub.watched = ident
         except Exception:  # no inotify (limits, platform): polling alone still delivers everything
             self._watches.pop(hub.name, None)
+
+    def _rewatch(self, hub: Hub, ident: tuple[int, int]) -> None:
+        """Move ``hub``'s watch to the directory ``ident`` a reader has just bound to, when it is on another one.
+
+        Why: an inotify watch is on a directory, not a path. Once the channel's directory was deleted or renamed
+        away, and another made at its path, the watch stayed on the old one (or died with it: watchdog's emitter
+        stops at its deletion and a new ``schedule`` of the same path reuses it), so the readers of the new one
+        were woken by their polling only, up to 50 ms late. Readers bind to a directory once, so this runs once per
+        directory and reader; the usual call finds the watch where it is and returns without a lock.
+        """
+        if hub.watched is None or hub.watched == ident:  # no watch (polling, or one armed later), or the right one
+            return
+        with self._watch_lock:
+            with self._lock:
+                if hub.watchers <= 0 or self._closed or hub.watched is None or hub.watched == ident:
+                    return
+                hub.watched = None
+                watch = self._watches.pop(hub.name, None)
+                obs = self._observer
+            if watch is not None and obs is not None:
+                try:
+                    obs.unschedule(watch)  # not under _lock: it joins the emitter thread
+                except Exception:
+                    pass
+            with self._lock:
+                if hub.watchers > 0 and not self._closed:
+                    self._schedule(hub)
 
     def _unwatch(self, hub: Hub) -> None:
         with self._watch_lock:
@@ -329,6 +359,7 @@ class LocalFSOpener(OpenerImpls):
                 if hub.watchers > 0:
                     return
                 hub.arm = None
+                hub.watched = None
                 watch = self._watches.pop(hub.name, None)
                 obs = self._observer
             if watch is not None and obs is not None:

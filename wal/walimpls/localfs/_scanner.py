@@ -366,9 +366,12 @@ class ChannelDir:
     as long as a reader bound to it, or until :meth:`close`.
     """
 
-    def __init__(self, path: str, fops: FileOps) -> None:
+    def __init__(
+        self, path: str, fops: FileOps, on_new: Callable[[tuple[int, int]], None] | None = None
+    ) -> None:
         self.path = path
         self.fops = fops
+        self._on_new = on_new  # told each directory a reader binds to (the opener moves its watch there)
         self._lock = threading.Lock()
         self._current: _DirHold | None = None
         self._holds: weakref.WeakSet[_DirHold] = weakref.WeakSet()
@@ -406,7 +409,9 @@ class ChannelDir:
                 raise
             self._current = new
             self._holds.add(new)
-            return new
+        if self._on_new is not None:
+            self._on_new(new.ident)
+        return new
 
     def close(self) -> None:
         with self._lock:

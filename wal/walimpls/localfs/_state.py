@@ -132,6 +132,7 @@ class Hub:
         # it does); their scanners call it when they find nothing to read. See LocalFSOpener._watch.
         self.arm: Callable[[], None] | None = None
         self.missing_since = 0.0  # when they started waiting for it (monotonic; 0: not waiting, or warned)
+        self.watched: tuple[int, int] | None = None  # the directory the opener's watch is on (LocalFSOpener._rewatch)
 
     def bump(self) -> None:
         with self.lock:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _thread
 import errno
+import functools
 import logging
 import math
 import os
@@ -120,7 +121,8 @@ class LocalFSROWAL(_Base):
         super().__init__(opener, hub, channel)
         self._chdir = chdir
         self._fops = fops
-        self._dir = ChannelDir(chdir, fops)  # held open once it exists, so its readers see it deleted or replaced
+        # Held open once it exists, so its readers see it deleted or replaced; the opener's watch follows it.
+        self._dir = ChannelDir(chdir, fops, functools.partial(opener._rewatch, hub))
         self._watched_in = -1  # the fork generation whose opener watches the directory for it (set by the opener)
 
     def read(self, opt: ReadOption) -> ScannerImpls:
