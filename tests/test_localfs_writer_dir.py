@@ -143,3 +143,22 @@ def test_a_busy_writer_stops_soon_after_its_directory_is_deleted(tmp_path: Path,
     assert acked < 2000
     w.close()
     op.close()
+
+
+@pytest.mark.parametrize("what", ["all", "segment"])
+def test_an_append_after_the_active_segment_is_deleted_fails(tmp_path: Path, what: str) -> None:
+    """``rm p1/*`` (the directory kept) or the active segment alone deleted: the writer went on acknowledging into
+    the deleted file until its roll, which then made a segment after a gap (or after nothing: the log reopened as if
+    it began there, the acknowledged appends gone without a word)."""
+    op = build(tmp_path, segment_bytes=4096)
+    w = open_rw(op)
+    w.append_batch([msg(b"o" * 1500, tt=1 + i) for i in range(3)])  # two segments
+    segs = sorted((tmp_path / "p1").glob("*.seg"))
+    for f in (tmp_path / "p1").iterdir() if what == "all" else segs[-1:]:
+        f.unlink()
+    time.sleep(2 * DIR_CHECK_INTERVAL)
+    with pytest.raises(WALIOError, match=r"active segment .* deleted"):
+        w.append(msg(b"lost", tt=10))
+    assert isinstance(w.failure(), WALIOError)
+    w.close()
+    op.close()

@@ -96,6 +96,10 @@ class FileOps:
     def fstat_size(self, fd: int) -> int:
         return os.fstat(fd).st_size
 
+    def fstat_links(self, fd: int) -> int:
+        """How many names an open file has: 0 once it was deleted."""
+        return os.fstat(fd).st_nlink
+
     def stat_size(self, path: str) -> int:
         return os.stat(path).st_size
 
