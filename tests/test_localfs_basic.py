@@ -55,6 +55,15 @@ def test_unknown_and_bad_options(tmp_path: Path) -> None:
             build(tmp_path, **bad)
 
 
+@pytest.mark.parametrize("sync", [None, "always", "never"])
+def test_sync_interval_without_interval_mode_is_refused(tmp_path: Path, sync: str | None) -> None:
+    """It did nothing there, while the user who set it believed appends were synced that often."""
+    mode = {} if sync is None else {"sync": sync}
+    with pytest.raises(InvalidArgumentError, match=r"sync_interval.*sync="):
+        build(tmp_path, sync_interval=0.5, **mode)
+    build(tmp_path, sync="interval", sync_interval=0.5).close()
+
+
 def test_default_root_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WAL_LOCALFS_ROOT", str(tmp_path / "envroot"))
     opener = get_impls_builder("localfs").build(segment_bytes=4096)
@@ -266,7 +275,8 @@ def test_append_batch_is_one_write_and_one_sync(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sync", ["interval", "never"])
 def test_other_sync_modes(tmp_path: Path, sync: str) -> None:
     ops = CountingOps()
-    with build(tmp_path, sync=sync, sync_interval=0.02, _file_ops=ops) as opener:
+    interval = {"sync_interval": 0.02} if sync == "interval" else {}
+    with build(tmp_path, sync=sync, _file_ops=ops, **interval) as opener:
         w = open_rw(opener)
         base = ops.syncs
         for i in range(200):

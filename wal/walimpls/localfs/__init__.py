@@ -17,7 +17,8 @@ Build options (``registry.get_impls_builder("localfs").build(**options)``):
   every concurrent append (group commit). ``"interval"``: appends return after the write; a sync runs every
   ``sync_interval`` seconds (default 0.01) while writes are unsynced (one per interval at most), so a crash of
   the machine (not of the process) may lose that long. ``"never"``: the OS decides when; in every mode a segment
-  is synced when it is sealed and when the channel is closed cleanly.
+  is synced when it is sealed and when the channel is closed cleanly. ``sync_interval`` with another mode than
+  ``"interval"`` raises ``InvalidArgumentError`` (it would do nothing).
 - ``retention_bytes`` / ``retention_seconds`` (None): delete the oldest sealed segments while the channel is
   larger than that / sealed longer ago than that (checked at each roll and on open), but never a segment that
   an open transaction needs (its begin): a long open txn holds deletion back until it ends. ``truncate(id)`` deletes

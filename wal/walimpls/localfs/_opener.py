@@ -76,6 +76,12 @@ class Options:
         if sync not in _SYNC_MODES:
             raise InvalidArgumentError(f"localfs option sync must be one of {', '.join(_SYNC_MODES)}, got {sync!r}")
         interval = seconds(options.get("sync_interval", 0.01), "localfs option sync_interval")
+        if "sync_interval" in options and sync != "interval":
+            # Accepted, it did nothing: a user who set it believed appends were synced that often.
+            raise InvalidArgumentError(
+                f"localfs option sync_interval applies only with sync='interval', got sync={sync!r}: drop "
+                "sync_interval or set sync='interval'"
+            )
         rb = options.get("retention_bytes")
         if rb is not None and (not isinstance(rb, int) or isinstance(rb, bool) or rb < 0):
             raise InvalidArgumentError(f"localfs option retention_bytes must be an int >= 0 or None, got {rb!r}")
