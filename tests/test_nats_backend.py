@@ -876,6 +876,15 @@ def test_tls_handshake_first_without_a_ca_file_is_used(server: NatsServer) -> No
     assert "did not require it" not in str(e.value), e.value
 
 
+@pytest.mark.parametrize("creds", [{"user": "walu"}, {"password": "s3cret"},
+                                   {"user": "walu", "password": "s3cret", "token": "t"}])
+def test_credentials_nats_py_would_drop_are_refused_at_build(creds: dict[str, str]) -> None:
+    """nats-py sends a user only with its password, and user/password rather than a token: the one left out went
+    unsent without a word (the connect refused far from the mistake, or let in as someone else)."""
+    with pytest.raises(InvalidArgumentError, match="user"):
+        wn.NatsOpenerBuilder().build(servers="nats://127.0.0.1:1", **creds)
+
+
 @pytest.mark.parametrize(
     "bad",
     [

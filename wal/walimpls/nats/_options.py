@@ -146,6 +146,12 @@ def parse_options(options: dict[str, Any]) -> NatsOptions:
         # Over a websocket the TLS check cannot see the socket: only wss:// says the connection is encrypted.
         raise InvalidArgumentError("nats: TLS was asked for (a tls_* option or a tls:// URL) with a ws:// URL, which "
                                    "is plaintext: use wss://")
+    if (o.user is None) != (o.password is None):
+        # nats-py sends a user only with its password, and drops either alone without a word: the connect then went
+        # out without them, refused as an authorization violation far from the mistake, or let in as another user.
+        raise InvalidArgumentError("nats: user and password go together (give both, or neither)")
+    if o.token is not None and o.user is not None:
+        raise InvalidArgumentError("nats: give token or user/password, not both (nats-py sends only user/password)")
     if o.tls_key_file and not o.tls_cert_file:
         raise InvalidArgumentError("nats: tls_key_file needs tls_cert_file (the client certificate it belongs to)")
     # nats-py signs with nkeys; without it the connect failed with a bare ModuleNotFoundError
