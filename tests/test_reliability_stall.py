@@ -18,7 +18,7 @@ import pytest
 
 from wal import DeliverPolicy, OpenOption, PChannelInfo, ReadOption, registry
 from wal.adaptor import _slow
-from wal.errors import TxnExpiredError, WALTimeoutError
+from wal.errors import InvalidArgumentError, TxnExpiredError, WALTimeoutError
 from wal.message import MessageType, MutableMessage
 from wal.walimpls.localfs import FileOps
 
@@ -194,6 +194,50 @@ def test_a_txn_the_stall_keeps_past_its_keepalive_is_refused_and_never_delivered
         finally:
             ops.gate.set()  # a failed check must not leave a thread in the stall: the close would wait for it
     assert _stored(tmp_path) == [b"t1", b"after"]
+
+
+def test_begin_txn_timeout_bounds_the_begin_and_the_with_blocks_commit_during_a_stall(tmp_path: Path) -> None:
+    """``begin_txn`` took no timeout and the ``with`` block's exit commits with none: both waited for the disk
+    without bound, while ``append`` gave up after its timeout."""
+    ops = StallingOps("fdatasync")
+    opener, w = _open(tmp_path, ops, "always", txn_close_timeout=0)  # the begin that timed out left a txn open
+    with opener:
+        try:
+            with pytest.raises(InvalidArgumentError, match="txn timeout"):
+                w.begin_txn("v", timeout=0)  # refused before anything is written, as append's 0 is
+            ops.close_gate()
+            stuck, _ = _in_thread(lambda: w.append(_m(b"a")))
+            assert ops.stalled.wait(10)
+            with pytest.raises(WALTimeoutError):
+                w.begin_txn("v", timeout=0.2)
+            ops.gate.set()
+            stuck.join(10)
+            with pytest.raises(WALTimeoutError):
+                with w.begin_txn("v", timeout=0.2) as txn:
+                    txn.append(_m(b"t1"))
+                    ops.close_gate()
+                    stuck, _ = _in_thread(lambda: w.append(_m(b"b")))
+                    assert ops.stalled.wait(10)
+            assert txn.finished
+            ops.gate.set()
+            stuck.join(10)
+            with pytest.raises(WALTimeoutError):  # the body's append, then the exit's rollback, are bounded too
+                with w.begin_txn("v", timeout=0.2) as txn2:
+                    txn2.append(_m(b"t2"))
+                    ops.close_gate()
+                    stuck, _ = _in_thread(lambda: w.append(_m(b"c")))
+                    assert ops.stalled.wait(10)
+                    txn2.append(_m(b"t3"))
+            assert txn2.finished
+            ops.gate.set()
+            stuck.join(10)
+            w.append(_m(b"after"))
+            w.close()
+        finally:
+            ops.gate.set()  # a failed check must not leave a thread in the stall: the close would wait for it
+    # The commit that timed out was stored once the stall ended (a timeout bounds the wait, not the write); the
+    # txn whose body append timed out was rolled back on exit.
+    assert _stored(tmp_path) == [b"a", b"b", b"t1", b"c", b"after"]
 
 
 @pytest.mark.parametrize("sync", ["always", "interval", "never"])

@@ -79,7 +79,7 @@ class Scanner(Closeable):
 class Txn(Closeable):
     """A transaction handle from :meth:`WAL.begin_txn`: as a context manager it commits on a clean exit and rolls
     back on an exception. A transaction that is neither committed nor rolled back within its keepalive expires and
-    is never delivered.
+    is never delivered. A method's ``timeout`` of None takes the one given to ``begin_txn`` (None there: no bound).
     """
 
     @property
@@ -195,11 +195,16 @@ class WAL(ROWAL):
         """Allow the backend to delete what lies wholly before ``message_id`` (localfs: whole segments)."""
 
     @abstractmethod
-    def begin_txn(self, vchannel: str, keepalive: float | None = None) -> Txn:
+    def begin_txn(self, vchannel: str, keepalive: float | None = None, timeout: float | None = None) -> Txn:
         """Start a transaction on ``vchannel`` (default keepalive: the ``txn_keepalive`` build option).
 
         A transaction lives on one vchannel: ``""`` or None raises :class:`~wal.errors.InvalidArgumentError`, as a
         ``BEGIN_TXN`` message without a vchannel does (on a message ``""`` means "every vchannel").
+
+        ``timeout`` bounds each write of the transaction, as ``append``'s does (:class:`~wal.errors.WALTimeoutError`,
+        and what timed out may still be stored): its begin, and every later call of the handle that gives none,
+        the commit or rollback that ``with`` makes on exit included (which takes no argument, and waited without
+        bound on a stalled disk or a full queue).
         """
 
 

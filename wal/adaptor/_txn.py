@@ -25,6 +25,9 @@ class TxnHandle(Txn):
             raise InvalidArgumentError(f"begin_txn needs a vchannel name (a non-empty str), got {vchannel!r}")
         if keepalive is not None and seconds(keepalive, "txn keepalive") < 0.001:
             raise InvalidArgumentError(f"txn keepalive must be at least 1 ms, got {keepalive!r}")
+        if timeout is not None:  # checked now: a bad one must not first show at the with block's exit
+            timeout = seconds(timeout, "txn timeout")
+        self._timeout = timeout
         self._wal = wal
         self._vchannel = vchannel
         self._lock = threading.Lock()
@@ -67,12 +70,14 @@ class TxnHandle(Txn):
             raise InvalidArgumentError(f"txn on vchannel {self._vchannel!r} got a message for {msg.vchannel!r}")
         msg.vchannel = self._vchannel
         msg.with_txn_context(self._ctx)
-        return self._wal.append(msg, timeout)
+        return self._wal.append(msg, self._timeout if timeout is None else timeout)
 
     def _finish(self, mtype: MessageType, timeout: float | None) -> AppendResult:
         commit = mtype is MessageType.COMMIT_TXN
         if timeout is not None:  # before the txn counts as ending: a refused argument leaves it usable
             timeout = seconds(timeout, f"{'commit' if commit else 'rollback'} timeout")
+        else:  # the begin's: the with block's exit has no other way to bound its wait
+            timeout = self._timeout
         with self._lock:
             self._check_open()
             self._finished = True

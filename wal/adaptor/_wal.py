@@ -213,7 +213,7 @@ class ROWALAdaptor(WAL):
     def truncate(self, message_id: MessageID) -> None:
         raise self._refuse("truncate")
 
-    def begin_txn(self, vchannel: str, keepalive: float | None = None) -> Txn:
+    def begin_txn(self, vchannel: str, keepalive: float | None = None, timeout: float | None = None) -> Txn:
         raise self._refuse("begin_txn")
 
     # -- close ------------------------------------------------------------------------------------------------
@@ -813,8 +813,8 @@ class WALAdaptor(ROWALAdaptor):
             # Lowered to the begin of any txn a reader still needs (issue #6 b, see _truncate.py).
             self._wimpls.truncate(truncation_point(self._wimpls, message_id, self._ack.last_confirmed_message_id))
 
-    def begin_txn(self, vchannel: str, keepalive: float | None = None) -> Txn:
-        return TxnHandle(self, vchannel, keepalive)
+    def begin_txn(self, vchannel: str, keepalive: float | None = None, timeout: float | None = None) -> Txn:
+        return TxnHandle(self, vchannel, keepalive, timeout)
 
     # -- close ------------------------------------------------------------------------------------------------
     def _close_inner(self) -> None:
