@@ -602,6 +602,39 @@ def test_two_readers_rebuilding_the_same_missing_index_both_seek(tmp_path: Path)
         w.close()
 
 
+def test_an_index_rebuilt_for_a_segment_deleted_meanwhile_is_not_left_behind(tmp_path: Path) -> None:
+    """A writer's reader rebuilding a sealed segment's missing ``.idx`` while retention (or a truncate) deletes the
+    segment wrote the index after both files were gone: a stray ``.idx`` for a segment that no longer exists, which
+    ``wal verify`` reports and the next open deleted. The index writer checks that its segment is still there."""
+    deleting: list[Callable[[], object]] = []
+
+    class DeletedMeanwhile(FileOps):
+        def write_file_atomic(self, path: str, data: bytes, *, durable: bool = True) -> None:
+            if path.endswith(".idx") and deleting:
+                deleting.pop()()  # retention deletes the segment (and its index) between the rebuild and its write
+            super().write_file_atomic(path, data, durable=durable)
+
+    with build(tmp_path, segment_bytes=64 << 10, sync="never", _file_ops=DeletedMeanwhile()) as opener:
+        w = open_rw(opener)
+        for _ in range(4):
+            w.append_batch([msg(b"x" * 200) for _ in range(300)])
+        seg = w._log.segments[0]
+        assert seg.sealed
+        idx = Path(seg.path).with_suffix(".idx")
+        os.unlink(idx)
+        target = LocalFSMessageID(seg.first_id + 200)
+        deleting.append(lambda: w.truncate(LocalFSMessageID(seg.last_id + 1)))
+        with w.read(ReadOption(name="t", deliver_policy=DeliverPolicy.start_from(target))) as s:
+            s.recv(5.0)
+        assert not deleting
+        assert not Path(seg.path).exists()
+        assert not idx.exists()  # left behind before
+        assert sorted(p.name for p in (tmp_path / "p1").glob("*.idx")) == [
+            Path(s.path).with_suffix(".idx").name for s in w._log.segments
+        ]
+        w.close()
+
+
 def test_two_threads_writing_one_file_atomically_do_not_share_a_temporary_file(tmp_path: Path) -> None:
     """``write_file_atomic`` wrote through ``<path>.tmp`` whoever called it: a second thread writing the same file
     (two readers rebuilding one index) truncated the first's temporary file and renamed it away, so the first's

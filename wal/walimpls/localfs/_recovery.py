@@ -253,8 +253,23 @@ def load_index(fops: FileOps, seg_path: str, first_id: int, data_end: int | None
 
 
 def write_index(fops: FileOps, seg_path: str, first_id: int, entries: list[tuple[int, int, int]], sealed: bool) -> None:
+    """Write a segment's index; none is left when the segment is deleted meanwhile.
+
+    A writer's reader rebuilds a sealed segment's missing index while retention or a truncate may delete it: written
+    after both files were gone, the index stayed behind for a segment that no longer exists (``wal verify``
+    reported it until the next open deleted it). Checked after the write: a deletion unlinks the segment before its
+    index, so either that unlink comes after the write (and so does the index's), or the check sees it."""
     path = os.path.join(os.path.dirname(seg_path), index_name(first_id))
     fops.write_file_atomic(path, index_file_bytes(first_id, entries, sealed=sealed), durable=False)
+    try:
+        fops.identity(seg_path)
+    except FileNotFoundError:
+        try:
+            fops.unlink(path)
+        except FileNotFoundError:
+            pass
+    except OSError:  # cannot tell: the index is left, as before the check (the next open deletes a stray one)
+        pass
 
 
 def _zero_range(fops: FileOps, fd: int, start: int, end: int) -> None:
