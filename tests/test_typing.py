@@ -15,7 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 USER_PROGRAM = '''
-from wal import OpenOption, PChannelInfo, ReadOption, registry
+import dataclasses
+
+from wal import ROWAL, AccessMode, OpenOption, PChannelInfo, ReadOption, registry
 from wal.message import ImmutableTxnMessage, MessageType, MutableMessage
 from wal.options import DeliverPolicy
 
@@ -31,6 +33,14 @@ with registry.must_get_builder("memory").build() as op, op.open(OpenOption(PChan
     w.truncate(r.last_confirmed_message_id)
     f = w.append_async(MutableMessage(MessageType.INSERT, b"z", vchannel="v"))
     tick: int = f.result(timeout=5).time_tick
+    with w.begin_txn("v", keepalive=5.0, timeout=5.0) as t:
+        t.append(MutableMessage(MessageType.INSERT, b"y", vchannel="v"))
+    # A follower's channel derived from the writer's, and a channel variable given another mode: what a typed RO open
+    # (open() overloaded on a generic PChannelInfo) would refuse; review 16b left open() typed WAL for them.
+    follower: ROWAL = op.open(OpenOption(dataclasses.replace(w.channel, access_mode=AccessMode.RO)))
+    ch = PChannelInfo("c", 1)
+    ch = PChannelInfo("c", 0, AccessMode.RO)
+    follower.close()
 '''
 
 

@@ -215,7 +215,9 @@ class Opener(Closeable):
     def open(self, opt: OpenOption) -> WAL:
         """Open ``opt.channel``: read-write (the default; one writer per channel, a lower term is fenced) or
         read-only (``AccessMode.RO``, any number, beside the writer). Writable WALs are typed ``WAL``; a read-only
-        one refuses every write with ``AccessModeError``."""
+        one refuses every write with ``AccessModeError`` (annotate it ``ROWAL`` to have a type checker refuse them: an
+        overload on the mode broke ``dataclasses.replace(channel, access_mode=...)`` in users' code; see
+        docs/RELIABILITY.md)."""
 
 
 class OpenerBuilder(ABC):
