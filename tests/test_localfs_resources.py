@@ -104,7 +104,8 @@ def test_the_opener_forgets_channels_no_wal_has_open(tmp_path: Path) -> None:
     opened, closed or failed: a long-lived opener of short-lived channels grew with every new name."""
     from wal.errors import FencedError
 
-    op = registry.must_get_builder("localfs").build(root=str(tmp_path), sync="never")
+    # Small segments: at the default 64 MiB, preallocated, its 200 channels took 13 GB of the test machine's disk.
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), sync="never", segment_bytes=1 << 16)
     with op:
         impls = op._impls
         with op.open(OpenOption(channel=PChannelInfo(name="kept", term=2))) as kept:
