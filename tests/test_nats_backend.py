@@ -771,7 +771,7 @@ def test_credentials_are_passed_through(tmp_path: Path) -> None:
         for _ in range(5):
             with pytest.raises(WALIOError, match="cannot connect") as ei:
                 wn.NatsOpenerBuilder().build(
-                    servers=s.url, user="walu", password="wrong", connect_timeout=0.5, max_reconnect_attempts=0
+                    servers=s.url, user="walu", password="wrong", connect_timeout=0.5, max_reconnect_attempts=1
                 )
             seen.append(str(ei.value))
             if "Authorization Violation" in seen[-1]:
@@ -850,7 +850,8 @@ def test_tls_asked_for_but_not_used_is_refused(server: NatsServer, how: str) -> 
     (or a man in the middle) that does not, it connected in plaintext and build() succeeded (review 11e)."""
     import ssl
 
-    kw: dict[str, object] = {"connect_timeout": 2.0, "max_reconnect_attempts": 0}
+    # max_reconnect_attempts=1: nats-py gives up after two refused tries (0, like -1, retries until our timeout)
+    kw: dict[str, object] = {"connect_timeout": 2.0, "max_reconnect_attempts": 1}
     if how == "tls:// URL":
         kw["servers"] = server.url.replace("nats://", "tls://")
     elif how == "tls_hostname":  # the name to check the server's certificate against: it asks for TLS too
@@ -871,7 +872,9 @@ def test_tls_handshake_first_without_a_ca_file_is_used(server: NatsServer) -> No
     tls_handshake_first=True. The TLS handshake now comes first: against this plaintext server it fails, before any
     NATS handshake."""
     with pytest.raises(WALIOError) as e:
-        wn.NatsOpenerBuilder().build(servers=server.url, tls_handshake_first=True, connect_timeout=2.0,
+        # after the failed handshake nats-py waits in its close and never tries again: build() ends at its timeout,
+        # connect_timeout * 2 + 1 s (the handshake fails in milliseconds)
+        wn.NatsOpenerBuilder().build(servers=server.url, tls_handshake_first=True, connect_timeout=0.5,
                                      max_reconnect_attempts=0)
     assert "did not require it" not in str(e.value), e.value
 
