@@ -162,3 +162,22 @@ def test_an_append_after_the_active_segment_is_deleted_fails(tmp_path: Path, wha
     assert isinstance(w.failure(), WALIOError)
     w.close()
     op.close()
+
+
+def test_the_log_does_not_tell_to_reopen_a_writer_whose_directory_is_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reopen recovers from an I/O error, but for a deleted directory it makes a new, empty channel: the error
+    logged when the writer stops must not advise it."""
+    op = build(tmp_path)
+    w = open_rw(op)
+    w.append(msg(b"kept", tt=1))
+    shutil.rmtree(tmp_path / "p1")
+    time.sleep(2 * DIR_CHECK_INTERVAL)
+    with caplog.at_level("ERROR", logger="wal.localfs"), pytest.raises(WALIOError):
+        w.append(msg(b"lost", tt=2))
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert logged and "deleted or renamed away" in logged[0]
+    assert "reopen it to recover" not in logged[0]
+    w.close()
+    op.close()

@@ -542,7 +542,12 @@ class LocalFSWAL(_Base):
             msg = f"localfs channel {self._channel}: {type(err).__name__}: {err}"
             self._err = WALIOError(msg)
             self._err.__cause__ = err
-            log.error("%s; the WAL is closed, reopen it to recover", msg)
+            # A reopen recovers from an I/O error; for a channel deleted or replaced under the writer it makes a new,
+            # empty channel (or opens the other one), which the advice must not promise to recover anything.
+            if isinstance(err, ChannelGoneError):
+                log.error("%s; the WAL is closed (what it wrote since is not in the channel at its path)", msg)
+            else:
+                log.error("%s; the WAL is closed, reopen it to recover", msg)
         self._closed = True
         note_io_failure(self._chdir)  # a reopen in this process must rewrite the tail before trusting it
         # The channel is released once no deletion runs (see _wait_deletion): a truncate still deleting releases
