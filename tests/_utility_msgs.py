@@ -33,3 +33,13 @@ def tick(tt: int, persisted: bool = True, *, mid: int | None = None) -> Immutabl
         time_tick=tt,
         not_persisted=not persisted,
     )
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (``clock.t += 10``)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t

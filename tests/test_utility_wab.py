@@ -7,21 +7,13 @@ import threading
 import time
 
 import pytest
-from _utility_msgs import data, tick
+from _utility_msgs import FakeClock, data, tick
 
 from wal.errors import InvalidArgumentError, ShutdownError, WALTimeoutError
 from wal.message import ImmutableMessage, MessageType
 from wal.utility import EvictedError, TimeTickViolationError, WABQueue, WABSnapshot, WriteAheadBuffer
 
 MiB = 1 << 20
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def tts(s: WABSnapshot | None) -> list[int]:

@@ -6,7 +6,7 @@ never reads past a message it did not get.
 from __future__ import annotations
 
 import pytest
-from _utility_msgs import UID, data, tick
+from _utility_msgs import UID, FakeClock, data, tick
 
 from wal.errors import WALTimeoutError
 from wal.message import ImmutableMessage
@@ -15,15 +15,7 @@ from wal.utility import EvictedError, WriteAheadBuffer, WriteAheadBufferReader
 MiB = 1 << 20
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def on_demand(clock: Clock, asked: list[int] | None = None, keepalive: float = 30.0) -> WriteAheadBuffer:
+def on_demand(clock: FakeClock, asked: list[int] | None = None, keepalive: float = 30.0) -> WriteAheadBuffer:
     return WriteAheadBuffer(
         "od", 64 * MiB, keepalive, tick(1, mid=1), now=clock, on_demand=True,
         on_wanted=None if asked is None else (lambda: asked.append(1)),
@@ -35,7 +27,7 @@ def tts(msgs: list[ImmutableMessage]) -> list[int]:
 
 
 def test_nothing_is_kept_while_nobody_reads_and_a_reader_before_the_gap_is_evicted() -> None:
-    clock = Clock()
+    clock = FakeClock()
     asked: list[int] = []
     b = on_demand(clock, asked)
     assert not b.wants_messages()
@@ -54,7 +46,7 @@ def test_nothing_is_kept_while_nobody_reads_and_a_reader_before_the_gap_is_evict
     assert tts(b.read_from_exclusive_time_tick(6, timeout=0).next_batch(10, timeout=0)) == [7, 8]
 
 
-def reader_at_newest(b: WriteAheadBuffer, clock: Clock) -> WriteAheadBufferReader:
+def reader_at_newest(b: WriteAheadBuffer, clock: FakeClock) -> WriteAheadBufferReader:
     """A reader that has read everything up to the newest tick (3), after which the clock moves 11 s on."""
     b.read_from_exclusive_time_tick(1, timeout=0)  # at the newest tick: nothing to read yet, a read all the same
     b.append_batch_tick([data(2)], 3, UID(1))
@@ -69,7 +61,7 @@ def test_a_reader_that_reads_again_after_the_writer_skipped_a_batch_is_evicted_n
     """The race: the writer asks, nobody reads, so it hands over nothing for its batch (``mark_gap``); a reader
     then reads (and is waiting at the newest tick); the batch's tick comes. The reader must not see that tick
     after nothing."""
-    clock = Clock()
+    clock = FakeClock()
     b = on_demand(clock, keepalive=10.0)
     r = reader_at_newest(b, clock)
     assert not b.wants_messages()
@@ -87,7 +79,7 @@ def test_a_reader_that_reads_again_after_the_writer_skipped_a_batch_is_evicted_n
 def test_a_gap_above_the_next_tick_also_drops_the_ticks_after_it() -> None:
     """A tick may confirm less than the skipped batch (an append still in flight): the gap then stays until a
     tick covers it, so a batch kept in between does not make the missing messages look read."""
-    clock = Clock()
+    clock = FakeClock()
     b = on_demand(clock, keepalive=10.0)
     r = reader_at_newest(b, clock)
     b.mark_gap(6)  # skipped messages 4, 5, 6
@@ -105,7 +97,7 @@ def test_a_gap_above_the_next_tick_also_drops_the_ticks_after_it() -> None:
 
 
 def test_it_stops_keeping_keepalive_seconds_after_the_last_read() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b = on_demand(clock, keepalive=10.0)
     r = reader_at_newest(b, clock)  # read at t, clock now t + 11
     b.append_batch_tick([data(4)], 5, UID(1))  # nobody read for 11 s: not kept
@@ -118,7 +110,7 @@ def test_it_stops_keeping_keepalive_seconds_after_the_last_read() -> None:
 
 
 def test_a_waiting_reader_keeps_it_wanted_however_long_it_waits() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b = on_demand(clock, keepalive=1.0)
     assert not b.wants_messages()
     b.read_from_exclusive_time_tick(1, timeout=0)
@@ -133,7 +125,7 @@ def test_a_waiting_reader_keeps_it_wanted_however_long_it_waits() -> None:
 
 
 def test_the_default_buffer_keeps_everything() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b = WriteAheadBuffer("all", 64 * MiB, 10.0, tick(1, mid=1), now=clock)
     assert b.wants_messages() and not on_demand(clock).wants_messages()  # nobody has read either
     b.append_batch_tick([data(2)], 3, UID(1))

@@ -125,7 +125,7 @@ class WriteAheadBuffer:
 
     def _keeps(self) -> bool:
         """Whether the batch being added is kept (lock held); else it is dropped by :meth:`_drop`."""
-        return not self._gap_tt and (not self._on_demand or self.wants_messages())
+        return not self._gap_tt and self.wants_messages()
 
     def _drop(self, time_tick: int) -> None:
         """Keep nothing up to ``time_tick`` (lock held): the messages of the batch it confirms were not handed over

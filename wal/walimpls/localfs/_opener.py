@@ -349,11 +349,7 @@ class LocalFSOpener(OpenerImpls):
                 hub.watched = None
                 watch = self._watches.pop(hub.name, None)
                 obs = self._observer
-            if watch is not None and obs is not None:
-                try:
-                    obs.unschedule(watch)  # not under _lock: it joins the emitter thread
-                except Exception:
-                    pass
+            _unschedule(obs, watch)
             with self._lock:
                 if hub.watchers > 0 and not self._closed:
                     self._schedule(hub)
@@ -368,11 +364,7 @@ class LocalFSOpener(OpenerImpls):
                 hub.watched = None
                 watch = self._watches.pop(hub.name, None)
                 obs = self._observer
-            if watch is not None and obs is not None:
-                try:
-                    obs.unschedule(watch)  # not under _lock: it joins the emitter thread
-                except Exception:
-                    pass
+            _unschedule(obs, watch)
 
     def _release(self, w: _Base) -> None:
         with self._lock:
@@ -414,6 +406,15 @@ class _StopRaceFilter(logging.Filter):
 
 _STOP_RACE = "InotifyEmitter.queue_events() called when the thread is inactive"
 _stop_race_filter = _StopRaceFilter()
+
+
+def _unschedule(obs: Any, watch: Any) -> None:
+    """Stop a watch (not under the opener's lock: it joins the emitter thread); a watch already gone is fine."""
+    if watch is not None and obs is not None:
+        try:
+            obs.unschedule(watch)
+        except Exception:
+            pass
 
 
 def _quiet_stop_race() -> None:
