@@ -6,6 +6,7 @@ issues 3 and 4 judged as ratios measured side by side (so a busy machine slows b
     .venv/bin/python benches/compare.py --quick         # one run of each, smaller counts (< 60 s)
     .venv/bin/python benches/compare.py --only catchup_scan --json
     .venv/bin/python benches/compare.py --dir /var/tmp  # where the files go (must not be tmpfs)
+    .venv/bin/python benches/compare.py --only adaptor_pipelined --repeats 7   # more runs, a steadier median
 
 ``--only`` takes target names (the measurements they need run too) or measurement names; it may be repeated or
 comma-separated. Method and results: docs/BENCHMARKS.md.
@@ -14,6 +15,7 @@ comma-separated. Method and results: docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -309,13 +311,22 @@ def judge(results: dict[str, Outcome], only: Sequence[str], p: Profile) -> list[
         else:
             v = t.value(rates)
             ok = v >= t.goal if t.higher_is_better else v <= t.goal
-            row.update(value=v, verdict="PASS" if ok else "MISS")
+            row.update(value=v, verdict="PASS" if ok else "MISS", runs=_per_run(t, results))
         verdicts.append(row)
     for name, label, a, b in INFO_RATIOS:
         if a in rates and b in rates:
             verdicts.append({"name": name, "label": label, "issue": None, "unit": "x", "goal": None, "op": None,
                              "value": rates[a].value / rates[b].value, "verdict": "INFO"})
     return verdicts
+
+
+def _per_run(t: Target, results: dict[str, Outcome]) -> list[float]:
+    """The target's value in each repeat, its measurements paired by run (run i of each side ran next to the
+    other's run i): how far one run's verdict can be trusted. Empty when the sides do not have as many runs."""
+    runs = [results[n].runs for n in t.needs]
+    if len({len(r) for r in runs}) != 1 or len(runs[0]) < 2:
+        return []
+    return [t.value({n: r[i] for n, r in zip(t.needs, runs, strict=True)}) for i in range(len(runs[0]))]
 
 
 def _num(x: float) -> float | None:
@@ -359,6 +370,8 @@ def render_text(ctx: Ctx, results: dict[str, Outcome], verdicts: list[dict[str, 
         goal = "" if v["goal"] is None else f"{v['op']} {v['goal']:g}{v['unit']}"
         issue = "" if v["issue"] is None else f"#{v['issue']}"
         line = f"{v['name']:<22} {issue:<5} {v['label']:<70} {val:>10} {goal:>9}  {v['verdict']}"
+        if v.get("runs"):
+            line += "  (runs: " + ", ".join(f"{x:.3g}" for x in v["runs"]) + ")"
         if v.get("error"):
             line += f"  ({v['error']})"
         lines.append(line)
@@ -401,6 +414,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true", help="tiny counts: checks the script runs (numbers meaningless)")
     ap.add_argument("--only", action="append", default=[], metavar="NAME",
                     help="a target or measurement name (repeatable, or comma-separated)")
+    ap.add_argument("--repeats", type=int, default=None, metavar="N",
+                    help="interleaved runs of each measurement (default: the profile's, 3 in the full one)")
     ap.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     ap.add_argument("--dir", default=None, help="parent directory for the files (default: the system temp dir)")
     ap.add_argument("--allow-tmpfs", action="store_true", help="measure even on tmpfs (durable rates become fiction)")
@@ -408,6 +423,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.only = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
     unknown = [n for n in args.only if n not in TARGETS and n not in MEASUREMENTS]
+    if args.repeats is not None and args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     if unknown:
         ap.error(f"unknown name(s) {', '.join(unknown)}; targets: {', '.join(TARGETS)}; "
                  f"measurements: {', '.join(MEASUREMENTS)}")
@@ -417,6 +434,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     profile = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.repeats is not None:
+        profile = dataclasses.replace(profile, repeats=args.repeats)
     names = plan(args.only)
 
     def log(msg: str) -> None:

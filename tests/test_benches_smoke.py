@@ -56,6 +56,29 @@ def test_smoke_text_prints_table_and_verdicts(compare: ModuleType, tmp_path: Pat
     assert "sqlite_full" not in text  # --only ran just what the target needs
 
 
+def test_repeats_gives_each_ratio_target_one_value_per_run(compare: ModuleType, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc = compare.main(["--smoke", "--json", "--allow-tmpfs", "--dir", str(tmp_path), "--only", "adaptor_pipelined",
+                       "--repeats", "3"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["meta"]["repeats"] == 3
+    for name in ("wal_pipelined", "bare_batched"):
+        assert len(out["measurements"][name]["runs"]) == 3
+    (t,) = [t for t in out["targets"] if t["name"] == "adaptor_pipelined"]
+    runs = out["measurements"]
+    want = [a / b for a, b in zip(runs["wal_pipelined"]["runs"], runs["bare_batched"]["runs"], strict=True)]
+    assert t["runs"] == pytest.approx(want)  # run i of one side against run i of the other
+    # the verdict stays the ratio of the two sides' medians
+    assert t["value"] == pytest.approx(runs["wal_pipelined"]["rate"] / runs["bare_batched"]["rate"])
+
+
+def test_repeats_below_one_is_refused(compare: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--smoke", "--repeats", "0"])
+    assert e.value.code == 2
+    assert "--repeats" in capsys.readouterr().err
+
+
 def test_unknown_only_name_is_refused(compare: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         compare.main(["--smoke", "--only", "no_such_bench"])
