@@ -88,7 +88,10 @@ class Metrics:
         reg = registry if registry is not None else prom.REGISTRY
         self.registry = reg
         self.appends = prom.Counter("wal_appends", "Messages appended (acknowledged by the backend).", registry=reg)
-        self.append_bytes = prom.Counter("wal_append_bytes", "Bytes appended (encoded records).", registry=reg)
+        self.append_bytes = prom.Counter(
+            "wal_append_bytes", "Payload bytes of the messages appended (headers and properties not counted).",
+            registry=reg,
+        )
         self.fsync_seconds = prom.Histogram(
             "wal_fsync_seconds", "Duration of each fdatasync/fsync of a log file.", buckets=_FSYNC_BUCKETS,
             registry=reg,
