@@ -460,6 +460,119 @@ def test_a_lower_term_is_fenced_after_retention_deleted_the_fence_record(opener:
             w5.append(msg(100))
 
 
+def _await_data_expired(op: wn.NatsOpener, name: str) -> None:
+    """Until ``max_age`` has deleted every data message of the channel (bounded: the server expires them late)."""
+    import nats.js.errors
+
+    names = channel_names(name, "WAL_", "wal")
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            op.run_api(op.js.get_msg(names.stream, subject=names.data_subject), "last data message")
+        except WALIOError as e:
+            if isinstance(e.__cause__, nats.js.errors.NotFoundError):
+                return
+            raise
+        assert time.monotonic() < deadline, "max_age did not delete the data messages"
+        time.sleep(0.2)
+
+
+def test_a_channel_that_max_age_emptied_keeps_its_term(opener: wn.NatsOpener) -> None:
+    """``max_age`` deleted the fence records with the data: a channel idle for longer than it had no term left, and
+    an open with any term succeeded. A writer's open now keeps the term in a KV bucket without limits too."""
+    with wn.NatsOpenerBuilder().build(servers=opener.options.servers, max_age=1.0, duplicate_window=0.5) as op:
+        name = f"ch-{uuid.uuid4().hex[:8]}"
+        w5 = op.open(chan(5, name=name))
+        w5.append(msg(0))
+        _await_data_expired(op, name)
+        with pytest.raises(FencedError, match="owned by term 5"):
+            op.open(chan(1, name=name))
+        w5.append(msg(1))  # still the owner
+        op.open(chan(6, name=name))
+        with pytest.raises(FencedError):
+            w5.append(msg(2))
+
+
+
+
+def test_a_channel_that_max_age_emptied_keeps_its_term_across_a_server_restart(tmp_path: Path) -> None:
+    """Fence records published with ``Nats-TTL: never`` (per-message TTLs, the first fix tried) outlive ``max_age``
+    while the server runs, but nats-server 2.15.1 expires them at its restart all the same (its recovery drops
+    blocks older than ``max_age`` whole): a lower term then opened the channel again. The term is kept in a KV
+    bucket without limits."""
+    s = NatsServer(tmp_path)
+    try:
+        s.start()
+        s.wait_ready()
+        name = f"ch-{uuid.uuid4().hex[:8]}"
+        with wn.NatsOpenerBuilder().build(servers=s.url, max_age=1.0, duplicate_window=0.5) as op:
+            op.open(chan(5, name=name)).append(msg(0))
+            _await_data_expired(op, name)
+        s.kill(signal.SIGTERM)
+        s.start()
+        s.wait_ready()
+        with wn.NatsOpenerBuilder().build(servers=s.url, max_age=1.0, duplicate_window=0.5) as op:
+            with pytest.raises(FencedError, match="owned by term 5"):
+                op.open(chan(1, name=name))
+            op.open(chan(5, name=name)).append(msg(1))  # the owner's term still opens it
+    finally:
+        s.kill()
+
+def test_two_writers_racing_on_a_max_age_stream_leave_the_higher_term_alone_in_charge(server: NatsServer) -> None:
+    """The term floor (a compare-and-set in the KV bucket) comes before the fence record's own compare-and-set: of
+    two writers opening at once with terms 3 and 4, the lower is refused or fenced, the higher appends, whichever
+    came first."""
+    with wn.NatsOpenerBuilder().build(servers=server.url, max_age=60.0, duplicate_window=1.0) as a, \
+            wn.NatsOpenerBuilder().build(servers=server.url, max_age=60.0, duplicate_window=1.0) as b:
+        for _ in range(5):
+            name = f"ch-{uuid.uuid4().hex[:8]}"
+            got: dict[int, Any] = {}
+            start = threading.Barrier(2)
+
+            def open_(op: wn.NatsOpener, term: int, name: str = name, got: dict[int, Any] = got) -> None:
+                start.wait()
+                try:
+                    got[term] = op.open(chan(term, name=name))
+                except FencedError as e:
+                    got[term] = e
+
+            ts = [threading.Thread(target=open_, args=(a, 3)), threading.Thread(target=open_, args=(b, 4))]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            w4 = got[4]
+            assert not isinstance(w4, BaseException), w4
+            w4.append(msg(0))
+            if not isinstance(got[3], BaseException):
+                with pytest.raises(FencedError):
+                    got[3].append(msg(1))
+            with pytest.raises(FencedError, match="owned by term 4"):
+                a.open(chan(3, name=name))
+
+def test_a_max_age_stream_made_by_an_earlier_version_keeps_the_term_of_its_next_writer(
+    opener: wn.NatsOpener,
+) -> None:
+    """A stream with ``max_age`` made by an earlier version (its config as that version made it): the next writer's
+    open keeps its term."""
+    import nats.js.api as api
+
+    name = f"ch-{uuid.uuid4().hex[:8]}"
+    names = channel_names(name, "WAL_", "wal")
+    old = api.StreamConfig(
+        name=names.stream, subjects=[names.data_subject, names.fence_subject], storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD, num_replicas=1, duplicate_window=0.5,
+        max_age=1.0, allow_direct=True, metadata={"wal_channel": name},
+    )
+    opener.run_api(opener.js.add_stream(old), "old stream")
+    w5 = opener.open(chan(5, name=name))
+    w5.append(msg(0))
+    _await_data_expired(opener, name)
+    with pytest.raises(FencedError, match="owned by term 5"):
+        opener.open(chan(1, name=name))
+
+
+
 # -- failures -----------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_server_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:

@@ -193,6 +193,39 @@ def test_fencing_on_replicated_stream(cluster: NatsCluster) -> None:
         op.close()
 
 
+def test_a_replicated_max_age_stream_keeps_its_term(cluster: NatsCluster) -> None:
+    """replicas=3 and ``max_age``, on a stream made by an earlier version: the writer's open keeps its term (in a
+    replicated KV bucket), and a lower term is refused once the data is gone."""
+    import nats.js.api as api
+    import nats.js.errors
+
+    from wal.errors import FencedError, WALIOError
+
+    op = wn.NatsOpenerBuilder().build(servers=cluster.urls, replicas=3, publish_timeout=1.0, append_timeout=30.0)
+    try:
+        old = api.StreamConfig(
+            name="WAL_aged", subjects=["wal.aged.m", "wal.aged.t"], storage=api.StorageType.FILE, num_replicas=3,
+            duplicate_window=0.5, max_age=1.0, metadata={"wal_channel": "aged"},
+        )
+        op.lt.run(op.js.add_stream(old), 30)
+        w = op.open(OpenOption(PChannelInfo("aged", 5)))
+        w.append(msg(0))
+        deadline = time.monotonic() + 30
+        while True:  # until max_age deleted the data message
+            try:
+                op.run_api(op.js.get_msg("WAL_aged", subject="wal.aged.m"), "last data message")
+            except WALIOError as e:
+                if isinstance(e.__cause__, nats.js.errors.NotFoundError):
+                    break
+                raise
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        with pytest.raises(FencedError, match="owned by term 5"):
+            op.open(OpenOption(PChannelInfo("aged", 1)))
+        w.append(msg(1))
+    finally:
+        op.close()
+
 def test_conformance_kit_on_replicated_streams(cluster: NatsCluster) -> None:
     from wal.helper.conformance import WALImplsConformance
 

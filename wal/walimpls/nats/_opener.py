@@ -17,7 +17,7 @@ from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls
 from ._loop import LoopThread
 from ._naming import channel_names
 from ._options import NatsOptions, parse_options
-from ._publisher import Publisher
+from ._publisher import Publisher, raise_term_floor
 from ._wal import NatsWAL
 
 __all__ = ["NatsOpener", "NatsOpenerBuilder"]
@@ -157,7 +157,7 @@ class NatsOpener(OpenerImpls):
         opt.validate()
         ch = opt.channel
         names = channel_names(ch.name, self.options.stream_prefix, self.options.subject_prefix)
-        replicas = self.run_api(
+        replicas, aged = self.run_api(
             self._ensure_stream(ch.name, names, ch.access_mode is AccessMode.RW),
             f"create stream {names.stream} for channel {ch.name!r}",
         )
@@ -166,6 +166,13 @@ class NatsOpener(OpenerImpls):
         if ch.access_mode is AccessMode.RW:
             writer = secrets.token_hex(8)
             pub = Publisher(self.js, names, self.options, ch.name, ch.term, writer, replicas > 1)
+            if aged:
+                bucket = self.options.stream_prefix + "terms"
+                self.run_api(
+                    raise_term_floor(self.js, bucket, names.stream[len(self.options.stream_prefix):], ch.term,
+                                     ch.name, replicas),
+                    f"raise the term floor of channel {ch.name!r} to {ch.term} (bucket {bucket})",
+                )
             self.run_api(pub.fence(first=True), f"fence channel {ch.name!r} at term {ch.term}")
             self.run_api(pub.start(self.nc), "subscribe to acks")
             w = NatsWAL(self, ch, names, pub)
@@ -178,8 +185,9 @@ class NatsOpener(OpenerImpls):
             self._wals.add(w)
         return w
 
-    async def _ensure_stream(self, channel: str, names: Any, rw: bool) -> int:
-        """Create the channel's stream unless it exists; its replica count. Timeouts (a cluster electing its meta
+    async def _ensure_stream(self, channel: str, names: Any, rw: bool) -> tuple[int, bool]:
+        """Create the channel's stream unless it exists; its replica count, and whether it has ``max_age`` (a writer
+        then keeps the channel's term outside it: :func:`raise_term_floor`). Timeouts (a cluster electing its meta
         leader, a node restarting) are retried for a few request timeouts."""
         import nats.errors
 
@@ -192,7 +200,7 @@ class NatsOpener(OpenerImpls):
                     raise
                 await asyncio.sleep(0.2)
 
-    async def _ensure_stream_once(self, channel: str, names: Any, rw: bool) -> int:
+    async def _ensure_stream_once(self, channel: str, names: Any, rw: bool) -> tuple[int, bool]:
         """A reader may come first, and create the stream: with its own options, mostly the defaults (one replica, no
         limits), and the writer's open then left that alone, so ``replicas=3`` silently gave one copy. A stream a
         read-only open made is marked provisional, and the first writer's open gives it the writer's options."""
@@ -208,7 +216,7 @@ class NatsOpener(OpenerImpls):
                 info = await self.js.update_stream(self._stream_config(channel, names, rw))
                 if int(info.config.num_replicas or 1) > before:
                     await self._await_replicas(names)
-            return int(info.config.num_replicas or 1)
+            return int(info.config.num_replicas or 1), (info.config.max_age or 0) > 0
         cfg = self._stream_config(channel, names, rw)
         try:
             info = await self.js.add_stream(cfg)
@@ -216,7 +224,7 @@ class NatsOpener(OpenerImpls):
             if getattr(e, "err_code", None) != 10058:  # stream name already in use: someone else created it
                 raise
             return await self._ensure_stream_once(channel, names, rw)
-        return int(info.config.num_replicas or 1)
+        return int(info.config.num_replicas or 1), (info.config.max_age or 0) > 0
 
     async def _await_replicas(self, names: Any) -> None:
         """After more replicas were asked for: until a leader has every replica current (about 1 s on loopback), a

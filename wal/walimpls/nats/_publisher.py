@@ -45,7 +45,7 @@ from ._headers import (
 from ._naming import ChannelNames
 from ._options import NatsOptions
 
-__all__ = ["Publisher", "read_fence"]
+__all__ = ["Publisher", "raise_term_floor", "read_fence"]
 
 ERR_WRONG_LAST_SEQ = 10071
 ERR_WRONG_LAST_MSG_ID = 10070
@@ -123,6 +123,58 @@ async def read_fence(js: Any, names: ChannelNames) -> tuple[int, int, str]:
     except ValueError:
         term = 0
     return 0, term, writer if dot else ""
+
+
+async def raise_term_floor(js: Any, bucket: str, key: str, term: int, channel: str, replicas: int) -> None:
+    """Raise the channel's term floor, kept in the KV bucket ``bucket``, to ``term``; :class:`FencedError` if it is
+    higher. Only for streams with ``max_age``, before the fence record.
+
+    ``max_age`` deletes fence records with the data, so a channel idle for longer than it had no term left and any
+    term opened it. Per-message TTLs (``Nats-TTL: never`` on the fence records) do not help: nats-server 2.15.1
+    expires such records at its restart all the same. The bucket has no limits. The floor is raised before the fence
+    record, with a compare-and-set on the key's revision, so it is never below the term of a stored fence record; the
+    fence record's own compare-and-set still decides between writers opening at once (a floor raised by a writer
+    that then lost to a higher term is below that term's).
+    """
+    import nats.js.api as api
+    import nats.js.errors
+
+    try:
+        kv = await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        cfg = api.KeyValueConfig(
+            bucket=bucket,
+            description="wal: the highest term that opened each channel whose stream has max_age",
+            history=1,
+            storage=api.StorageType.FILE,
+            replicas=replicas,
+        )
+        try:
+            kv = await js.create_key_value(cfg)
+        except nats.js.errors.BadRequestError as e:
+            if _api_code(e) != 10058:  # stream name already in use: another opener made it meanwhile
+                raise
+            kv = await js.key_value(bucket)
+    value = str(term).encode()
+    while True:
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            floor, rev = 0, 0
+        else:
+            floor, rev = int(entry.value or b"0"), int(entry.revision or 0)
+        if floor > term:
+            raise FencedError(f"nats: channel {channel!r} is owned by term {floor}, cannot open with term {term}")
+        if floor == term:
+            return
+        try:
+            if rev:
+                await kv.update(key, value, last=rev)
+            else:
+                await kv.create(key, value)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            continue  # raised meanwhile: read again
+        return
 
 
 async def next_fence(js: Any, names: ChannelNames, after: int) -> tuple[int, int, str] | None:
