@@ -860,6 +860,34 @@ def test_an_undecodable_message_ends_the_scanner_instead_of_a_read_retried_for_e
                     s.recv(timeout=10)
 
 
+def test_a_backend_scanner_dropped_without_close_releases_its_consumer(opener: wn.NatsOpener) -> None:
+    """A bare ``NatsScanner`` (no adaptor) dropped without ``close()`` was held by its WAL's set and by its fetch
+    task, so its consumer, subscription and task lived until the WAL closed: a program reading now and then leaked
+    one consumer per read. The scanner collected unclosed now closes its reader."""
+    import gc
+
+    w = opener.open(chan())
+    w.append(msg(0))
+    names = w._names  # type: ignore[attr-defined]
+
+    def consumers() -> int:
+        return int(opener.run_api(opener.js.stream_info(names.stream), "info").state.consumer_count)
+
+    s = w.read(ReadOption("dropped"))
+    kept = w.read(ReadOption("kept"))
+    assert drain(s, 1) == drain(kept, 1) == [0]  # both consumers are made
+    assert consumers() == 2
+    del s
+    gc.collect()
+    deadline = time.monotonic() + 20
+    while consumers() != 1:
+        assert time.monotonic() < deadline, "the dropped scanner's consumer is still there"
+        time.sleep(0.1)
+    w.append(msg(1))
+    assert drain(kept, 1) == [1]  # the other scanner goes on
+    w.close()
+    assert kept.done().is_set()
+
 def test_deleted_stream_ends_scanners_with_an_error(opener: wn.NatsOpener) -> None:
     w = opener.open(chan())
     w.append(msg(0))

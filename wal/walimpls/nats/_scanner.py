@@ -18,12 +18,13 @@ import contextlib
 import json
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ...errors import InvalidMessageError, ShutdownError, WALError, WALIOError, WALTimeoutError
-from ...message import ImmutableMessage
+from ...message import ImmutableMessage, MessageID
 from .._interfaces import ScannerImpls
 from ._headers import H_FENCE, decode_properties
 from ._loop import LoopThread
@@ -77,6 +78,12 @@ def _seqs(reply: str) -> tuple[int, int]:
 
 
 class NatsScanner(ScannerImpls):
+    """What the caller holds: a handle on a :class:`_Reader`, which its fetch task (on the client's loop) keeps
+    alive. The reader was the scanner itself, so one dropped without ``close()`` was never collected: its consumer,
+    subscription and task lived until the WAL closed (the WAL holds its scanners weakly too). The handle is
+    collected, and its finalizer hands the reader's ``close`` to the loop: a finalizer may run in any thread, even one
+    holding a lock that ``close`` takes, and ``call_soon_threadsafe`` takes none."""
+
     def __init__(
         self,
         name: str,
@@ -87,6 +94,52 @@ class NatsScanner(ScannerImpls):
         start_seq: int,
         buffer: int,
         on_close: Any,
+    ) -> None:
+        self._r = _Reader(name, lt, nc, js, names, start_seq, buffer)
+        self._on_close = on_close
+        self._reap = weakref.finalize(self, lt.call_soon, self._r.close)
+        self._reap.atexit = False
+
+    @property
+    def name(self) -> str:
+        return self._r.name
+
+    def recv(self, timeout: float | None = None) -> ImmutableMessage:
+        return self._r.recv(timeout)
+
+    def recv_batch(self, max_messages: int, timeout: float | None = None) -> list[ImmutableMessage]:
+        return self._r.recv_batch(max_messages, timeout)
+
+    def skipped_to(self) -> MessageID | None:
+        return self._r.skipped_to()
+
+    def done(self) -> threading.Event:
+        return self._r.done()
+
+    def error(self) -> BaseException | None:
+        return self._r.error()
+
+    @property
+    def reconnects(self) -> int:
+        """Consumers re-created after trouble (for tests and metrics)."""
+        return self._r.reconnects
+
+    def close(self) -> None:
+        self._reap.detach()
+        self._r.close()
+        self._on_close(self)
+
+
+class _Reader:
+    def __init__(
+        self,
+        name: str,
+        lt: LoopThread,
+        nc: Any,
+        js: Any,
+        names: ChannelNames,
+        start_seq: int,
+        buffer: int,
     ) -> None:
         self._name = name
         self._lt = lt
@@ -107,7 +160,6 @@ class NatsScanner(ScannerImpls):
         self._done = threading.Event()
         self._err: BaseException | None = None
         self._closed = False
-        self._on_close = on_close
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0  # consumers re-created after trouble (for tests and metrics)
         lt.submit(self._start()).result(10)
@@ -186,7 +238,6 @@ class NatsScanner(ScannerImpls):
         if t is not None:
             self._lt.call_soon(t.cancel)
         self._done.set()
-        self._on_close(self)
 
     # -- fetch task (event loop) ----------------------------------------------------------------------------------
     def _push(self, items: list[_Raw], gaps: list[tuple[int, int]]) -> None:

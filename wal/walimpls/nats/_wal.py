@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,9 @@ class NatsWAL(WALImpls):
         self._names = names
         self._pub = publisher
         self._lock = threading.Lock()
-        self._scanners: set[NatsScanner] = set()
+        # Weak: a scanner dropped without close() is collected and closes its reader (see NatsScanner); close() ends
+        # the rest.
+        self._scanners: weakref.WeakSet[NatsScanner] = weakref.WeakSet()
         self._closed = False
 
     @property
