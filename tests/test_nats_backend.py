@@ -648,6 +648,38 @@ def test_a_writer_whose_fence_record_retention_deleted_survives_a_server_restart
         s.kill()
 
 
+
+def test_a_writer_whose_channel_max_age_emptied_survives_a_server_restart(tmp_path: Path) -> None:
+    """The same with ``max_age``: once it emptied the channel, the re-fence after an append that timed out found
+    neither a fence record nor a data message, took that for a newer writer ("term 0"), and fenced the owner for
+    good."""
+    s = NatsServer(tmp_path)
+    try:
+        s.start()
+        s.wait_ready()
+        with wn.NatsOpenerBuilder().build(servers=s.url, max_age=1.0, duplicate_window=0.5, publish_timeout=0.5,
+                                          append_timeout=2.0) as op:
+            name = f"ch-{uuid.uuid4().hex[:8]}"
+            w = op.open(chan(5, name=name))
+            w.append(msg(0))
+            _await_data_expired(op, name)
+            s.kill(signal.SIGKILL)
+            with pytest.raises(WALTimeoutError):
+                w.append(msg(1))
+            s.start()
+            s.wait_ready()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    w.append(msg(2))
+                    break
+                except (WALTimeoutError, WALIOError):  # not FencedError
+                    assert time.monotonic() < deadline
+            with pytest.raises(FencedError, match="owned by term 5"):
+                op.open(chan(4, name=name))
+    finally:
+        s.kill()
+
 @pytest.mark.slow
 def test_stalled_server_resends_without_duplicates(tmp_path: Path) -> None:
     """SIGSTOP the server so acks stop: the writer resends after publish_timeout; when the server resumes it sees

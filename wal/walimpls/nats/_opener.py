@@ -17,7 +17,7 @@ from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls
 from ._loop import LoopThread
 from ._naming import channel_names
 from ._options import NatsOptions, parse_options
-from ._publisher import Publisher, raise_term_floor
+from ._publisher import Publisher, TermFloor
 from ._wal import NatsWAL
 
 __all__ = ["NatsOpener", "NatsOpenerBuilder"]
@@ -165,14 +165,9 @@ class NatsOpener(OpenerImpls):
         w: NatsWAL
         if ch.access_mode is AccessMode.RW:
             writer = secrets.token_hex(8)
-            pub = Publisher(self.js, names, self.options, ch.name, ch.term, writer, replicas > 1)
-            if aged:
-                bucket = self.options.stream_prefix + "terms"
-                self.run_api(
-                    raise_term_floor(self.js, bucket, names.stream[len(self.options.stream_prefix):], ch.term,
-                                     ch.name, replicas),
-                    f"raise the term floor of channel {ch.name!r} to {ch.term} (bucket {bucket})",
-                )
+            prefix = self.options.stream_prefix
+            floor = TermFloor(prefix + "terms", names.stream[len(prefix):], replicas) if aged else None
+            pub = Publisher(self.js, names, self.options, ch.name, ch.term, writer, replicas > 1, floor)
             self.run_api(pub.fence(first=True), f"fence channel {ch.name!r} at term {ch.term}")
             self.run_api(pub.start(self.nc), "subscribe to acks")
             w = NatsWAL(self, ch, names, pub)
@@ -187,7 +182,7 @@ class NatsOpener(OpenerImpls):
 
     async def _ensure_stream(self, channel: str, names: Any, rw: bool) -> tuple[int, bool]:
         """Create the channel's stream unless it exists; its replica count, and whether it has ``max_age`` (a writer
-        then keeps the channel's term outside it: :func:`raise_term_floor`). Timeouts (a cluster electing its meta
+        then keeps the channel's term outside it: :class:`TermFloor`). Timeouts (a cluster electing its meta
         leader, a node restarting) are retried for a few request timeouts."""
         import nats.errors
 

@@ -29,6 +29,7 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ...errors import FencedError, InvalidArgumentError, ShutdownError, WALIOError, WALTimeoutError
@@ -45,7 +46,7 @@ from ._headers import (
 from ._naming import ChannelNames
 from ._options import NatsOptions
 
-__all__ = ["Publisher", "raise_term_floor", "read_fence"]
+__all__ = ["Publisher", "TermFloor", "raise_term_floor", "read_fence", "read_term_floor"]
 
 ERR_WRONG_LAST_SEQ = 10071
 ERR_WRONG_LAST_MSG_ID = 10070
@@ -125,55 +126,89 @@ async def read_fence(js: Any, names: ChannelNames) -> tuple[int, int, str]:
     return 0, term, writer if dot else ""
 
 
-async def raise_term_floor(js: Any, bucket: str, key: str, term: int, channel: str, replicas: int) -> None:
-    """Raise the channel's term floor, kept in the KV bucket ``bucket``, to ``term``; :class:`FencedError` if it is
-    higher. Only for streams with ``max_age``, before the fence record.
+@dataclass(frozen=True, slots=True)
+class TermFloor:
+    """Where a channel whose stream has ``max_age`` keeps its term: ``key`` of the KV bucket ``bucket``.
 
     ``max_age`` deletes fence records with the data, so a channel idle for longer than it had no term left and any
     term opened it. Per-message TTLs (``Nats-TTL: never`` on the fence records) do not help: nats-server 2.15.1
-    expires such records at its restart all the same. The bucket has no limits. The floor is raised before the fence
-    record, with a compare-and-set on the key's revision, so it is never below the term of a stored fence record; the
-    fence record's own compare-and-set still decides between writers opening at once (a floor raised by a writer
-    that then lost to a higher term is below that term's).
+    expires such records at its restart all the same. The bucket has no limits.
     """
+
+    bucket: str
+    key: str
+    replicas: int  # for the bucket, when a writer's open makes it
+
+
+async def _floor_bucket(js: Any, floor: TermFloor) -> Any:
     import nats.js.api as api
     import nats.js.errors
 
     try:
-        kv = await js.key_value(bucket)
+        return await js.key_value(floor.bucket)
     except nats.js.errors.BucketNotFoundError:
-        cfg = api.KeyValueConfig(
-            bucket=bucket,
-            description="wal: the highest term that opened each channel whose stream has max_age",
-            history=1,
-            storage=api.StorageType.FILE,
-            replicas=replicas,
-        )
-        try:
-            kv = await js.create_key_value(cfg)
-        except nats.js.errors.BadRequestError as e:
-            if _api_code(e) != 10058:  # stream name already in use: another opener made it meanwhile
-                raise
-            kv = await js.key_value(bucket)
-    value = str(term).encode()
+        pass
+    cfg = api.KeyValueConfig(
+        bucket=floor.bucket,
+        description="wal: the term and writer that last opened each channel whose stream has max_age",
+        history=1,
+        storage=api.StorageType.FILE,
+        replicas=floor.replicas,
+    )
+    try:
+        return await js.create_key_value(cfg)
+    except nats.js.errors.BadRequestError as e:
+        if _api_code(e) != 10058:  # stream name already in use: another opener made it meanwhile
+            raise
+        return await js.key_value(floor.bucket)
+
+
+async def _read_floor(kv: Any, key: str) -> tuple[int, str, int]:
+    """(term, writer id, revision) of the floor; (0, "", 0) when none."""
+    import nats.js.errors
+
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return 0, "", 0
+    term, _, writer = bytes(entry.value or b"0").decode().partition(" ")
+    return int(term), writer, int(entry.revision or 0)
+
+
+async def read_term_floor(js: Any, floor: TermFloor) -> tuple[int, str]:
+    """The term and writer id of the channel's last writer open, as its floor says; (0, "") when none."""
+    import nats.js.errors
+
+    try:
+        kv = await js.key_value(floor.bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return 0, ""
+    term, writer, _ = await _read_floor(kv, floor.key)
+    return term, writer
+
+
+async def raise_term_floor(js: Any, floor: TermFloor, term: int, writer: str, channel: str) -> None:
+    """Make the floor this writer's (term and writer id); :class:`FencedError` if it holds a higher term.
+
+    Raised before the fence record, with a compare-and-set on the key's revision, so it is never below the term of a
+    stored fence record; the fence record's own compare-and-set still decides between writers opening at once (a
+    floor made by a writer that then lost to a higher term is overwritten by that term's, made before its fence).
+    """
+    import nats.js.errors
+
+    kv = await _floor_bucket(js, floor)
+    value = f"{term} {writer}".encode()
     while True:
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            floor, rev = 0, 0
-        else:
-            floor, rev = int(entry.value or b"0"), int(entry.revision or 0)
-        if floor > term:
-            raise FencedError(f"nats: channel {channel!r} is owned by term {floor}, cannot open with term {term}")
-        if floor == term:
-            return
+        have, _, rev = await _read_floor(kv, floor.key)
+        if have > term:
+            raise FencedError(f"nats: channel {channel!r} is owned by term {have}, cannot open with term {term}")
         try:
             if rev:
-                await kv.update(key, value, last=rev)
+                await kv.update(floor.key, value, last=rev)
             else:
-                await kv.create(key, value)
+                await kv.create(floor.key, value)
         except nats.js.errors.KeyWrongLastSequenceError:
-            continue  # raised meanwhile: read again
+            continue  # changed meanwhile: read again
         return
 
 
@@ -202,6 +237,7 @@ class Publisher:
         term: int,
         writer: str,
         replicated: bool,
+        floor: TermFloor | None = None,
     ) -> None:
         self._js = js
         self._names = names
@@ -209,6 +245,7 @@ class Publisher:
         self._channel = channel
         self._term = term
         self._writer = writer
+        self._floor = floor  # streams with max_age: the term kept outside the stream
         self._next = 0  # set by fence()
         self._last_msg_id = ""
         self._fences = 0
@@ -427,7 +464,7 @@ class Publisher:
             await self._resend(gen)
             return
         try:
-            _, term, writer = await read_fence(self._js, self._names)
+            _, term, writer = await self._owner()
         except Exception:
             await self._resend(gen)
             return
@@ -451,9 +488,11 @@ class Publisher:
         stored record must still be ours. The record is a compare-and-set on the fence subject (expected last
         subject sequence), so two writers opening at once cannot both pass the check.
         """
+        if first and self._floor is not None:
+            await raise_term_floor(self._js, self._floor, self._term, self._writer, self._channel)
         deadline = time.monotonic() + self._opts.request_timeout * 3
         while True:
-            fseq, term, writer = await read_fence(self._js, self._names)
+            fseq, term, writer = await self._owner()
             if term > self._term:
                 raise FencedError(
                     f"nats: channel {self._channel!r} is owned by term {term}, cannot open with term {self._term}"
@@ -485,6 +524,15 @@ class Publisher:
             self._next = (self._fence_seq if self._strict else await self._settle(self._fence_seq)) + 1
             self._last_msg_id = msg_id
             return
+
+    async def _owner(self) -> tuple[int, int, str]:
+        """The last fence record (or, with none left, the last data message: :func:`read_fence`); on a channel that
+        ``max_age`` emptied, the floor's term and writer. With nothing left, a re-fence (after a server restart) took
+        the channel for a newer writer's, "term 0", and fenced its owner for good."""
+        fseq, term, writer = await read_fence(self._js, self._names)
+        if self._floor is not None and term == 0 and not writer:
+            term, writer = await read_term_floor(self._js, self._floor)
+        return fseq, term, writer
 
     async def _settle(self, last: int) -> int:
         """Replicated streams: wait until the stream stops growing, so that a previous writer's publishes still in
