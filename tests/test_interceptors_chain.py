@@ -52,6 +52,20 @@ class WithReady(Plain):
         return self.ev
 
 
+def test_a_chain_that_cannot_start_its_ready_thread_raises_a_wal_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 17b: at the process's thread limit (hundreds of channels open) the chain's wait for its interceptors'
+    ``ready`` raised a bare ``RuntimeError: can't start new thread`` out of the WAL's open; every error of the
+    library is a ``WALError``."""
+    from wal.errors import WALError
+
+    def start(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(WALError, match="thread limit"):
+        ChainedInterceptor([WithReady([], "r")])
+
+
 @pytest.mark.parametrize("n", range(5))
 def test_nesting_single_and_batch(n: int) -> None:
     log: list[str] = []

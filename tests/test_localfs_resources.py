@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from wal import AccessMode, OpenOption, PChannelInfo, ReadOption, registry
+from wal.errors import WALError
 from wal.message import MessageType, MutableMessage
 from wal.options import DeliverPolicy
 
@@ -229,13 +230,70 @@ def test_an_open_that_cannot_start_its_sync_thread_leaves_no_descriptor(
         kept = gauge()
         monkeypatch.setattr(threading.Thread, "start", start)
         for _ in range(5):
-            with pytest.raises(RuntimeError):
+            with pytest.raises(WALError, match="thread limit"):  # a bare RuntimeError before session 17
                 op.open(OpenOption(channel=PChannelInfo(name="p1", term=1)))
         assert _open_fds(chdir) == 0
         assert gauge() == kept  # 5 more before
         monkeypatch.undo()
         with op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:  # and the channel still opens
             w.append(MutableMessage(MessageType.INSERT, b"x"))
+
+
+@pytest.mark.parametrize("sync", ["always", "interval"])
+def test_at_the_thread_limit_opens_and_reads_raise_a_wal_error_and_leave_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: str
+) -> None:
+    """Review 17b (many channels in one process): each open writer has a thread (two with ``sync="interval"``), so a
+    process with hundreds of channels can reach its thread limit. The open then raised a bare ``RuntimeError: can't
+    start new thread`` (every error of the library is a ``WALError``), and so did ``async for`` on a scanner (its
+    worker thread) and the first read-only open or read of the process (the reaper's thread). Now: a ``WALError``
+    that names the limit, nothing half open (no descriptor, the channel's lock free), the other channels unharmed;
+    the reaper, one per process, is started at a later call instead."""
+    import asyncio
+    import threading
+
+    from wal.adaptor import _reaper
+
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), sync=sync, segment_bytes=1 << 20)
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("wal-"):  # the library's threads (watchdog's keep theirs: it falls back to polling)
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    with op:
+        good = op.open(OpenOption(channel=PChannelInfo(name="good", term=1)))
+        good.append(MutableMessage(MessageType.INSERT, b"g1"))
+        s = good.read(ReadOption(deliver_policy=DeliverPolicy.all()))
+        monkeypatch.setattr(_reaper, "_thread", None)  # as in a process that has not started it yet
+        limit = pytest.MonkeyPatch()
+        limit.setattr(threading.Thread, "start", start)
+        for _ in range(3):
+            with pytest.raises(WALError, match="thread limit"):
+                op.open(OpenOption(channel=PChannelInfo(name="p1", term=1)))
+        assert _open_fds(tmp_path / "p1") == 0
+
+        async def first() -> object:
+            async for m in s:
+                return m
+            return None
+
+        with pytest.raises(WALError, match="thread limit"):
+            asyncio.run(first())
+        ro = op.open(OpenOption(channel=PChannelInfo(name="good", access_mode=AccessMode.RO)))
+        with ro.read(ReadOption(deliver_policy=DeliverPolicy.all())) as rs:
+            assert rs.recv(timeout=10).message_type is MessageType.TIME_TICK
+        limit.undo()
+        assert _reaper._thread is None
+        assert good.append(MutableMessage(MessageType.INSERT, b"g2")).message_id is not None
+        assert asyncio.run(first()) is not None  # the same scanner, once threads start again
+        with op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:  # its lock was left free
+            w.append(MutableMessage(MessageType.INSERT, b"x"))
+        ro.close()
+        s.close()
+        with good.read(ReadOption(deliver_policy=DeliverPolicy.all())):
+            assert _reaper._thread is not None and _reaper._thread.is_alive()  # started by a later call
 
 
 def test_an_open_txn_does_not_keep_the_payloads_appended_after_it(tmp_path: Path) -> None:

@@ -195,7 +195,14 @@ class AppendDispatcher:
         self._exited = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"wal-append-{name}", daemon=True)
         self._future_cls._settler = self._thread  # result() refuses to wait for itself there (see AppendFuture)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError as e:  # a bare RuntimeError escaped the open, where every error is a WALError
+            raise WALError(
+                f"wal {name}: cannot start its append thread ({e}): each WAL open for writing has one, so this "
+                "process has reached its thread limit; close WALs, or raise the limit (ulimit -u, the cgroup's "
+                "pids.max)"
+            ) from e
         _live.add(self)
 
     # -- producers ----------------------------------------------------------------------------------------------

@@ -50,8 +50,12 @@ def ensure_running() -> None:
         return
     with _start_lock:
         if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_run, args=(_queue,), name="wal-scanner-reaper", daemon=True)
-            _thread.start()
+            t = threading.Thread(target=_run, args=(_queue,), name="wal-scanner-reaper", daemon=True)
+            try:
+                t.start()
+            except RuntimeError:  # at the thread limit: what is dropped waits in the queue for the next call's thread
+                return  # (raised, it failed the read or open that called, a bare RuntimeError, half made)
+            _thread = t
 
 
 def put(release: Callable[[], object]) -> None:

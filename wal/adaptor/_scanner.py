@@ -603,7 +603,19 @@ class _AsyncMessages:
                 return m
             self._streak = 0
             try:
-                await asyncio.get_running_loop().run_in_executor(s._async_worker(), s._wait, 0.2, False)
+                waited = asyncio.get_running_loop().run_in_executor(s._async_worker(), s._wait, 0.2, False)
+            except ShutdownError:
+                continue
+            except RuntimeError as e:  # the worker thread could not start, or close() shut the worker down
+                if s._closing.is_set():
+                    continue
+                raise WALError(
+                    f"scanner {s._name}: cannot start the thread that waits for messages for async for ({e}): this "
+                    "process has reached its thread limit; close scanners or WALs, or raise the limit (ulimit -u, "
+                    "the cgroup's pids.max); the scanner stays open and a later step tries again"
+                ) from e
+            try:
+                await waited
             except TimeoutError:
                 continue
             except ShutdownError:

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from ..errors import WALError
 from ..message import MessageID, MutableMessage
 from ._interfaces import (
     AppendFunc,
@@ -84,7 +85,13 @@ class ChainedInterceptor:
             self._single_steps.append(s)
         waits = [ic.ready() for ic in self._interceptors if isinstance(ic, InterceptorWithReady)]
         if waits:
-            threading.Thread(target=self._wait_ready, args=(waits,), name="wal-chain-ready", daemon=True).start()
+            try:
+                threading.Thread(target=self._wait_ready, args=(waits,), name="wal-chain-ready", daemon=True).start()
+            except RuntimeError as e:  # a bare RuntimeError escaped the open, where every error is a WALError
+                raise WALError(
+                    f"cannot start the thread that waits for the interceptors to be ready ({e}): this process has "
+                    "reached its thread limit; close WALs, or raise the limit (ulimit -u, the cgroup's pids.max)"
+                ) from e
         else:
             self._ready.set()
 

@@ -31,6 +31,7 @@ from ...errors import (
     InvalidArgumentError,
     InvalidMessageIDError,
     ShutdownError,
+    WALError,
     WALIOError,
 )
 from ...message import MessageID, MessageType, MutableMessage
@@ -293,11 +294,17 @@ class LocalFSWAL(_Base):
                                             daemon=True)
             try:
                 self._syncer.start()
-            except BaseException:  # at the thread limit: as a failed recovery, else each failed open kept two fds
+            except BaseException as e:  # at the thread limit: as a failed recovery, else each failed open kept two fds
                 self._syncer = None
                 self._lock_fd = None  # still the opener's to close
                 self._close_fds()
                 self._log.retire()
+                if isinstance(e, RuntimeError):  # "can't start new thread": a WALError, as every error of an open
+                    raise WALError(
+                        f"localfs channel {channel.name!r}: cannot start its sync thread ({e}): sync='interval' "
+                        "takes one per channel open for writing, so this process has reached its thread limit; close "
+                        "WALs, or raise the limit (ulimit -u, the cgroup's pids.max)"
+                    ) from e
                 raise
 
     # -- files -------------------------------------------------------------------------------------------------------
