@@ -14,6 +14,7 @@ from wal import AccessMode, OpenOption, PChannelInfo, ReadOption, registry
 from wal.errors import WALError
 from wal.message import MessageType, MutableMessage
 from wal.options import DeliverPolicy
+from wal.walimpls import ReadOption as ImplsReadOption
 
 
 def _channel_maps(chdir: Path) -> int:
@@ -294,6 +295,90 @@ def test_at_the_thread_limit_opens_and_reads_raise_a_wal_error_and_leave_nothing
         s.close()
         with good.read(ReadOption(deliver_policy=DeliverPolicy.all())):
             assert _reaper._thread is not None and _reaper._thread.is_alive()  # started by a later call
+
+
+_AT_THE_FD_LIMIT = """
+import os, resource, sys
+from wal import OpenOption, PChannelInfo, registry
+from wal.errors import WALIOError
+from wal.message import MessageType, MutableMessage
+
+def fds():  # without a descriptor of its own (listing /proc/self/fd needs one)
+    n = 0
+    for fd in range(1024):
+        try:
+            os.fstat(fd)
+            n += 1
+        except OSError:
+            pass
+    return n
+
+op = registry.must_get_builder("localfs").build(root=sys.argv[1], segment_bytes=64 << 10)
+ws = [op.open(OpenOption(channel=PChannelInfo(name=f"c{i}", term=1))) for i in range(3)]
+resource.setrlimit(resource.RLIMIT_NOFILE, (fds() + 6, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+failed = None
+for i in range(3, 20):
+    before = fds()
+    try:
+        ws.append(op.open(OpenOption(channel=PChannelInfo(name=f"c{i}", term=1))))
+    except WALIOError as e:
+        assert fds() == before, (before, fds())  # nothing half open
+        failed = i
+        print(e)
+        break
+assert failed is not None
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+for w in ws:
+    w.append(MutableMessage(MessageType.INSERT, b"x"))  # the others unharmed
+with op.open(OpenOption(channel=PChannelInfo(name=f"c{failed}", term=1))) as w:  # its lock was left free
+    w.append(MutableMessage(MessageType.INSERT, b"x"))
+op.close()
+print("ok")
+"""
+
+
+def test_an_open_at_the_descriptor_limit_says_which_limit_and_leaves_nothing(tmp_path: Path) -> None:
+    """Review 17b (many channels in one process; a real ``RLIMIT_NOFILE``, in a child process): an open at the
+    limit raised ``WALIOError: ... [Errno 24] Too many open files: '.../00000000000000000001.idx'``, which names a
+    file and reads like a disk problem. It now says that the process has no descriptor left, which limit to raise,
+    and what a channel uses; as before, it leaves nothing open and the other channels work on."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _AT_THE_FD_LIMIT, str(tmp_path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.endswith("ok\n"), r.stdout + r.stderr
+    assert "Too many open files" in r.stdout and "ulimit -n" in r.stdout and "a writer holds 4" in r.stdout, r.stdout
+
+
+def test_a_writer_failing_at_the_descriptor_limit_says_which_limit(tmp_path: Path) -> None:
+    """Review 17b: a writer that reaches the limit while it rolls a segment closes for good (as for any I/O error:
+    see README), and its error named only the file. It says which limit now, and so does a reader's."""
+    import errno
+
+    from wal.walimpls.localfs import FileOps
+
+    class AtTheLimit(FileOps):
+        full = False
+
+        def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+            if self.full:
+                raise OSError(errno.EMFILE, "Too many open files", path)
+            return super().open(path, flags, mode)
+
+    ops = AtTheLimit()
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=64 << 10, _file_ops=ops)
+    with op, op.open(OpenOption(channel=PChannelInfo(name="p1", term=1))) as w:
+        ops.full = True
+        with pytest.raises(WALError, match="ulimit -n"):
+            for _ in range(400):  # 200 KB: a roll
+                w.append(MutableMessage(MessageType.INSERT, b"z" * 500))
+        ro = op.open(OpenOption(channel=PChannelInfo(name="p1", access_mode=AccessMode.RO)))
+        backend = ro._impls.read(ImplsReadOption(name="r", deliver_policy=DeliverPolicy.all()))  # type: ignore[attr-defined]
+        with pytest.raises(WALError, match="ulimit -n"):
+            backend.recv_batch(1, timeout=0)
+        backend.close()
+        ops.full = False
 
 
 def test_an_open_txn_does_not_keep_the_payloads_appended_after_it(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import time
 
 from ..._metrics import metrics
 
-__all__ = ["DEFAULT_FILE_OPS", "FileOps", "NotRegularFileError"]
+__all__ = ["DEFAULT_FILE_OPS", "FileOps", "NotRegularFileError", "limit_hint"]
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _IOV_MAX = 1024
@@ -34,6 +34,23 @@ _IOV_MAX = 1024
 
 class NotRegularFileError(OSError):
     """A file the backend opened is a FIFO, a device, a socket or a directory, not the regular file its name says."""
+
+
+def limit_hint(e: BaseException) -> str:
+    """What to do, for an error that is a limit of the process or the system rather than the disk (else "").
+
+    Why: a process with hundreds of channels open reaches these limits, and ``[Errno 24] Too many open files``
+    alone does not say which limit, what uses it, or that the disk is fine."""
+    n = getattr(e, "errno", None)
+    if n == errno.EMFILE:
+        return (" (this process has no file descriptor left: raise its limit, `ulimit -n` or systemd's LimitNOFILE=, "
+                "or open fewer channels; a writer holds 4, a read-only WAL 1, and each segment a reader maps 1 more)")
+    if n == errno.ENFILE:
+        return " (the system has no file descriptor left: raise fs.file-max, or close files)"
+    if n == errno.ENOMEM:
+        return (" (no memory for a new map: the process may be at vm.max_map_count, where each segment a reader "
+                "maps is one map, or at its memory limit)")
+    return ""
 
 
 def _kind(mode: int) -> str:

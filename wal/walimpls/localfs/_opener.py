@@ -16,7 +16,7 @@ from ..._checks import seconds
 from ..._types import AccessMode, OpenOption
 from ...errors import FencedError, InvalidArgumentError, ShutdownError, WALIOError, WALLockedError
 from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls, unknown_options_error
-from ._fileops import DEFAULT_FILE_OPS, FileOps
+from ._fileops import DEFAULT_FILE_OPS, FileOps, limit_hint
 from ._format import DATA_START, LOCK_NAME, TERM_NAME
 from ._lock import LockRefusedError
 from ._lock import release as release_lock
@@ -214,7 +214,7 @@ class LocalFSOpener(OpenerImpls):
                 try:
                     ensure_dir(fops, chdir)
                 except OSError as e:
-                    raise WALIOError(f"localfs: cannot create channel directory {chdir}: {e}") from e
+                    raise WALIOError(f"localfs: cannot create channel directory {chdir}: {e}{limit_hint(e)}") from e
                 w = self._open_rw(opt, chdir, hub)
             with self._lock:
                 if not self._closed:
@@ -242,7 +242,7 @@ class LocalFSOpener(OpenerImpls):
         except LockRefusedError as e:
             raise WALLockedError(f"localfs channel {ch.name!r} ({lock_path}): {e.describe()}; stop it first") from None
         except OSError as e:
-            raise WALIOError(f"localfs: opening channel {ch.name!r} failed: {e}") from e
+            raise WALIOError(f"localfs: opening channel {ch.name!r} failed: {e}{limit_hint(e)}") from e
         try:
             stored = read_term(fops, chdir)
             if ch.term < stored:
@@ -261,7 +261,7 @@ class LocalFSOpener(OpenerImpls):
         except BaseException as e:
             release_lock(fops, lock_fd)
             if isinstance(e, OSError):
-                raise WALIOError(f"localfs: opening channel {ch.name!r} failed: {e}") from e
+                raise WALIOError(f"localfs: opening channel {ch.name!r} failed: {e}{limit_hint(e)}") from e
             raise
 
     # -- watchdog wake-ups for read-only followers -------------------------------------------------------------------

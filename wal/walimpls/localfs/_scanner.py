@@ -35,7 +35,7 @@ from ...errors import CorruptedError, ShutdownError, WALIOError, WALTimeoutError
 from ...message import ImmutableMessage, MessageType
 from ...options import DeliverPolicy, DeliverPolicyKind
 from .._interfaces import ReadOption, ScannerImpls
-from ._fileops import FileOps, NotRegularFileError
+from ._fileops import FileOps, NotRegularFileError, limit_hint
 from ._format import (
     DATA_START,
     LC_ID,
@@ -607,7 +607,7 @@ class LocalFSScanner(ScannerImpls):
             try:
                 self._position()  # "latest" is fixed when read() returns
             except OSError as e:  # as recv_batch says it: every error of the library is a WALError
-                raise WALIOError(f"localfs scanner {self._name!r}: {e}") from e
+                raise WALIOError(f"localfs scanner {self._name!r}: {e}{limit_hint(e)}") from e
 
     @property
     def name(self) -> str:
@@ -656,7 +656,7 @@ class LocalFSScanner(ScannerImpls):
                     self._done.set()
                     raise
                 except OSError as e:  # e.g. no more maps or file descriptors: the scanner may be retried
-                    raise WALIOError(f"localfs scanner {self._name!r}: {e}") from e
+                    raise WALIOError(f"localfs scanner {self._name!r}: {e}{limit_hint(e)}") from e
                 if out:
                     return out
                 if hub.arm is not None:  # a channel directory not made yet: watch it once it exists

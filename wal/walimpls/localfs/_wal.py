@@ -36,7 +36,7 @@ from ...errors import (
 )
 from ...message import MessageID, MessageType, MutableMessage
 from .._interfaces import ReadOption, ScannerImpls, WALImpls
-from ._fileops import FileOps
+from ._fileops import FileOps, limit_hint
 from ._format import (
     CLOSE_MAGIC,
     CLOSE_OFF,
@@ -546,7 +546,7 @@ class LocalFSWAL(_Base):
     def _fail(self, err: BaseException) -> None:
         """An I/O error closes the WAL: after a failed fdatasync the kernel may have dropped the data."""
         if self._err is None:
-            msg = f"localfs channel {self._channel}: {type(err).__name__}: {err}"
+            msg = f"localfs channel {self._channel}: {type(err).__name__}: {err}{limit_hint(err)}"
             self._err = WALIOError(msg)
             self._err.__cause__ = err
             # A reopen recovers from an I/O error; for a channel deleted or replaced under the writer it makes a new,
