@@ -304,3 +304,55 @@ def test_a_follower_mapped_in_an_empty_segment_reads_it_after_the_writer_grew_an
         s.close()
         ro.close()
         w.close()
+
+
+def test_an_idle_follower_read_in_slices_keeps_its_poll_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 17b (many followers in one process): each ``recv_batch`` started polling at 1 ms and doubled to 50 ms,
+    so a caller waiting in slices (``async for`` waits 0.2 s at a time) made an idle follower poll about 10 times a
+    slice instead of 4-5: 300 idle ``async for`` followers took a whole core (75 % now). Counted on a fake clock (the
+    waits the scanner asks for), not timed: after a slice that found nothing, the next starts at the longest wait,
+    and a message found starts it afresh."""
+    from types import SimpleNamespace
+
+    from wal.walimpls.localfs import _scanner
+
+    def no_watch(hub: object) -> object:  # no inotify wake-up may come in the middle of the count
+        raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(_opener, "_make_wake", no_watch)
+    w = open_rw(build(tmp_path))
+    w.append(msg(b"a", tt=1))
+    r = open_ro(build(tmp_path))
+    s = r.read(ReadOption(name="r"))
+    assert [bytes(m.payload) for m in s.recv_batch(10, timeout=5)] == [b"a"]
+    now = [0.0]
+    waits: list[float] = []
+
+    class Cond:
+        def wait(self, t: float) -> bool:
+            waits.append(t)
+            now[0] += t
+            return False
+
+        def notify_all(self) -> None:
+            pass
+
+    monkeypatch.setattr(_scanner, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(s._hub, "cond", Cond())
+    polls = []
+    for _ in range(5):
+        waits.clear()
+        with pytest.raises(WALTimeoutError):
+            s.recv_batch(10, timeout=0.2)
+        polls.append(len(waits))
+    assert polls[0] >= 8 and all(p <= 5 for p in polls[1:]), polls  # 4 waits of 50 ms (and rounding); was 9 each
+    monkeypatch.setattr(s._hub, "cond", threading.Condition(s._hub.lock))
+    monkeypatch.setattr(_scanner, "time", time)
+    w.append(msg(b"b", tt=2))
+    assert [bytes(m.payload) for m in s.recv_batch(10, timeout=5)] == [b"b"]
+    assert s._idle_wait == _scanner._MIN_BACKOFF
+    s.close()
+    r.close()
+    w.close()
