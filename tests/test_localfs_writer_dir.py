@@ -7,6 +7,7 @@ made and deleted files by path in the new directory, another writer's channel.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ from wal import OpenOption, PChannelInfo, ReadOption, registry
 from wal.errors import ShutdownError, WALIOError
 from wal.message import MessageType, MutableMessage
 from wal.options import DeliverPolicy
+from wal.walimpls.localfs import _wal
 from wal.walimpls.localfs._message_id import LocalFSMessageID
 from wal.walimpls.localfs._wal import DIR_CHECK_INTERVAL
 
@@ -181,3 +183,38 @@ def test_the_log_does_not_tell_to_reopen_a_writer_whose_directory_is_gone(
     assert "reopen it to recover" not in logged[0]
     w.close()
     op.close()
+
+
+@pytest.mark.parametrize("how", ["rmtree", "rename"])
+def test_a_writer_closed_right_after_its_directory_is_deleted_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """Closed within DIR_CHECK_INTERVAL of the deletion, no batch had checked: the appends acknowledged in that
+    window were gone and the close said nothing. The close checks once more: an error logged (close does not raise:
+    it reports storage failures in the log), and ``failure()`` says why."""
+    monkeypatch.setattr(_wal, "DIR_CHECK_INTERVAL", math.inf)  # every batch inside the window: none checks
+    op = build(tmp_path)
+    w = open_rw(op)
+    w.append(msg(b"kept", tt=1))
+    if how == "rmtree":
+        shutil.rmtree(tmp_path / "p1")
+    else:
+        os.rename(tmp_path / "p1", tmp_path / "moved")
+    w.append(msg(b"acknowledged, then lost", tt=2))
+    with caplog.at_level("ERROR", logger="wal.localfs"):
+        w.close()
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(logged) == 1 and "deleted or renamed away" in logged[0], logged
+    assert "reopen it to recover" not in logged[0]
+    assert isinstance(w.failure(), WALIOError)
+    op.close()
+    assert not (tmp_path / "p1").exists()
+    caplog.clear()
+    op = build(tmp_path)  # a writer whose directory stayed closes without a word
+    w = open_rw(op)
+    w.append(msg(b"kept", tt=1))
+    with caplog.at_level("WARNING", logger="wal.localfs"):
+        w.close()
+    assert not caplog.records and w.failure() is None
+    op.close()
+

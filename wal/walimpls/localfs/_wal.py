@@ -178,7 +178,8 @@ DIR_CHECK_INTERVAL = 0.001
 written this long after the last check checks it. One check (a ``stat`` of the path, an ``fstat`` of the active
 segment) costs about 3.3 us; done by every batch, it cost 2-3 % of a durable append, so appends acknowledged in the
 first millisecond after the directory is deleted may still be lost with it, and a writer appending less than once a
-millisecond checks every batch."""
+millisecond checks every batch. ``close`` checks once more, so that a writer closed within that millisecond does not
+close in silence."""
 
 
 class _Batch:
@@ -673,8 +674,8 @@ class LocalFSWAL(_Base):
         ever find (and a roll or a deletion by path then worked in whatever directory had been put in its place); so
         was the active segment deleted alone (``rm`` of the files), and the roll then left a gap. Checked once a
         batch is written and synced (so what is acknowledged was in the channel's directory once durable), at most
-        once per :data:`DIR_CHECK_INTERVAL`, and always before a roll and before a deletion. The held directory
-        keeps its inode number from going to a new directory.
+        once per :data:`DIR_CHECK_INTERVAL`, always before a roll and before a deletion, and at close. The held
+        directory keeps its inode number from going to a new directory.
         """
         fops = self._fops
         try:
@@ -975,6 +976,8 @@ class LocalFSWAL(_Base):
         self._close_scanners()
         try:
             if self._err is None:
+                self._check_dir_at_close()
+            if self._err is None:
                 self._write_close_summary()  # again, if a close cut short wrote it already
         except OSError as e:
             log.error("localfs channel %s: clean close failed (%s); the next open recovers", self._channel, e)
@@ -989,6 +992,19 @@ class LocalFSWAL(_Base):
             self._opener._release(self)
             self._hub.bump()
             self._released = True
+
+    def _check_dir_at_close(self) -> None:
+        """The last check (no batch runs now): the appends acknowledged since the last batch's check (up to
+        :data:`DIR_CHECK_INTERVAL`) were otherwise lost with a directory deleted meanwhile without a word. Found,
+        it closes the writer as a batch's check does (``_fail``: an error logged, ``failure()``), not by raising:
+        ``close`` reports storage failures in the log (a failed clean-close summary, the full WAL's last tick), as
+        it runs in ``with`` exits and ``finally`` blocks, where a raise hides the error being handled; and nothing
+        the caller could do then brings the appends back."""
+        try:
+            self._check_dir()
+        except ChannelGoneError as e:
+            with self._lock:
+                self._fail(e)
 
     def _write_close_summary(self) -> None:
         fops = self._fops
