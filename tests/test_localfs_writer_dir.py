@@ -7,6 +7,7 @@ made and deleted files by path in the new directory, another writer's channel.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -20,7 +21,7 @@ from wal import OpenOption, PChannelInfo, ReadOption, registry
 from wal.errors import ShutdownError, WALIOError
 from wal.message import MessageType, MutableMessage
 from wal.options import DeliverPolicy
-from wal.walimpls.localfs import _wal
+from wal.walimpls.localfs import FileOps, _wal
 from wal.walimpls.localfs._message_id import LocalFSMessageID
 from wal.walimpls.localfs._wal import DIR_CHECK_INTERVAL
 
@@ -218,3 +219,60 @@ def test_a_writer_closed_right_after_its_directory_is_deleted_says_so(
     assert not caplog.records and w.failure() is None
     op.close()
 
+
+class _NoStat(FileOps):
+    """``stat`` of one path refused (EACCES), as when a parent directory's mode changes under the process."""
+
+    refused = ""
+
+    def identity(self, path: str) -> tuple[int, int]:
+        if path == self.refused:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return super().identity(path)
+
+
+def test_a_writer_that_may_not_stat_its_directory_goes_on_and_says_so_as_a_follower_does(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The EACCES stopped the writer at its next batch's check, though its files are open (it can still make them
+    durable) and it had gone on until its next roll before the check existed; a read-only follower in the same case
+    retries and warns. The writer goes on, warns once (not at every check) and when the check works again; a roll,
+    which goes by path, still fails, and a deletion is still found (by the open segment's link count)."""
+    ops = _NoStat()
+    op = build(tmp_path, segment_bytes=4096, _file_ops=ops)
+    w = open_rw(op)
+    w.append(msg(b"a", tt=1))
+    ops.refused = str(tmp_path / "p1")
+    with caplog.at_level("WARNING", logger="wal.localfs"):
+        for i in range(3):
+            time.sleep(2 * DIR_CHECK_INTERVAL)
+            w.append(msg(b"b", tt=2 + i))
+        assert w.failure() is None
+        warned = [r.getMessage() for r in caplog.records]
+        assert len(warned) == 1 and "Permission denied" in warned[0] and ops.refused in warned[0], warned
+        ops.refused = ""
+        time.sleep(2 * DIR_CHECK_INTERVAL)
+        w.append(msg(b"c", tt=5))
+        assert "works again" in caplog.records[-1].getMessage()
+        ops.refused = str(tmp_path / "p1")
+        with pytest.raises(WALIOError, match="Permission denied"):  # a roll: by path
+            w.append_batch([msg(b"r" * 1500, tt=6 + i) for i in range(3)])
+    w.close()
+    op.close()
+    with build(tmp_path) as op:
+        got = [bytes(m.payload) for m in read_all(open_ro(op)) if m.message_type is not MessageType.TIME_TICK]
+    assert got[:5] == [b"a", b"b", b"b", b"b", b"c"]  # and what of the failed batch was written before its roll
+    assert set(got[5:]) <= {b"r" * 1500}
+
+    ops.refused = ""
+    shutil.rmtree(tmp_path / "p1")
+    op = build(tmp_path, _file_ops=ops)
+    w = open_rw(op)
+    w.append(msg(b"a", tt=1))
+    ops.refused = str(tmp_path / "p1")
+    shutil.rmtree(tmp_path / "p1")
+    time.sleep(2 * DIR_CHECK_INTERVAL)
+    with pytest.raises(WALIOError, match=r"active segment .* deleted"):
+        w.append(msg(b"lost", tt=2))
+    w.close()
+    op.close()

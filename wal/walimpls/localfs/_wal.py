@@ -181,6 +181,12 @@ first millisecond after the directory is deleted may still be lost with it, and 
 millisecond checks every batch. ``close`` checks once more, so that a writer closed within that millisecond does not
 close in silence."""
 
+DIR_UNCHECKED_WARNING_EVERY = 60.0
+"""Seconds between warnings while a writer may not ``stat`` its channel directory's path (EACCES: a parent's mode
+changed under it). It goes on, as a read-only follower does (its files are open, so it can still make them durable;
+its next roll, retention or ``truncate`` works by path and fails), and says so at the first failure, then at most this
+often, and once when the check works again."""
+
 
 class _Batch:
     """Records that will be written by one ``pwritev`` and made durable by one ``fdatasync``.
@@ -254,6 +260,8 @@ class LocalFSWAL(_Base):
             self._dir_fd = fops.open(chdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             self._dir_ident = fops.fidentity(self._dir_fd)
             self._dir_checked = _monotonic()
+            self._dir_unchecked_since: float | None = None  # a batch's check could not stat the path since then
+            self._dir_warned_at = -math.inf
             if not recovered.segments or recovered.segments[-1].sealed:
                 self._log.segments = (*self._log.segments, self._create_segment(self._next_id, opts.segment_bytes))
             if len(self._log.segments) > 1:  # a roll a crash cut short (before or after the successor): finish it
@@ -593,7 +601,7 @@ class LocalFSWAL(_Base):
         now = _monotonic()
         if now - self._dir_checked >= DIR_CHECK_INTERVAL:
             self._dir_checked = now
-            self._check_dir()
+            self._check_dir(by_path=False)
         self._publish()
 
     def _write_run(self, run: list[_Entry], first: int, run_bytes: int) -> None:
@@ -665,7 +673,7 @@ class LocalFSWAL(_Base):
             else:
                 self._dirty = True
 
-    def _check_dir(self) -> None:
+    def _check_dir(self, *, by_path: bool = True) -> None:
         """Raise :class:`ChannelGoneError` unless the channel's path still names the directory this writer holds, and
         its active segment is still there.
 
@@ -676,12 +684,25 @@ class LocalFSWAL(_Base):
         batch is written and synced (so what is acknowledged was in the channel's directory once durable), at most
         once per :data:`DIR_CHECK_INTERVAL`, always before a roll and before a deletion, and at close. The held
         directory keeps its inode number from going to a new directory.
+
+        A path it may not ``stat`` (EACCES) says nothing of which directory is there: ``by_path`` (a roll, a
+        deletion: they go by path, and would fail with it anyway) raises it; else the writer goes on, warned about
+        (:data:`DIR_UNCHECKED_WARNING_EVERY`), as a read-only follower does, and the active segment's link count
+        (an ``fstat``, no path) still tells a deletion.
         """
         fops = self._fops
         try:
             now: tuple[int, int] | None = fops.identity(self._chdir)
         except (FileNotFoundError, NotADirectoryError):
             now = None
+        except PermissionError as e:
+            if by_path:
+                raise
+            self._dir_unchecked(e)
+            now = self._dir_ident
+        else:
+            if self._dir_unchecked_since is not None:
+                self._dir_checked_again()
         if now != self._dir_ident:
             there = "nothing is at its path now" if now is None else "another directory is at its path now"
             raise ChannelGoneError(
@@ -695,6 +716,23 @@ class LocalFSWAL(_Base):
                 f"the active segment {self._active.path} was deleted under this writer: appends since are in a file "
                 "no open of the channel will find",
             )
+
+    def _dir_unchecked(self, e: OSError) -> None:
+        t = _monotonic()
+        if self._dir_unchecked_since is None:
+            self._dir_unchecked_since = t
+        if t - self._dir_warned_at >= DIR_UNCHECKED_WARNING_EVERY:
+            self._dir_warned_at = t
+            log.warning("localfs channel %s: cannot check that %s is still the channel directory (%s: %s); appending "
+                        "goes on in its open files, a roll or a deletion fails until the check works",
+                        self._channel, self._chdir, type(e).__name__, e)
+
+    def _dir_checked_again(self) -> None:
+        since, self._dir_unchecked_since = self._dir_unchecked_since, None
+        self._dir_warned_at = -math.inf
+        if since is not None:
+            log.warning("localfs channel %s: the check of %s works again, after %.0f s", self._channel, self._chdir,
+                        _monotonic() - since)
 
     def _publish(self) -> None:
         seg = self._active
@@ -1001,7 +1039,7 @@ class LocalFSWAL(_Base):
         it runs in ``with`` exits and ``finally`` blocks, where a raise hides the error being handled; and nothing
         the caller could do then brings the appends back."""
         try:
-            self._check_dir()
+            self._check_dir(by_path=False)
         except ChannelGoneError as e:
             with self._lock:
                 self._fail(e)
