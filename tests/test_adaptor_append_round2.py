@@ -47,7 +47,7 @@ def wal_of(tmp_path: Any) -> Iterator[Any]:
 
     def make(*interceptors: Any, **opts: Any) -> Any:
         op = registry.must_get_builder("localfs", *interceptors).build(
-            root=str(tmp_path / str(len(openers))), sync="never", **opts
+            root=str(tmp_path / str(len(openers))), sync="never", **{"segment_bytes": 1 << 20, **opts}
         )
         openers.append(op)
         w = op.open(OpenOption(channel=PChannelInfo("r2", 1)))

@@ -30,9 +30,10 @@ def _data(m: Any) -> bool:
 @pytest.fixture(params=["memory", "localfs"])
 def wal_pair(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[tuple[Any, Any]]:
     b = registry.must_get_builder(request.param)
-    op = b.build(root=str(tmp_path), time_tick_interval=0.02) if request.param == "localfs" else b.build(
-        time_tick_interval=0.02
-    )
+    if request.param == "localfs":
+        op = b.build(root=str(tmp_path), segment_bytes=1 << 20, time_tick_interval=0.02)
+    else:
+        op = b.build(time_tick_interval=0.02)
     w = op.open(OpenOption(PChannelInfo("p1", 1)))
     yield op, w
     op.close()
@@ -268,7 +269,7 @@ def test_closing_the_wal_from_a_callback_stores_what_it_had_accepted(backend: st
     """A close from any other thread drains the accepted appends; one from a callback in the append thread used
     to fail them (about 2,000 of 5,000 with ShutdownError)."""
     b = registry.must_get_builder(backend)
-    op = b.build(root=str(tmp_path)) if backend == "localfs" else b.build()
+    op = b.build(root=str(tmp_path), segment_bytes=1 << 20) if backend == "localfs" else b.build()
     w = op.open(OpenOption(PChannelInfo("p1", 1)))
     closed_in: list[str] = []
 
@@ -287,7 +288,7 @@ def test_closing_the_wal_from_a_callback_stores_what_it_had_accepted(backend: st
     assert closed_in and closed_in[0].startswith("wal-append")
     accepted = [e for f, e in zip(futs, outcomes, strict=True) if isinstance(f, AppendFuture)]  # else refused
     assert len(accepted) > 1 and not [e for e in accepted if e is not None]
-    op2 = b.build(root=str(tmp_path)) if backend == "localfs" else op
+    op2 = b.build(root=str(tmp_path), segment_bytes=1 << 20) if backend == "localfs" else op
     w2 = op2.open(OpenOption(PChannelInfo("p1", 2)))
     stored = 0
     s = w2.read(ReadOption(deliver_policy=DeliverPolicy.all()))

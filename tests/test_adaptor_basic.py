@@ -348,7 +348,7 @@ def test_a_group_with_a_begin_txn_without_vchannel_is_refused_whole(backend: str
     with the group's other input checks, before anything is stored."""
     from wal import registry
 
-    extra = {"root": str(tmp_path)} if backend == "localfs" else {}
+    extra = {"root": str(tmp_path), "segment_bytes": 1 << 20} if backend == "localfs" else {}
     with registry.must_get_builder(backend).build(**extra) as op, op.open(OpenOption(PChannelInfo("p1", 1))) as w:
         with pytest.raises(InvalidArgumentError, match="needs a vchannel"):  # PartialAppendError before
             w.append_messages([msg(0), MutableMessage(MessageType.BEGIN_TXN, b"", vchannel="")])

@@ -269,7 +269,7 @@ def test_allocate_many_is_consecutive_and_above_everything_before() -> None:
 
 @pytest.fixture
 def full_wal(tmp_path: object) -> Iterator[object]:
-    opener = registry.must_get_builder("localfs").build(root=str(tmp_path), sync="never")
+    opener = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20, sync="never")
     try:
         w = opener.open(OpenOption(channel=PChannelInfo("fast", 1)))
         try:
@@ -406,7 +406,8 @@ def test_a_refused_message_does_not_fail_the_appends_batched_with_it(tmp_path: P
     from wal.message import MessageType, MutableMessage
     from wal.registry import must_get_builder
 
-    op = must_get_builder("localfs").build(root=str(tmp_path), max_message_bytes=4096, time_tick_interval=0.05)
+    op = must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20, max_message_bytes=4096,
+                                     time_tick_interval=0.05)
     w = op.open(OpenOption(PChannelInfo("p", 1)))
     wrong: list[BaseException] = []
     ok = [0]
@@ -457,7 +458,8 @@ def test_a_group_with_a_refused_message_stores_none_of_it(tmp_path: Path) -> Non
     from wal.message import MessageType, MutableMessage
     from wal.registry import must_get_builder
 
-    op = must_get_builder("localfs").build(root=str(tmp_path), max_message_bytes=4096, time_tick_interval=0.05)
+    op = must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20, max_message_bytes=4096,
+                                     time_tick_interval=0.05)
     w = op.open(OpenOption(PChannelInfo("p", 1)))
 
     def m(p: bytes) -> MutableMessage:

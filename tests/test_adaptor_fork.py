@@ -19,6 +19,10 @@ from wal.errors import ShutdownError
 from wal.message import MessageType, MutableMessage
 
 
+def _localfs_opts(tmp_path: Path, backend: str) -> dict[str, Any]:
+    return {"root": str(tmp_path), "segment_bytes": 1 << 20} if backend == "localfs" else {}
+
+
 def _msg(p: bytes) -> MutableMessage:
     return MutableMessage(MessageType.INSERT, p, vchannel="v")
 
@@ -93,7 +97,7 @@ def _held_by_another_thread(lock: Any) -> Iterator[None]:
 
 @pytest.mark.parametrize("backend", ["localfs", "memory"])
 def test_a_forked_child_cannot_use_its_parents_wal_and_closes_it_without_hanging(tmp_path: Path, backend: str) -> None:
-    op = registry.must_get_builder(backend).build(**({"root": str(tmp_path)} if backend == "localfs" else {}))
+    op = registry.must_get_builder(backend).build(**_localfs_opts(tmp_path, backend))
     w = op.open(OpenOption(PChannelInfo("c", 1)))
     w.append(_msg(b"p0"))
     stop = threading.Event()
@@ -150,10 +154,10 @@ def test_a_child_closing_a_copied_follower_leaves_the_parents_inotify_watch_alon
     child's close of the follower removed the parent's watch (no more wake-ups), and its opener's close wrote the
     kill pipe, on which the parent's inotify thread then spun at 100 % CPU until the parent closed its opener."""
     pytest.importorskip("watchdog")
-    wop = registry.must_get_builder("localfs").build(root=str(tmp_path), sync="never")
+    wop = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20, sync="never")
     w = wop.open(OpenOption(PChannelInfo("c", 1)))
     w.append(_msg(b"p0"))
-    rop = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    rop = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20)
     r = rop.open(OpenOption(PChannelInfo("c", 1, access_mode=AccessMode.RO)))
     hub = r._impls._hub
 
@@ -194,7 +198,7 @@ def test_a_child_closes_its_copies_while_a_parent_thread_was_opening_or_closing(
 ) -> None:
     """A parent thread was inside ``w.close()``, ``op.open()`` or ``op.close()`` at the fork: the child's
     ``w.close()`` waited for ever for that close to end, and its ``op.close()`` for that open or close."""
-    op = registry.must_get_builder(backend).build(**({"root": str(tmp_path)} if backend == "localfs" else {}))
+    op = registry.must_get_builder(backend).build(**_localfs_opts(tmp_path, backend))
     w = op.open(OpenOption(PChannelInfo("c", 1)))
     w.append(_msg(b"p0"))
     inside, go = threading.Event(), threading.Event()
@@ -328,7 +332,7 @@ def test_a_childs_copy_of_its_parents_writer_says_it_is_not_available(tmp_path: 
     """``is_available()`` said True in the child while every append and read there raised ``ShutdownError``, so a
     program that checks it before writing (as Milvus's callers check ``Available()``) went on to fail. A read-only
     WAL's copy still reads in the child, and stays available."""
-    op = registry.must_get_builder(backend).build(**({"root": str(tmp_path)} if backend == "localfs" else {}))
+    op = registry.must_get_builder(backend).build(**_localfs_opts(tmp_path, backend))
     w = op.open(OpenOption(PChannelInfo("c", 1)))
     w.append(_msg(b"p0"))
     ro = op.open(OpenOption(PChannelInfo("c", 1, AccessMode.RO)))

@@ -231,7 +231,7 @@ def test_a_ctrl_c_while_a_wait_takes_its_lock_back_never_releases_another_thread
     refused every later append while it said it was available). The WAL's conditions use RLocks, whose
     re-acquire cannot be interrupted. The main thread waits on each real condition; a second thread holds its
     lock, notifies, interrupts the main thread, holds on, then lets go."""
-    extra = {"root": str(tmp_path)} if backend == "localfs" else {}
+    extra = {"root": str(tmp_path), "segment_bytes": 1 << 20} if backend == "localfs" else {}
     op = registry.must_get_builder(backend).build(time_tick_interval=30, **extra)
     w = op.open(OpenOption(PChannelInfo("c", 1)))
     lock, cond = where(w)
@@ -499,7 +499,7 @@ def test_an_append_thread_that_fails_stops_the_wal_instead_of_stranding_appends(
     left queued futures pending for ever while ``is_available()`` said True. Now they and every later append fail
     with an error caused by it, the WAL says it is unavailable, and a reopened WAL reads every acknowledged
     message back."""
-    extra = {"root": str(tmp_path)} if backend == "localfs" else {}
+    extra = {"root": str(tmp_path), "segment_bytes": 1 << 20} if backend == "localfs" else {}
     op = registry.must_get_builder(backend).build(time_tick_interval=0.05, **extra)
     w = op.open(OpenOption(PChannelInfo("c", 1)))
     acked = [w.append(msg(i)).message_id for i in range(5)]
@@ -536,7 +536,7 @@ def test_an_append_thread_that_fails_stops_the_wal_instead_of_stranding_appends(
 def test_an_opener_close_cut_short_is_finished_by_the_next_opener_close(tmp_path) -> None:
     """A Ctrl-C inside the opener's close (here: in a WAL's backend close) left that WAL's channel locked, and the
     opener's next close returned at once although the README says it finishes the close."""
-    op = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20)
     w = op.open(OpenOption(PChannelInfo("c", 1)))
     w.append(msg(0))
     real = w._impls.close
@@ -553,7 +553,7 @@ def test_an_opener_close_cut_short_is_finished_by_the_next_opener_close(tmp_path
         op.close()
     assert returns_within(op.close, 5)
     assert calls[0] == 2
-    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20)
     with op2, op2.open(OpenOption(PChannelInfo("c", 2))) as w2, w2.read(ReadOption()) as s2:  # the channel is free
         assert bytes(data(s2, 1)[0].payload) == b"p0"
     op.close()  # a third close: nothing left to do

@@ -71,7 +71,7 @@ def test_dropped_follower_scanners_do_not_pin_segments_retention_deleted(tmp_pat
 @pytest.fixture(params=["memory", "localfs"])
 def writer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     b = registry.must_get_builder(request.param)
-    op = b.build(root=str(tmp_path)) if request.param == "localfs" else b.build()
+    op = b.build(root=str(tmp_path), segment_bytes=1 << 20) if request.param == "localfs" else b.build()
     w = op.open(OpenOption(PChannelInfo("p1", 1)))
     w.append(ins(0))
     yield w
@@ -112,7 +112,7 @@ def test_a_read_only_wal_dropped_without_close_is_closed(tmp_path: Path, backend
     followed that way kept its watchdog thread (30 channels peeked at, 30 threads more). The opener holds them
     weakly now; one collected unclosed is closed by the reaper (a writer is still kept: its close is its owner's)."""
     b = registry.must_get_builder(backend)
-    op = b.build(root=str(tmp_path)) if backend == "localfs" else b.build()
+    op = b.build(root=str(tmp_path), segment_bytes=1 << 20) if backend == "localfs" else b.build()
     names = [f"c{i}" for i in range(30)]
     for name in names:
         with op.open(OpenOption(PChannelInfo(name, 1))) as w:

@@ -36,7 +36,7 @@ def _recv_data(s: Any, n: int) -> list[ImmutableMessage]:
 
 @pytest.mark.parametrize("backend", ["localfs", "memory"])
 def test_tailing_reader_gets_every_field_of_compact_entries(tmp_path: Path, backend: str) -> None:
-    opts: dict[str, Any] = {"root": str(tmp_path)} if backend == "localfs" else {}
+    opts: dict[str, Any] = {"root": str(tmp_path), "segment_bytes": 1 << 20} if backend == "localfs" else {}
     opener = registry.must_get_builder(backend).build(**opts)
     try:
         w = opener.open(OpenOption(channel=PChannelInfo(name="c1", term=2)))

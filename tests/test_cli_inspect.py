@@ -130,7 +130,7 @@ def test_dump_json_text_payloads_that_are_not_utf8_come_as_exact_hex(tmp_path: P
     from wal import OpenOption, PChannelInfo, registry
     from wal.message import MessageType, MutableMessage
 
-    with registry.must_get_builder("localfs").build(root=str(tmp_path)) as op, \
+    with registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20) as op, \
             op.open(OpenOption(PChannelInfo("bin", 1))) as w:
         for p in (b"\xff", b"\\xff", "h\u00e9".encode()):
             w.append(MutableMessage(MessageType.INSERT, p, None, "v"))
@@ -439,7 +439,7 @@ def test_dump_and_tail_escape_what_a_terminal_would_act_on(tmp_path: Path) -> No
     from wal.message import MessageType, MutableMessage
 
     evil = "\x1b]0;owned\x07\x1b[2J\x1b[31mred\nforged line\x9b1m\u202eevil"
-    with registry.must_get_builder("localfs").build(root=str(tmp_path)) as op, \
+    with registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20) as op, \
             op.open(OpenOption(PChannelInfo("esc", 1))) as w:
         w.append(MutableMessage(MessageType.INSERT, evil.encode(), {"k": evil}, "v" + evil))
     for fmt in (("--payload", "text"), ("--payload", "text", "--json")):

@@ -25,7 +25,7 @@ BAD_TIMEOUTS = [math.nan, math.inf, -1, -0.001, MAX_SECONDS * 2, "1", True]
 
 
 def _build(backend: str, tmp_path: Path, **kw: Any) -> Any:
-    extra = {"root": str(tmp_path)} if backend == "localfs" else {}
+    extra = {"root": str(tmp_path), "segment_bytes": 1 << 20} if backend == "localfs" else {}
     return registry.must_get_builder(backend).build(**extra, **kw)
 
 

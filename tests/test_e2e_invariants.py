@@ -42,6 +42,7 @@ def make_opener(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Calla
         b = adapt_impls_to_builder(FakeBuilder()) if name == "fake" else registry.must_get_builder(name)
         if name == "localfs":
             opts.setdefault("root", str(tmp_path / "wal"))
+            opts.setdefault("segment_bytes", 1 << 20)  # not the default 64 MiB, preallocated per channel
         op = b.build(**opts)
         openers.append(op)
         return op

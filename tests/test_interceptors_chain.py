@@ -196,7 +196,9 @@ def test_an_open_failing_in_an_interceptor_builder_closes_those_already_built(tm
     from wal import OpenOption, PChannelInfo, registry
 
     holding = _Holding()
-    kw: dict[str, Any] = {"root": str(tmp_path), "sync": "never"} if backend == "localfs" else {}
+    kw: dict[str, Any] = {}
+    if backend == "localfs":
+        kw = {"root": str(tmp_path), "sync": "never", "segment_bytes": 1 << 20}
     with registry.must_get_builder(backend, holding, _Failing()).build(**kw) as op:
         for _ in range(3):
             with pytest.raises(RuntimeError, match="cannot build"):

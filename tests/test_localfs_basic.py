@@ -351,7 +351,7 @@ def test_terms_persist_and_fence(tmp_path: Path) -> None:
 def _full_wal_append(root: Path, term: int, payload: bytes) -> None:
     """One append through the whole stack, which stamps the writer's term on every record (the bare backend
     stores the term a message carries)."""
-    with registry.must_get_builder("localfs").build(root=str(root)) as opener:
+    with registry.must_get_builder("localfs").build(root=str(root), segment_bytes=1 << 20) as opener:
         with opener.open(OpenOption(channel=PChannelInfo(name="p1", term=term))) as w:
             w.append(MutableMessage(MessageType.INSERT, payload, vchannel="v"))
 

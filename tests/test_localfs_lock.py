@@ -23,7 +23,7 @@ from wal.walimpls.localfs._fileops import FileOps
 
 
 def _open(root: Path, term: int = 1, **opts: object) -> tuple[object, object]:
-    op = registry.must_get_builder("localfs").build(root=str(root), **opts)
+    op = registry.must_get_builder("localfs").build(root=str(root), **{"segment_bytes": 1 << 20, **opts})
     return op, op.open(OpenOption(PChannelInfo("p1", term)))  # type: ignore[attr-defined]
 
 
@@ -46,7 +46,7 @@ def test_a_forked_child_does_not_keep_the_channel_locked(tmp_path: Path, how: st
         def work():
             time.sleep(30)
         if __name__ == "__main__":
-            op = registry.must_get_builder("localfs").build(root={str(tmp_path)!r})
+            op = registry.must_get_builder("localfs").build(root={str(tmp_path)!r}, segment_bytes=1 << 20)
             w = op.open(OpenOption(PChannelInfo("p1", 1)))
             w.append(MutableMessage(MessageType.INSERT, b"x", vchannel="v1"))
             p = multiprocessing.get_context("fork").Process(target=work, daemon=True)
@@ -96,7 +96,7 @@ def test_the_lock_is_still_held_by_the_parent_after_a_fork(tmp_path: Path) -> No
     p.join(10)
     assert p.exitcode == 0
     assert tools._writer_locked(str(tmp_path / "p1"))
-    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20)
     with pytest.raises(WALLockedError):
         op2.open(OpenOption(PChannelInfo("p1", 2)))
     op2.close()
@@ -131,7 +131,7 @@ def test_a_deleted_lock_file_does_not_let_a_second_writer_in(tmp_path: Path) -> 
     op, w = _open(tmp_path)
     w.append(_ins(1))  # type: ignore[attr-defined]
     os.unlink(tmp_path / "p1" / "LOCK")  # "clearing a stale lock" under a live writer
-    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20)
     with pytest.raises(WALLockedError, match="was deleted"):
         op2.open(OpenOption(PChannelInfo("p1", 2)))
     # The tools cannot tell either: info says so, and repair refuses until told no writer runs (a repair under the
@@ -163,7 +163,7 @@ def test_a_deleted_lock_file_of_a_term_0_writer_does_not_let_repair_or_a_writer_
     assert any(p.path == str(tmp_path / "p1" / "LOCK") for p in tools.verify(str(tmp_path), "p1"))
     with pytest.raises(WALLockedError, match="--no-writer-running"):
         tools.repair(str(tmp_path), "p1")
-    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    op2 = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20)
     with pytest.raises(WALLockedError, match="was deleted"):
         op2.open(OpenOption(PChannelInfo("p1", 0)))
     w.append(_ins(2))  # type: ignore[attr-defined]
@@ -318,7 +318,7 @@ def _remake_lock_under(root: Path, pid: int, match: str) -> None:
     lock.unlink()
     lock.write_bytes(b"")
     assert _lock.deleted_lock_holders(str(lock)) == [pid]
-    op = registry.must_get_builder("localfs").build(root=str(root))
+    op = registry.must_get_builder("localfs").build(root=str(root), segment_bytes=1 << 20)
     with pytest.raises(WALLockedError, match=match):
         op.open(OpenOption(PChannelInfo("p1", 3)))
     op.close()
@@ -379,7 +379,7 @@ def test_the_replaced_lock_check_looks_at_each_holder_once(tmp_path: Path, monke
     finally:
         for fd in fds:
             os.close(fd)
-    op = registry.must_get_builder("localfs").build(root=str(tmp_path / "root"))
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path / "root"), segment_bytes=1 << 20)
     w = op.open(OpenOption(PChannelInfo("c", 1)))
     lock = tmp_path / "root" / "c" / "LOCK"
     lock.unlink()

@@ -214,7 +214,7 @@ def test_an_open_that_cannot_start_its_sync_thread_leaves_no_descriptor(
 
     from wal._metrics import metrics
 
-    op = registry.must_get_builder("localfs").build(root=str(tmp_path), sync="interval")
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20, sync="interval")
     chdir = tmp_path / "p1"
     real_start = threading.Thread.start
 

@@ -169,7 +169,7 @@ def test_starting_from_id_0_of_a_log_that_deleted_nothing_warns_nothing(
     # IDs start at 1: ID 0 was never there to delete (`wal dump --from 0` warned "message ID 0 was deleted").
     from wal.walimpls.localfs import LocalFSMessageID
 
-    op = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20)
     w = op.open(OpenOption(PChannelInfo("p1", 1)))
     w.append(_ins(b"a"))
     with caplog.at_level("WARNING", logger="wal.walimpls.localfs._scanner"):

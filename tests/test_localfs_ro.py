@@ -145,7 +145,7 @@ def test_latest_before_the_writer_ever_wrote_gets_everything_appended_after_read
     from wal.message import MessageType, MutableMessage
     from wal.options import DeliverPolicy
 
-    op = registry.must_get_builder("localfs").build(root=str(tmp_path), time_tick_interval=0.02)
+    op = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20, time_tick_interval=0.02)
     ro = op.open(OpenOption(PChannelInfo("orders", 1, AccessMode.RO)))
     s = ro.read(ReadOption(deliver_policy=DeliverPolicy.latest()))
     w = op.open(OpenOption(PChannelInfo("orders", 1)))
@@ -320,7 +320,7 @@ def test_a_read_only_open_of_a_missing_channel_creates_nothing(tmp_path: Path) -
     from wal import ReadOption as UserReadOption
 
     root = tmp_path / "root"
-    with registry.must_get_builder("localfs").build(root=str(root)) as op:
+    with registry.must_get_builder("localfs").build(root=str(root), segment_bytes=1 << 20) as op:
         with op.open(OpenOption(PChannelInfo("nowhere", 0, AccessMode.RO))) as ro:
             with ro.read(UserReadOption()) as s, pytest.raises(WALTimeoutError):
                 s.recv(0.05)
@@ -462,7 +462,7 @@ class _Refuse:
 def _full_ro(root: Path, refuse: _Refuse) -> Any:
     from wal import AccessMode, OpenOption, PChannelInfo, registry
 
-    opener = registry.must_get_builder("localfs").build(root=str(root), _file_ops=refuse.ops)
+    opener = registry.must_get_builder("localfs").build(root=str(root), segment_bytes=1 << 20, _file_ops=refuse.ops)
     return opener, opener.open(OpenOption(channel=PChannelInfo(name="p1", term=0, access_mode=AccessMode.RO)))
 
 
@@ -791,7 +791,7 @@ def test_a_full_wal_follower_of_a_channel_made_anew_ends_with_corrupted_error(tm
 
     builder = registry.must_get_builder("localfs")
     ch = PChannelInfo("p1", 1)
-    with builder.build(root=str(tmp_path)) as op, op.open(OpenOption(ch)) as w:
+    with builder.build(root=str(tmp_path), segment_bytes=1 << 20) as op, op.open(OpenOption(ch)) as w:
         w.append(MutableMessage(MessageType.INSERT, b"old", vchannel="v"))
     with builder.build(root=str(tmp_path)) as rop, rop.open(OpenOption(PChannelInfo("p1", 0, AccessMode.RO))) as ro:
         with ro.read(UserReadOption()) as s:
@@ -800,7 +800,7 @@ def test_a_full_wal_follower_of_a_channel_made_anew_ends_with_corrupted_error(tm
                 m = s.recv(5.0)
             assert bytes(m.payload) == b"old"
             shutil.rmtree(tmp_path / "p1")
-            with builder.build(root=str(tmp_path)) as op, op.open(OpenOption(ch)) as w:
+            with builder.build(root=str(tmp_path), segment_bytes=1 << 20) as op, op.open(OpenOption(ch)) as w:
                 for i in range(5):
                     w.append(MutableMessage(MessageType.INSERT, b"new-%d" % i, vchannel="v"))
                 deadline = time.monotonic() + 10

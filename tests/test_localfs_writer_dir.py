@@ -109,7 +109,7 @@ def test_a_roll_after_the_directory_was_replaced_makes_nothing_in_the_new_one(tm
 def test_the_full_wal_stops_and_its_readers_end_when_its_directory_is_deleted(tmp_path: Path) -> None:
     """Through the adaptor: the append that found it and every later one fail with the same WALIOError, the WAL says
     it is unavailable, and a tailing reader ends with that error rather than wait for ever."""
-    opener = registry.must_get_builder("localfs").build(root=str(tmp_path))
+    opener = registry.must_get_builder("localfs").build(root=str(tmp_path), segment_bytes=1 << 20)
     w = opener.open(OpenOption(channel=PChannelInfo(name="p1", term=1)))
     w.append(MutableMessage(MessageType.INSERT, b"kept", vchannel="v"))
     s = w.read(ReadOption(deliver_policy=DeliverPolicy.all(), vchannel="v"))

@@ -41,7 +41,7 @@ def test_channel_names_cannot_escape_root(tmp_path: Path, name: str, mode: Acces
     if layer == "backend":
         opener: Any = build(root)
     else:
-        opener = registry.must_get_builder("localfs").build(root=str(root))
+        opener = registry.must_get_builder("localfs").build(root=str(root), segment_bytes=1 << 20)
     try:
         with pytest.raises(InvalidArgumentError):
             opener.open(OpenOption(channel=PChannelInfo(name=name, term=1, access_mode=mode)))
@@ -106,7 +106,8 @@ def test_message_size_limit_is_a_clear_error_and_stores_nothing(tmp_path: Path) 
         w.close()
     finally:
         opener.close()
-    wo = registry.must_get_builder("localfs").build(root=str(tmp_path / "w"), max_message_bytes=4096)
+    wo = registry.must_get_builder("localfs").build(root=str(tmp_path / "w"), segment_bytes=1 << 20,
+                                                    max_message_bytes=4096)
     try:
         w2 = wo.open(OpenOption(channel=PChannelInfo(name="p1", term=1)))
         with pytest.raises(WALError, match="max_message_bytes"):
