@@ -4,42 +4,22 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import signal
-import subprocess
 import time
 from pathlib import Path
 
+import _localfs_child
 import pytest
-from _localfs_util import PY, build, child_env, msg, open_rw, payload_for, read_all
+from _localfs_util import build, msg, open_rw, payload_for, read_all
+from _warm_child import WarmChild
 
-CHILD = str(Path(__file__).with_name("_localfs_child.py"))
 KILLS = 50
-
-
-def _wait_ready(p: subprocess.Popen[bytes], deadline: float) -> None:
-    """Read the child's "ready" line byte by byte (a buffered read could take ack lines with it), until EOF or
-    ``deadline``."""
-    assert p.stdout is not None
-    fd = p.stdout.fileno()
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return
-        b = os.read(fd, 1)
-        if not b:
-            return  # the child ended: communicate() gets its stderr
-        line += b
-    assert line == b"ready\n", line
 
 
 def _run_and_kill(root: Path, term: int, seed: int, rng: random.Random) -> list[tuple[int, int, int, int]]:
     threads = 1 + seed % 3
-    p = subprocess.Popen(
-        [PY, CHILD, "write", str(root), "p1", str(term), str(seed), str(threads), "8192"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
-    )
+    # Forked from a warm server (``_warm_child``): a fresh interpreter spent ~0.17 s importing before each open.
+    p = WarmChild(_localfs_child.write, str(root), "p1", term, seed, threads, 8192)
     # Sometimes during start-up and recovery, mostly while appending (rolls every few dozen records). "While
     # appending" counts from the child's "ready" (its WAL open): on a busy machine the start-up alone can take
     # longer than the whole delay, and the children then acknowledged too few messages for the test to count.
@@ -47,11 +27,12 @@ def _run_and_kill(root: Path, term: int, seed: int, rng: random.Random) -> list[
         time.sleep(rng.uniform(0.02, 0.25))
     else:
         delay = rng.uniform(0.05, 0.25)
-        _wait_ready(p, deadline=time.monotonic() + 30)
+        line = p.readline(timeout=30)
+        assert line in (b"ready\n", b""), line  # b"": the child ended (communicate() gets its stderr)
         time.sleep(delay)
-    p.send_signal(signal.SIGKILL)
-    out, err = p.communicate()
-    assert p.returncode == -signal.SIGKILL, err.decode()
+    p.kill()
+    out, err, code = p.communicate()
+    assert code == -signal.SIGKILL, err.decode()
     acks = []
     for line in out.decode().splitlines():
         parts = line.split()

@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import multiprocessing
 import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -94,6 +94,26 @@ def child(root: str, term: int, seed: int) -> None:
     time.sleep(3600)
 
 
+# Children are forked from a warm server, multiprocessing's forkserver: a fresh interpreter spent ~0.2 s importing
+# ``wal`` before it opened its WAL, a fork of one that imported it ~0.01 s. The server is a fresh interpreter of its
+# own: the parent runs other threads by the time it forks (a reopened WAL's), whose locks a fork copies in whatever
+# state they are. (3.11's forkserver imports its preload before it sets its sys.path: modules found where ``wal`` is;
+# when ``wal`` is not installed the child imports it itself, only slower.)
+_CTX = multiprocessing.get_context("forkserver")
+_CTX.set_forkserver_preload(["wal", "wal.walimpls.localfs", "wal.adaptor"])
+
+
+def _forked_child(out: Any, err: Any, root: str, term: int, seed: int) -> None:
+    os.dup2(out.fileno(), 1)
+    os.dup2(err.fileno(), 2)
+    out.close()
+    err.close()
+    threads = len(os.listdir(f"/proc/{os.getppid()}/task"))  # a fork copies the forking thread only
+    if threads != 1:
+        raise RuntimeError(f"forked from a process that runs {threads} threads: unsafe")
+    child(root, term, seed)
+
+
 # -- parent ---------------------------------------------------------------------------------------------------------
 class _CutCounter(logging.Handler):
     def __init__(self) -> None:
@@ -147,8 +167,9 @@ def run(kills: int, seed: int, root: str, reset_every: int, quiet: bool, sabotag
     lfs.addHandler(counter)
     lfs.propagate = False
     rng = random.Random(seed)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # The forkserver (started with the first child, from this environment) imports wal from this checkout.
+    pp = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = ROOT + (os.pathsep + pp if pp else "")
     problems: list[str] = []
     acked: dict[int, tuple[int, int, int, int]] = {}  # id -> (child seed, thread, n, size)
     total_acks = verified = early = max_len = 0
@@ -161,21 +182,29 @@ def run(kills: int, seed: int, root: str, reset_every: int, quiet: bool, sabotag
             acked.clear()
         child_seed = rng.randrange(1 << 30)
         term += 1
-        p = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--child", root, str(term), str(child_seed)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        )
-        assert p.stdout is not None
-        if rng.random() < 0.15:  # during start-up: imports, locking, recovery of the last crash, the fence tick
-            time.sleep(rng.uniform(0.0, 0.5))
-            early += 1
-        else:
-            p.stdout.readline()  # "ready" (or EOF if it failed)
-            time.sleep(rng.uniform(0.0, 0.3))
-        p.send_signal(signal.SIGKILL)
-        out, err = p.communicate()
-        if p.returncode != -signal.SIGKILL:
-            problems.append(f"kill {k}: the child exited with {p.returncode} before the kill: {err.decode()[-2000:]}")
+        out_r, out_w = _CTX.Pipe(duplex=False)
+        err_r, err_w = _CTX.Pipe(duplex=False)
+        p = _CTX.Process(target=_forked_child, args=(out_w, err_w, root, term, child_seed), daemon=True)
+        try:
+            p.start()
+        finally:
+            out_w.close()  # the child's copies went with the start: EOF once it is gone
+            err_w.close()
+        with open(out_r.fileno(), "rb", closefd=False) as stdout, open(err_r.fileno(), "rb", closefd=False) as stderr:
+            if rng.random() < 0.15:  # during start-up: locking, recovery of the last crash, the fence tick
+                time.sleep(rng.uniform(0.0, 0.5))
+                early += 1
+            else:
+                stdout.readline()  # "ready" (or EOF if it failed)
+                time.sleep(rng.uniform(0.0, 0.3))
+            assert p.pid is not None
+            os.kill(p.pid, signal.SIGKILL)
+            out, err = stdout.read(), stderr.read()
+        out_r.close()
+        err_r.close()
+        p.join()
+        if p.exitcode != -signal.SIGKILL:
+            problems.append(f"kill {k}: the child exited with {p.exitcode} before the kill: {err.decode()[-2000:]}")
             break
         per_thread: dict[int, int] = {}
         for line in out.decode().splitlines():
