@@ -573,6 +573,26 @@ def test_a_max_age_stream_made_by_an_earlier_version_keeps_the_term_of_its_next_
 
 
 
+def test_a_lower_term_refused_by_an_earlier_versions_owner_leaves_the_floor_at_the_owners_term(
+    opener: wn.NatsOpener,
+) -> None:
+    """The owner opened with an earlier version (a fence record, no floor). A lower term's open, refused by that
+    fence record, had already raised the floor to its own term; once ``max_age`` emptied the channel, any term
+    between the two opened it and fenced the owner. A refused open now leaves the floor at the owner's term."""
+    with wn.NatsOpenerBuilder().build(servers=opener.options.servers, max_age=1.0, duplicate_window=0.5) as op:
+        name = f"ch-{uuid.uuid4().hex[:8]}"
+        w5 = op.open(chan(5, name=name))
+        w5.append(msg(0))
+        kv = op.lt.run(op.js.key_value("WAL_terms"), 5)
+        op.lt.run(kv.purge(channel_names(name, "WAL_", "wal").stream[len("WAL_"):]), 5)  # an earlier version's
+        with pytest.raises(FencedError, match="owned by term 5"):
+            op.open(chan(3, name=name))
+        _await_data_expired(op, name)
+        with pytest.raises(FencedError, match="owned by term 5"):
+            op.open(chan(4, name=name))
+        w5.append(msg(1))  # still the owner
+
+
 # -- failures -----------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_server_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:

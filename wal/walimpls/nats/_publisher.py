@@ -26,6 +26,7 @@ every other unacknowledged message, in order, until ``append_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -199,9 +200,11 @@ async def raise_term_floor(js: Any, floor: TermFloor, term: int, writer: str, ch
     kv = await _floor_bucket(js, floor)
     value = f"{term} {writer}".encode()
     while True:
-        have, _, rev = await _read_floor(kv, floor.key)
+        have, have_writer, rev = await _read_floor(kv, floor.key)
         if have > term:
             raise FencedError(f"nats: channel {channel!r} is owned by term {have}, cannot open with term {term}")
+        if (have, have_writer) == (term, writer):
+            return
         try:
             if rev:
                 await kv.update(floor.key, value, last=rev)
@@ -494,6 +497,12 @@ class Publisher:
         while True:
             fseq, term, writer = await self._owner()
             if term > self._term:
+                if first and self._floor is not None:
+                    # A floor below the stream's owner (one that opened with an earlier version, or before the
+                    # bucket was lost) was just raised to our term: give it the owner's, or once max_age empties the
+                    # channel a term between the two opens it.
+                    with contextlib.suppress(FencedError):
+                        await raise_term_floor(self._js, self._floor, term, writer, self._channel)
                 raise FencedError(
                     f"nats: channel {self._channel!r} is owned by term {term}, cannot open with term {self._term}"
                 )
