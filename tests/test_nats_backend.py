@@ -979,6 +979,28 @@ def test_credentials_are_passed_through(tmp_path: Path) -> None:
         s.kill()
 
 
+def test_an_open_the_account_may_not_make_names_the_permission(tmp_path: Path) -> None:
+    """An account without publish rights on the term bucket (``$KV.WAL_terms.>``): a writer's open on a stream with
+    ``max_age`` failed with a bare "TimeoutError: nats: timeout", as the server answers such a publish only with a
+    permission violation, on the connection's error callback. The error now names the refusal."""
+    conf = (
+        'authorization { users: [ { user: "walu", password: "s3cret", '
+        'permissions: { publish: { deny: ["$KV.WAL_terms.>"] } } } ] }'
+    )
+    s = NatsServer(tmp_path, extra_conf=conf)
+    try:
+        s.start()
+        s.wait_ready()
+        with wn.NatsOpenerBuilder().build(servers=s.url, user="walu", password="s3cret", max_age=5.0,
+                                          duplicate_window=0.5, request_timeout=1.0) as op:
+            with pytest.raises(WALIOError, match=r"(?i)permissions violation for publish to \"\$KV\.WAL_terms\."):
+                op.open(chan())
+        with wn.NatsOpenerBuilder().build(servers=s.url, user="walu", password="s3cret") as op:
+            op.open(chan()).append(msg(0))  # without max_age, no floor: the account is enough
+    finally:
+        s.kill()
+
+
 def test_resync_fence_whose_ack_was_lost_does_not_fence_the_writer_itself(opener: wn.NatsOpener) -> None:
     """The fence record that restarts a broken chain is stored but its ack is lost (timeout, connection drop): the
     next re-fence finds the writer's own record at an unexpected sequence. That is not a newer writer: the append

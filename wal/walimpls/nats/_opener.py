@@ -25,16 +25,23 @@ __all__ = ["NatsOpener", "NatsOpenerBuilder"]
 T = TypeVar("T")
 _log = logging.getLogger("wal.nats")
 _PROVISIONAL = "wal_provisional"  # stream metadata: made by a read-only open, with the reader's options
+_DENIED_KEPT = 8  # the latest permission violations kept, to name in the error of a request they timed out
 
 
-async def _connect(o: NatsOptions, last_error: list[BaseException]) -> Any:
+async def _connect(
+    o: NatsOptions, last_error: list[BaseException], denied: list[tuple[float, str]] | None = None
+) -> Any:
     """Connect; ``last_error`` keeps the client's latest error (nats-py retries a refused or unauthorised initial
-    connection until our timeout, so that error is the only hint of the cause)."""
+    connection until our timeout, so that error is the only hint of the cause). ``denied`` gets the server's
+    permission violations (time, text): a request on a subject the account may not publish to is only answered by
+    one, given to this callback, and the request itself times out."""
     from nats.aio.client import Client
     from nats.errors import Error as NatsError
 
     async def on_error(e: Exception) -> None:  # instead of nats-py's default, which logs every (normal) reconnect
         last_error[:] = [e]
+        if denied is not None and "permissions violation" in str(e).lower():
+            denied[:] = [*denied[-(_DENIED_KEPT - 1):], (time.monotonic(), str(e))]
 
     kw: dict[str, Any] = {
         "servers": list(o.servers),
@@ -123,9 +130,10 @@ class NatsOpener(OpenerImpls):
         self._wals: set[NatsWAL] = set()
         self._closed = False
         last_error: list[BaseException] = []
+        self._denied: list[tuple[float, str]] = []
         try:
             self.nc = self.lt.run(
-                _connect(options, last_error), options.connect_timeout * 2 + 1
+                _connect(options, last_error, self._denied), options.connect_timeout * 2 + 1
             )  # nats-py may never give up on its own
         except BaseException as e:
             self.lt.close()
@@ -146,12 +154,21 @@ class NatsOpener(OpenerImpls):
         if self._closed:
             coro.close()
             raise ShutdownError("nats: the opener is closed")
+        start = time.monotonic()
         try:
             return self.lt.run(coro, self.options.request_timeout * 4 + 10)
         except WALError:
             raise
         except Exception as e:
-            raise WALIOError(f"nats: {what}: {type(e).__name__}: {e}") from e
+            raise WALIOError(f"nats: {what}: {type(e).__name__}: {e}{self._denied_since(start)}") from e
+
+    def _denied_since(self, start: float) -> str:
+        """The permission violations the server reported since ``start``, for an error they may explain (a request
+        on a subject the account may not publish to just times out)."""
+        seen = list(dict.fromkeys(text for t, text in list(self._denied) if t >= start))
+        if not seen:
+            return ""
+        return f"; the server refused: {'; '.join(seen)} (the account's permissions: see docs/NATS.md)"
 
     def open(self, opt: OpenOption) -> WALImpls:
         opt.validate()
