@@ -226,6 +226,34 @@ def test_a_replicated_max_age_stream_keeps_its_term(cluster: NatsCluster) -> Non
     finally:
         op.close()
 
+def test_the_term_bucket_gets_the_replicas_of_a_replicated_channel(cluster: NatsCluster) -> None:
+    """One term bucket serves every channel of a prefix, and the first writer that needs it made it with its own
+    stream's replicas: after a single-replica channel, a replicas=3 channel's floor had one copy, and with that node
+    down no writer could open the channel (``WALIOError``, a timeout) though its stream had a quorum."""
+    with wn.NatsOpenerBuilder().build(servers=cluster.urls, max_age=60.0, duplicate_window=1.0) as op1:
+        op1.open(OpenOption(PChannelInfo("single", 1)))
+    op = wn.NatsOpenerBuilder().build(servers=cluster.urls, replicas=3, max_age=60.0, duplicate_window=1.0,
+                                      request_timeout=2.0, publish_timeout=1.0, append_timeout=30.0)
+    try:
+        host = leader_of(op, "KV_WAL_terms")  # the bucket's only node, before the fix
+        w1 = op.open(OpenOption(PChannelInfo("triple", 1)))
+        w1.append(msg(0))
+        assert op.lt.run(op.js.stream_info("KV_WAL_terms"), 10).config.num_replicas == 3
+        node = next(s for s in cluster.servers if s.name == host)
+        node.kill()
+        deadline = time.monotonic() + 60
+        while True:  # a leader election may be under way: the open is retried as a caller would
+            try:
+                w2 = op.open(OpenOption(PChannelInfo("triple", 2)))
+                break
+            except WALError:
+                assert time.monotonic() < deadline, "no writer could open the replicated channel"
+                time.sleep(0.5)
+        w2.append(msg(1))
+    finally:
+        op.close()
+
+
 def test_conformance_kit_on_replicated_streams(cluster: NatsCluster) -> None:
     from wal.helper.conformance import WALImplsConformance
 

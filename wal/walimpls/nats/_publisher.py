@@ -146,9 +146,13 @@ async def _floor_bucket(js: Any, floor: TermFloor) -> Any:
     import nats.js.errors
 
     try:
-        return await js.key_value(floor.bucket)
+        kv = await js.key_value(floor.bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
+    else:
+        if floor.replicas > 1:
+            await _floor_replicas(js, floor)
+        return kv
     cfg = api.KeyValueConfig(
         bucket=floor.bucket,
         description="wal: the term and writer that last opened each channel whose stream has max_age",
@@ -162,6 +166,32 @@ async def _floor_bucket(js: Any, floor: TermFloor) -> Any:
         if _api_code(e) != 10058:  # stream name already in use: another opener made it meanwhile
             raise
         return await js.key_value(floor.bucket)
+
+
+async def _floor_replicas(js: Any, floor: TermFloor) -> None:
+    """Give the bucket at least the stream's replicas. One bucket serves every channel of the prefix, and the first
+    writer that needs it makes it with its own stream's replicas: a replicated channel's floor then had one copy,
+    and with its node down no writer could open the channel (nor, with its disk lost, keep its term)."""
+    stream = "KV_" + floor.bucket
+    info = await js.stream_info(stream)
+    if int(info.config.num_replicas or 1) >= floor.replicas:
+        return
+    for _ in range(3):  # another opener may have set fewer meanwhile
+        info.config.num_replicas = floor.replicas
+        await js.update_stream(info.config)
+        info = await js.stream_info(stream)
+        if int(info.config.num_replicas or 1) >= floor.replicas:
+            break
+    # Until every new replica is current (the first answers still show the old group, with no replicas): a write
+    # meanwhile may time out, and a node lost before they caught up left the bucket without a leader (seen: > 60 s).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        cl = info.cluster
+        peers = list(cl.replicas or ()) if cl is not None else []
+        if cl is None or (cl.leader and len(peers) >= floor.replicas - 1 and all(r.current for r in peers)):
+            return
+        await asyncio.sleep(0.1)
+        info = await js.stream_info(stream)
 
 
 async def _read_floor(kv: Any, key: str) -> tuple[int, str, int]:
