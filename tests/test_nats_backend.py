@@ -940,6 +940,27 @@ def test_a_backend_scanner_dropped_without_close_releases_its_consumer(opener: w
     w.close()
     assert kept.done().is_set()
 
+def test_a_scanner_closed_while_its_consumer_is_being_made_deletes_it(opener: wn.NatsOpener) -> None:
+    """A scanner closed (or dropped: its finalizer closes it) right after ``read()`` cancelled its fetch task while
+    the consumer's creation was in flight: the server made the consumer all the same, and nothing deleted it (its
+    ``inactive_threshold``, 30 s, did). The consumer made after the close is now deleted too."""
+    w = opener.open(chan())
+    w.append(msg(0))
+    names = w._names  # type: ignore[attr-defined]
+
+    def consumers() -> int:
+        return int(opener.run_api(opener.js.stream_info(names.stream), "info").state.consumer_count)
+
+    for i in range(10):
+        w.read(ReadOption(f"r{i}")).close()
+    for i in range(10):
+        w.read(ReadOption(f"d{i}"))  # dropped at once
+    deadline = time.monotonic() + 15  # well below the consumers' inactive_threshold
+    while consumers():
+        assert time.monotonic() < deadline, f"{consumers()} consumers of closed scanners left"
+        time.sleep(0.2)
+
+
 def test_deleted_stream_ends_scanners_with_an_error(opener: wn.NatsOpener) -> None:
     w = opener.open(chan())
     w.append(msg(0))

@@ -77,6 +77,9 @@ def _seqs(reply: str) -> tuple[int, int]:
     return int(t[7]), int(t[8])
 
 
+_deleting: set[asyncio.Task[None]] = set()  # deletions of consumers made after their scanner closed
+
+
 class NatsScanner(ScannerImpls):
     """What the caller holds: a handle on a :class:`_Reader`, which its fetch task (on the client's loop) keeps
     alive. The reader was the scanner itself, so one dropped without ``close()`` was never collected: its consumer,
@@ -296,7 +299,14 @@ class _Reader:
         )  # no subject filter: the fence records come too, to tell which writer owned each stretch of the log
         if self._fence < 0:
             self._fence = await _fence_before(self._js, self._names, self._next)
-        info = await self._js.add_consumer(self._names.stream, config=cfg)
+        # Shielded: a close right after read() cancels this task while the request is out, and the server makes the
+        # consumer all the same; it is then deleted once made (else it stayed for its inactive_threshold).
+        add = asyncio.ensure_future(self._js.add_consumer(self._names.stream, config=cfg))
+        try:
+            info = await asyncio.shield(add)
+        except asyncio.CancelledError:
+            add.add_done_callback(self._delete_made)
+            raise
         consumer = info.name
         inq: deque[Any] = deque()
         arrived = asyncio.Event()
@@ -305,11 +315,14 @@ class _Reader:
             inq.append(msg)
             arrived.set()
 
-        sub = await self._nc.subscribe(self._nc.new_inbox(), cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        sub: Any = None
         pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._names.stream}.{consumer}"
         fence_subject = self._names.fence_subject
         cseq = 0
         try:
+            sub = await self._nc.subscribe(
+                self._nc.new_inbox(), cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
+            )
             while not self._closed:
                 free = self._free()
                 if free == 0:
@@ -363,11 +376,22 @@ class _Reader:
                     if batch or gaps:
                         self._push(batch, gaps)
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            if not self._nc.is_closed:
+            if sub is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._js.delete_consumer(self._names.stream, consumer), 1.0)
+                    await sub.unsubscribe()
+            await self._delete_consumer(consumer)
+
+    async def _delete_consumer(self, consumer: str) -> None:
+        if not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._js.delete_consumer(self._names.stream, consumer), 1.0)
+
+    def _delete_made(self, add: asyncio.Future[Any]) -> None:
+        if add.cancelled() or add.exception() is not None:
+            return
+        t = asyncio.get_running_loop().create_task(self._delete_consumer(add.result().name))
+        _deleting.add(t)  # the loop holds tasks weakly
+        t.add_done_callback(_deleting.discard)
 
 
 async def tail_headers(nc: Any, js: Any, names: ChannelNames, start: int) -> AsyncIterator[dict[str, str]]:
