@@ -226,6 +226,32 @@ def test_a_replicated_max_age_stream_keeps_its_term(cluster: NatsCluster) -> Non
     finally:
         op.close()
 
+def test_a_stream_a_reader_made_survives_its_leader_lost_right_after_the_writer_opened(cluster: NatsCluster) -> None:
+    """A reader made the stream first (one replica); the writer's open gives it 3 and waited until "every replica is
+    current", which the first stream infos after the update (the old group, no replicas) said at once. The leader
+    killed right after the open left the stream without one: appends failed for over 40 s."""
+    from wal import AccessMode
+
+    with wn.NatsOpenerBuilder().build(servers=cluster.urls) as r:
+        r.open(OpenOption(PChannelInfo("prov", 1, AccessMode.RO)))
+    op = wn.NatsOpenerBuilder().build(servers=cluster.urls, replicas=3, request_timeout=2.0, publish_timeout=1.0,
+                                      append_timeout=20.0)
+    try:
+        w = op.open(OpenOption(PChannelInfo("prov", 1)))
+        host = leader_of(op, "WAL_prov")
+        w.append(msg(0))
+        next(s for s in cluster.servers if s.name == host).kill()
+        deadline = time.monotonic() + 40
+        while True:
+            try:
+                w.append(msg(1))
+                break
+            except WALError:
+                assert time.monotonic() < deadline, "the stream has no leader"
+    finally:
+        op.close()
+
+
 def test_the_term_bucket_gets_the_replicas_of_a_replicated_channel(cluster: NatsCluster) -> None:
     """One term bucket serves every channel of a prefix, and the first writer that needs it made it with its own
     stream's replicas: after a single-replica channel, a replicas=3 channel's floor had one copy, and with that node

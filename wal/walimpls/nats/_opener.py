@@ -243,8 +243,13 @@ class NatsOpener(OpenerImpls):
         publish may go unanswered, and the fence record's then failed the open with a timeout."""
         deadline = time.monotonic() + self.options.request_timeout * 3
         while time.monotonic() < deadline:
-            cl = (await self.js.stream_info(names.stream)).cluster
-            if cl is not None and cl.leader and all(r.current for r in cl.replicas or ()):
+            info = await self.js.stream_info(names.stream)
+            cl = info.cluster
+            # The first answers after the update still show the old group (no replicas, so "all current"); a node
+            # lost before the new ones caught up left the stream without a leader (seen: over 40 s).
+            peers = list(cl.replicas or ()) if cl is not None else []
+            wanted = int(info.config.num_replicas or 1) - 1
+            if cl is not None and cl.leader and len(peers) >= wanted and all(r.current for r in peers):
                 return
             await asyncio.sleep(0.1)
 
