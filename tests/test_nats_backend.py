@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import signal
@@ -699,6 +700,88 @@ def test_a_writer_whose_channel_max_age_emptied_survives_a_server_restart(tmp_pa
                 op.open(chan(4, name=name))
     finally:
         s.kill()
+
+def test_of_two_same_term_opens_the_one_fenced_does_not_take_the_emptied_channel_back(server: NatsServer) -> None:
+    """Two opens with the same term: X raises the floor, Y raises it (naming itself) and stores its fence record,
+    then X stores its own, after Y's: X owns the channel. Once ``max_age`` emptied it, Y's next appends found the
+    floor naming Y, took the conflict for a lost predecessor, re-fenced, and took the channel from X. The floor now
+    names the writer of the term's highest fence record."""
+    kw: dict[str, Any] = {"servers": server.url, "max_age": 1.0, "duplicate_window": 0.5}
+    with wn.NatsOpenerBuilder().build(**kw) as opx, wn.NatsOpenerBuilder().build(**kw) as opy:
+        name = f"ch-{uuid.uuid4().hex[:8]}"
+        fence_subject = channel_names(name, "WAL_", "wal").fence_subject
+        publish = opx.js.publish
+        reached, go = threading.Event(), threading.Event()
+
+        async def held(subject: str, *args: Any, **kwargs: Any) -> Any:
+            if subject == fence_subject and not go.is_set():  # X's fence record waits for Y's open
+                reached.set()
+                while not go.is_set():
+                    await asyncio.sleep(0.01)
+            return await publish(subject, *args, **kwargs)
+
+        opx.js.publish = held  # type: ignore[method-assign]
+        got: list[Any] = []
+        t = threading.Thread(target=lambda: got.append(opx.open(chan(3, name=name))))
+        t.start()
+        assert reached.wait(10)
+        wy = opy.open(chan(3, name=name))
+        go.set()
+        t.join(10)
+        wx = got[0]
+        wx.append(msg(0))  # X's record is the last: X owns the channel
+        _await_data_expired(opx, name)
+        with pytest.raises(FencedError):
+            for _ in range(10):
+                with contextlib.suppress(WALIOError):  # a conflict it cannot explain yet
+                    wy.append(msg(1))
+        wx.append(msg(2))
+
+
+def test_a_same_term_open_that_failed_before_its_fence_does_not_fence_the_owner(tmp_path: Path) -> None:
+    """An open with the owner's term raised the floor, with its own writer id, then failed before its fence record
+    (here its publish refused). The owner's fence record stayed the last, but once ``max_age`` emptied the channel
+    the owner read the floor at its re-fence after a server restart, found another writer of its term there, and
+    fenced itself for good. The floor now names a writer once its fence record is stored (the highest record of
+    the term): an open of the same term leaves it alone until then."""
+    s = NatsServer(tmp_path)
+    try:
+        s.start()
+        s.wait_ready()
+        kw: dict[str, Any] = {"servers": s.url, "max_age": 1.0, "duplicate_window": 0.5}
+        with wn.NatsOpenerBuilder().build(publish_timeout=0.5, append_timeout=2.0, **kw) as op, \
+                wn.NatsOpenerBuilder().build(**kw) as other:
+            name = f"ch-{uuid.uuid4().hex[:8]}"
+            w = op.open(chan(3, name=name))
+            w.append(msg(0))
+
+            publish = other.js.publish
+            fence_subject = channel_names(name, "WAL_", "wal").fence_subject
+
+            async def refused(subject: str, *args: Any, **kwargs: Any) -> Any:
+                if subject == fence_subject:
+                    raise OSError("the connection broke")
+                return await publish(subject, *args, **kwargs)  # the floor's
+
+            other.js.publish = refused  # type: ignore[method-assign]
+            with pytest.raises(WALIOError, match="the connection broke"):
+                other.open(chan(3, name=name))
+            _await_data_expired(op, name)
+            s.kill(signal.SIGKILL)
+            with pytest.raises(WALTimeoutError):
+                w.append(msg(1))
+            s.start()
+            s.wait_ready()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    w.append(msg(2))
+                    break
+                except (WALTimeoutError, WALIOError):  # not FencedError
+                    assert time.monotonic() < deadline
+    finally:
+        s.kill()
+
 
 @pytest.mark.slow
 def test_stalled_server_resends_without_duplicates(tmp_path: Path) -> None:

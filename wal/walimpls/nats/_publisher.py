@@ -194,47 +194,57 @@ async def _floor_replicas(js: Any, floor: TermFloor) -> None:
         info = await js.stream_info(stream)
 
 
-async def _read_floor(kv: Any, key: str) -> tuple[int, str, int]:
-    """(term, writer id, revision) of the floor; (0, "", 0) when none."""
+async def _read_floor(kv: Any, key: str) -> tuple[int, str, int, int]:
+    """(term, writer id, sequence of that writer's fence record, revision) of the floor; (0, "", 0, 0) when none.
+    The writer and sequence are "" and 0 while the term's first writer has not stored its fence record."""
     import nats.js.errors
 
     try:
         entry = await kv.get(key)
     except nats.js.errors.KeyNotFoundError:
-        return 0, "", 0
-    term, _, writer = bytes(entry.value or b"0").decode().partition(" ")
-    return int(term), writer, int(entry.revision or 0)
+        return 0, "", 0, 0
+    parts = bytes(entry.value or b"0").decode().split()  # "<term>[ <writer> <fence sequence>]"
+    writer = parts[1] if len(parts) > 1 else ""
+    fseq = int(parts[2]) if len(parts) > 2 else 0
+    return int(parts[0]), writer, fseq, int(entry.revision or 0)
 
 
 async def read_term_floor(js: Any, floor: TermFloor) -> tuple[int, str]:
-    """The term and writer id of the channel's last writer open, as its floor says; (0, "") when none."""
+    """The channel's term and owner (writer id, "" until the term's first fence record is stored), as its floor
+    says; (0, "") when none."""
     import nats.js.errors
 
     try:
         kv = await js.key_value(floor.bucket)
     except nats.js.errors.BucketNotFoundError:
         return 0, ""
-    term, writer, _ = await _read_floor(kv, floor.key)
+    term, writer, _, _ = await _read_floor(kv, floor.key)
     return term, writer
 
 
-async def raise_term_floor(js: Any, floor: TermFloor, term: int, writer: str, channel: str) -> None:
-    """Make the floor this writer's (term and writer id); :class:`FencedError` if it holds a higher term.
+async def raise_term_floor(
+    js: Any, floor: TermFloor, term: int, writer: str, channel: str, fseq: int = 0
+) -> None:
+    """Raise the floor to ``term`` before a fence record (``writer`` ""), and name ``writer``, the owner, once its
+    record is stored at ``fseq`` (0: a data message told it); :class:`FencedError` if the floor holds a higher term.
 
     Raised before the fence record, with a compare-and-set on the key's revision, so it is never below the term of a
     stored fence record; the fence record's own compare-and-set still decides between writers opening at once (a
     floor made by a writer that then lost to a higher term is overwritten by that term's, made before its fence).
+    The writer is named after its fence record, and only by the term's highest record: an open of the owner's term
+    that failed before its record (or lost to a later one) named itself before, and once ``max_age`` emptied the
+    channel the owner, reading the floor at its re-fence, fenced itself (or the fenced writer took the channel back).
     """
     import nats.js.errors
 
     kv = await _floor_bucket(js, floor)
-    value = f"{term} {writer}".encode()
     while True:
-        have, have_writer, rev = await _read_floor(kv, floor.key)
+        have, _, have_seq, rev = await _read_floor(kv, floor.key)
         if have > term:
             raise FencedError(f"nats: channel {channel!r} is owned by term {have}, cannot open with term {term}")
-        if (have, have_writer) == (term, writer):
-            return
+        if have == term and (not fseq or have_seq >= fseq):
+            return  # the term is in, and its writer is named by the highest of its records so far
+        value = (f"{term} {writer} {fseq}" if writer else str(term)).encode()
         try:
             if rev:
                 await kv.update(floor.key, value, last=rev)
@@ -522,7 +532,7 @@ class Publisher:
         subject sequence), so two writers opening at once cannot both pass the check.
         """
         if first and self._floor is not None:
-            await raise_term_floor(self._js, self._floor, self._term, self._writer, self._channel)
+            await raise_term_floor(self._js, self._floor, self._term, "", self._channel)
         deadline = time.monotonic() + self._opts.request_timeout * 3
         while True:
             fseq, term, writer = await self._owner()
@@ -532,7 +542,7 @@ class Publisher:
                     # bucket was lost) was just raised to our term: give it the owner's, or once max_age empties the
                     # channel a term between the two opens it.
                     with contextlib.suppress(FencedError):
-                        await raise_term_floor(self._js, self._floor, term, writer, self._channel)
+                        await raise_term_floor(self._js, self._floor, term, writer, self._channel, fseq)
                 raise FencedError(
                     f"nats: channel {self._channel!r} is owned by term {term}, cannot open with term {self._term}"
                 )
@@ -560,6 +570,10 @@ class Publisher:
                 raise
             self._fence_seq = int(ack.seq)
             self._fence_str = str(self._fence_seq)
+            if first and self._floor is not None:
+                await raise_term_floor(
+                    self._js, self._floor, self._term, self._writer, self._channel, self._fence_seq
+                )
             self._next = (self._fence_seq if self._strict else await self._settle(self._fence_seq)) + 1
             self._last_msg_id = msg_id
             return
