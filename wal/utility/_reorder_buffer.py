@@ -8,7 +8,7 @@ from operator import attrgetter
 
 from sortedcontainers import SortedKeyList  # type: ignore[import-untyped]
 
-from ..message import ImmutableMessage, MessageID
+from ..message import ImmutableMessage, IntMessageID, MessageID
 from ._errors import DuplicateMessageError, TimeTickViolationError
 
 __all__ = ["ReorderBuffer"]
@@ -92,12 +92,25 @@ class ReorderBuffer:
             else:
                 prev_tt = last_pop
                 prev_id = None
+            # IntMessageIDs (every built-in backend's) are compared by value: their __lt__, a Python call from C per
+            # message, was 4 % of a catch-up scan. A buffer holds the IDs of one backend, so of one class; -1 is
+            # below every such ID (they are non-negative).
+            id_cls = type(msgs[0].message_id) if msgs else None
+            by_value = id_cls is not None and id_cls.__lt__ is IntMessageID.__lt__ and (
+                prev_id is None or type(prev_id) is id_cls
+            )
+            prev_value = prev_id.value if by_value and isinstance(prev_id, IntMessageID) else -1
             for m in msgs:
                 tt = m.time_tick
                 if tt < prev_tt or tt == last_pop:  # out of order, late, or maybe released already: slow path
                     break
                 mid = m.message_id
-                if prev_id is not None and not prev_id < mid:
+                if by_value:
+                    value = mid.value  # type: ignore[attr-defined]
+                    if not prev_value < value:
+                        break
+                    prev_value = value
+                elif prev_id is not None and not prev_id < mid:
                     break
                 prev_tt = tt
                 prev_id = mid
