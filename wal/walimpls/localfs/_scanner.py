@@ -1009,7 +1009,8 @@ class LocalFSScanner(ScannerImpls):
             c, body_len, magic, _fl, mt, meta_len, mid, tt, wal_term, lc_kind, mflags, vch_len, props_len = unpack(
                 mv, pos
             )
-            end = pos + _HEADER + body_len
+            body = pos + _HEADER
+            end = body + body_len
             if (magic != _MAGIC or end > limit or mid != expect or not _META <= meta_len <= body_len
                     or crc(mm[pos + 4 : end]) != c):
                 break
@@ -1019,7 +1020,7 @@ class LocalFSScanner(ScannerImpls):
                 continue
             message_id = new(id_cls)
             message_id.value = mid
-            p = pos_meta = end - body_len + _META  # just after the fixed metadata
+            p = pos_meta = body + _META  # just after the fixed metadata
             if lc_kind == _LC_ID:
                 (v,) = unpack_u64(mv, p)
                 if v != lc_value:
@@ -1045,7 +1046,7 @@ class LocalFSScanner(ScannerImpls):
                 v_name = vch
             else:
                 v_name = ""
-            p0 = end - body_len + meta_len
+            p0 = body + meta_len
             payload = mm[p0:end] if end - p0 <= copy_max else mv[p0:end]
             props = functools.partial(_properties_at, mv, p, props_len, seg_path) if props_len else no_props
             if direct:  # the constructor's work without its keyword-call cost (see _DIRECT)
