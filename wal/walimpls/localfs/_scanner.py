@@ -1003,6 +1003,8 @@ class LocalFSScanner(ScannerImpls):
         lc = _NO_ID
         raw_prev = b""
         vch = ""
+        mt_prev = -1
+        mtype = unknown
         n = len(out)
         stop = limit - _HEAD_META_SIZE  # a valid record holds at least the header and the fixed metadata
         while n < max_n and pos <= stop:
@@ -1049,10 +1051,13 @@ class LocalFSScanner(ScannerImpls):
             p0 = body + meta_len
             payload = mm[p0:end] if end - p0 <= copy_max else mv[p0:end]
             props = functools.partial(_properties_at, mv, p, props_len, seg_path) if props_len else no_props
+            if mt != mt_prev:
+                mt_prev = mt
+                mtype = types.get(mt, unknown)
             if direct:  # the constructor's work without its keyword-call cost (see _DIRECT)
                 im = new(message)
                 im.message_id = message_id
-                im.message_type = types.get(mt, unknown)
+                im.message_type = mtype
                 im.payload = payload
                 im._props = props
                 im.vchannel = v_name
@@ -1063,7 +1068,7 @@ class LocalFSScanner(ScannerImpls):
                 im.not_persisted = not_persisted
             else:
                 im = message(
-                    message_id=message_id, message_type=types.get(mt, unknown), payload=payload,
+                    message_id=message_id, message_type=mtype, payload=payload,
                     properties=props if props_len else None, vchannel=v_name, time_tick=tt,
                     last_confirmed_message_id=last_confirmed, txn_ctx=txn, wal_term=wal_term,
                     not_persisted=not_persisted,
