@@ -165,3 +165,25 @@ def test_scanner_builds_messages_the_fast_way() -> None:
     from wal.walimpls.localfs._scanner import _DIRECT
 
     assert _DIRECT
+
+
+@pytest.mark.parametrize("last_lc", [None, 1])
+def test_the_last_record_at_the_writers_exact_end(tmp_path: Path, last_lc: int | None) -> None:
+    """The decode loop unpacks a record's header, fixed metadata and the 8 bytes of a last-confirmed ID in one call,
+    and only the header and metadata within the last 56 bytes of the data: a 48-byte record without that ID (read
+    alone there) and a 56-byte one with it (the longer unpack ending exactly at the writer's published end) both
+    come out whole, as do the short records before them, whose 8 extra bytes belong to the next record."""
+    with build(tmp_path) as opener:
+        w = open_rw(opener)
+        sent = []
+        for i in range(6):
+            m = msg(b"", tt=1 + i)  # header + fixed metadata: 48 bytes, no vchannel, no properties
+            lc = last_lc if i == 5 else (1 if i % 2 else None)
+            if lc is not None:
+                m.with_last_confirmed(LocalFSMessageID(lc))  # 8 bytes more: 56
+            sent.append((w.append(m), lc))
+        got = read_all(w)
+        assert [(g.message_id, g.last_confirmed_message_id, bytes(g.payload), g.time_tick) for g in got] == [
+            (mid, mid if lc is None else LocalFSMessageID(lc), b"", 1 + i) for i, (mid, lc) in enumerate(sent)
+        ]
+        w.close()
