@@ -314,14 +314,15 @@ def test_follower_on_truncated_sealed_segment(bases: dict[str, tuple[Path, Origi
     assert _open_and_scan(dst, orig, ro=True) in ("ok", "corrupted")
 
 
-def _crafted(tmp_path: Path, edit: Callable[[bytearray, int, int], None]) -> Path:
+def _crafted(tmp_path: Path, edit: Callable[[bytearray, int, int], None],
+             props: dict[str, str] | None = None) -> Path:
     """A one-record segment whose record was edited and then given a matching CRC (a forged, not a torn, record)."""
     from wal.walimpls.localfs._format import DATA_START, REC_HEADER, crc32c
 
     root = tmp_path / "forged"
     opener = build(root, segment_bytes=4096)
     w = open_rw(opener)
-    w.append(msg(b"payload", tt=5, vchannel="v1", props={"key": "value"}))
+    w.append(msg(b"payload", tt=5, vchannel="v1", props={"key": "value"} if props is None else props))
     w.close()
     opener.close()
     seg = next(p for p in _files(root) if p.suffix == ".seg")
@@ -334,6 +335,38 @@ def _crafted(tmp_path: Path, edit: Callable[[bytearray, int, int], None]) -> Pat
     return root
 
 
+
+
+@pytest.mark.parametrize("forge", ["vchannel_longer", "vchannel_shorter", "last_confirmed_kind", "txn_flag"])
+def test_forged_record_whose_metadata_parts_do_not_add_up_is_corrupted_error(tmp_path: Path, forge: str) -> None:
+    """A CRC-valid record whose metadata says it holds parts that do not fill its ``meta_len`` (a vchannel length
+    off by one, a last-confirmed ID or a txn part it does not have) was read as it said: the vchannel took a byte of
+    the properties, the ID or txn came from other bytes (wrong data, delivered in silence), or a part was read past
+    the map (a bare ``struct.error``). It is damage, named with its file and offset. The record has no properties:
+    with some, the shifted blob failed to parse and hid the problem."""
+    from wal.walimpls.localfs._format import LC_ID, LC_SELF, MF_TXN
+
+    def edit(raw: bytearray, pos: int, end: int) -> None:
+        meta = pos + 32
+        if forge.startswith("vchannel"):
+            (vch_len,) = struct.unpack_from("<H", raw, meta + 10)
+            struct.pack_into("<H", raw, meta + 10, vch_len + (1 if forge == "vchannel_longer" else -1))
+        elif forge == "last_confirmed_kind":
+            raw[meta + 8] = LC_SELF if raw[meta + 8] == LC_ID else LC_ID
+        else:
+            raw[meta + 9] |= MF_TXN
+
+    root = _crafted(tmp_path, edit, props={})
+    opener = build(root, segment_bytes=4096)
+    try:
+        w = open_rw(opener, "p1", 3)
+        try:
+            with pytest.raises(CorruptedError, match="do not add up"):
+                _drain(w)
+        finally:
+            w.close()
+    finally:
+        opener.close()
 
 
 def test_forged_record_with_bad_properties_is_corrupted_error(tmp_path: Path) -> None:

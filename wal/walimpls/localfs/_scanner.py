@@ -29,7 +29,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ...errors import CorruptedError, ShutdownError, WALIOError, WALTimeoutError
 from ...message import ImmutableMessage, MessageType
@@ -1034,7 +1034,7 @@ class LocalFSScanner(ScannerImpls):
             p = pos_meta = body + _META  # just after the fixed metadata
             if lc_kind == _LC_ID:
                 if lc_v < 0:
-                    (lc_v,) = unpack_u64(mv, p)
+                    lc_v = _rare_part(unpack_u64, mv, p, seg_path, body - _HEADER, meta_len)[0]
                 if lc_v != lc_value:
                     lc = new(id_cls)
                     lc.value = lc_value = lc_v
@@ -1045,7 +1045,7 @@ class LocalFSScanner(ScannerImpls):
             txn = None
             not_persisted = False
             if mflags:
-                m = decode_meta(mv, pos_meta - _META)
+                m = _rare_part(decode_meta, mv, pos_meta - _META, seg_path, body - _HEADER, meta_len)
                 txn = m.txn_ctx
                 not_persisted = m.not_persisted
                 p = m.props_off - vch_len
@@ -1059,6 +1059,8 @@ class LocalFSScanner(ScannerImpls):
             else:
                 v_name = ""
             p0 = body + meta_len
+            if p + props_len != p0:  # the parts the metadata says it has do not fill it: see _bad_layout
+                raise _bad_layout(seg_path, body - _HEADER, meta_len)
             payload = mm[p0:end] if end - p0 <= copy_max else mv[p0:end]
             props = functools.partial(_properties_at, mv, p, props_len, seg_path) if props_len else no_props
             if mt != mt_prev:
@@ -1087,6 +1089,30 @@ class LocalFSScanner(ScannerImpls):
             n += 1
         self._pos = pos
         self._expect = expect
+
+
+_T = TypeVar("_T")
+
+
+def _bad_layout(path: str, off: int, meta_len: int) -> CorruptedError:
+    """A record whose CRC matched but whose metadata's parts (last-confirmed ID, txn, barrier, vchannel, properties)
+    do not add up to its ``meta_len``: a forger or a buggy writer made it. Read as it says, its last-confirmed ID,
+    vchannel or properties would come from the bytes of another part (wrong data, delivered in silence), or a part
+    would be read past the map (a bare ``struct.error``)."""
+    return CorruptedError(
+        f"{path}: record at offset {off}: its metadata's parts do not add up to its length ({meta_len} bytes)",
+        path=path, offset=off,
+    )
+
+
+def _rare_part(read: Callable[[memoryview, int], _T], mv: memoryview, at: int, path: str, off: int,
+               meta_len: int) -> _T:
+    """``read(mv, at)`` for a part of a record read out of the hot loop's single unpack (a txn or barrier part, an
+    ID in the map's last bytes): one that a bad ``meta_len`` puts past the map is :func:`_bad_layout`."""
+    try:
+        return read(mv, at)
+    except struct.error as e:
+        raise _bad_layout(path, off, meta_len) from e
 
 
 def _new_vchannel(cache: dict[bytes, str], raw: bytes, path: str, off: int) -> str:
