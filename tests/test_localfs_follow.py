@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _localfs_util import PY, build, child_env, msg, open_ro, open_rw
@@ -356,3 +357,208 @@ def test_an_idle_follower_read_in_slices_keeps_its_poll_backoff(
     s.close()
     r.close()
     w.close()
+
+
+def _count_waits(monkeypatch: pytest.MonkeyPatch, hub: Any, during: Any = None) -> list[float]:
+    """Make the scanner's clock and its hub's condition fake: each wait the scanner asks for is recorded and passes
+    at once (``during(t)`` is called in it), so polls are counted over simulated seconds, not timed."""
+    from types import SimpleNamespace
+
+    from wal.walimpls.localfs import _scanner
+
+    now = [time.monotonic()]
+    waits: list[float] = []
+
+    class Cond:
+        def wait(self, t: float) -> bool:
+            waits.append(t)
+            if during is not None:
+                during(t)
+            now[0] += t
+            return False
+
+        def notify_all(self) -> None:
+            pass
+
+    monkeypatch.setattr(_scanner, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(hub, "cond", Cond())
+    return waits
+
+
+def _idle_follower(tmp_path: Path) -> tuple[Any, Any]:
+    """A read-only follower, in an opener of its own, that has read the one message of a channel whose writer closed."""
+    with build(tmp_path) as op:
+        w = open_rw(op)
+        w.append(msg(b"a", tt=1))
+        w.close()
+    r = open_ro(build(tmp_path))
+    s = r.read(ReadOption(name="r"))
+    assert [bytes(m.payload) for m in s.recv_batch(10, timeout=5)] == [b"a"]
+    return r, s
+
+
+def test_an_idle_follower_whose_directory_is_watched_polls_about_once_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 17f: a follower waiting for data polled every 50 ms although inotify watched its directory and woke it
+    at every write (300 idle followers: 37-40 % of a core, three quarters of it this poll). While the watch is known
+    live on the directory it reads, the poll backs off to 1 s. Over 30 simulated seconds: 600 polls before, 40 now."""
+    r, s = _idle_follower(tmp_path)
+    hub = s._hub
+    waits = _count_waits(monkeypatch, hub)
+    with pytest.raises(WALTimeoutError):
+        s.recv_batch(10, timeout=30.0)
+    assert len(waits) < 60, (len(waits), waits[-5:])
+    assert max(waits) == 1.0
+    assert hub.watching(s._source.bound())
+    s.close()
+    r.close()
+
+
+@pytest.mark.parametrize("without", ["inotify", "overflow_report", "emitter", "watch_here"])
+def test_a_follower_without_a_watch_it_can_trust_polls_every_50_ms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, without: str
+) -> None:
+    """Review 17f: the 1 s poll is for a follower whose watch reports every write. Where it may not, the poll stays
+    at 50 ms: no inotify (limits, platform), a watchdog that does not report a queue overflow (it would drop the
+    events unheard), an emitter that stopped (watchdog stops it when the directory is deleted, and reuses it for a
+    new watch of the path), a watch on another directory than the one the reader reads (replaced, not moved yet)."""
+    if without == "inotify":
+        def no_watch(hub: object) -> object:
+            raise OSError(28, "inotify watch limit reached")
+
+        monkeypatch.setattr(_opener, "_make_wake", no_watch)
+    elif without == "overflow_report":
+        monkeypatch.setattr(_opener, "_overflow_hooked", False)
+    r, s = _idle_follower(tmp_path)
+    hub = s._hub
+    if without == "emitter":
+        for e in list(r._opener._observer.emitters):
+            e.stop()
+            e.join()
+    elif without == "watch_here":
+        hub.watched = (0, 0)
+    assert not hub.watching(s._source.bound())
+    waits = _count_waits(monkeypatch, hub)
+    with pytest.raises(WALTimeoutError):
+        s.recv_batch(10, timeout=5.0)
+    assert max(waits) == 0.05 and len(waits) > 90
+    s.close()
+    r.close()
+
+
+def test_a_write_no_event_announced_makes_the_follower_poll_every_50_ms_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 17f: a watch can miss writes the hub cannot hear of (writes through mmap, a writer on another host of
+    a network file system). A follower that finds data after a long wait no event ended distrusts its watch for a
+    minute (``Hub.missed``) and polls at 50 ms again."""
+    r, s = _idle_follower(tmp_path)
+    hub = s._hub
+    w = open_rw(build(tmp_path))
+    written = []
+
+    def write_unheard(t: float) -> None:
+        if t == 1.0 and not written:
+            monkeypatch.setattr(hub, "bump", lambda: None)  # its event is lost
+            written.append(w.append(msg(b"b", tt=2)))
+
+    waits = _count_waits(monkeypatch, hub, write_unheard)
+    assert [bytes(m.payload) for m in s.recv_batch(10, timeout=30.0)] == [b"b"]
+    assert written and not hub.watching(s._source.bound())
+    waits.clear()
+    with pytest.raises(WALTimeoutError):
+        s.recv_batch(10, timeout=5.0)
+    assert max(waits) == 0.05
+    s.close()
+    r.close()
+    w.close()
+
+
+def test_an_inotify_queue_overflow_wakes_the_followers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Review 17f: the kernel drops inotify events once a queue holds ``max_queued_events`` (watchdog 7 has one
+    per observer: an opener's channels share it), and watchdog only logged it: a follower whose write event was
+    dropped was woken by its poll alone, which may now wait 1 s. The hub of every watched channel is bumped when
+    the overflow is read (after every dropped event). Made real: watchdog's reader is held while another
+    directory's events fill the queue."""
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    if limit > 100_000:
+        pytest.skip(f"max_queued_events is {limit}")
+    (tmp_path / "flood").mkdir()
+    w = open_rw(build(tmp_path))
+    w.append(msg(b"a", tt=1))
+    ro = build(tmp_path)
+    r = open_ro(ro)
+    flood_wal = open_ro(ro, "flood")
+    s = r.read(ReadOption(name="r"))
+    assert bytes(s.recv(5.0).payload) == b"a"
+    hub = s._hub
+    assert hub.watched is not None  # the channel existed at the open: watched from then on
+    files = [os.open(tmp_path / "flood" / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o600) for i in range(2)]
+    time.sleep(0.5)  # let the events so far be handled (not asserted on: only what follows is)
+    caplog.set_level(logging.WARNING, logger="watchdog.observers.inotify_c")
+    fd = ro._observer._inotify_fd  # the opener's watches share one inotify queue
+    with fd._lock:  # its reader thread waits for it after each read: the queue fills
+        for i in range(limit + 1000):
+            os.pwrite(files[i % 2], b"x", 0)  # alternate files: equal events in a row are merged
+        version = hub.version
+        w.append(msg(b"b", tt=2))  # its event is dropped: the queue is full
+    for _ in range(600):
+        if any("overflow" in rec.getMessage() for rec in caplog.records):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("no inotify queue overflow")
+    for _ in range(100):  # the bump follows the overflow's log line
+        if hub.version != version:
+            break
+        time.sleep(0.05)
+    assert hub.version != version
+    assert bytes(s.recv(5.0).payload) == b"b"
+    for f in files:
+        os.close(f)
+    s.close()
+    flood_wal.close()
+    r.close()
+    w.close()
+    ro.close()
+
+
+def test_a_watched_follower_is_woken_by_a_write_of_another_process_not_by_its_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 17f: the long poll must not make a follower later: a writer in another process writes with
+    ``pwrite``, which inotify reports, and the event wakes the follower. Its poll is made a minute long here, so
+    only the event can end the wait in which the message comes (counted: the wait ended by a bump of the hub)."""
+    from wal.walimpls.localfs import _scanner
+
+    r, s = _idle_follower(tmp_path)
+    hub = s._hub
+    assert hub.watching(s._source.bound())
+    monkeypatch.setattr(_scanner, "_WATCHED_MAX_BACKOFF", 60.0)
+    s._idle_wait = 60.0  # as after a long idle wait
+    waits: list[tuple[float, bool]] = []
+    real = threading.Condition(hub.lock)
+
+    class Cond:
+        def wait(self, t: float) -> bool:
+            before = hub.version
+            got = real.wait(t)
+            waits.append((t, hub.version != before))
+            return got
+
+        def notify_all(self) -> None:
+            real.notify_all()
+
+    monkeypatch.setattr(hub, "cond", Cond())
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from _localfs_util import build, msg, open_rw\n"
+            "with build(sys.argv[1]) as op:\n    open_rw(op).append(msg(b'b', tt=2))\n")
+    p = subprocess.Popen([PY, "-c", code, str(tmp_path), str(Path(__file__).parent)], env=child_env())
+    try:
+        assert [bytes(m.payload) for m in s.recv_batch(10, timeout=120.0)] == [b"b"]
+    finally:
+        assert p.wait(60) == 0
+    assert waits and waits[0][0] == 60.0 and waits[-1][1], waits  # woken, and it waited long before
+    assert hub.watching(s._source.bound())  # the write was announced: the watch is still trusted
+    s.close()
+    r.close()

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +150,7 @@ def _forget_watches_in_child() -> None:
             hub.watchers = 0
             hub.arm = None
             hub.watched = None
+            hub.watch_alive = None
             hub.lock = threading.RLock()
             hub.cond = threading.Condition(hub.lock)
 
@@ -326,8 +328,9 @@ class LocalFSOpener(OpenerImpls):
                 obs.start()
                 self._observer = obs
             ident = self._fops.identity(hub.directory)  # before the watch: a directory replaced between is moved to
-            self._watches[hub.name] = self._observer.schedule(_make_wake(hub), hub.directory, recursive=False)
+            watch = self._watches[hub.name] = self._observer.schedule(_make_wake(hub), hub.directory, recursive=False)
             hub.watched = ident
+            hub.watch_alive = _emitter_alive(self._observer, watch) if _hook_overflow() else None
         except Exception:  # no inotify (limits, platform): polling alone still delivers everything
             self._watches.pop(hub.name, None)
 
@@ -347,6 +350,7 @@ class LocalFSOpener(OpenerImpls):
                 if hub.watchers <= 0 or self._closed or hub.watched is None or hub.watched == ident:
                     return
                 hub.watched = None
+                hub.watch_alive = None
                 watch = self._watches.pop(hub.name, None)
                 obs = self._observer
             _unschedule(obs, watch)
@@ -362,6 +366,7 @@ class LocalFSOpener(OpenerImpls):
                     return
                 hub.arm = None
                 hub.watched = None
+                hub.watch_alive = None
                 watch = self._watches.pop(hub.name, None)
                 obs = self._observer
             _unschedule(obs, watch)
@@ -421,6 +426,63 @@ def _quiet_stop_race() -> None:
     logger = logging.getLogger("watchdog.observers.inotify")
     if _stop_race_filter not in logger.filters:
         logger.addFilter(_stop_race_filter)
+
+
+def _emitter_alive(obs: Any, watch: Any) -> Callable[[], bool] | None:
+    """Whether the emitter of ``watch`` still runs, as a call; None when the observer does not say which it is."""
+    for emitter in list(getattr(obs, "emitters", ())):
+        if getattr(emitter, "watch", None) == watch:
+            return lambda: emitter.is_alive() and not emitter.stopped_event.is_set()
+    return None
+
+
+_overflow_hooked: bool | None = None
+_hook_lock = threading.Lock()  # two openers' first watches at once must not wrap watchdog's method twice
+
+
+def _hook_overflow() -> bool:
+    """Bump every watched hub when the kernel's inotify queue overflows; False where that cannot be done.
+
+    Why: an overflow drops events (watchdog 7 has one inotify queue per observer, so per opener: 300 channels
+    written at once can fill its 16,384 events), and watchdog only logs it: no handler of a non-recursive watch
+    hears of it, so readers trusting their watch (``Hub.watching``) would wait a long poll for data written then.
+    The queue overflows before the event saying so is read, so a reader woken after it sees everything that was
+    dropped. Every opener's hubs are bumped (a spurious wake costs one poll). Without this hook (an older
+    watchdog, which drops the overflow event unreported) no watch is trusted.
+    """
+    global _overflow_hooked
+    if _overflow_hooked is not None:
+        return _overflow_hooked
+    with _hook_lock:
+        if _overflow_hooked is not None:
+            return _overflow_hooked
+        try:
+            from watchdog.observers import inotify_c
+
+            fd_class: Any = inotify_c.InotifyFD
+            handle = fd_class.handle_event
+            if not hasattr(inotify_c.InotifyEvent, "is_queue_overflow"):
+                raise AttributeError("is_queue_overflow")
+        except Exception:
+            _overflow_hooked = False
+        else:
+            def handle_event(self: Any, event: Any) -> None:
+                try:
+                    handle(self, event)
+                finally:
+                    if event.is_queue_overflow:
+                        _overflowed()
+
+            fd_class.handle_event = handle_event
+            _overflow_hooked = True
+    return _overflow_hooked
+
+
+def _overflowed() -> None:
+    for op in list(_openers):
+        for hub in list(op._hubs.values()):
+            if hub.watched is not None:
+                hub.bump()
 
 
 def _make_wake(hub: Hub) -> Any:

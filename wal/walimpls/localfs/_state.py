@@ -6,6 +6,7 @@ import bisect
 import mmap
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -117,6 +118,11 @@ class ChannelLog:
         return segs[i] if i < len(segs) else None
 
 
+MISSED_DISTRUST = 60.0
+"""Seconds a hub's watch is not trusted (its readers poll at the short cap) after a reader found data no event had
+announced (:meth:`Hub.missed`)."""
+
+
 class Hub:
     """Per channel and opener: wakes blocked scanners when the writer publishes or a file event arrives."""
 
@@ -133,6 +139,26 @@ class Hub:
         self.arm: Callable[[], None] | None = None
         self.missing_since = 0.0  # when they started waiting for it (monotonic; 0: not waiting, or warned)
         self.watched: tuple[int, int] | None = None  # the directory the opener's watch is on (LocalFSOpener._rewatch)
+        # Whether that watch still reports events (its emitter runs: watchdog stops it when the directory is deleted);
+        # None where the opener cannot tell (no watch, or a watchdog that does not report inotify queue overflows).
+        self.watch_alive: Callable[[], bool] | None = None
+        self.missed_at = -MISSED_DISTRUST  # when a reader last found data that no event had announced (monotonic)
+
+    def watching(self, ident: tuple[int, int] | None) -> bool:
+        """Whether every write to directory ``ident`` wakes this hub's waiters, so that they need not poll often.
+
+        Why each condition: the watch must be on that directory (a reader may be bound to a replaced one, or the
+        watch not moved yet), its emitter must run (stopped at the directory's deletion; a dead one is reused by a
+        new ``schedule`` of the path), and no write may have gone unannounced lately (:meth:`missed`: a writer on
+        another host of a network file system, writes through ``mmap``, events lost some way we do not know).
+        """
+        alive = self.watch_alive
+        return (ident is not None and ident == self.watched and alive is not None and alive()
+                and time.monotonic() - self.missed_at >= MISSED_DISTRUST)
+
+    def missed(self) -> None:
+        """A reader found data after a long wait no event ended: trust no event for :data:`MISSED_DISTRUST`."""
+        self.missed_at = time.monotonic()
 
     def bump(self) -> None:
         with self.lock:
