@@ -562,3 +562,68 @@ def test_a_watched_follower_is_woken_by_a_write_of_another_process_not_by_its_po
     assert hub.watching(s._source.bound())  # the write was announced: the watch is still trusted
     s.close()
     r.close()
+
+
+def test_a_write_through_mmap_is_found_by_the_poll_and_the_watch_distrusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 17f: inotify reports no write made through a shared map (DESIGN.md; the writer never makes one, a
+    repair or a test damaging a file may). Such a record is found by the poll, and the follower then polls at 50 ms
+    for a minute (``Hub.missed``). A record copied from another channel's log is written through a map here while
+    the follower waits on its (fake) clock; the map was made before, so no open or close event announces it."""
+    import mmap
+
+    def log_of(name: str, payloads: list[bytes]) -> tuple[str, list[int]]:
+        w = open_rw(build(tmp_path), name)
+        for i, p in enumerate(payloads):
+            w.append(msg(p, tt=i + 1))
+        r = open_ro(build(tmp_path), name)
+        s = r.read(ReadOption(name=name))
+        ends = []
+        for _ in payloads:
+            s.recv(5.0)
+            ends.append(s.stopped_at()[1])
+        path = s.stopped_at()[0]
+        s.close()
+        r.close()
+        return path, ends
+
+    other, (end_a, end_b) = log_of("other", [b"a", b"b"])
+    with open(other, "rb") as f:
+        f.seek(end_a)
+        record_b = f.read(end_b - end_a)
+    w = open_rw(build(tmp_path))
+    w.append(msg(b"a", tt=1))
+    r = open_ro(build(tmp_path))
+    s = r.read(ReadOption(name="r"))
+    assert bytes(s.recv(5.0).payload) == b"a"
+    path, pos, _ = s.stopped_at()
+    assert pos == end_a
+    hub = s._hub
+    before = hub.version
+    fd = os.open(path, os.O_RDWR)
+    mm = mmap.mmap(fd, end_b + 4096)
+    for _ in range(200):  # the open's event is handled before the count starts
+        if hub.version != before:
+            break
+        time.sleep(0.05)
+    assert hub.watching(s._source.bound())
+    written: list[int] = []
+
+    def write_through_map(t: float) -> None:
+        if t == 1.0 and not written:
+            written.append(hub.version)
+            mm[end_a:end_b] = record_b
+            time.sleep(0.2)  # an event, if one came, would be handled by now (and the test would fail)
+
+    _count_waits(monkeypatch, hub, write_through_map)
+    try:
+        assert [bytes(m.payload) for m in s.recv_batch(10, timeout=30.0)] == [b"b"]
+        assert written == [hub.version]  # no event
+        assert not hub.watching(s._source.bound())
+    finally:
+        mm.close()
+        os.close(fd)
+    s.close()
+    r.close()
+    w.close()
