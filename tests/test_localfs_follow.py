@@ -415,14 +415,15 @@ def test_an_idle_follower_whose_directory_is_watched_polls_about_once_a_second(
     r.close()
 
 
-@pytest.mark.parametrize("without", ["inotify", "overflow_report", "emitter", "watch_here"])
+@pytest.mark.parametrize("without", ["inotify", "overflow_report", "emitter", "event_reader", "watch_here"])
 def test_a_follower_without_a_watch_it_can_trust_polls_every_50_ms(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, without: str
 ) -> None:
     """Review 17f: the 1 s poll is for a follower whose watch reports every write. Where it may not, the poll stays
     at 50 ms: no inotify (limits, platform), a watchdog that does not report a queue overflow (it would drop the
     events unheard), an emitter that stopped (watchdog stops it when the directory is deleted, and reuses it for a
-    new watch of the path), a watch on another directory than the one the reader reads (replaced, not moved yet)."""
+    new watch of the path) or the thread reading the events for all of them, a watch on another directory than the
+    one the reader reads (replaced, not moved yet)."""
     if without == "inotify":
         def no_watch(hub: object) -> object:
             raise OSError(28, "inotify watch limit reached")
@@ -436,6 +437,10 @@ def test_a_follower_without_a_watch_it_can_trust_polls_every_50_ms(
         for e in list(r._opener._observer.emitters):
             e.stop()
             e.join()
+    elif without == "event_reader":  # the observer's thread that reads inotify for all its emitters
+        reader = r._opener._observer._inotify_fd
+        reader.stop()
+        reader.join()
     elif without == "watch_here":
         hub.watched = (0, 0)
     assert not hub.watching(s._source.bound())
@@ -498,8 +503,8 @@ def test_an_inotify_queue_overflow_wakes_the_followers(tmp_path: Path, caplog: p
     time.sleep(0.5)  # let the events so far be handled (not asserted on: only what follows is)
     caplog.set_level(logging.WARNING, logger="watchdog.observers.inotify_c")
     fd = ro._observer._inotify_fd  # the opener's watches share one inotify queue
-    with fd._lock:  # its reader thread waits for it after each read: the queue fills
-        for i in range(limit + 1000):
+    with fd._lock:  # its reader thread waits for it after each read (it may have one read out): the queue fills
+        for i in range(2 * limit):
             os.pwrite(files[i % 2], b"x", 0)  # alternate files: equal events in a row are merged
         version = hub.version
         w.append(msg(b"b", tt=2))  # its event is dropped: the queue is full

@@ -429,10 +429,15 @@ def _quiet_stop_race() -> None:
 
 
 def _emitter_alive(obs: Any, watch: Any) -> Callable[[], bool] | None:
-    """Whether the emitter of ``watch`` still runs, as a call; None when the observer does not say which it is."""
+    """Whether the emitter of ``watch`` still runs, and the thread that reads the observer's inotify descriptor for
+    every emitter (watchdog 7), as a call; None when the observer does not say which emitter it is."""
+    reader = getattr(obs, "_inotify_fd", None)
+    if reader is not None and not callable(getattr(reader, "is_alive", None)):
+        return None
     for emitter in list(getattr(obs, "emitters", ())):
         if getattr(emitter, "watch", None) == watch:
-            return lambda: emitter.is_alive() and not emitter.stopped_event.is_set()
+            return lambda: (emitter.is_alive() and not emitter.stopped_event.is_set()
+                            and (reader is None or reader.is_alive()))
     return None
 
 
