@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _localfs_util import build, msg, open_ro, open_rw, read_all
@@ -537,6 +538,17 @@ def test_a_seek_into_a_segment_deleted_under_it_moves_on_to_what_is_kept(tmp_pat
         ]
         w.close()
 
+def _sealed_segment_without_index(w: Any) -> tuple[Any, LocalFSMessageID]:
+    """Fill writer ``w`` (64 KiB segments) past its first segment, delete that sealed segment's ``.idx``, and return
+    the segment and an ID inside it, whose seek must rebuild the index."""
+    for _ in range(4):
+        w.append_batch([msg(b"x" * 200) for _ in range(300)])
+    seg = w._log.segments[0]
+    assert seg.sealed
+    os.unlink(Path(seg.path).with_suffix(".idx"))
+    return seg, LocalFSMessageID(seg.first_id + 200)
+
+
 def test_a_seek_into_a_sealed_segment_whose_index_is_gone_works_on_a_full_disk(tmp_path: Path) -> None:
     """A writer's reader that seeks in a sealed segment reads its ``.idx`` file (the writer keeps no sealed index in
     memory), and rebuilds it from the data when it is missing or damaged. The rebuilt index was written back first,
@@ -552,13 +564,8 @@ def test_a_seek_into_a_sealed_segment_whose_index_is_gone_works_on_a_full_disk(t
 
     with build(tmp_path, segment_bytes=64 << 10, sync="never", _file_ops=FullDisk()) as opener:
         w = open_rw(opener)
-        for _ in range(4):
-            w.append_batch([msg(b"x" * 200) for _ in range(300)])
-        seg = w._log.segments[0]
-        assert seg.sealed
-        os.unlink(Path(seg.path).with_suffix(".idx"))
+        seg, target = _sealed_segment_without_index(w)
         full.append(True)
-        target = LocalFSMessageID(seg.first_id + 200)
         with w.read(ReadOption(name="t", deliver_policy=DeliverPolicy.start_from(target))) as s:
             assert s.recv(5.0).message_id == target  # WALIOError before
         full.clear()
@@ -582,12 +589,7 @@ def test_two_readers_rebuilding_the_same_missing_index_both_seek(tmp_path: Path)
 
     with build(tmp_path, segment_bytes=64 << 10, sync="never", _file_ops=OtherReaderFirst()) as opener:
         w = open_rw(opener)
-        for _ in range(4):
-            w.append_batch([msg(b"x" * 200) for _ in range(300)])
-        seg = w._log.segments[0]
-        assert seg.sealed
-        os.unlink(Path(seg.path).with_suffix(".idx"))
-        target = LocalFSMessageID(seg.first_id + 200)
+        seg, target = _sealed_segment_without_index(w)
         seek = ReadOption(name="t", deliver_policy=DeliverPolicy.start_from(target))
 
         def other() -> None:
@@ -616,19 +618,13 @@ def test_an_index_rebuilt_for_a_segment_deleted_meanwhile_is_not_left_behind(tmp
 
     with build(tmp_path, segment_bytes=64 << 10, sync="never", _file_ops=DeletedMeanwhile()) as opener:
         w = open_rw(opener)
-        for _ in range(4):
-            w.append_batch([msg(b"x" * 200) for _ in range(300)])
-        seg = w._log.segments[0]
-        assert seg.sealed
-        idx = Path(seg.path).with_suffix(".idx")
-        os.unlink(idx)
-        target = LocalFSMessageID(seg.first_id + 200)
+        seg, target = _sealed_segment_without_index(w)
         deleting.append(lambda: w.truncate(LocalFSMessageID(seg.last_id + 1)))
         with w.read(ReadOption(name="t", deliver_policy=DeliverPolicy.start_from(target))) as s:
             s.recv(5.0)
         assert not deleting
         assert not Path(seg.path).exists()
-        assert not idx.exists()  # left behind before
+        assert not Path(seg.path).with_suffix(".idx").exists()  # left behind before
         assert sorted(p.name for p in (tmp_path / "p1").glob("*.idx")) == [
             Path(s.path).with_suffix(".idx").name for s in w._log.segments
         ]

@@ -641,6 +641,23 @@ def test_server_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         s.kill()
 
 
+def _restart_under(s: NatsServer, w: Any, lost: Any, then: Any) -> None:
+    """Kill the server under writer ``w`` (``lost``'s append times out), start it again, and append ``then`` until
+    the server answers: the writer must come back, never fenced (a ``FencedError`` fails the test)."""
+    s.kill(signal.SIGKILL)
+    with pytest.raises(WALTimeoutError):
+        w.append(lost)
+    s.start()
+    s.wait_ready()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            w.append(then)
+            return
+        except (WALTimeoutError, WALIOError):  # not FencedError
+            assert time.monotonic() < deadline
+
+
 def test_a_writer_whose_fence_record_retention_deleted_survives_a_server_restart(tmp_path: Path) -> None:
     """An append that timed out while the server was down makes the writer re-fence, which checks that the last
     fence record is still its own; retention had deleted it, so the writer took that for a newer writer ("term 0")
@@ -653,18 +670,7 @@ def test_a_writer_whose_fence_record_retention_deleted_survives_a_server_restart
                                           append_timeout=2.0) as op:
             w = op.open(chan(name="refence"))
             _fill(w)
-            s.kill(signal.SIGKILL)
-            with pytest.raises(WALTimeoutError):
-                w.append(msg(0))
-            s.start()
-            s.wait_ready()
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    w.append(msg(1))
-                    break
-                except (WALTimeoutError, WALIOError):  # not FencedError
-                    assert time.monotonic() < deadline
+            _restart_under(s, w, msg(0), msg(1))
     finally:
         s.kill()
 
@@ -684,18 +690,7 @@ def test_a_writer_whose_channel_max_age_emptied_survives_a_server_restart(tmp_pa
             w = op.open(chan(5, name=name))
             w.append(msg(0))
             _await_data_expired(op, name)
-            s.kill(signal.SIGKILL)
-            with pytest.raises(WALTimeoutError):
-                w.append(msg(1))
-            s.start()
-            s.wait_ready()
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    w.append(msg(2))
-                    break
-                except (WALTimeoutError, WALIOError):  # not FencedError
-                    assert time.monotonic() < deadline
+            _restart_under(s, w, msg(1), msg(2))
             with pytest.raises(FencedError, match="owned by term 5"):
                 op.open(chan(4, name=name))
     finally:
@@ -767,18 +762,7 @@ def test_a_same_term_open_that_failed_before_its_fence_does_not_fence_the_owner(
             with pytest.raises(WALIOError, match="the connection broke"):
                 other.open(chan(3, name=name))
             _await_data_expired(op, name)
-            s.kill(signal.SIGKILL)
-            with pytest.raises(WALTimeoutError):
-                w.append(msg(1))
-            s.start()
-            s.wait_ready()
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    w.append(msg(2))
-                    break
-                except (WALTimeoutError, WALIOError):  # not FencedError
-                    assert time.monotonic() < deadline
+            _restart_under(s, w, msg(1), msg(2))
     finally:
         s.kill()
 
