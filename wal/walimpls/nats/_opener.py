@@ -17,7 +17,7 @@ from .._interfaces import OpenerBuilderImpls, OpenerImpls, WALImpls
 from ._loop import LoopThread
 from ._naming import channel_names
 from ._options import NatsOptions, parse_options
-from ._publisher import Publisher, TermFloor
+from ._publisher import Publisher, TermFloor, await_replicas_current
 from ._wal import NatsWAL
 
 __all__ = ["NatsOpener", "NatsOpenerBuilder"]
@@ -241,17 +241,7 @@ class NatsOpener(OpenerImpls):
     async def _await_replicas(self, names: Any) -> None:
         """After more replicas were asked for: until a leader has every replica current (about 1 s on loopback), a
         publish may go unanswered, and the fence record's then failed the open with a timeout."""
-        deadline = time.monotonic() + self.options.request_timeout * 3
-        while time.monotonic() < deadline:
-            info = await self.js.stream_info(names.stream)
-            cl = info.cluster
-            # The first answers after the update still show the old group (no replicas, so "all current"); a node
-            # lost before the new ones caught up left the stream without a leader (seen: over 40 s).
-            peers = list(cl.replicas or ()) if cl is not None else []
-            wanted = int(info.config.num_replicas or 1) - 1
-            if cl is not None and cl.leader and len(peers) >= wanted and all(r.current for r in peers):
-                return
-            await asyncio.sleep(0.1)
+        await await_replicas_current(self.js, names.stream, self.options.request_timeout * 3)
 
     def _stream_config(self, channel: str, names: Any, rw: bool) -> Any:
         import nats.js.api as api

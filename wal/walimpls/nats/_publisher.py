@@ -47,7 +47,7 @@ from ._headers import (
 from ._naming import ChannelNames
 from ._options import NatsOptions
 
-__all__ = ["Publisher", "TermFloor", "raise_term_floor", "read_fence", "read_term_floor"]
+__all__ = ["Publisher", "TermFloor", "await_replicas_current", "raise_term_floor", "read_fence", "read_term_floor"]
 
 ERR_WRONG_LAST_SEQ = 10071
 ERR_WRONG_LAST_MSG_ID = 10070
@@ -182,16 +182,25 @@ async def _floor_replicas(js: Any, floor: TermFloor) -> None:
         info = await js.stream_info(stream)
         if int(info.config.num_replicas or 1) >= floor.replicas:
             break
-    # Until every new replica is current (the first answers still show the old group, with no replicas): a write
-    # meanwhile may time out, and a node lost before they caught up left the bucket without a leader (seen: > 60 s).
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    await await_replicas_current(js, stream, 10.0)
+
+
+async def await_replicas_current(js: Any, stream: str, timeout: float) -> None:
+    """Wait (at most ``timeout``) until ``stream``'s leader has every replica its configuration asks for, all
+    current: after more replicas were asked for, a write meanwhile may go unanswered, and a node lost before the new
+    ones caught up left the stream without a leader (seen: over 40 s). The first answers after the update still show
+    the old group, with no replicas, hence the count: "all current" alone passed at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await js.stream_info(stream)
         cl = info.cluster
         peers = list(cl.replicas or ()) if cl is not None else []
-        if cl is None or (cl.leader and len(peers) >= floor.replicas - 1 and all(r.current for r in peers)):
+        wanted = int(info.config.num_replicas or 1) - 1
+        if cl is None or (cl.leader and len(peers) >= wanted and all(r.current for r in peers)):
+            return
+        if time.monotonic() >= deadline:
             return
         await asyncio.sleep(0.1)
-        info = await js.stream_info(stream)
 
 
 async def _read_floor(kv: Any, key: str) -> tuple[int, str, int, int]:
